@@ -1,0 +1,5 @@
+def add_solo_config(cfg):
+    from ...config import add_common_config
+
+    add_common_config(cfg)
+    return cfg
