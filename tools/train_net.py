@@ -12,7 +12,7 @@ import os
 import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, default_setup, hooks
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -43,9 +43,6 @@ def main(args):
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    if cfg.TEST.EVAL_PERIOD == 0 and cfg.DATASETS.TEST:
-        # evaluate once at the end even when no periodic evaluation is configured
-        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test(cfg, trainer.model))])
     return trainer.train()
 
 
