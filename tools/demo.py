@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Visualize solo_d2 predictions on images, a video or a webcam (detectron2's demo conventions).
+
+    tools/demo.py --config-file configs/Synthetic/SOLOv2_R18.yaml --input 'imgs/*.png' \
+        --output out/ --opts MODEL.WEIGHTS output/model_final.pth
+
+Each input that cannot be read is reported by name and skipped; the others are
+still processed, and the exit status is 1 if any input failed.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+import time
+
+import cv2
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import solo_d2  # noqa: E402,F401
+from solo_d2.engine import setup_cfg  # noqa: E402
+from solo_d2.utils.demo import DemoPredictor  # noqa: E402
+
+logger = logging.getLogger("solo_d2.demo")
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description="solo_d2 demo")
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--input", nargs="+", help="image files or glob patterns ('dir/*.jpg')")
+    p.add_argument("--video-input", help="path to a video file")
+    p.add_argument("--webcam", action="store_true", help="read frames from webcam 0")
+    p.add_argument("--output", help="output folder (or file for a single image/video)")
+    p.add_argument("--confidence-threshold", type=float, default=0.3)
+    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p
+
+
+def expand_inputs(patterns):
+    """Expand globs; a pattern matching nothing is kept so it is reported as missing."""
+    paths = []
+    for pat in patterns:
+        hits = sorted(glob.glob(os.path.expanduser(pat)))
+        paths.extend(hits if hits else [pat])
+    return paths
+
+
+def output_path(output, path, n_inputs):
+    if os.path.splitext(output)[1] and n_inputs == 1:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        return output
+    os.makedirs(output, exist_ok=True)
+    return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
+
+
+def run_images(demo, paths, output) -> int:
+    failed = 0
+    for path in paths:
+        img = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None
+        if img is None:
+            reason = "no such file" if not os.path.exists(path) else "not a readable image"
+            logger.error("cannot read input %s: %s", path, reason)
+            failed += 1
+            continue
+        start = time.perf_counter()
+        preds, vis = demo(img)
+        what = (
+            f"{len(preds['instances'])} instances" if "instances" in preds else "semantic map"
+        )
+        logger.info("%s: %s in %.2fs", path, what, time.perf_counter() - start)
+        if output:
+            out = output_path(output, path, len(paths))
+            cv2.imwrite(out, vis[:, :, ::-1])
+            logger.info("wrote %s", out)
+    return failed
+
+
+def run_video(demo, capture, output, name):
+    writer = None
+    if output:
+        fps = capture.get(cv2.CAP_PROP_FPS) or 15
+        w, h = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        out = output if os.path.splitext(output)[1] else os.path.join(output, name + ".mp4")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    frames = 0
+    for frame in demo.run_on_video(capture):
+        frames += 1
+        if writer is not None:
+            writer.write(frame)
+        else:
+            cv2.imshow("solo_d2", frame)
+            if cv2.waitKey(1) == 27:
+                break
+    capture.release()
+    if writer is not None:
+        writer.release()
+    logger.info("%s: %d frames", name, frames)
+    return frames
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    if sum(bool(x) for x in (args.input, args.video_input, args.webcam)) != 1:
+        get_parser().error("give exactly one of --input, --video-input, --webcam")
+    if not os.path.isfile(args.config_file):
+        get_parser().error(f"--config-file {args.config_file} does not exist")
+    cfg = setup_cfg(args.config_file, args.opts)
+    demo = DemoPredictor(cfg, args.confidence_threshold)
+    if args.input:
+        paths = expand_inputs(args.input)
+        failed = run_images(demo, paths, args.output)
+        if failed:
+            logger.error("%d of %d inputs could not be read", failed, len(paths))
+            return 1
+        return 0
+    if args.video_input:
+        cap = cv2.VideoCapture(args.video_input)
+        if not cap.isOpened():
+            logger.error("cannot open video %s", args.video_input)
+            return 1
+        run_video(demo, cap, args.output, os.path.splitext(os.path.basename(args.video_input))[0])
+        return 0
+    cap = cv2.VideoCapture(0)
+    if not cap.isOpened():
+        logger.error("cannot open webcam 0")
+        return 1
+    run_video(demo, cap, args.output, "webcam")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
