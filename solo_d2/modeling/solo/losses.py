@@ -1,0 +1,127 @@
+"""Losses of the SOLO family: sigmoid focal loss on the category grid, dice loss on masks.
+
+Both are normalized by the number of positive cells averaged over all workers
+(clamped to at least 1), so the loss scale does not depend on the batch split.
+"""
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.utils import comm
+from fvcore.nn import sigmoid_focal_loss
+from torch import Tensor
+
+from .targets import LevelTargets
+
+__all__ = ["dice_loss", "solo_loss", "reduce_num_pos"]
+
+
+def dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
+    """Dice loss per mask.
+
+    ``1 - 2 * sum(p * q) / (sum(p^2) + sum(q^2) + 2e-3)``, computed in float32.
+
+    Args:
+        probs: [P, h, w] probabilities.
+        targets: [P, h, w] binary targets.
+
+    Returns:
+        [P] loss of each mask.
+    """
+    if probs.shape != targets.shape:
+        raise ValueError(f"dice_loss: probs {tuple(probs.shape)} vs targets {tuple(targets.shape)}")
+    p = probs.float().flatten(1)
+    q = targets.float().flatten(1)
+    inter = (p * q).sum(dim=1)
+    denom = (p * p).sum(dim=1) + 0.001 + (q * q).sum(dim=1) + 0.001
+    return 1.0 - 2.0 * inter / denom
+
+
+def reduce_num_pos(num_pos: Tensor) -> Tensor:
+    """Average a positive count over workers (all_reduce when distributed) and clamp >= 1.
+
+    Args:
+        num_pos: scalar float tensor, this worker's number of positives.
+
+    Returns:
+        scalar float tensor, ``max(sum over workers / world size, 1)``.
+    """
+    num_pos = num_pos.detach().float()
+    world = comm.get_world_size()
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        num_pos = num_pos.clone()
+        torch.distributed.all_reduce(num_pos)
+        num_pos = num_pos / world
+    return num_pos.clamp(min=1.0)
+
+
+def _flatten_cate(cate_logits: Sequence[Tensor], targets: Sequence[LevelTargets], num_classes: int):
+    """Concatenate all levels: logits [M, C] and one-hot float targets [M, C], M = sum B*S*S."""
+    logits, onehot = [], []
+    for lvl, (logit, tgt) in enumerate(zip(cate_logits, targets)):
+        b, c, s1, s2 = logit.shape
+        if c != num_classes:
+            raise ValueError(f"solo_loss: level {lvl} has {c} category channels, num_classes={num_classes}")
+        if tuple(tgt.labels.shape) != (b, s1, s2):
+            raise ValueError(
+                f"solo_loss: level {lvl} logits {tuple(logit.shape)} do not match labels "
+                f"{tuple(tgt.labels.shape)}"
+            )
+        logits.append(logit.permute(0, 2, 3, 1).reshape(-1, c))
+        # background (= num_classes) becomes an all-zero row
+        onehot.append(F.one_hot(tgt.labels.reshape(-1), num_classes + 1)[:, :num_classes])
+    return torch.cat(logits), torch.cat(onehot).to(torch.float32)
+
+
+def solo_loss(
+    cate_logits: List[Tensor],
+    targets: List[LevelTargets],
+    mask_probs: List[Tensor],
+    *,
+    num_classes: int,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+    cate_weight: float = 1.0,
+    mask_weight: float = 3.0,
+) -> Dict[str, Tensor]:
+    """SOLO category + mask losses.
+
+    Args:
+        cate_logits: per level, [B, C, S_l, S_l] category logits (no background channel).
+        targets: per level, :class:`LevelTargets` from :func:`solo_targets`.
+        mask_probs: per level, [P_l, h_l, w_l] sigmoid mask probabilities of the level's
+            positive cells, in ``LevelTargets`` order. P_l may be 0.
+        num_classes: C.
+        focal_alpha, focal_gamma: sigmoid focal loss parameters.
+        cate_weight, mask_weight: loss weights.
+
+    Returns:
+        ``{"loss_cate": scalar, "loss_mask": scalar}``. ``loss_cate`` is the summed focal
+        loss over all cells of all levels, ``loss_mask`` the summed dice loss over all
+        positive cells; both divided by the worker-averaged number of positives (>= 1).
+        With no positives anywhere, ``loss_mask`` is 0 but still connected to
+        ``mask_probs`` so that backward / DDP work.
+    """
+    if not (len(cate_logits) == len(targets) == len(mask_probs)):
+        raise ValueError(
+            f"solo_loss: got {len(cate_logits)} cate_logits, {len(targets)} targets and "
+            f"{len(mask_probs)} mask_probs levels"
+        )
+    logits, onehot = _flatten_cate(cate_logits, targets, num_classes)
+    num_pos_local = sum(int(t.pos_mask.sum()) for t in targets)
+    normalizer = reduce_num_pos(torch.tensor(float(num_pos_local), device=logits.device))
+
+    focal = sigmoid_focal_loss(logits, onehot, alpha=focal_alpha, gamma=focal_gamma, reduction="sum")
+    loss_cate = cate_weight * focal / normalizer
+
+    dice_terms = []
+    for lvl, (probs, tgt) in enumerate(zip(mask_probs, targets)):
+        if probs.shape != tgt.mask_targets.shape:
+            raise ValueError(
+                f"solo_loss: level {lvl} mask_probs {tuple(probs.shape)} do not match mask_targets "
+                f"{tuple(tgt.mask_targets.shape)}"
+            )
+        # `probs.sum() * 0` keeps empty levels in the graph (DDP needs every output used)
+        dice_terms.append(dice_loss(probs, tgt.mask_targets).sum() + probs.float().sum() * 0.0)
+    loss_mask = mask_weight * torch.stack(dice_terms).sum() / normalizer
+    return {"loss_cate": loss_cate, "loss_mask": loss_mask}
