@@ -1,0 +1,16 @@
+"""Datasets: synthetic COCO/Cityscapes generators, registration and checks.
+
+Importing this package registers the synthetic datasets (see :mod:`.datasets`).
+"""
+from .datasets import SYNTHETIC_DATASETS, check_dataset, ensure_dataset, get_dataset_root, register_synthetic_datasets
+from .synthetic import generate_synthetic_cityscapes, generate_synthetic_coco
+
+__all__ = [
+    "SYNTHETIC_DATASETS",
+    "check_dataset",
+    "ensure_dataset",
+    "get_dataset_root",
+    "register_synthetic_datasets",
+    "generate_synthetic_coco",
+    "generate_synthetic_cityscapes",
+]

@@ -1,0 +1,160 @@
+"""Registration of solo_d2's synthetic datasets and pre-training checks of real ones.
+
+Registered names (generated on first use under ``$DETECTRON2_DATASETS``, default
+``datasets/``, read once at import time like Detectron2's builtin datasets):
+
+==========================================  ======================  =====================
+name                                        evaluator_type          content
+==========================================  ======================  =====================
+``synthetic_coco_{train,val}``              ``coco``                3 shape classes
+``synthetic_cityscapes_fine_instance_seg``  ``cityscapes_instance`` 8 Cityscapes things
+``synthetic_cityscapes_fine_sem_seg``       ``cityscapes_sem_seg``  19 train ids, 255 void
+==========================================  ======================  =====================
+
+(the Cityscapes names take a ``_train`` or ``_val`` suffix).
+"""
+import glob
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json, register_coco_instances
+from detectron2.data.datasets.cityscapes import load_cityscapes_instances, load_cityscapes_semantic
+
+from .synthetic import COCO_CLASSES, generate_synthetic_cityscapes, generate_synthetic_coco
+
+__all__ = ["get_dataset_root", "register_synthetic_datasets", "check_dataset", "ensure_dataset", "SYNTHETIC_DATASETS"]
+
+_ROOT = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+# name -> (kind, split, task)
+SYNTHETIC_DATASETS = {}
+for _split in ("train", "val"):
+    SYNTHETIC_DATASETS["synthetic_coco_" + _split] = ("coco", _split, "instance")
+    SYNTHETIC_DATASETS["synthetic_cityscapes_fine_instance_seg_" + _split] = ("cityscapes", _split, "instance")
+    SYNTHETIC_DATASETS["synthetic_cityscapes_fine_sem_seg_" + _split] = ("cityscapes", _split, "sem_seg")
+
+_GENERATORS = {"coco": generate_synthetic_coco, "cityscapes": generate_synthetic_cityscapes}
+_COCO_CMD = (
+    "mkdir -p $DETECTRON2_DATASETS/coco && cd $DETECTRON2_DATASETS/coco && "
+    "wget http://images.cocodataset.org/zips/{split}.zip "
+    "http://images.cocodataset.org/annotations/annotations_trainval2017.zip && "
+    "unzip -q {split}.zip && unzip -q annotations_trainval2017.zip  (see datasets/README.md)"
+)
+_CITYSCAPES_CMD = (
+    "download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip from "
+    "https://www.cityscapes-dataset.com/downloads/ into $DETECTRON2_DATASETS/cityscapes, unzip them, then run "
+    "`python datasets/prepare_cityscapes.py`  (see datasets/README.md)"
+)
+
+
+def get_dataset_root():
+    """The dataset root: ``$DETECTRON2_DATASETS`` as read at import time (default ``datasets``)."""
+    return _ROOT
+
+
+def _coco_paths(root, split):
+    base = os.path.join(root, "synthetic_coco")
+    return os.path.join(base, "annotations", "instances_{}.json".format(split)), os.path.join(base, split)
+
+
+def _cityscapes_paths(root, split):
+    base = os.path.join(root, "synthetic_cityscapes")
+    return os.path.join(base, "leftImg8bit", split), os.path.join(base, "gtFine", split)
+
+
+def _load_synthetic(name, root):
+    kind, split, task = SYNTHETIC_DATASETS[name]
+    _GENERATORS[kind](root)
+    if kind == "coco":
+        json_file, image_root = _coco_paths(root, split)
+        return load_coco_json(json_file, image_root, name)
+    image_dir, gt_dir = _cityscapes_paths(root, split)
+    if task == "instance":
+        return load_cityscapes_instances(image_dir, gt_dir, from_json=True, to_polygons=True)
+    return load_cityscapes_semantic(image_dir, gt_dir)
+
+
+def _cityscapes_meta():
+    """Class names and colors exactly as Detectron2's builtin Cityscapes metadata."""
+    meta = MetadataCatalog.get("cityscapes_fine_sem_seg_train")
+    keys = ("thing_classes", "thing_colors", "stuff_classes", "stuff_colors")
+    return {k: list(getattr(meta, k)) for k in keys if hasattr(meta, k)}
+
+
+def register_synthetic_datasets(root=None):
+    """Register every synthetic dataset under ``root`` (default: :func:`get_dataset_root`)."""
+    root = _ROOT if root is None else root
+    for name, (kind, split, task) in SYNTHETIC_DATASETS.items():
+        if name in DatasetCatalog.list():
+            continue
+        if kind == "coco":
+            json_file, image_root = _coco_paths(root, split)
+            # sets metadata json_file / image_root / evaluator_type="coco"
+            register_coco_instances(name, {}, json_file, image_root)
+            DatasetCatalog.remove(name)  # same loader, but generating the data first
+            MetadataCatalog.get(name).set(
+                synthetic_root=root,
+                thing_classes=list(COCO_CLASSES), thing_colors=[(205, 45, 40), (45, 190, 70), (50, 70, 215)]
+            )
+        else:
+            image_dir, gt_dir = _cityscapes_paths(root, split)
+            evaluator_type = "cityscapes_instance" if task == "instance" else "cityscapes_sem_seg"
+            MetadataCatalog.get(name).set(
+                synthetic_root=root, image_dir=image_dir, gt_dir=gt_dir, evaluator_type=evaluator_type, ignore_label=255, **_cityscapes_meta()
+            )
+        DatasetCatalog.register(name, lambda n=name, r=root: _load_synthetic(n, r))
+
+
+def ensure_dataset(name):
+    """Generate a synthetic dataset's files if they are missing; no-op for other names."""
+    if name in SYNTHETIC_DATASETS:
+        _GENERATORS[SYNTHETIC_DATASETS[name][0]](MetadataCatalog.get(name).synthetic_root)
+
+
+def _prepare_command(name):
+    if name.startswith("coco_") or name.startswith("keypoints_coco_"):
+        split = "train2017" if "train" in name else "test2017" if "test" in name else "val2017"
+        return _COCO_CMD.format(split=split)
+    if name.startswith("cityscapes_"):
+        return _CITYSCAPES_CMD
+    return "see datasets/README.md"
+
+
+def check_dataset(name):
+    """Check that the files of dataset ``name`` exist before training or evaluation.
+
+    Synthetic datasets are generated when missing. For other registered names (e.g.
+    Detectron2's builtin ``coco_2017_*`` and ``cityscapes_fine_*``) every path in the
+    metadata must exist, else a ``FileNotFoundError`` names the path and the command
+    that prepares it. An unregistered name raises a ``KeyError`` listing the
+    registered names. Returns the list of paths that were checked.
+    """
+    registered = DatasetCatalog.list()
+    if name not in registered:
+        raise KeyError(
+            "Dataset '{}' is not registered. Registered datasets: {}".format(name, ", ".join(sorted(registered)))
+        )
+    ensure_dataset(name)
+    meta = MetadataCatalog.get(name)
+    checked = []
+    for key in ("json_file", "image_root", "image_dir", "gt_dir", "sem_seg_root", "panoptic_root", "panoptic_json"):
+        path = getattr(meta, key, None) if hasattr(meta, key) else None
+        if not isinstance(path, str):
+            continue
+        checked.append(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                "Dataset '{}': {} '{}' does not exist (DETECTRON2_DATASETS={}). Prepare it with: {}".format(
+                    name, key, path, _ROOT, _prepare_command(name)
+                )
+            )
+    if getattr(meta, "evaluator_type", None) == "cityscapes_sem_seg" and hasattr(meta, "gt_dir"):
+        if not glob.glob(os.path.join(meta.gt_dir, "*", "*_gtFine_labelTrainIds.png")):
+            raise FileNotFoundError(
+                "Dataset '{}': no *_gtFine_labelTrainIds.png under '{}'. Create them with: "
+                "python datasets/prepare_cityscapes.py".format(name, meta.gt_dir)
+            )
+    return checked
+
+
+register_synthetic_datasets()
