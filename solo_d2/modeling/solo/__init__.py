@@ -1,0 +1,17 @@
+"""SOLO, Decoupled SOLO and SOLOv2 (registers the ``SOLO`` meta-architecture and the heads)."""
+from .config import add_solo_config
+from .heads import SOLO_HEAD_REGISTRY, SOLOHeadBase, SOLOv2Head, build_solo_head
+from .heads_solo import DecoupledSOLOHead, DecoupledSOLOLightHead, SOLOHead
+from .mask_branch import SOLOv2MaskBranch
+
+__all__ = [
+    "add_solo_config",
+    "SOLO_HEAD_REGISTRY",
+    "SOLOHeadBase",
+    "build_solo_head",
+    "SOLOHead",
+    "DecoupledSOLOHead",
+    "DecoupledSOLOLightHead",
+    "SOLOv2Head",
+    "SOLOv2MaskBranch",
+]

@@ -1,0 +1,223 @@
+"""SOLO-family heads: the registry, the shared interface, layer helpers and the SOLOv2 head.
+
+Heads only compute layers. Every head returns, for the five levels it is given,
+category logits ``[B, C, S, S]`` and opaque per-level *mask outputs*; the
+meta-architecture turns chosen grid cells into soft masks through the uniform
+:meth:`SOLOHeadBase.soft_masks`, so it never needs to know the variant:
+
+- ``SOLOHead`` (vanilla SOLO) and the decoupled heads live in :mod:`.heads_solo`;
+- ``SOLOv2Head`` (category + kernel towers, dynamic 1x1 kernels) is here; its
+  unified mask features come from :class:`~.mask_branch.SOLOv2MaskBranch`.
+
+Cells are numbered ``k = i * S + j`` (``i`` row, ``j`` column) everywhere.
+"""
+import math
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.utils.registry import Registry
+from torch import nn
+
+from ..backbone.dcn import ModulatedDeformConv2d
+
+SOLO_HEAD_REGISTRY = Registry("SOLO_HEAD")
+SOLO_HEAD_REGISTRY.__doc__ = """
+Heads of the SOLO family, built by ``build_solo_head(cfg, input_shapes)`` from
+``MODEL.SOLO.HEAD_NAME``. ``input_shapes`` are the shapes of the five head levels.
+"""
+
+
+def build_solo_head(cfg, input_shapes: List[ShapeSpec]) -> "SOLOHeadBase":
+    name = cfg.MODEL.SOLO.HEAD_NAME
+    if name not in SOLO_HEAD_REGISTRY:
+        known = ", ".join(sorted(k for k, _ in SOLO_HEAD_REGISTRY))
+        raise KeyError(f"MODEL.SOLO.HEAD_NAME={name!r} is not a registered SOLO head; known: {known}")
+    return SOLO_HEAD_REGISTRY.get(name)(cfg, input_shapes)
+
+
+# ----------------------------------------------------------------------------- helpers
+def coord_features(x: torch.Tensor) -> torch.Tensor:
+    """Normalized coordinates for CoordConv: ``[B, 2, H, W]`` with channel 0 = x, 1 = y in [-1, 1]."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx, yy]).expand(b, 2, h, w)
+
+
+def conv_norm_relu(in_ch: int, out_ch: int, norm: str, use_dcn: bool = False, kernel_size: int = 3):
+    """``kxk`` conv (deformable if ``use_dcn``) + norm + ReLU; no conv bias when a norm follows."""
+    norm_layer = get_norm(norm, out_ch)
+    kwargs = dict(
+        kernel_size=kernel_size, padding=kernel_size // 2, bias=norm_layer is None,
+        norm=norm_layer, activation=F.relu,
+    )
+    if use_dcn and kernel_size > 1:
+        return ModulatedDeformConv2d(in_ch, out_ch, **kwargs)
+    return Conv2d(in_ch, out_ch, **kwargs)
+
+
+def make_tower(in_ch: int, channels: int, num_convs: int, norm: str, use_dcn: bool = False):
+    """``num_convs`` x (3x3 conv + norm + ReLU), the first taking ``in_ch`` channels."""
+    return nn.Sequential(
+        *[conv_norm_relu(in_ch if k == 0 else channels, channels, norm, use_dcn) for k in range(num_convs)]
+    )
+
+
+def init_head_weights(module: nn.Module, std: float = 0.01):
+    """Conv weights ~ N(0, std), biases 0 (offset convs of deformable layers stay zero)."""
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Conv2d) and not name.endswith("conv_offset"):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def prior_bias(prior_prob: float) -> float:
+    """Bias giving ``sigmoid(bias) == prior_prob`` (focal-loss init)."""
+    if not 0.0 < prior_prob < 1.0:
+        raise ValueError(f"MODEL.SOLO.PRIOR_PROB must be in (0, 1), got {prior_prob}")
+    return -math.log((1 - prior_prob) / prior_prob)
+
+
+def check_levels(in_channels: Sequence[int], num_grids: Sequence[int]) -> int:
+    if len(set(in_channels)) != 1:
+        raise ValueError(f"SOLO heads need equal channels on all levels, got {list(in_channels)}")
+    if len(in_channels) != len(num_grids):
+        raise ValueError(
+            f"MODEL.SOLO.NUM_GRIDS has {len(num_grids)} levels but MODEL.SOLO.IN_FEATURES has {len(in_channels)}"
+        )
+    return in_channels[0]
+
+
+# ----------------------------------------------------------------------------- interface
+class SOLOHeadBase(nn.Module):
+    """Interface the :class:`~.meta_arch.SOLO` meta-architecture relies on.
+
+    Attributes:
+        num_classes (int), num_grids (List[int]).
+        needs_mask_features (bool): True if :meth:`forward` needs the unified mask
+            features of :class:`~.mask_branch.SOLOv2MaskBranch`.
+    """
+
+    needs_mask_features = False
+
+    def forward(
+        self, features: List[torch.Tensor], mask_features: Optional[torch.Tensor] = None
+    ) -> Tuple[List[torch.Tensor], List[Any]]:
+        """
+        Args:
+            features: per level ``[B, C_in, H_l, W_l]`` (at the head strides, e.g. 8, 8, 16, 32, 32).
+            mask_features: ``[B, D, H/4, W/4]`` when :attr:`needs_mask_features`, else None.
+        Returns:
+            cate_logits: per level ``[B, num_classes, S_l, S_l]``.
+            mask_outputs: per level, head-specific; only passed back to :meth:`soft_masks`.
+        """
+        raise NotImplementedError
+
+    def soft_masks(self, mask_output: Any, level: int, img_idx: torch.Tensor, cell_idx: torch.Tensor):
+        """Mask probabilities ``[P, h_l, w_l]`` of cells ``cell_idx [P]`` in images ``img_idx [P]``."""
+        raise NotImplementedError
+
+    def mask_size(self, mask_output: Any) -> Tuple[int, int]:
+        """``(h_l, w_l)`` of the soft masks of one level."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- SOLOv2
+@SOLO_HEAD_REGISTRY.register()
+class SOLOv2Head(SOLOHeadBase):
+    """SOLOv2 instance head: category tower and kernel tower (CoordConv) on SxS-resized features.
+
+    The kernel of cell ``k`` is a ``D``-vector used as a dynamic 1x1 conv on the unified mask
+    features: ``mask_k = sigmoid(kernel_k . mask_features)``. SOLOv2-light = fewer convs,
+    fewer channels and ``D = 128`` (config only).
+    """
+
+    needs_mask_features = True
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        num_grids: List[int],
+        channels: int = 512,
+        num_convs: int = 4,
+        kernel_dim: int = 256,
+        norm: str = "GN",
+        use_dcn: bool = False,
+        prior_prob: float = 0.01,
+    ):
+        """
+        Args:
+            in_channels: channels of the input features (FPN: 256).
+            num_classes: thing classes (no background).
+            num_grids: S per level.
+            channels, num_convs: tower width and depth.
+            kernel_dim: D, channels of the unified mask features.
+            norm: norm of the tower convs; use_dcn: deformable tower convs.
+            prior_prob: initial category probability.
+        """
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_grids = list(num_grids)
+        self.kernel_dim = kernel_dim
+        self.kernel_tower = make_tower(in_channels + 2, channels, num_convs, norm, use_dcn)
+        self.cate_tower = make_tower(in_channels, channels, num_convs, norm, use_dcn)
+        self.kernel_pred = nn.Conv2d(channels, kernel_dim, 3, padding=1)
+        self.cate_pred = nn.Conv2d(channels, num_classes, 3, padding=1)
+        init_head_weights(self)
+        nn.init.constant_(self.cate_pred.bias, prior_bias(prior_prob))
+
+    @classmethod
+    def from_config(cls, cfg, input_shapes: List[ShapeSpec]):
+        c = cfg.MODEL.SOLO
+        return {
+            "in_channels": check_levels([s.channels for s in input_shapes], c.NUM_GRIDS),
+            "num_classes": c.NUM_CLASSES,
+            "num_grids": c.NUM_GRIDS,
+            "channels": c.INS_CHANNELS,
+            "num_convs": c.NUM_CONVS,
+            "kernel_dim": c.MASK_FEAT_CHANNELS,
+            "norm": c.NORM,
+            "use_dcn": c.USE_DCN_IN_TOWER,
+            "prior_prob": c.PRIOR_PROB,
+        }
+
+    def forward(self, features, mask_features=None):
+        """Mask outputs per level: ``(kernels [B, D, S, S], mask_features [B, D, H/4, W/4])``."""
+        if mask_features is None:
+            raise ValueError("SOLOv2Head needs the mask features of the mask branch")
+        if mask_features.shape[1] != self.kernel_dim:
+            raise ValueError(
+                f"mask features have {mask_features.shape[1]} channels, kernels {self.kernel_dim}: "
+                "MODEL.SOLO.MASK_FEAT_CHANNELS must match the mask branch output"
+            )
+        cate_logits, mask_outputs = [], []
+        for x, s in zip(features, self.num_grids):
+            x = torch.cat([x, coord_features(x)], dim=1)
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+            mask_outputs.append((self.kernel_pred(self.kernel_tower(x)), mask_features))
+            cate_logits.append(self.cate_pred(self.cate_tower(x[:, :-2])))
+        return cate_logits, mask_outputs
+
+    def soft_masks(self, mask_output, level, img_idx, cell_idx):
+        kernels, feats = mask_output
+        b, d, h, w = feats.shape
+        kernels = kernels.flatten(2)  # [B, D, S*S]
+        out = feats.new_zeros(img_idx.numel(), h, w)
+        for i in range(b):  # one dynamic 1x1 conv (a matmul) per image
+            sel = (img_idx == i).nonzero(as_tuple=True)[0]
+            if sel.numel() == 0:
+                continue
+            k = kernels[i][:, cell_idx[sel]].t()  # [P_i, D]
+            out[sel] = (k @ feats[i].reshape(d, h * w)).view(-1, h, w).sigmoid()
+        return out
+
+    def mask_size(self, mask_output):
+        return tuple(mask_output[1].shape[-2:])

@@ -1,0 +1,173 @@
+"""SOLO (vanilla), Decoupled SOLO and Decoupled-SOLO-light heads.
+
+All three share the category branch (features bilinearly resized to SxS, a tower, a
+3x3 conv to ``num_classes``) and predict masks at twice the resolution of their level
+(the mask tower output is upsampled x2 before the per-level output conv):
+
+- ``SOLOHead``: CoordConv (+2) mask tower, per-level 1x1 conv to ``S^2`` channels,
+  one channel per cell.
+- ``DecoupledSOLOHead``: X tower (+x coordinate) and Y tower (+y coordinate), per-level
+  3x3 convs to ``S`` channels each; ``mask(i, j) = sigmoid(y_i) * sigmoid(x_j)``.
+- ``DecoupledSOLOLightHead``: one shared tower (+2 coordinates) feeding separate X and Y
+  output convs.
+"""
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from torch import nn
+
+from .heads import (
+    SOLO_HEAD_REGISTRY,
+    SOLOHeadBase,
+    check_levels,
+    coord_features,
+    init_head_weights,
+    make_tower,
+    prior_bias,
+)
+
+
+class _GridHeadBase(SOLOHeadBase):
+    """Category branch and config shared by the SOLO and decoupled heads."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        num_grids: List[int],
+        channels: int = 256,
+        num_convs: int = 7,
+        norm: str = "GN",
+        use_dcn: bool = False,
+        prior_prob: float = 0.01,
+    ):
+        """
+        Args:
+            in_channels: channels of the input features (FPN: 256).
+            num_classes: thing classes (no background).
+            num_grids: S per level.
+            channels, num_convs: tower width and depth (SOLO: 256, 7; light: 256, 4).
+            norm: tower norm; use_dcn: deformable tower convs.
+            prior_prob: initial probability of category and mask outputs.
+        """
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_grids = list(num_grids)
+        self.cate_tower = make_tower(in_channels, channels, num_convs, norm, use_dcn)
+        self.cate_pred = nn.Conv2d(channels, num_classes, 3, padding=1)
+        self._build_mask_layers(in_channels, channels, num_convs, norm, use_dcn)
+        init_head_weights(self)
+        bias = prior_bias(prior_prob)
+        for m in [self.cate_pred, *self._mask_output_convs()]:
+            nn.init.constant_(m.bias, bias)
+
+    @classmethod
+    def from_config(cls, cfg, input_shapes: List[ShapeSpec]):
+        c = cfg.MODEL.SOLO
+        return {
+            "in_channels": check_levels([s.channels for s in input_shapes], c.NUM_GRIDS),
+            "num_classes": c.NUM_CLASSES,
+            "num_grids": c.NUM_GRIDS,
+            "channels": c.INS_CHANNELS,
+            "num_convs": c.NUM_CONVS,
+            "norm": c.NORM,
+            "use_dcn": c.USE_DCN_IN_TOWER,
+            "prior_prob": c.PRIOR_PROB,
+        }
+
+    def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
+        raise NotImplementedError
+
+    def _mask_output_convs(self) -> List[nn.Conv2d]:
+        raise NotImplementedError
+
+    def _mask_level(self, x: torch.Tensor, level: int):
+        raise NotImplementedError
+
+    def forward(self, features, mask_features=None):
+        cate_logits, mask_outputs = [], []
+        for level, (x, s) in enumerate(zip(features, self.num_grids)):
+            cate = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+            cate_logits.append(self.cate_pred(self.cate_tower(cate)))
+            mask_outputs.append(self._mask_level(x, level))
+        return cate_logits, mask_outputs
+
+
+def _up2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+@SOLO_HEAD_REGISTRY.register()
+class SOLOHead(_GridHeadBase):
+    """Vanilla SOLO. Mask output per level: logits ``[B, S^2, 2 H_l, 2 W_l]``."""
+
+    def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
+        self.mask_tower = make_tower(in_channels + 2, channels, num_convs, norm, use_dcn)
+        self.mask_preds = nn.ModuleList([nn.Conv2d(channels, s * s, 1) for s in self.num_grids])
+
+    def _mask_output_convs(self):
+        return list(self.mask_preds)
+
+    def _mask_level(self, x, level):
+        x = self.mask_tower(torch.cat([x, coord_features(x)], dim=1))
+        return self.mask_preds[level](_up2(x))
+
+    def soft_masks(self, mask_output, level, img_idx, cell_idx):
+        return mask_output[img_idx, cell_idx].sigmoid()
+
+    def mask_size(self, mask_output):
+        return tuple(mask_output.shape[-2:])
+
+
+class _DecoupledBase(_GridHeadBase):
+    """Mask output per level: ``(x_logits [B, S, h, w], y_logits [B, S, h, w])``."""
+
+    def _mask_output_convs(self):
+        return [*self.mask_preds_x, *self.mask_preds_y]
+
+    def _build_preds(self, channels):
+        self.mask_preds_x = nn.ModuleList([nn.Conv2d(channels, s, 3, padding=1) for s in self.num_grids])
+        self.mask_preds_y = nn.ModuleList([nn.Conv2d(channels, s, 3, padding=1) for s in self.num_grids])
+
+    def soft_masks(self, mask_output, level, img_idx, cell_idx):
+        x_logits, y_logits = mask_output
+        s = self.num_grids[level]
+        rows, cols = cell_idx // s, cell_idx % s
+        return x_logits[img_idx, cols].sigmoid() * y_logits[img_idx, rows].sigmoid()
+
+    def mask_size(self, mask_output):
+        return tuple(mask_output[0].shape[-2:])
+
+
+@SOLO_HEAD_REGISTRY.register()
+class DecoupledSOLOHead(_DecoupledBase):
+    """Decoupled SOLO: separate X and Y towers, each with one coordinate channel."""
+
+    def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
+        self.mask_tower_x = make_tower(in_channels + 1, channels, num_convs, norm, use_dcn)
+        self.mask_tower_y = make_tower(in_channels + 1, channels, num_convs, norm, use_dcn)
+        self._build_preds(channels)
+
+    def _mask_level(self, x, level):
+        coords = coord_features(x)
+        fx = self.mask_tower_x(torch.cat([x, coords[:, :1]], dim=1))
+        fy = self.mask_tower_y(torch.cat([x, coords[:, 1:]], dim=1))
+        return self.mask_preds_x[level](_up2(fx)), self.mask_preds_y[level](_up2(fy))
+
+
+@SOLO_HEAD_REGISTRY.register()
+class DecoupledSOLOLightHead(_DecoupledBase):
+    """Decoupled SOLO light: one shared CoordConv tower, separate X and Y output convs."""
+
+    def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
+        self.mask_tower = make_tower(in_channels + 2, channels, num_convs, norm, use_dcn)
+        self._build_preds(channels)
+
+    def _mask_level(self, x, level):
+        f = _up2(self.mask_tower(torch.cat([x, coord_features(x)], dim=1)))
+        return self.mask_preds_x[level](f), self.mask_preds_y[level](f)
