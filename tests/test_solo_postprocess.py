@@ -1,0 +1,130 @@
+"""Known-answer tests for SOLO post-processing (solo_d2.modeling.solo.postprocess)."""
+import math
+
+import pytest
+import torch
+from detectron2.structures import BitMasks, Instances
+
+from solo_d2.modeling.solo.postprocess import masks_to_boxes, point_nms, solo_postprocess
+
+MH, MW = 16, 20  # masks at 1/4 of a 64x80 padded input
+IMAGE_SIZE = (60, 72)  # unpadded input
+OUTPUT_SIZE = (120, 144)  # original image (2x the input)
+
+
+def soft(y0, y1, x0, x1, value):
+    m = torch.full((MH, MW), 0.02)
+    m[y0:y1, x0:x1] = value
+    return m
+
+
+def test_point_nms_matches_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    heat = torch.rand(2, 3, 7, 7, generator=g)
+    out = point_nms(heat)
+    ref = torch.zeros_like(heat)
+    for b in range(2):
+        for c in range(3):
+            for i in range(7):
+                for j in range(7):
+                    window = heat[b, c, max(i - 1, 0) : i + 1, max(j - 1, 0) : j + 1]
+                    if heat[b, c, i, j] == window.max():
+                        ref[b, c, i, j] = heat[b, c, i, j]
+    assert torch.equal(out, ref)
+    # a peak and its lower right neighbour: the neighbour is suppressed
+    heat = torch.zeros(1, 1, 4, 4)
+    heat[0, 0, 1, 1] = 0.9
+    heat[0, 0, 2, 2] = 0.5
+    heat[0, 0, 0, 3] = 0.3
+    out = point_nms(heat)
+    assert out[0, 0, 1, 1] == pytest.approx(0.9) and out[0, 0, 2, 2] == 0 and out[0, 0, 0, 3] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="kernel"):
+        point_nms(heat, kernel=4)
+
+
+def test_masks_to_boxes_matches_bitmasks():
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(6, 30, 40, generator=g) > 0.97
+    masks[2] = False
+    boxes = masks_to_boxes(masks)
+    ref = BitMasks(masks).get_bounding_boxes().tensor
+    assert torch.equal(boxes, ref)
+    assert torch.equal(boxes[2], torch.zeros(4))
+    assert masks_to_boxes(torch.zeros(0, 5, 5, dtype=torch.bool)).shape == (0, 4)
+
+
+def two_objects_and_duplicate():
+    a = soft(2, 8, 2, 8, 0.9)  # 36 cells
+    b = soft(9, 15, 12, 19, 0.95)  # 42 cells, far from a
+    dup = soft(2, 8, 3, 9, 0.8)  # a shifted right by one cell: IoU 30/42
+    masks = torch.stack([a, b, dup])
+    labels = torch.tensor([1, 1, 1])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    strides = torch.tensor([8.0, 8.0, 8.0])
+    return masks, labels, scores, strides
+
+
+def test_duplicate_decays_boxes_and_output_size():
+    masks, labels, scores, strides = two_objects_and_duplicate()
+    res = solo_postprocess(masks, labels, scores, strides, image_size=IMAGE_SIZE, output_size=OUTPUT_SIZE)
+    assert isinstance(res, Instances) and res.image_size == OUTPUT_SIZE
+    assert res.pred_masks.shape == (3, *OUTPUT_SIZE) and res.pred_masks.dtype == torch.bool
+    # maskness = mean soft value inside the binary mask
+    pre = torch.tensor([0.9 * 0.9, 0.8 * 0.95, 0.7 * 0.8])
+    iou = 30 / 42
+    expected = torch.tensor([pre[0], pre[1], pre[2] * math.exp(-2.0 * iou**2)])
+    assert torch.allclose(res.scores, expected, atol=1e-6)
+    assert res.pred_classes.tolist() == [1, 1, 1]
+    # boxes are the extents of the output masks
+    assert torch.equal(res.pred_boxes.tensor, BitMasks(res.pred_masks).get_bounding_boxes().tensor)
+    # mask a covers cells 2..7 at 1/4 -> input px 8..32 -> output px ~16..64 (x2)
+    box_a = res.pred_boxes.tensor[0]
+    assert torch.allclose(box_a, torch.tensor([16.0, 16.0, 64.0, 64.0]), atol=3)
+    # mask b is cropped by the image size: x up to cell 19 -> input px 76 > 72
+    box_b = res.pred_boxes.tensor[1]
+    assert box_b[2] == OUTPUT_SIZE[1] and torch.allclose(box_b[:2], torch.tensor([96.0, 72.0]), atol=3)
+
+
+def test_hard_mask_nms_removes_duplicate_and_update_thr():
+    masks, labels, scores, strides = two_objects_and_duplicate()
+    res = solo_postprocess(masks, labels, scores, strides, image_size=IMAGE_SIZE,
+                           output_size=OUTPUT_SIZE, nms_method="mask", nms_iou_thr=0.5)
+    assert len(res) == 2 and torch.allclose(res.scores, torch.tensor([0.81, 0.76]))
+    # a different class for the duplicate: no suppression at all
+    res = solo_postprocess(masks, torch.tensor([1, 1, 0]), scores, strides, image_size=IMAGE_SIZE,
+                           output_size=OUTPUT_SIZE)
+    assert torch.allclose(res.scores, torch.tensor([0.81, 0.76, 0.56]))
+    # update_thr drops decayed scores
+    res = solo_postprocess(masks, labels, scores, strides, image_size=IMAGE_SIZE,
+                           output_size=OUTPUT_SIZE, update_thr=0.3)
+    assert len(res) == 2
+    with pytest.raises(ValueError, match="nms_method"):
+        solo_postprocess(masks, labels, scores, strides, image_size=IMAGE_SIZE,
+                         output_size=OUTPUT_SIZE, nms_method="soft")
+
+
+def test_small_masks_dropped_sorting_and_max_per_img():
+    masks, labels, scores, strides = two_objects_and_duplicate()
+    tiny = soft(12, 14, 2, 4, 0.99)  # area 4 <= stride 8
+    masks = torch.cat([masks, tiny[None]])
+    res = solo_postprocess(masks, torch.tensor([1, 2, 0, 0]), torch.tensor([0.5, 0.8, 0.9, 0.95]),
+                           torch.tensor([8.0, 8.0, 8.0, 8.0]), image_size=IMAGE_SIZE,
+                           output_size=OUTPUT_SIZE, max_per_img=2)
+    # tiny dropped; dup (class 0, 0.9*0.8=0.72) and b (0.76) are kept, a (0.45) cut by max_per_img
+    assert res.scores.tolist() == pytest.approx([0.76, 0.72])
+    assert res.pred_classes.tolist() == [2, 0]
+
+
+def test_empty_inputs_give_valid_empty_instances():
+    res = solo_postprocess(torch.zeros(0, MH, MW), torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                           torch.zeros(0), image_size=IMAGE_SIZE, output_size=OUTPUT_SIZE)
+    assert len(res) == 0 and res.image_size == OUTPUT_SIZE
+    assert res.pred_masks.shape == (0, *OUTPUT_SIZE) and res.pred_masks.dtype == torch.bool
+    assert res.scores.shape == (0,) and res.pred_classes.shape == (0,)
+    assert res.pred_boxes.tensor.shape == (0, 4)
+    # all candidates filtered (below mask_thr) -> same empty result
+    res = solo_postprocess(torch.full((2, MH, MW), 0.1), torch.zeros(2, dtype=torch.long),
+                           torch.ones(2), torch.full((2,), 8.0), image_size=IMAGE_SIZE,
+                           output_size=OUTPUT_SIZE)
+    assert len(res) == 0 and res.pred_masks.shape == (0, *OUTPUT_SIZE)
+    assert set(res.get_fields()) == {"pred_masks", "scores", "pred_classes", "pred_boxes"}
