@@ -1,0 +1,68 @@
+"""``build_evaluator``: the evaluator of a dataset, chosen by its metadata ``evaluator_type``."""
+import os
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
+
+from ..utils.env import has_compiled_ops
+from .cityscapes import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
+
+__all__ = ["build_evaluator", "coco_tasks_from_config"]
+
+_EVALUATOR_TYPES = ("coco", "cityscapes_instance", "cityscapes_sem_seg", "sem_seg")
+
+
+def coco_tasks_from_config(cfg):
+    """COCO tasks a model of ``cfg`` produces: ``("segm", "bbox")`` for mask models.
+
+    SOLO-family meta-architectures (and any config with ``MODEL.MASK_ON``) predict
+    masks and mask-derived boxes; other detectors are evaluated on boxes only.
+    """
+    has_masks = cfg.MODEL.MASK_ON or "SOLO" in cfg.MODEL.META_ARCHITECTURE.upper()
+    tasks = ("segm", "bbox") if has_masks else ("bbox",)
+    if cfg.MODEL.KEYPOINT_ON:
+        tasks = tasks + ("keypoints",)
+    return tasks
+
+
+def build_evaluator(cfg, dataset_name, output_folder=None, distributed=True):
+    """
+    Args:
+        cfg (CfgNode): the model config (selects COCO tasks).
+        dataset_name (str): a registered dataset; its metadata ``evaluator_type`` is one of
+            "coco", "cityscapes_instance", "cityscapes_sem_seg", "sem_seg".
+        output_folder (str): where evaluators write results (default ``OUTPUT_DIR/inference``).
+        distributed (bool): gather results of all ranks before evaluating.
+
+    Returns:
+        DatasetEvaluator: one evaluator, or ``DatasetEvaluators`` when several apply.
+    """
+    from ..data.datasets import ensure_dataset
+
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+    meta = MetadataCatalog.get(dataset_name)
+    evaluator_type = getattr(meta, "evaluator_type", None) if hasattr(meta, "evaluator_type") else None
+    if evaluator_type not in _EVALUATOR_TYPES:
+        raise ValueError(
+            "Dataset '{}' has metadata evaluator_type={!r}; solo_d2 supports {}".format(
+                dataset_name, evaluator_type, ", ".join(_EVALUATOR_TYPES)
+            )
+        )
+    ensure_dataset(dataset_name)  # COCOEvaluator reads the json file right away
+    if evaluator_type == "coco":
+        return COCOEvaluator(
+            dataset_name,
+            tasks=coco_tasks_from_config(cfg),
+            distributed=distributed,
+            output_dir=output_folder,
+            use_fast_impl=has_compiled_ops(),
+        )
+    if evaluator_type == "cityscapes_instance":
+        return CityscapesInstanceEvaluator(dataset_name)
+    # SemSegEvaluator(name, distributed, output_dir) is positional-compatible on v0.6 and main
+    # (main adds keyword-only sem_seg_loading_fn; both take keyword-only num_classes/ignore_label).
+    sem_seg = SemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_folder)
+    if evaluator_type == "cityscapes_sem_seg":
+        return DatasetEvaluators([CityscapesSemSegEvaluator(dataset_name), sem_seg])
+    return sem_seg

@@ -1,0 +1,37 @@
+"""Shared test set-up: one dataset root for every test, and synthetic-data fixtures.
+
+``DETECTRON2_DATASETS`` defaults to ``<repo>/datasets`` and is set here, before any
+test imports solo_d2 or detectron2 (both read it at import time). Generation is
+atomic and stamped, so pytest-xdist workers can ask for the same data at once.
+"""
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def dataset_root():
+    """The dataset root every solo_d2 loader uses in this test session."""
+    from solo_d2.data import get_dataset_root
+
+    return get_dataset_root()
+
+
+@pytest.fixture(scope="session")
+def synthetic_coco(dataset_root):
+    """Path of the generated ``synthetic_coco`` tree (``{train,val}/``, ``annotations/``)."""
+    from solo_d2.data import generate_synthetic_coco
+
+    return generate_synthetic_coco(dataset_root)
+
+
+@pytest.fixture(scope="session")
+def synthetic_cityscapes(dataset_root):
+    """Path of the generated ``synthetic_cityscapes`` tree (``leftImg8bit/``, ``gtFine/``)."""
+    from solo_d2.data import generate_synthetic_cityscapes
+
+    return generate_synthetic_cityscapes(dataset_root)

@@ -1,0 +1,190 @@
+"""Evaluators proven on ground truth: GT fed as predictions scores AP = 100 / mIoU = 100,
+and a deliberately wrong prediction set scores clearly lower.
+
+Predictions come from the files through Detectron2's loaders (COCO json, Cityscapes
+instanceIds / labelTrainIds), so loaders, formats and evaluators are checked to agree.
+"""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import detection_utils
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.structures import Boxes, Instances
+
+from solo_d2.config import get_cfg
+from solo_d2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    build_evaluator,
+    coco_tasks_from_config,
+)
+
+COCO_VAL = "synthetic_coco_val"
+CS_INST_VAL = "synthetic_cityscapes_fine_instance_seg_val"
+CS_SEM_VAL = "synthetic_cityscapes_fine_sem_seg_val"
+
+
+def _run(evaluator, inputs, outputs):
+    evaluator.reset()
+    for inp, out in zip(inputs, outputs):
+        evaluator.process([inp], [out])
+    return evaluator.evaluate()
+
+
+# ----------------------------------------------------------------- COCO
+
+
+def _coco_gt_predictions(dicts, wrong=False):
+    """Instances built from the non-crowd annotations of each image (optionally corrupted)."""
+    gen = torch.Generator().manual_seed(0)
+    outputs = []
+    for d in dicts:
+        annos = [a for a in d["annotations"] if not a.get("iscrowd", 0)]
+        gt = detection_utils.annotations_to_instances(annos, (d["height"], d["width"]), mask_format="bitmask")
+        if len(annos):
+            masks, boxes, classes = gt.gt_masks.tensor, gt.gt_boxes.tensor.clone(), gt.gt_classes.clone()
+        else:  # an image without objects
+            masks = torch.zeros((0, d["height"], d["width"]), dtype=torch.bool)
+            boxes, classes = torch.zeros((0, 4)), torch.zeros((0,), dtype=torch.int64)
+        if wrong and len(gt):
+            masks = torch.roll(masks, shifts=(9, 9), dims=(1, 2))  # shifted masks and boxes
+            boxes = boxes + 9
+            flip = torch.rand(len(gt), generator=gen) < 0.5
+            classes[flip] = (classes[flip] + 1) % 3  # wrong classes for about half
+        pred = Instances((d["height"], d["width"]))
+        pred.pred_masks = masks
+        pred.pred_boxes = Boxes(boxes)
+        pred.pred_classes = classes
+        pred.scores = torch.ones(len(gt))
+        outputs.append({"instances": pred})
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def coco_val(synthetic_coco):
+    return DatasetCatalog.get(COCO_VAL)
+
+
+def test_coco_evaluator_gt_is_perfect_and_wrong_is_worse(coco_val, tmp_path):
+    evaluator = COCOEvaluator(COCO_VAL, tasks=("segm", "bbox"), distributed=False, output_dir=str(tmp_path), use_fast_impl=False)
+    inputs = [{"image_id": d["image_id"], "height": d["height"], "width": d["width"]} for d in coco_val]
+    perfect = _run(evaluator, inputs, _coco_gt_predictions(coco_val))
+    assert perfect["segm"]["AP"] == pytest.approx(100.0, abs=0.01)
+    assert perfect["bbox"]["AP"] == pytest.approx(100.0, abs=0.01)
+    wrong = _run(evaluator, inputs, _coco_gt_predictions(coco_val, wrong=True))
+    assert wrong["segm"]["AP"] < 60.0
+    assert wrong["bbox"]["AP"] < 60.0
+
+
+# ----------------------------------------------------------------- Cityscapes instances
+
+
+def _cityscapes_instance_predictions(dicts, wrong=False):
+    """Instances read from each image's ``*_gtFine_instanceIds.png`` (optionally corrupted)."""
+    from cityscapesscripts.helpers.labels import id2label
+
+    thing_classes = MetadataCatalog.get(CS_INST_VAL).thing_classes
+    outputs = []
+    for k, d in enumerate(dicts):
+        inst_file = d["file_name"].replace("leftImg8bit", "gtFine", 1).replace("_leftImg8bit.png", "_gtFine_instanceIds.png")
+        ids = np.asarray(Image.open(inst_file))
+        inst_ids = [i for i in np.unique(ids) if i >= 1000 and id2label[i // 1000].name in thing_classes]
+        masks = torch.from_numpy(np.stack([ids == i for i in inst_ids])) if inst_ids else torch.zeros((0,) + ids.shape, dtype=torch.bool)
+        classes = torch.tensor([thing_classes.index(id2label[i // 1000].name) for i in inst_ids], dtype=torch.int64)
+        if wrong and len(inst_ids):
+            masks = torch.roll(masks, shifts=(0, 25), dims=(1, 2))
+            classes = (classes + 1 + k % 2) % len(thing_classes)
+        pred = Instances(ids.shape)
+        pred.pred_masks = masks
+        pred.pred_classes = classes
+        pred.scores = torch.linspace(1.0, 0.5, len(inst_ids))
+        outputs.append({"instances": pred})
+    return outputs
+
+
+def test_cityscapes_instance_evaluator_gt_is_perfect_and_wrong_is_worse(synthetic_cityscapes):
+    dicts = DatasetCatalog.get(CS_INST_VAL)
+    inputs = [{"file_name": d["file_name"], "image_id": d["image_id"]} for d in dicts]
+    evaluator = CityscapesInstanceEvaluator(CS_INST_VAL)
+    perfect = _run(evaluator, inputs, _cityscapes_instance_predictions(dicts))
+    assert perfect["segm"]["AP"] == pytest.approx(100.0, abs=0.01)
+    assert perfect["segm"]["AP50"] == pytest.approx(100.0, abs=0.01)
+    wrong = _run(evaluator, inputs, _cityscapes_instance_predictions(dicts, wrong=True))
+    assert wrong["segm"]["AP"] < 30.0
+
+
+def test_cityscapes_instance_evaluator_subset_and_missing_prediction(synthetic_cityscapes):
+    """Evaluating a subset works; an image without ``instances`` counts as no detections."""
+    dicts = DatasetCatalog.get(CS_INST_VAL)[:3]
+    inputs = [{"file_name": d["file_name"]} for d in dicts]
+    outputs = _cityscapes_instance_predictions(dicts)
+    evaluator = CityscapesInstanceEvaluator(CS_INST_VAL)
+    assert _run(evaluator, inputs, outputs)["segm"]["AP"] == pytest.approx(100.0, abs=0.01)
+    with_gap = [{}] + outputs[1:]
+    has_gt = len(outputs[0]["instances"]) > 0
+    ap = _run(evaluator, inputs, with_gap)["segm"]["AP"]
+    assert (ap < 100.0) if has_gt else ap == pytest.approx(100.0, abs=0.01)
+
+
+# ----------------------------------------------------------------- semantic
+
+
+def _sem_seg_predictions(dicts, wrong=False):
+    """One-hot (19, H, W) scores from each ``*_gtFine_labelTrainIds.png`` (optionally corrupted)."""
+    outputs = []
+    for d in dicts:
+        train_ids = torch.from_numpy(np.asarray(Image.open(d["sem_seg_file_name"])).astype(np.int64))
+        if wrong:
+            valid = train_ids != 255
+            train_ids = torch.where(valid, (train_ids + 1) % 19, train_ids)
+            train_ids[: train_ids.shape[0] // 2] = torch.roll(train_ids[: train_ids.shape[0] // 2], 40, dims=1)
+        logits = torch.zeros((19,) + tuple(train_ids.shape))
+        valid = train_ids != 255
+        logits[train_ids.clamp(max=18)[None] == torch.arange(19)[:, None, None]] = 1.0
+        logits[:, ~valid] = 0.0
+        outputs.append({"sem_seg": logits})
+    return outputs
+
+
+@pytest.mark.parametrize("which", ["cityscapes", "sem_seg"])
+def test_sem_seg_evaluators_gt_is_perfect_and_wrong_is_worse(synthetic_cityscapes, tmp_path, which):
+    dicts = DatasetCatalog.get(CS_SEM_VAL)
+    inputs = [{"file_name": d["file_name"], "sem_seg_file_name": d["sem_seg_file_name"]} for d in dicts]
+    if which == "cityscapes":
+        evaluator, key, metric = CityscapesSemSegEvaluator(CS_SEM_VAL), "sem_seg", "IoU"
+    else:
+        evaluator, key, metric = SemSegEvaluator(CS_SEM_VAL, distributed=False, output_dir=str(tmp_path)), "sem_seg", "mIoU"
+    perfect = _run(evaluator, inputs, _sem_seg_predictions(dicts))
+    assert perfect[key][metric] == pytest.approx(100.0, abs=0.01)
+    wrong = _run(evaluator, inputs, _sem_seg_predictions(dicts, wrong=True))
+    assert wrong[key][metric] < 30.0
+
+
+# ----------------------------------------------------------------- build_evaluator
+
+
+def test_build_evaluator_by_evaluator_type(synthetic_coco, synthetic_cityscapes, tmp_path):
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.MODEL.META_ARCHITECTURE = "SOLOv2"
+    assert coco_tasks_from_config(cfg) == ("segm", "bbox")
+    coco = build_evaluator(cfg, COCO_VAL, distributed=False)
+    assert isinstance(coco, COCOEvaluator) and set(coco._tasks) == {"segm", "bbox"}
+    assert isinstance(build_evaluator(cfg, CS_INST_VAL), CityscapesInstanceEvaluator)
+    both = build_evaluator(cfg, CS_SEM_VAL)
+    assert isinstance(both, DatasetEvaluators)
+    assert [type(e) for e in both._evaluators] == [CityscapesSemSegEvaluator, SemSegEvaluator]
+
+    name = "solo_d2_test_plain_sem_seg"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: DatasetCatalog.get(CS_SEM_VAL))
+        meta = MetadataCatalog.get(CS_SEM_VAL)
+        MetadataCatalog.get(name).set(evaluator_type="sem_seg", stuff_classes=meta.stuff_classes, ignore_label=255)
+    assert type(build_evaluator(cfg, name)) is SemSegEvaluator
+
+    MetadataCatalog.get("solo_d2_test_no_evaluator").set(thing_classes=["a"])
+    with pytest.raises(ValueError, match="solo_d2_test_no_evaluator.*evaluator_type"):
+        build_evaluator(cfg, "solo_d2_test_no_evaluator")
