@@ -8,6 +8,8 @@ detectron2's worker does, then runs the same ``main_func``.
 """
 import logging
 import os
+import sys
+import traceback
 from datetime import timedelta
 
 import torch
@@ -86,5 +88,11 @@ def _cpu_worker(local_rank, main_func, world_size, workers_per_machine, machine_
     comm.synchronize()
     try:
         main_func(*args)
+    except BaseException:
+        # torch.multiprocessing reports only the first worker it sees fail, often a peer
+        # whose collective broke because of this one; print the root cause with its rank.
+        sys.stderr.write(f"[solo_d2 launch] worker rank {rank} failed:\n{traceback.format_exc()}")
+        sys.stderr.flush()
+        raise
     finally:
         dist.destroy_process_group()
