@@ -84,7 +84,8 @@ class BiSeNetV1Head(nn.Module):
         }
 
     def layers(self, features):
-        """Returns (main [N,K,H/s,W/s], aux8 [N,K,H/8,W/8], aux16 [N,K,H/16,W/16]) logits."""
+        """Returns main logits [N, K, H/s, W/s] and the context features at 1/8 and 1/16
+        ([N, 128, H/8, W/8], [N, 128, H/16, W/16]) that feed the auxiliary outputs."""
         res4, res5, spatial = features["res4"], features["res5"], features["spatial"]
         size16 = res4.shape[-2:]
         size8 = (2 * size16[0], 2 * size16[1])
@@ -94,15 +95,15 @@ class BiSeNetV1Head(nn.Module):
         feat16 = self.arm16(res4) + feat16_ctx
         feat8_ctx = self.refine16(upsample_to(feat16, size8, "nearest"))
         fused = self.ffm(spatial, upsample_to(feat8_ctx, spatial.shape[-2:]))
-        return self.predictor(fused), self.aux8(feat8_ctx), self.aux16(feat16_ctx)
+        return self.predictor(fused), feat8_ctx, feat16_ctx
 
     def forward(self, features, targets=None):
         """targets: [N, H, W] labels padded with ``ignore_value`` (training only)."""
-        main, aux8, aux16 = self.layers(features)
-        if self.training:
+        main, feat8_ctx, feat16_ctx = self.layers(features)
+        if self.training:  # the auxiliary outputs only exist for the losses
             if targets is None:
                 raise ValueError("BiSeNetV1Head needs targets (batched 'sem_seg') in training")
-            return None, self.losses(main, aux8, aux16, targets)
+            return None, self.losses(main, self.aux8(feat8_ctx), self.aux16(feat16_ctx), targets)
         size = (main.shape[-2] * self.common_stride, main.shape[-1] * self.common_stride)
         return upsample_to(main, size), {}
 
