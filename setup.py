@@ -37,6 +37,7 @@ setup(
         "opencv-python-headless",
         "cityscapesscripts>=2.2",
         "scipy",
+        "shapely",
         "tensorboard",
         "matplotlib",
     ],

@@ -139,3 +139,18 @@ def test_num_gpus_without_cuda_is_a_clear_error():
         pytest.skip("CUDA present")
     with pytest.raises(RuntimeError, match="num-cpu-workers"):
         launch(lambda: None, 2)
+
+
+def test_full_model_gradient_clipping_bounds_the_total_norm():
+    cfg = _cfg(BASE_LR=1.0, MOMENTUM=0.0, WEIGHT_DECAY=0.0)
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.5
+    model = _Toy()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = Trainer.build_optimizer(cfg, model)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    opt.step()
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
+    assert step.norm().item() == pytest.approx(0.5, rel=1e-4)  # lr 1, no momentum: step == clipped grad

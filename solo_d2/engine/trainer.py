@@ -92,6 +92,23 @@ def _create_ddp_model(model: torch.nn.Module) -> torch.nn.Module:
     )
 
 
+def _maybe_add_gradient_clipping(cfg, optim_cls):
+    """detectron2's per-parameter clipping, plus ``CLIP_TYPE: full_model``: one clip on the
+    total gradient norm of all parameters (the SOLO recipe's clip at norm 35)."""
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
+        return maybe_add_gradient_clipping(cfg, optim_cls)
+    max_norm, norm_type = clip.CLIP_VALUE, clip.NORM_TYPE
+
+    class FullModelGradientClipping(optim_cls):
+        def step(self, closure=None):
+            params = [p for g in self.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            return super().step(closure=closure)
+
+    return FullModelGradientClipping
+
+
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         # Same construction order as DefaultTrainer.__init__ (v0.6 and main), with a
@@ -134,7 +151,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         groups = build_optimizer_param_groups(cfg, model)
-        opt_cls = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+        opt_cls = _maybe_add_gradient_clipping(cfg, torch.optim.SGD)
         return opt_cls(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
 
     @classmethod
