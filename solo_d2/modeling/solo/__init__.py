@@ -3,6 +3,7 @@ from .config import add_solo_config
 from .heads import SOLO_HEAD_REGISTRY, SOLOHeadBase, SOLOv2Head, build_solo_head
 from .heads_solo import DecoupledSOLOHead, DecoupledSOLOLightHead, SOLOHead
 from .mask_branch import SOLOv2MaskBranch
+from .meta_arch import SOLO
 
 __all__ = [
     "add_solo_config",
@@ -14,4 +15,5 @@ __all__ = [
     "DecoupledSOLOLightHead",
     "SOLOv2Head",
     "SOLOv2MaskBranch",
+    "SOLO",
 ]

@@ -53,7 +53,7 @@ class _GridHeadBase(SOLOHeadBase):
             num_grids: S per level.
             channels, num_convs: tower width and depth (SOLO: 256, 7; light: 256, 4).
             norm: tower norm; use_dcn: deformable tower convs.
-            prior_prob: initial probability of category and mask outputs.
+            prior_prob: initial category probability (mask outputs start at bias 0).
         """
         super().__init__()
         self.num_classes = num_classes
@@ -62,9 +62,7 @@ class _GridHeadBase(SOLOHeadBase):
         self.cate_pred = nn.Conv2d(channels, num_classes, 3, padding=1)
         self._build_mask_layers(in_channels, channels, num_convs, norm, use_dcn)
         init_head_weights(self)
-        bias = prior_bias(prior_prob)
-        for m in [self.cate_pred, *self._mask_output_convs()]:
-            nn.init.constant_(m.bias, bias)
+        nn.init.constant_(self.cate_pred.bias, prior_bias(prior_prob))
 
     @classmethod
     def from_config(cls, cfg, input_shapes: List[ShapeSpec]):
@@ -81,9 +79,6 @@ class _GridHeadBase(SOLOHeadBase):
         }
 
     def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
-        raise NotImplementedError
-
-    def _mask_output_convs(self) -> List[nn.Conv2d]:
         raise NotImplementedError
 
     def _mask_level(self, x: torch.Tensor, level: int):
@@ -110,9 +105,6 @@ class SOLOHead(_GridHeadBase):
         self.mask_tower = make_tower(in_channels + 2, channels, num_convs, norm, use_dcn)
         self.mask_preds = nn.ModuleList([nn.Conv2d(channels, s * s, 1) for s in self.num_grids])
 
-    def _mask_output_convs(self):
-        return list(self.mask_preds)
-
     def _mask_level(self, x, level):
         x = self.mask_tower(torch.cat([x, coord_features(x)], dim=1))
         return self.mask_preds[level](_up2(x))
@@ -126,9 +118,6 @@ class SOLOHead(_GridHeadBase):
 
 class _DecoupledBase(_GridHeadBase):
     """Mask output per level: ``(x_logits [B, S, h, w], y_logits [B, S, h, w])``."""
-
-    def _mask_output_convs(self):
-        return [*self.mask_preds_x, *self.mask_preds_y]
 
     def _build_preds(self, channels):
         self.mask_preds_x = nn.ModuleList([nn.Conv2d(channels, s, 3, padding=1) for s in self.num_grids])

@@ -1,0 +1,261 @@
+"""``SOLO``: one Detectron2 meta-architecture for SOLO, Decoupled SOLO and SOLOv2.
+
+Pipeline: normalize + pad images -> backbone (ResNet+FPN, P2..P6) -> resize the head
+levels to ``MODEL.SOLO.FPN_STRIDES`` (P2 halved, P6 to P5's size) -> optional SOLOv2
+mask branch -> head (``MODEL.SOLO.HEAD_NAME``). Training: :func:`solo_targets` +
+:func:`solo_loss`. Inference: point NMS, score threshold, top ``NMS_PRE``, soft masks of
+the candidates only, :func:`solo_postprocess` (Matrix/mask NMS, resize to the input size).
+The variant only shows up in the head's :meth:`~.heads.SOLOHeadBase.soft_masks`.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
+from torch import nn
+
+from .heads import SOLOHeadBase, build_solo_head
+from .losses import solo_loss
+from .mask_branch import SOLOv2MaskBranch
+from .postprocess import point_nms, solo_postprocess
+from .targets import solo_targets
+
+__all__ = ["SOLO", "gt_bitmasks"]
+
+
+def gt_bitmasks(instances: Instances, padded_hw: Tuple[int, int], device) -> torch.Tensor:
+    """Ground-truth masks of one image as a bool tensor ``[N, H_pad, W_pad]`` on ``device``.
+
+    Accepts ``BitMasks`` (``INPUT.MASK_FORMAT bitmask``) and ``PolygonMasks`` (``polygon``,
+    rasterized at the padded size); images without instances give ``[0, H_pad, W_pad]``.
+    """
+    h, w = padded_hw
+    if len(instances) == 0:
+        return torch.zeros((0, h, w), dtype=torch.bool, device=device)
+    if not instances.has("gt_masks"):
+        raise ValueError("SOLO needs instance masks: the dataset dicts have no 'segmentation'")
+    masks = instances.gt_masks
+    if isinstance(masks, PolygonMasks):
+        return BitMasks.from_polygon_masks(masks, h, w).tensor.to(device=device, dtype=torch.bool)
+    if isinstance(masks, BitMasks):
+        t = masks.tensor.to(device=device, dtype=torch.bool)
+        return F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]))
+    raise TypeError(f"gt_masks of type {type(masks).__name__} unsupported (use BitMasks or PolygonMasks)")
+
+
+@META_ARCH_REGISTRY.register()
+class SOLO(nn.Module):
+    """SOLO-family instance segmentation (``MODEL.META_ARCHITECTURE: "SOLO"``).
+
+    Input: Detectron2 dataset dicts after ``DatasetMapper`` (``image [3, H, W]``, optional
+    ``instances`` with ``gt_classes`` and ``gt_masks``, optional ``height``/``width``).
+    Output (eval): ``[{"instances": Instances}]`` at ``height x width`` with ``pred_masks``
+    (bool), ``scores``, ``pred_classes``, ``pred_boxes``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: SOLOHeadBase,
+        mask_branch: Optional[nn.Module],
+        in_features: List[str],
+        strides: List[int],
+        scale_ranges: List[Tuple[float, float]],
+        sigma: float,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        loss_cfg: Dict[str, float],
+        test_cfg: Dict,
+    ):
+        """
+        Args:
+            backbone: a Detectron2 backbone (e.g. ResNet+FPN) producing ``in_features``.
+            head: a SOLO head; mask_branch: :class:`SOLOv2MaskBranch` if the head needs one.
+            in_features, strides: backbone features of the head levels and the strides
+                the head sees (features are resized to ``padded_size / stride``).
+            scale_ranges, sigma: target assignment (see :func:`solo_targets`).
+            pixel_mean, pixel_std: input normalization.
+            loss_cfg: ``focal_alpha``, ``focal_gamma``, ``cate_weight``, ``mask_weight``.
+            test_cfg: ``score_thr``, ``nms_pre`` and the keyword arguments of
+                :func:`solo_postprocess` (``mask_thr``, ``update_thr``, ``max_per_img``,
+                ``nms_method``, ``kernel``, ``sigma``).
+        """
+        super().__init__()
+        n = len(head.num_grids)
+        for name, value in (("IN_FEATURES", in_features), ("FPN_STRIDES", strides), ("SCALE_RANGES", scale_ranges)):
+            if len(value) != n:
+                raise ValueError(f"MODEL.SOLO.{name} has {len(value)} levels but MODEL.SOLO.NUM_GRIDS has {n}")
+        if head.needs_mask_features and mask_branch is None:
+            raise ValueError(f"{type(head).__name__} needs a mask branch")
+        self.backbone = backbone
+        self.ins_head = head
+        self.mask_head = mask_branch
+        self.in_features = list(in_features)
+        self.strides = list(strides)
+        self.scale_ranges = [tuple(r) for r in scale_ranges]
+        self.sigma = sigma
+        self.loss_cfg = dict(loss_cfg)
+        self.test_cfg = dict(test_cfg)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        c = cfg.MODEL.SOLO
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        missing = [f for f in c.IN_FEATURES if f not in shapes]
+        if missing:
+            raise ValueError(f"MODEL.SOLO.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})")
+        head = build_solo_head(cfg, [shapes[f] for f in c.IN_FEATURES])
+        mask_branch = SOLOv2MaskBranch(cfg, shapes) if head.needs_mask_features else None
+        if c.NMS_METHOD not in ("matrix", "mask"):
+            raise ValueError(f"MODEL.SOLO.NMS_METHOD must be 'matrix' or 'mask', got {c.NMS_METHOD!r}")
+        if c.NMS_KERNEL not in ("gaussian", "linear"):
+            raise ValueError(f"MODEL.SOLO.NMS_KERNEL must be 'gaussian' or 'linear', got {c.NMS_KERNEL!r}")
+        return {
+            "backbone": backbone,
+            "head": head,
+            "mask_branch": mask_branch,
+            "in_features": c.IN_FEATURES,
+            "strides": c.FPN_STRIDES,
+            "scale_ranges": c.SCALE_RANGES,
+            "sigma": c.SIGMA,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "loss_cfg": {
+                "focal_alpha": c.LOSS.FOCAL_ALPHA,
+                "focal_gamma": c.LOSS.FOCAL_GAMMA,
+                "cate_weight": c.LOSS.CATE_WEIGHT,
+                "mask_weight": c.LOSS.DICE_WEIGHT,
+            },
+            "test_cfg": {
+                "score_thr": c.SCORE_THR,
+                "nms_pre": c.NMS_PRE,
+                "mask_thr": c.MASK_THR,
+                "update_thr": c.UPDATE_THR,
+                "max_per_img": c.MAX_PER_IMG,
+                "nms_method": c.NMS_METHOD,
+                "kernel": c.NMS_KERNEL,
+                "sigma": c.NMS_SIGMA,
+            },
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.ins_head.num_classes
+
+    # ------------------------------------------------------------------ shared
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    def _head_outputs(self, images: ImageList):
+        """Category logits and mask outputs per level (see :class:`~.heads.SOLOHeadBase`)."""
+        feats = self.backbone(images.tensor)
+        h, w = images.tensor.shape[-2:]
+        level_feats = []
+        for name, stride in zip(self.in_features, self.strides):
+            x = feats[name]
+            size = (-(-h // stride), -(-w // stride))
+            if tuple(x.shape[-2:]) != size:  # P2 -> 1/8, P6 -> 1/32
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            level_feats.append(x)
+        mask_feats = self.mask_head(feats) if self.mask_head is not None else None
+        return self.ins_head(level_feats, mask_feats)
+
+    def forward(self, batched_inputs: List[Dict]):
+        images = self.preprocess_image(batched_inputs)
+        cate_logits, mask_outputs = self._head_outputs(images)
+        if self.training:
+            return self.losses(batched_inputs, images, cate_logits, mask_outputs)
+        return self.inference(batched_inputs, images, cate_logits, mask_outputs)
+
+    # ------------------------------------------------------------------ training
+    def losses(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> Dict[str, torch.Tensor]:
+        if any("instances" not in x for x in batched_inputs):
+            raise ValueError("SOLO training needs 'instances' in every input dict")
+        padded = tuple(images.tensor.shape[-2:])
+        gt = [x["instances"] for x in batched_inputs]
+        gt_masks = [gt_bitmasks(g, padded, self.device) for g in gt]
+        gt_classes = [g.gt_classes.to(self.device) for g in gt]
+        mask_sizes = [self.ins_head.mask_size(m) for m in mask_outputs]
+        targets = solo_targets(
+            gt_masks,
+            gt_classes,
+            num_grids=self.ins_head.num_grids,
+            scale_ranges=self.scale_ranges,
+            mask_sizes=mask_sizes,
+            sigma=self.sigma,
+            num_classes=self.num_classes,
+        )
+        mask_probs = []
+        for level, (t, out) in enumerate(zip(targets, mask_outputs)):
+            img_idx, cell_idx = t.pos_mask.nonzero(as_tuple=True)
+            mask_probs.append(self.ins_head.soft_masks(out, level, img_idx, cell_idx))
+        return solo_loss(cate_logits, targets, mask_probs, num_classes=self.num_classes, **self.loss_cfg)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def inference(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> List[Dict]:
+        """Per image: candidates above ``score_thr`` (at most ``nms_pre``), their soft masks
+        at 1/4 of the padded input, then :func:`solo_postprocess`."""
+        num_grids = self.ins_head.num_grids
+        # [B, sum S^2, C] scores over all levels; the level of each global cell index
+        scores = torch.cat(
+            [point_nms(c.sigmoid()).flatten(2).transpose(1, 2) for c in cate_logits], dim=1
+        )
+        level_of_cell = torch.cat(
+            [torch.full((s * s,), l, dtype=torch.long, device=scores.device) for l, s in enumerate(num_grids)]
+        )
+        cell_offsets = torch.tensor([0] + [s * s for s in num_grids], device=scores.device).cumsum(0)
+        stride_of_level = torch.tensor(self.strides, dtype=torch.float32, device=scores.device)
+        quarter = tuple(-(-d // 4) for d in images.tensor.shape[-2:])
+
+        results = []
+        for b, (inp, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            keep = scores[b] > self.test_cfg["score_thr"]
+            cand_scores = scores[b][keep]
+            cells, labels = keep.nonzero(as_tuple=True)
+            if cand_scores.numel() > self.test_cfg["nms_pre"]:
+                cand_scores, order = cand_scores.topk(self.test_cfg["nms_pre"])
+                cells, labels = cells[order], labels[order]
+            levels = level_of_cell[cells]
+            # each distinct cell's mask is computed once, even if several classes pass
+            uniq, inverse = torch.unique(cells, return_inverse=True)
+            uniq_levels = level_of_cell[uniq]
+            soft = scores.new_zeros((uniq.numel(), *quarter))
+            for level in uniq_levels.unique().tolist():
+                sel = (uniq_levels == level).nonzero(as_tuple=True)[0]
+                local = uniq[sel] - cell_offsets[level]
+                img_idx = torch.full_like(local, b)
+                m = self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local)
+                if tuple(m.shape[-2:]) != quarter:
+                    m = F.interpolate(m[None], size=quarter, mode="bilinear", align_corners=False)[0]
+                soft[sel] = m
+            out_size = (inp.get("height", image_size[0]), inp.get("width", image_size[1]))
+            instances = solo_postprocess(
+                soft[inverse],
+                labels,
+                cand_scores,
+                stride_of_level[levels],
+                image_size=tuple(image_size),
+                output_size=tuple(out_size),
+                mask_thr=self.test_cfg["mask_thr"],
+                update_thr=self.test_cfg["update_thr"],
+                max_per_img=self.test_cfg["max_per_img"],
+                nms_pre=self.test_cfg["nms_pre"],
+                nms_method=self.test_cfg["nms_method"],
+                kernel=self.test_cfg["kernel"],
+                sigma=self.test_cfg["sigma"],
+            )
+            results.append({"instances": instances})
+        return results
