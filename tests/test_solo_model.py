@@ -206,3 +206,13 @@ def test_overfit_few_images(scenes, head, tmp_path):
     assert drawn.shape == rgb.shape
     changed = np.abs(drawn.astype(int) - rgb.astype(int)).sum(-1) > 0
     assert changed[pred.pred_masks[0].numpy()].mean() > 0.5  # the top mask is painted
+
+
+@pytest.mark.parametrize("head", ["SOLOHead", "DecoupledSOLOLightHead", "SOLOv2Head"])
+def test_every_parameter_gets_a_gradient_without_positives(scenes, head):
+    """DDP (find_unused_parameters=False) needs every parameter in the graph on every worker."""
+    model = build_model(_cfg(head)).train()
+    empty = [_mapped(scenes[2], "bitmask"), _mapped(scenes[2], "bitmask")]
+    sum(model(empty).values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing

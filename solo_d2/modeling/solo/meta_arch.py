@@ -201,7 +201,12 @@ class SOLO(nn.Module):
         for level, (t, out) in enumerate(zip(targets, mask_outputs)):
             img_idx, cell_idx = t.pos_mask.nonzero(as_tuple=True)
             mask_probs.append(self.ins_head.soft_masks(out, level, img_idx, cell_idx))
-        return solo_loss(cate_logits, targets, mask_probs, num_classes=self.num_classes, **self.loss_cfg)
+        losses = solo_loss(cate_logits, targets, mask_probs, num_classes=self.num_classes, **self.loss_cfg)
+        # Keep every mask output in the graph (zero gradient), also on levels or batches without
+        # positives, so that DDP sees all head parameters used on every worker.
+        outs = [t for out in mask_outputs for t in (out if isinstance(out, (tuple, list)) else (out,))]
+        losses["loss_mask"] = losses["loss_mask"] + 0.0 * sum(t.sum() for t in outs)
+        return losses
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
