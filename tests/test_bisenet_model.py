@@ -212,3 +212,20 @@ def test_default_predictor_and_visualizer():
     assert vis.shape == (100, 170, 3)
     # every pixel is covered by some class mask, so the drawing changes the image
     assert np.abs(vis.astype(int) - image[:, :, ::-1].astype(int)).mean() > 5
+
+
+@pytest.mark.parametrize("name", ["BiSeNet/V1_R18_cityscapes.yaml", "BiSeNet/V1_R50_cityscapes.yaml", "BiSeNet/V2_cityscapes.yaml"])
+def test_cityscapes_recipe_configs(name):
+    cfg = get_config(name)
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 19 and cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE == 255
+    assert cfg.DATASETS.TRAIN == ("cityscapes_fine_sem_seg_train",) and cfg.DATASETS.TEST == ("cityscapes_fine_sem_seg_val",)
+    assert tuple(cfg.INPUT.CROP.SIZE) == (1024, 1024) and list(cfg.INPUT.RANDOM_SCALE) == [0.75, 2.0]
+    assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR" and cfg.SOLVER.WARMUP_ITERS == 1000
+    assert cfg.SOLVER.WEIGHT_DECAY == 5e-4 and cfg.SOLVER.WEIGHT_DECAY_NORM == 0.0 and cfg.SOLVER.WEIGHT_DECAY_BIAS == 0.0
+    assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.AMP.ENABLED and cfg.INPUT.FORMAT == "RGB"
+    cfg.MODEL.DEVICE = "cpu"
+    names = [n for n, _ in build_model(cfg).named_parameters()]
+    for prefix in cfg.SOLVER.HEAD_PARAM_PREFIXES:  # every 10x-lr prefix names real parameters
+        assert any(n.startswith(prefix) for n in names), prefix
+    if "V1" in name:
+        assert cfg.SOLVER.HEAD_LR_MULTIPLIER == 10.0 and cfg.SOLVER.MAX_ITER == 80000
