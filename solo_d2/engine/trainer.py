@@ -11,7 +11,8 @@ Differences from ``DefaultTrainer``:
 - ``SOLVER.LR_SCHEDULER_NAME: WarmupPolyLR`` is fvcore's polynomial decay with warmup;
 - the model is wrapped in ``DistributedDataParallel`` for CPU (gloo) workers too
   (detectron2 v0.6 passes CUDA ``device_ids`` unconditionally), and converted to
-  ``SyncBatchNorm`` when ``MODEL.SYNC_BN`` is set and there are several workers.
+  ``SyncBatchNorm`` (``NaiveSyncBatchNorm`` on CPU workers) when ``MODEL.SYNC_BN`` is set and
+  there are several workers.
 """
 import logging
 import weakref
@@ -22,6 +23,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
@@ -83,6 +85,33 @@ def build_optimizer_param_groups(cfg, model: torch.nn.Module) -> List[Dict[str, 
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
+def convert_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``MODEL.SYNC_BN``: BatchNorm statistics computed over all workers.
+
+    CUDA models get ``torch.nn.SyncBatchNorm``. torch's SyncBatchNorm refuses CPU tensors,
+    so on CPU (gloo) workers each ``nn.BatchNorm2d`` becomes detectron2's
+    ``NaiveSyncBatchNorm`` (an all_reduce of the batch mean and mean of squares), with its
+    weights and running statistics copied.
+    """
+    if any(p.is_cuda for p in model.parameters()):
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    _to_naive_sync_bn(model)
+    return model
+
+
+def _to_naive_sync_bn(module: torch.nn.Module) -> None:
+    for name, child in module.named_children():
+        if type(child) is torch.nn.BatchNorm2d:
+            sync = NaiveSyncBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+            sync.load_state_dict(child.state_dict())
+            sync.train(child.training)
+            setattr(module, name, sync)
+        else:
+            _to_naive_sync_bn(child)
+
+
 def _create_ddp_model(model: torch.nn.Module) -> torch.nn.Module:
     if comm.get_world_size() == 1:
         return model
@@ -134,7 +163,7 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg):
         model = super().build_model(cfg)
         if cfg.MODEL.SYNC_BN and comm.get_world_size() > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)
         return model
 
     @classmethod
@@ -151,8 +180,14 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         groups = build_optimizer_param_groups(cfg, model)
-        opt_cls = _maybe_add_gradient_clipping(cfg, torch.optim.SGD)
-        return opt_cls(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
+        name = cfg.SOLVER.OPTIMIZER.upper()
+        if name == "SGD":
+            opt_cls = _maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+            return opt_cls(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
+        if name == "ADAMW":
+            opt_cls = _maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
+            return opt_cls(groups, lr=cfg.SOLVER.BASE_LR)
+        raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}")
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
