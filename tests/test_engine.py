@@ -154,3 +154,11 @@ def test_full_model_gradient_clipping_bounds_the_total_norm():
     opt.step()
     step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
     assert step.norm().item() == pytest.approx(0.5, rel=1e-4)  # lr 1, no momentum: step == clipped grad
+
+
+def test_optimizer_choice():
+    model = _Toy()
+    assert isinstance(Trainer.build_optimizer(_cfg(OPTIMIZER="ADAMW"), model), torch.optim.AdamW)
+    assert isinstance(Trainer.build_optimizer(_cfg(), model), torch.optim.SGD)
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
+        Trainer.build_optimizer(_cfg(OPTIMIZER="LION"), model)

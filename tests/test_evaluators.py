@@ -154,7 +154,7 @@ def test_sem_seg_evaluators_gt_is_perfect_and_wrong_is_worse(synthetic_cityscape
     dicts = DatasetCatalog.get(CS_SEM_VAL)
     inputs = [{"file_name": d["file_name"], "sem_seg_file_name": d["sem_seg_file_name"]} for d in dicts]
     if which == "cityscapes":
-        evaluator, key, metric = CityscapesSemSegEvaluator(CS_SEM_VAL), "sem_seg", "IoU"
+        evaluator, key, metric = CityscapesSemSegEvaluator(CS_SEM_VAL), "cityscapes_sem_seg", "IoU"
     else:
         evaluator, key, metric = SemSegEvaluator(CS_SEM_VAL, distributed=False, output_dir=str(tmp_path)), "sem_seg", "mIoU"
     perfect = _run(evaluator, inputs, _sem_seg_predictions(dicts))
@@ -188,3 +188,14 @@ def test_build_evaluator_by_evaluator_type(synthetic_coco, synthetic_cityscapes,
     MetadataCatalog.get("solo_d2_test_no_evaluator").set(thing_classes=["a"])
     with pytest.raises(ValueError, match="solo_d2_test_no_evaluator.*evaluator_type"):
         build_evaluator(cfg, "solo_d2_test_no_evaluator")
+
+
+def test_built_cityscapes_sem_seg_evaluators_run_together(synthetic_cityscapes, tmp_path):
+    """Both evaluators of a cityscapes_sem_seg dataset report under distinct keys."""
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    dicts = DatasetCatalog.get(CS_SEM_VAL)
+    inputs = [{"file_name": d["file_name"], "sem_seg_file_name": d["sem_seg_file_name"]} for d in dicts]
+    res = _run(build_evaluator(cfg, CS_SEM_VAL, str(tmp_path), distributed=False), inputs, _sem_seg_predictions(dicts))
+    assert res["cityscapes_sem_seg"]["IoU"] == pytest.approx(100.0, abs=0.01)
+    assert res["sem_seg"]["mIoU"] == pytest.approx(100.0, abs=0.01)

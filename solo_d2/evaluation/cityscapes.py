@@ -183,7 +183,9 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
     def evaluate(self):
         """
         Returns:
-            dict: ``{"sem_seg": {"IoU", "iIoU", "IoU_sup", "iIoU_sup"}}`` in percent (rank 0).
+            dict: ``{"cityscapes_sem_seg": {"IoU", "iIoU", "IoU_sup", "iIoU_sup"}}`` in percent
+            (rank 0). The key differs from ``SemSegEvaluator``'s ``"sem_seg"`` so both can run in
+            one ``DatasetEvaluators``.
         """
         pairs = self._gathered_pairs()
         if not comm.is_main_process():
@@ -201,11 +203,11 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
         results = cs_eval.evaluateImgLists([p for p, _ in pairs], [g for _, g in pairs], args)
         self._cleanup()
         ret = OrderedDict()
-        ret["sem_seg"] = {
+        ret["cityscapes_sem_seg"] = {
             "IoU": 100.0 * results["averageScoreClasses"],
             "iIoU": 100.0 * results["averageScoreInstClasses"],
             "IoU_sup": 100.0 * results["averageScoreCategories"],
             "iIoU_sup": 100.0 * results["averageScoreInstCategories"],
         }
-        self._logger.info("Cityscapes semantic results: {}".format(ret["sem_seg"]))
+        self._logger.info("Cityscapes semantic results: {}".format(ret["cityscapes_sem_seg"]))
         return ret
