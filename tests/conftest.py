@@ -35,3 +35,12 @@ def synthetic_cityscapes(dataset_root):
     from solo_d2.data import generate_synthetic_cityscapes
 
     return generate_synthetic_cityscapes(dataset_root)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs 2 workers on 2 cores) each worker uses one
+    torch thread, so the workers do not oversubscribe the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 # (name, config, metric keys to report, dataset whose held-out images are visualized)
 JOBS = [
     ("solov2", "configs/Synthetic/SOLOv2_demo.yaml", ("segm/AP", "segm/AP50", "bbox/AP"), "synthetic_coco_val"),
-    ("bisenet", "configs/Synthetic/BiSeNetV1_R18.yaml", ("sem_seg/mIoU", "sem_seg/pACC"),
+    ("bisenet", "configs/Synthetic/BiSeNetV1_demo.yaml", ("sem_seg/mIoU", "sem_seg/pACC", "cityscapes_sem_seg/IoU"),
      "synthetic_cityscapes_fine_sem_seg_val"),
 ]
 
