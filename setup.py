@@ -19,7 +19,7 @@ def model_zoo_configs():
     dst = ROOT / "solo_d2" / "model_zoo" / "configs"
     if not dst.exists():
         os.symlink(os.path.relpath(ROOT / "configs", dst.parent), dst)
-    return [str(p.relative_to(dst.parent)) for p in (ROOT / "configs").rglob("*.yaml")]
+    return ["configs/" + p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")]
 
 
 setup(
