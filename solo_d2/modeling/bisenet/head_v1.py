@@ -12,7 +12,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from .layers import AttentionRefinement, FeatureFusion, SegOutput, conv_norm_act, upsample_to
-from .loss import seg_loss
+from .loss import head_loss_config, seg_loss
 
 __all__ = ["BiSeNetV1Head"]
 
@@ -70,17 +70,10 @@ class BiSeNetV1Head(nn.Module):
         b = cfg.MODEL.BISENET
         return {
             "input_shape": input_shape,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "context_channels": b.CONTEXT_CHANNELS,
             "ffm_channels": b.FFM_CHANNELS,
             "aux_channels": b.AUX_CHANNELS,
-            "norm": b.NORM,
-            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
-            "aux_loss_weight": b.AUX_LOSS_WEIGHT,
-            "loss_type": b.LOSS_TYPE,
-            "ohem_thresh": b.OHEM_THRESH,
-            "ohem_min_kept_divisor": b.OHEM_MIN_KEPT_DIVISOR,
+            **head_loss_config(cfg),
         }
 
     def layers(self, features):

@@ -13,7 +13,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from .layers import SegOutput, conv_norm_act, upsample_to
-from .loss import seg_loss
+from .loss import head_loss_config, seg_loss
 
 __all__ = ["BilateralGuidedAggregation", "BiSeNetV2Head"]
 
@@ -89,20 +89,13 @@ class BiSeNetV2Head(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        b, v2 = cfg.MODEL.BISENET, cfg.MODEL.BISENET_V2
+        v2 = cfg.MODEL.BISENET_V2
         return {
             "input_shape": input_shape,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "head_channels": v2.HEAD_CHANNELS,
             "booster_channels": v2.BOOSTER_CHANNELS,
             "dropout": v2.DROPOUT,
-            "norm": b.NORM,
-            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
-            "aux_loss_weight": b.AUX_LOSS_WEIGHT,
-            "loss_type": b.LOSS_TYPE,
-            "ohem_thresh": b.OHEM_THRESH,
-            "ohem_min_kept_divisor": b.OHEM_MIN_KEPT_DIVISOR,
+            **head_loss_config(cfg),
         }
 
     def forward(self, features, targets=None):

@@ -16,7 +16,22 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-__all__ = ["ohem_cross_entropy", "cross_entropy", "seg_loss", "reduce_normalizer"]
+__all__ = ["ohem_cross_entropy", "cross_entropy", "seg_loss", "reduce_normalizer", "head_loss_config"]
+
+
+def head_loss_config(cfg) -> dict:
+    """``from_config`` arguments shared by the BiSeNet V1 and V2 heads (classes, norm, losses)."""
+    b = cfg.MODEL.BISENET
+    return {
+        "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        "norm": b.NORM,
+        "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+        "aux_loss_weight": b.AUX_LOSS_WEIGHT,
+        "loss_type": b.LOSS_TYPE,
+        "ohem_thresh": b.OHEM_THRESH,
+        "ohem_min_kept_divisor": b.OHEM_MIN_KEPT_DIVISOR,
+    }
 
 
 def reduce_normalizer(count: torch.Tensor) -> torch.Tensor:
