@@ -13,6 +13,18 @@ os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module's tests: the CPU is shared by several processes and
+    one thread per process is far faster there (``pytestmark = usefixtures("single_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def dataset_root():
     """The dataset root every solo_d2 loader uses in this test session."""

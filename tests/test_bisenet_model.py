@@ -2,15 +2,13 @@
 import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F
 
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import SemanticSegmentor, build_backbone, build_model
 from detectron2.utils.visualizer import Visualizer
 
-import solo_d2
+import solo_d2  # noqa: F401  (registers the models)
 from solo_d2.modeling.bisenet import add_bisenet_config, predict_padded, predict_sliding, predict_tta
 from solo_d2.model_zoo import get_config
 

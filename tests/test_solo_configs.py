@@ -13,13 +13,7 @@ from solo_d2 import model_zoo
 from solo_d2.modeling.backbone import ModulatedDeformConv2d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The CPU is shared by several processes: one thread per test process is far faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 SOLO_CONFIGS = [c for c in model_zoo.list_configs() if "BiSeNet" not in c]

@@ -131,7 +131,7 @@ def bench_nms(quick):
          f"{t_seq / t_matrix:.1f}x"),
         (f"vectorized hard mask NMS, {n} masks", f"{t_hard * 1e3:.1f} ms", f"{t_seq * 1e3:.1f} ms (sequential)",
          f"{t_seq / t_hard:.1f}x"),
-        (f"of which the IoU matrix", f"{t_iou * 1e3:.1f} ms", "", ""),
+        ("of which the IoU matrix", f"{t_iou * 1e3:.1f} ms", "", ""),
     ]
 
 

@@ -90,6 +90,17 @@ class _CityscapesEvaluator(DatasetEvaluator):
             self._working_dir.cleanup()
             self._working_dir = None
 
+    def _quiet_args(self, cs_eval):
+        """A private copy of a cityscapesscripts module's ``args``, reading predictions from
+        this evaluator's temporary folder, writing no JSON and printing nothing."""
+        args = copy.deepcopy(cs_eval.args)
+        args.predictionPath = os.path.abspath(self._temp_dir)
+        args.predictionWalk = None
+        args.JSONOutput = False
+        args.quiet = True
+        args.colorized = False
+        return args
+
 
 class CityscapesInstanceEvaluator(_CityscapesEvaluator):
     """Cityscapes instance-level AP (cityscapesscripts' definition: AP over IoU 0.5:0.95,
@@ -134,13 +145,8 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
             return None
         import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as cs_eval
 
-        args = copy.deepcopy(cs_eval.args)
-        args.predictionPath = os.path.abspath(self._temp_dir)
-        args.predictionWalk = None
+        args = self._quiet_args(cs_eval)
         args.gtInstancesFile = os.path.join(self._temp_dir, "gtInstances.json")
-        args.JSONOutput = False
-        args.quiet = True
-        args.colorized = False
         preds, gts = [p for p, _ in pairs], [os.path.abspath(g) for _, g in pairs]
         self._logger.info("Evaluating {} images with cityscapesscripts (instance level) ...".format(len(gts)))
         cs_eval.setInstanceLabels(args)
@@ -192,12 +198,7 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
             return None
         import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
 
-        args = copy.deepcopy(cs_eval.args)
-        args.predictionPath = os.path.abspath(self._temp_dir)
-        args.predictionWalk = None
-        args.JSONOutput = False
-        args.quiet = True
-        args.colorized = False
+        args = self._quiet_args(cs_eval)
         args.bold = args.nocol = ""
         self._logger.info("Evaluating {} images with cityscapesscripts (pixel level) ...".format(len(pairs)))
         results = cs_eval.evaluateImgLists([p for p, _ in pairs], [g for _, g in pairs], args)
