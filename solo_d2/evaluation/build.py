@@ -42,7 +42,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None, distributed=True):
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     meta = MetadataCatalog.get(dataset_name)
-    evaluator_type = getattr(meta, "evaluator_type", None) if hasattr(meta, "evaluator_type") else None
+    evaluator_type = getattr(meta, "evaluator_type", None)
     if evaluator_type not in _EVALUATOR_TYPES:
         raise ValueError(
             "Dataset '{}' has metadata evaluator_type={!r}; solo_d2 supports {}".format(

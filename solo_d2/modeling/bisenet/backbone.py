@@ -14,7 +14,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from .layers import conv_norm_act
+from .layers import FixedShapeBackbone, conv_norm_act
 
 __all__ = ["SpatialPath", "BiSeNetV1Backbone", "build_bisenet_v1_backbone"]
 
@@ -33,7 +33,7 @@ class SpatialPath(nn.Sequential):
         )
 
 
-class BiSeNetV1Backbone(Backbone):
+class BiSeNetV1Backbone(FixedShapeBackbone):
     """Wraps a detectron2 ResNet (``self.resnet``) and an optional ``self.spatial_path``."""
 
     def __init__(self, resnet: Backbone, spatial_path: nn.Module = None, spatial_channels: int = 128):
@@ -50,13 +50,6 @@ class BiSeNetV1Backbone(Backbone):
         else:
             self._out_shapes["spatial"] = shapes["res2"]
         self._out_features = list(self._out_shapes)
-
-    @property
-    def size_divisibility(self):
-        return 32
-
-    def output_shape(self):
-        return dict(self._out_shapes)
 
     def forward(self, x):
         """x: [N, 3, H, W] normalized images -> dict of features (see module docstring)."""

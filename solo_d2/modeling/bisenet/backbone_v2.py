@@ -12,9 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.layers import ShapeSpec, get_norm
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling import BACKBONE_REGISTRY
 
-from .layers import conv_norm_act
+from .layers import FixedShapeBackbone, conv_norm_act
 
 __all__ = ["GatherExpansion", "StemBlock", "ContextEmbedding", "BiSeNetV2Backbone", "build_bisenet_v2_backbone"]
 
@@ -81,7 +81,7 @@ class ContextEmbedding(nn.Module):
         return self.out(x + g)
 
 
-class BiSeNetV2Backbone(Backbone):
+class BiSeNetV2Backbone(FixedShapeBackbone):
     def __init__(self, in_channels=3, detail_channels=(64, 64, 128), semantic_channels=(16, 32, 64, 128),
                  expansion=6, norm="BN"):
         super().__init__()
@@ -116,13 +116,6 @@ class BiSeNetV2Backbone(Backbone):
             "semantic": ShapeSpec(channels=c5, stride=32),
         }
         self._out_features = list(self._out_shapes)
-
-    @property
-    def size_divisibility(self):
-        return 32
-
-    def output_shape(self):
-        return dict(self._out_shapes)
 
     def forward(self, x):
         """x: [N, 3, H, W] normalized images -> dict of features (see module docstring)."""

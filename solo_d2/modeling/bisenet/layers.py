@@ -5,6 +5,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.layers import Conv2d, get_norm
+from detectron2.modeling import Backbone
 
 __all__ = [
     "conv_norm_act",
@@ -84,3 +85,15 @@ class FeatureFusion(nn.Module):
         x = self.fuse(torch.cat([spatial, context], dim=1))
         att = torch.sigmoid(self.attention(x.mean(dim=(2, 3), keepdim=True)))
         return x * att + x
+
+
+class FixedShapeBackbone(Backbone):
+    """Base of the BiSeNet backbones: outputs described by ``self._out_shapes``
+    (name -> ShapeSpec, set in ``__init__``); inputs padded to a multiple of 32."""
+
+    @property
+    def size_divisibility(self):
+        return 32
+
+    def output_shape(self):
+        return dict(self._out_shapes)
