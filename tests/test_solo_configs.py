@@ -17,6 +17,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 SOLO_CONFIGS = [c for c in model_zoo.list_configs() if "BiSeNet" not in c]
+# Models of the converted checkpoints are built (and loaded strictly) in tests/test_convert_solo.py.
+CONVERTED = [c for c in SOLO_CONFIGS if c.startswith("Converted/")]
+SOLO_CONFIGS = [c for c in SOLO_CONFIGS if c not in CONVERTED]
 
 EXPECTED = {  # config -> (head, depth, published schedule, min test size)
     "SOLO/R50_1x.yaml": ("SOLOHead", 50, 90000, 800),
@@ -79,6 +82,13 @@ def test_add_solo_config_only_adds_keys():
     assert (s.NMS_METHOD, s.NMS_KERNEL, s.NMS_SIGMA, s.PRIOR_PROB) == ("matrix", "gaussian", 2.0, 0.01)
 
 
+@pytest.mark.parametrize("name", CONVERTED)
+def test_converted_config_loads(name):
+    assert _base_depth(model_zoo.get_config_file(name)) <= 2, f"{name}: more than two levels of _BASE_"
+    cfg = model_zoo.get_config(name)
+    assert cfg.MODEL.META_ARCHITECTURE == "SOLO"
+
+
 @pytest.mark.parametrize("name", SOLO_CONFIGS)
 def test_config_loads_and_builds(name):
     path = model_zoo.get_config_file(name)
@@ -86,7 +96,9 @@ def test_config_loads_and_builds(name):
     cfg = model_zoo.get_config(name)
     cfg.MODEL.DEVICE = "cpu"
     assert cfg.MODEL.META_ARCHITECTURE == "SOLO"
-    assert cfg.MODEL.WEIGHTS == ""
+    # recipes name their pretrained weights (tests/test_config_weights.py); build_model never loads
+    # them, so nothing is downloaded here
+    cfg.MODEL.WEIGHTS = ""
     assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE == 35.0
     model = build_model(cfg)
     assert type(model.ins_head).__name__ == cfg.MODEL.SOLO.HEAD_NAME
