@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from .core import Conversion, ConversionError, _short_list, register_converter, rename_keys
-from .resnet import BN_FIELDS, torchvision_resnet_rules
+from .resnet import torchvision_resnet_rules
 
 __all__ = ["Layout", "LAYOUTS", "detect_variant", "convert_mmdet_solo", "resnet_depth"]
 
