@@ -26,16 +26,22 @@ def test_dice_identical_disjoint_and_hand_value():
     assert dice_loss(p, t).item() == pytest.approx(expected, rel=1e-6)
 
 
-def _targets_from_labels(labels_per_level, mask_size=(4, 4)):
-    """LevelTargets with given [B, S, S] labels and random mask targets."""
+def _targets_from_labels(labels_per_level, mask_size=(4, 4), extra=0):
+    """LevelTargets with given [B, S, S] labels, one random mask target per positive cell, and
+    ``extra`` more targets on the first positive cell of each level (a cell two instances claim)."""
     out = []
     for labels in labels_per_level:
         pos = (labels != C).flatten(1)
-        p = int(pos.sum())
+        img, cell = pos.nonzero(as_tuple=True)
+        if extra and img.numel():
+            img, cell = torch.cat([img, img[:1].repeat(extra)]), torch.cat([cell, cell[:1].repeat(extra)])
+        p = img.numel()
         out.append(
             LevelTargets(
                 labels=labels,
                 pos_mask=pos,
+                target_img=img,
+                target_cell=cell,
                 mask_targets=(torch.rand(p, *mask_size) > 0.5).float(),
                 instance_ids=torch.zeros(p, dtype=torch.long),
             )
@@ -59,7 +65,7 @@ def test_focal_known_tiny_case_and_normalization():
 
     cell0 = focal(0.0, 0) + focal(1.0, 1) + focal(-3.0, 0)
     cell1 = focal(2.0, 0) + focal(-1.0, 0) + focal(0.5, 0)
-    assert out["loss_cate"].item() == pytest.approx(cell0 + cell1, rel=1e-5)  # 1 positive
+    assert out["loss_cate"].item() == pytest.approx((cell0 + cell1) / 2, rel=1e-5)  # N + 1 = 2
     d = dice_loss(probs, tgts[0].mask_targets).item()
     assert out["loss_mask"].item() == pytest.approx(3.0 * d, rel=1e-5)
 
@@ -69,33 +75,36 @@ def test_focal_known_tiny_case_and_normalization():
     assert out2["loss_mask"].item() == pytest.approx(d, rel=1e-5)
 
 
-def test_normalized_by_total_positives_over_levels():
+def test_normalized_like_the_references():
+    # 3 positive cells over two levels; one cell of level 0 is claimed twice -> 4 mask targets.
+    # Focal: sum / (3 + 1); dice: mean over the 4 mask targets (official SOLO and AdelaiDet).
     torch.manual_seed(0)
     labels0 = torch.full((2, 4, 4), C)
     labels0[0, 1, 1] = 0
     labels0[1, 2, 3] = 2
     labels1 = torch.full((2, 2, 2), C)
     labels1[1, 0, 0] = 1
-    tgts = _targets_from_labels([labels0, labels1])
+    tgts = _targets_from_labels([labels0, labels1], extra=1)
+    assert [t.mask_targets.shape[0] for t in tgts] == [3, 2]
     logits = [torch.randn(2, C, 4, 4), torch.randn(2, C, 2, 2)]
-    probs = [torch.rand(2, 4, 4), torch.rand(1, 4, 4)]
+    probs = [torch.rand(3, 4, 4), torch.rand(2, 4, 4)]
     out = solo_loss(logits, tgts, probs, num_classes=C)
-    dice_sum = sum(dice_loss(p, t.mask_targets).sum() for p, t in zip(probs, tgts))
-    assert out["loss_mask"].item() == pytest.approx(3.0 * dice_sum.item() / 3, rel=1e-5)
-    # focal normalized by 3 positives: compare with the un-normalized sum via fvcore
+    dice_all = torch.cat([dice_loss(p, t.mask_targets) for p, t in zip(probs, tgts)])
+    assert out["loss_mask"].item() == pytest.approx(3.0 * dice_all.mean().item(), rel=1e-5)
+    # focal normalized by 3 positives + 1: compare with the un-normalized sum via fvcore
     from fvcore.nn import sigmoid_focal_loss
 
     flat = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, C) for x in logits])
     lab = torch.cat([t.labels.reshape(-1) for t in tgts])
     onehot = torch.zeros(flat.shape[0], C)
     onehot[lab < C, lab[lab < C]] = 1
-    ref = sigmoid_focal_loss(flat, onehot, alpha=0.25, gamma=2.0, reduction="sum") / 3
+    ref = sigmoid_focal_loss(flat, onehot, alpha=0.25, gamma=2.0, reduction="sum") / (3 + 1)
     assert out["loss_cate"].item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_reduce_num_pos_clamps_single_process():
-    assert reduce_num_pos(torch.tensor(0.0)).item() == 1.0
-    assert reduce_num_pos(torch.tensor(7.0)).item() == 7.0
+def test_reduce_num_pos_single_process_is_identity():
+    assert reduce_num_pos(torch.tensor(0.0)).item() == 0.0
+    assert reduce_num_pos(torch.tensor([7.0, 9.0])).tolist() == [7.0, 9.0]
 
 
 def test_backward_with_every_image_empty():
@@ -120,7 +129,7 @@ def test_backward_with_every_image_empty():
     start = 0
     for s, t in zip(grids, tgts):
         lvl = all_masks[:, start : start + s * s].flatten(0, 1)  # [B*S*S, 16, 16]
-        probs.append(lvl[t.pos_mask.flatten()])  # [0, 16, 16]
+        probs.append(lvl[t.target_img * s * s + t.target_cell])  # [0, 16, 16]
         start += s * s
     out = solo_loss(cate, tgts, probs, num_classes=C)
     assert out["loss_mask"].item() == 0.0

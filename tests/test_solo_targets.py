@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from solo_d2.modeling.solo.targets import LevelTargets, solo_targets
+from solo_d2.modeling.solo.targets import LevelTargets, grid_cell, resize_masks, solo_targets
 
 GRIDS = [40, 36, 24, 16, 12]
 RANGES = [(1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)]
@@ -88,20 +88,29 @@ def test_empty_mask_instance_ignored():
 
 
 @pytest.mark.parametrize("small_first", [True, False])
-def test_conflict_smallest_area_wins(small_first):
-    # Both centered at (124.5, 124.5) on level 0: both claim cells 18..20 x 18..20.
+def test_conflict_last_instance_labels_and_every_claimant_gets_a_mask_target(small_first):
+    # Both centered at (124.5, 124.5) on level 0: both claim cells 18..20 x 18..20. As in the
+    # official code and AdelaiDet, the cell takes the class of the last instance and gets one
+    # mask target per claiming instance.
     small = square(105, 105, 40)
     big = square(80, 80, 90)
     masks = torch.stack([small, big] if small_first else [big, small])
     classes = torch.tensor([0, 2]) if small_first else torch.tensor([2, 0])
-    small_idx = 0 if small_first else 1
     out = run([masks], [classes])
     expected = {i * 40 + j for i in range(18, 21) for j in range(18, 21)}
     assert positive_cells(out[0]) == expected
-    assert set(out[0].instance_ids.tolist()) == {small_idx}
-    assert (out[0].labels[0][out[0].labels[0] != NUM_CLASSES] == 0).all()
-    # the big one (scale 90) still owns level 1 where the small one (scale 40) is absent
-    assert set(out[1].instance_ids.tolist()) == {1 - small_idx}
+    last_class = int(classes[1])
+    assert (out[0].labels[0][out[0].labels[0] != NUM_CLASSES] == last_class).all()
+    # 9 targets of instance 0 then 9 of instance 1, each over the 9 cells in order
+    assert out[0].instance_ids.tolist() == [0] * 9 + [1] * 9
+    assert out[0].target_cell.tolist() == sorted(expected) * 2
+    assert out[0].target_img.tolist() == [0] * 18
+    down = resize_masks(masks, (64, 64))
+    assert torch.equal(out[0].mask_targets[:9], down[0].expand(9, 64, 64))
+    assert torch.equal(out[0].mask_targets[9:], down[1].expand(9, 64, 64))
+    # the big one (scale 90) alone on level 1, where the small one (scale 40) is absent
+    big_idx = 1 if small_first else 0
+    assert set(out[1].instance_ids.tolist()) == {big_idx}
     assert (out[1].labels[0][out[1].labels[0] != NUM_CLASSES] == 2).all()
 
 
@@ -112,10 +121,9 @@ def test_mask_targets_equal_downsampled_masks_and_batch_order():
     c = square(180, 180, 44)
     out = run([a[None], torch.stack([b, c])], [torch.tensor([0]), torch.tensor([1, 2])])
     t = out[0]
-    assert t.mask_targets.shape[0] == int(t.pos_mask.sum()) == t.instance_ids.shape[0]
+    assert t.mask_targets.shape[0] == int(t.pos_mask.sum()) == t.instance_ids.shape[0] == t.target_cell.shape[0]
     assert t.mask_targets.dtype == torch.float32
-    nz = torch.nonzero(t.pos_mask)  # [P, 2] (image, cell)
-    assert (nz[:, 0].diff() >= 0).all()
+    assert (t.target_img.diff() >= 0).all()
     down = {
         (0, 0): torch.zeros(64, 64),
         (1, 0): torch.zeros(64, 64),
@@ -124,69 +132,107 @@ def test_mask_targets_equal_downsampled_masks_and_batch_order():
     down[(0, 0)][25:35, 10:20] = 1
     down[(1, 0)][5:13, 40:48] = 1
     down[(1, 1)][45:56, 45:56] = 1
-    for k in range(nz.shape[0]):
-        img, inst = int(nz[k, 0]), int(t.instance_ids[k])
+    for k in range(t.target_cell.shape[0]):
+        img, inst, cell = int(t.target_img[k]), int(t.instance_ids[k]), int(t.target_cell[k])
+        assert t.pos_mask[img, cell]
         assert torch.equal(t.mask_targets[k], down[(img, inst)])
-        cell = int(nz[k, 1])
         assert t.labels[img].flatten()[cell] == [[0], [1, 2]][img][inst]
-    assert set(t.instance_ids[nz[:, 0] == 1].tolist()) == {0, 1}
+    assert set(t.instance_ids[t.target_img == 1].tolist()) == {0, 1}
 
 
-def reference_targets(masks, classes, s, lo, hi, sigma):
-    """Loop-based reference following the official SOLO code (one image, one level)."""
+def test_wide_image_uses_height_for_rows_and_width_for_columns():
+    # 128 x 320 image; a 40 x 40 square at rows 40..79, cols 240..279: center (59.5, 259.5).
+    # S=40: rows cell = 59.5 / 128 * 40 -> 18, cols = 259.5 / 320 * 40 -> 32; sigma half size 4 px:
+    # rows [55.5, 63.5] -> 17..19, clipped to 17..19; cols [255.5, 263.5] -> 31..32.
+    h, w = 128, 320
+    m = square(40, 240, 40, h=h, w=w)
+    out = run([m[None]], [torch.tensor([1])], mask_sizes=[(h // 4, w // 4)] * 5)
+    assert positive_cells(out[0]) == {i * 40 + j for i in range(17, 20) for j in range(31, 33)}
+    assert out[0].mask_targets.shape[-2:] == (32, 80)
+    assert torch.equal(out[0].mask_targets[0], resize_masks(m[None], (32, 80))[0])
+
+
+def test_annotation_boxes_set_scale_and_sigma_region():
+    # a 40 x 40 mask annotated with a 100 x 100 box: scale 100 -> levels 1 and 2 (not 0),
+    # and the sigma region grows with the box (as both references use the annotation box).
+    m = square(100, 40, 40)
+    box = torch.tensor([[10.0, 70.0, 110.0, 170.0]])
+    out = run([m[None]], [torch.tensor([1])], gt_boxes=[box])
+    assert [int(t.pos_mask.sum()) > 0 for t in out] == [False, True, True, False, False]
+    out_mask_box = run([m[None]], [torch.tensor([1])])
+    assert [int(t.pos_mask.sum()) > 0 for t in out_mask_box] == [True, False, False, False, False]
+
+
+def test_cell_index_uses_the_references_float32_floor_division():
+    # (c / extent) // (1 / S) differs from floor(c / extent * S) exactly at cell borders:
+    # 32 px of 256 with S = 40 is border 5, and the references put it in cell 4.
+    assert grid_cell(torch.tensor([32.0, 31.0, 33.0]), 256, 40).tolist() == [4, 4, 5]
+    assert grid_cell(torch.tensor([200.0]), 800, 36).tolist() == [8]  # floor(9.0) would be 9
+
+
+def reference_targets(masks, classes, boxes, s, lo, hi, sigma, h, w):
+    """Loop-based reference following AdelaiDet's SOLOv2 (one image, one level): instances in
+    annotation order, later ones overwrite a cell's class, one mask target per (instance, cell)."""
     labels = torch.full((s, s), NUM_CLASSES, dtype=torch.long)
-    owner = torch.full((s, s), -1, dtype=torch.long)
-    info = []
+    targets = []  # (instance, cell) in append order
     for n in range(masks.shape[0]):
-        m = masks[n]
-        area = int(m.sum())
-        if area == 0:
+        m = masks[n].float()
+        if m.sum() == 0:
             continue
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        bh = float(ys.max() - ys.min() + 1)
-        bw = float(xs.max() - xs.min() + 1)
-        if not (lo <= math.sqrt(bh * bw) <= hi):
+        bw, bh = float(boxes[n, 2] - boxes[n, 0]), float(boxes[n, 3] - boxes[n, 1])
+        if not (lo <= math.sqrt(bw * bh) <= hi):
             continue
-        info.append((area, n, bh, bw, float(ys.float().mean()), float(xs.float().mean())))
-    # process big areas first so the smallest area (then the lowest index) is written last
-    for area, n, bh, bw, cy, cx in sorted(info, key=lambda r: (-r[0], -r[1])):
-        hh, hw = 0.5 * sigma * bh, 0.5 * sigma * bw
-        cell = lambda v, e: int(math.floor(v / e * s))  # noqa: E731
-        ci, cj = min(cell(cy, H), s - 1), min(cell(cx, W), s - 1)
-        top = max(max(0, cell(cy - hh, H)), ci - 1)
-        down = min(min(s - 1, cell(cy + hh, H)), ci + 1)
-        left = max(max(0, cell(cx - hw, W)), cj - 1)
-        right = min(min(s - 1, cell(cx + hw, W)), cj + 1)
+        cy = (m * torch.arange(h, dtype=torch.float32)[:, None]).sum() / m.sum()
+        cx = (m * torch.arange(w, dtype=torch.float32)).sum() / m.sum()
+        hh, hw = 0.5 * bh * sigma, 0.5 * bw * sigma
+        coord_w, coord_h = int((cx / w) // (1.0 / s)), int((cy / h) // (1.0 / s))
+        top = max(0, int(((cy - hh) / h) // (1.0 / s)))
+        down = min(s - 1, int(((cy + hh) / h) // (1.0 / s)))
+        left = max(0, int(((cx - hw) / w) // (1.0 / s)))
+        right = min(s - 1, int(((cx + hw) / w) // (1.0 / s)))
+        top, down = max(top, coord_h - 1), min(down, coord_h + 1)
+        left, right = max(coord_w - 1, left), min(right, coord_w + 1)
+        labels[top : down + 1, left : right + 1] = classes[n]
         for i in range(top, down + 1):
             for j in range(left, right + 1):
-                labels[i, j] = classes[n]
-                owner[i, j] = n
-    return labels, owner
+                targets.append((n, i * s + j))
+    return labels, targets
 
 
-def test_random_matches_loop_reference():
+@pytest.mark.parametrize("hw", [(256, 256), (192, 320)])
+def test_random_matches_loop_reference(hw):
+    h, w = hw
     g = torch.Generator().manual_seed(0)
-    masks_list, classes_list = [], []
+    masks_list, classes_list, boxes_list = [], [], []
     for _ in range(2):
         n = 6
-        masks = torch.zeros(n, H, W, dtype=torch.bool)
+        masks = torch.zeros(n, h, w, dtype=torch.bool)
+        boxes = torch.zeros(n, 4)
         for k in range(n):
-            hh, ww = torch.randint(8, 220, (2,), generator=g).tolist()
-            y0 = int(torch.randint(0, H - hh, (1,), generator=g))
-            x0 = int(torch.randint(0, W - ww, (1,), generator=g))
+            hh = int(torch.randint(8, h - 30, (1,), generator=g))
+            ww = int(torch.randint(8, w - 30, (1,), generator=g))
+            y0 = int(torch.randint(0, h - hh, (1,), generator=g))
+            x0 = int(torch.randint(0, w - ww, (1,), generator=g))
             masks[k, y0 : y0 + hh, x0 : x0 + ww] = True
-            masks[k] &= torch.rand(H, W, generator=g) > 0.3  # irregular shapes
+            masks[k] &= torch.rand(h, w, generator=g) > 0.3  # irregular shapes
+            boxes[k] = torch.tensor([x0, y0, x0 + ww, y0 + hh]) + torch.rand(4, generator=g)
         masks_list.append(masks)
         classes_list.append(torch.randint(0, NUM_CLASSES, (n,), generator=g))
-    out = run(masks_list, classes_list)
+        boxes_list.append(boxes)
+    out = run(masks_list, classes_list, gt_boxes=boxes_list, mask_sizes=[(h // 4, w // 4)] * 5)
+    n_targets = 0
     for lvl, (s, (lo, hi)) in enumerate(zip(GRIDS, RANGES)):
         for b in range(2):
-            ref_labels, ref_owner = reference_targets(masks_list[b], classes_list[b], s, lo, hi, 0.2)
+            ref_labels, ref_targets = reference_targets(
+                masks_list[b], classes_list[b], boxes_list[b], s, lo, hi, 0.2, h, w
+            )
             assert torch.equal(out[lvl].labels[b], ref_labels), (lvl, b)
-            pos_b = out[lvl].pos_mask[b]
-            assert torch.equal(pos_b, (ref_owner >= 0).flatten())
-            sel = torch.nonzero(out[lvl].pos_mask)[:, 0] == b
-            assert torch.equal(out[lvl].instance_ids[sel], ref_owner.flatten()[pos_b])
+            assert torch.equal(out[lvl].pos_mask[b], (ref_labels != NUM_CLASSES).flatten())
+            sel = out[lvl].target_img == b
+            got = list(zip(out[lvl].instance_ids[sel].tolist(), out[lvl].target_cell[sel].tolist()))
+            assert got == ref_targets, (lvl, b)
+            n_targets += len(got)
+    assert n_targets > 0
 
 
 def test_bad_inputs_raise_clear_errors():

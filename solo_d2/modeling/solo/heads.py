@@ -55,7 +55,7 @@ def conv_norm_relu(in_ch: int, out_ch: int, norm: str, use_dcn: bool = False, ke
         kernel_size=kernel_size, padding=kernel_size // 2, bias=norm_layer is None,
         norm=norm_layer, activation=F.relu,
     )
-    if use_dcn and kernel_size > 1:
+    if use_dcn:
         return ModulatedDeformConv2d(in_ch, out_ch, **kwargs)
     return Conv2d(in_ch, out_ch, **kwargs)
 
@@ -81,6 +81,13 @@ def prior_bias(prior_prob: float) -> float:
     if not 0.0 < prior_prob < 1.0:
         raise ValueError(f"MODEL.SOLO.PRIOR_PROB must be in (0, 1), got {prior_prob}")
     return -math.log((1 - prior_prob) / prior_prob)
+
+
+def resize_probs(probs: torch.Tensor, size) -> torch.Tensor:
+    """``[P, h, w]`` -> ``[P, *size]`` bilinear (``align_corners=False``); no-op at equal size."""
+    if size is None or tuple(probs.shape[-2:]) == tuple(size):
+        return probs
+    return F.interpolate(probs[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
 def check_levels(in_channels: Sequence[int], num_grids: Sequence[int]) -> int:
@@ -118,8 +125,11 @@ class SOLOHeadBase(nn.Module):
         """
         raise NotImplementedError
 
-    def soft_masks(self, mask_output: Any, level: int, img_idx: torch.Tensor, cell_idx: torch.Tensor):
-        """Mask probabilities ``[P, h_l, w_l]`` of cells ``cell_idx [P]`` in images ``img_idx [P]``."""
+    def soft_masks(self, mask_output: Any, level: int, img_idx: torch.Tensor, cell_idx: torch.Tensor, size=None):
+        """Mask probabilities ``[P, h_l, w_l]`` of cells ``cell_idx [P]`` in images ``img_idx [P]``.
+
+        With ``size = (h, w)`` (inference) the probabilities are bilinearly resized to it the
+        way the reference implementation does for that head (after the sigmoid)."""
         raise NotImplementedError
 
     def mask_size(self, mask_output: Any) -> Tuple[int, int]:
@@ -206,8 +216,10 @@ class SOLOv2Head(SOLOHeadBase):
             cate_logits.append(self.cate_pred(self.cate_tower(x[:, :-2])))
         return cate_logits, mask_outputs
 
-    def soft_masks(self, mask_output, level, img_idx, cell_idx):
+    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None):
         kernels, feats = mask_output
+        if size is not None and tuple(size) != tuple(feats.shape[-2:]):
+            raise ValueError(f"SOLOv2 masks are {tuple(feats.shape[-2:])}, asked for {tuple(size)}")
         b, d, h, w = feats.shape
         kernels = kernels.flatten(2)  # [B, D, S*S]
         out = feats.new_zeros(img_idx.numel(), h, w)

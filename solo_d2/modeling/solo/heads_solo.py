@@ -27,6 +27,7 @@ from .heads import (
     init_head_weights,
     make_tower,
     prior_bias,
+    resize_probs,
 )
 
 
@@ -109,8 +110,8 @@ class SOLOHead(_GridHeadBase):
         x = self.mask_tower(torch.cat([x, coord_features(x)], dim=1))
         return self.mask_preds[level](_up2(x))
 
-    def soft_masks(self, mask_output, level, img_idx, cell_idx):
-        return mask_output[img_idx, cell_idx].sigmoid()
+    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None):
+        return resize_probs(mask_output[img_idx, cell_idx].sigmoid(), size)
 
     def mask_size(self, mask_output):
         return tuple(mask_output.shape[-2:])
@@ -123,11 +124,12 @@ class _DecoupledBase(_GridHeadBase):
         self.mask_preds_x = nn.ModuleList([nn.Conv2d(channels, s, 3, padding=1) for s in self.num_grids])
         self.mask_preds_y = nn.ModuleList([nn.Conv2d(channels, s, 3, padding=1) for s in self.num_grids])
 
-    def soft_masks(self, mask_output, level, img_idx, cell_idx):
+    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None):
+        # the official code resizes the X and Y probability maps, then multiplies them
         x_logits, y_logits = mask_output
         s = self.num_grids[level]
         rows, cols = cell_idx // s, cell_idx % s
-        return x_logits[img_idx, cols].sigmoid() * y_logits[img_idx, rows].sigmoid()
+        return resize_probs(x_logits[img_idx, cols].sigmoid(), size) * resize_probs(y_logits[img_idx, rows].sigmoid(), size)
 
     def mask_size(self, mask_output):
         return tuple(mask_output[0].shape[-2:])

@@ -1,7 +1,10 @@
 """Losses of the SOLO family: sigmoid focal loss on the category grid, dice loss on masks.
 
-Both are normalized by the number of positive cells averaged over all workers
-(clamped to at least 1), so the loss scale does not depend on the batch split.
+As in both public implementations, the focal loss is summed over all cells and divided by
+``N + 1`` (``N`` = positive cells) and the dice loss is the mean over all mask targets (a cell
+claimed by two instances has two). The counts are averaged over workers before use, so the
+loss of N workers equals that of one process on the whole batch (the references normalize
+per GPU; the two agree on one GPU and whenever workers see equal counts).
 """
 from typing import Dict, List, Sequence
 
@@ -38,13 +41,13 @@ def dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
 
 
 def reduce_num_pos(num_pos: Tensor) -> Tensor:
-    """Average a positive count over workers (all_reduce when distributed) and clamp >= 1.
+    """Average a count over workers (all_reduce when distributed).
 
     Args:
-        num_pos: scalar float tensor, this worker's number of positives.
+        num_pos: scalar float tensor, this worker's count.
 
     Returns:
-        scalar float tensor, ``max(sum over workers / world size, 1)``.
+        scalar float tensor, ``sum over workers / world size``.
     """
     num_pos = num_pos.detach().float()
     world = comm.get_world_size()
@@ -52,7 +55,7 @@ def reduce_num_pos(num_pos: Tensor) -> Tensor:
         num_pos = num_pos.clone()
         torch.distributed.all_reduce(num_pos)
         num_pos = num_pos / world
-    return num_pos.clamp(min=1.0)
+    return num_pos
 
 
 def _flatten_cate(cate_logits: Sequence[Tensor], targets: Sequence[LevelTargets], num_classes: int):
@@ -90,15 +93,17 @@ def solo_loss(
         cate_logits: per level, [B, C, S_l, S_l] category logits (no background channel).
         targets: per level, :class:`LevelTargets` from :func:`solo_targets`.
         mask_probs: per level, [P_l, h_l, w_l] sigmoid mask probabilities of the level's
-            positive cells, in ``LevelTargets`` order. P_l may be 0.
+            mask targets (``target_img``/``target_cell`` of the level), in ``LevelTargets``
+            order. P_l may be 0.
         num_classes: C.
         focal_alpha, focal_gamma: sigmoid focal loss parameters.
         cate_weight, mask_weight: loss weights.
 
     Returns:
         ``{"loss_cate": scalar, "loss_mask": scalar}``. ``loss_cate`` is the summed focal
-        loss over all cells of all levels, ``loss_mask`` the summed dice loss over all
-        positive cells; both divided by the worker-averaged number of positives (>= 1).
+        loss over all cells of all levels divided by ``N + 1`` (``N`` the worker-averaged
+        number of positive cells), ``loss_mask`` the summed dice loss over all mask targets
+        divided by their worker-averaged number (at least 1).
         With no positives anywhere, ``loss_mask`` is 0 but still connected to
         ``mask_probs`` so that backward / DDP work.
     """
@@ -108,11 +113,14 @@ def solo_loss(
             f"{len(mask_probs)} mask_probs levels"
         )
     logits, onehot = _flatten_cate(cate_logits, targets, num_classes)
-    num_pos_local = sum(int(t.pos_mask.sum()) for t in targets)
-    normalizer = reduce_num_pos(torch.tensor(float(num_pos_local), device=logits.device))
+    counts = torch.tensor(
+        [float(sum(int(t.pos_mask.sum()) for t in targets)), float(sum(t.mask_targets.shape[0] for t in targets))],
+        device=logits.device,
+    )
+    num_pos, num_masks = reduce_num_pos(counts).unbind(0)
 
     focal = sigmoid_focal_loss(logits, onehot, alpha=focal_alpha, gamma=focal_gamma, reduction="sum")
-    loss_cate = cate_weight * focal / normalizer
+    loss_cate = cate_weight * focal / (num_pos + 1.0)
 
     dice_terms = []
     for lvl, (probs, tgt) in enumerate(zip(mask_probs, targets)):
@@ -123,5 +131,5 @@ def solo_loss(
             )
         # `probs.sum() * 0` keeps empty levels in the graph (DDP needs every output used)
         dice_terms.append(dice_loss(probs, tgt.mask_targets).sum() + probs.float().sum() * 0.0)
-    loss_mask = mask_weight * torch.stack(dice_terms).sum() / normalizer
+    loss_mask = mask_weight * torch.stack(dice_terms).sum() / num_masks.clamp(min=1.0)
     return {"loss_cate": loss_cate, "loss_mask": loss_mask}

@@ -51,7 +51,8 @@ class SOLOv2MaskBranch(nn.Module):
                 cin += 2 if (i == last and k == 0) else 0
                 blocks.append(conv_norm_relu(cin, mid_channels, norm, use_dcn))
             self.convs_all_levels.append(nn.ModuleList(blocks))
-        self.conv_pred = conv_norm_relu(mid_channels, out_channels, norm, kernel_size=1)
+        # deformable too with MASK_USE_DCN, as in the official and mmdetection DCN models
+        self.conv_pred = conv_norm_relu(mid_channels, out_channels, norm, use_dcn, kernel_size=1)
         init_head_weights(self)
 
     @classmethod

@@ -19,7 +19,7 @@ from torch import nn
 from .heads import SOLOHeadBase, build_solo_head
 from .losses import solo_loss
 from .mask_branch import SOLOv2MaskBranch
-from .postprocess import point_nms, solo_postprocess
+from .postprocess import mask_area_maskness, point_nms, solo_postprocess
 from .targets import solo_targets
 
 __all__ = ["SOLO", "gt_bitmasks"]
@@ -100,6 +100,11 @@ class SOLO(nn.Module):
         self.sigma = sigma
         self.loss_cfg = dict(loss_cfg)
         self.test_cfg = dict(test_cfg)
+        num_grids = head.num_grids
+        level_of_cell = torch.cat([torch.full((g * g,), l, dtype=torch.long) for l, g in enumerate(num_grids)])
+        self.register_buffer("_level_of_cell", level_of_cell, False)  # [sum S^2] level of a global cell
+        self.register_buffer("_cell_offsets", torch.tensor([0] + [g * g for g in num_grids]).cumsum(0), False)
+        self.register_buffer("_stride_of_level", torch.tensor(strides, dtype=torch.float32), False)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -187,6 +192,7 @@ class SOLO(nn.Module):
         gt = [x["instances"] for x in batched_inputs]
         gt_masks = [gt_bitmasks(g, padded, self.device) for g in gt]
         gt_classes = [g.gt_classes.to(self.device) for g in gt]
+        gt_boxes = [g.gt_boxes.tensor.to(self.device) for g in gt] if all(g.has("gt_boxes") for g in gt) else None
         mask_sizes = [self.ins_head.mask_size(m) for m in mask_outputs]
         targets = solo_targets(
             gt_masks,
@@ -196,11 +202,12 @@ class SOLO(nn.Module):
             mask_sizes=mask_sizes,
             sigma=self.sigma,
             num_classes=self.num_classes,
+            gt_boxes=gt_boxes,
         )
-        mask_probs = []
-        for level, (t, out) in enumerate(zip(targets, mask_outputs)):
-            img_idx, cell_idx = t.pos_mask.nonzero(as_tuple=True)
-            mask_probs.append(self.ins_head.soft_masks(out, level, img_idx, cell_idx))
+        mask_probs = [
+            self.ins_head.soft_masks(out, level, t.target_img, t.target_cell)
+            for level, (t, out) in enumerate(zip(targets, mask_outputs))
+        ]
         losses = solo_loss(cate_logits, targets, mask_probs, num_classes=self.num_classes, **self.loss_cfg)
         # Keep every mask output in the graph (zero gradient), also on levels or batches without
         # positives, so that DDP sees all head parameters used on every worker.
@@ -209,49 +216,68 @@ class SOLO(nn.Module):
         return losses
 
     # ------------------------------------------------------------------ inference
+    def _cell_masks(self, mask_outputs, b: int, cells: torch.Tensor, size) -> torch.Tensor:
+        """Soft masks ``[U, h, w]`` (``size`` = 1/4 of the padded input) of image ``b``'s
+        global cell indices ``cells [U]``."""
+        levels = self._level_of_cell[cells]
+        parts = []
+        for level in levels.unique().tolist():
+            sel = (levels == level).nonzero(as_tuple=True)[0]
+            local = cells[sel] - self._cell_offsets[level]
+            img_idx = torch.full_like(local, b)
+            parts.append((sel, self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local, size=size)))
+        out = parts[0][1].new_empty((cells.numel(), *size)) if parts else torch.zeros((0, *size), device=cells.device)
+        for sel, m in parts:
+            out[sel] = m
+        return out
+
+    def _rank_candidates(self, mask_outputs, b, cells, labels, cand_scores, size) -> torch.Tensor:
+        """Indices of the top ``nms_pre`` candidates by category score x maskness among those
+        whose mask is larger than their level's stride, as both references rank them (they
+        compute the masks of every candidate above the score threshold). Masks are computed
+        once per distinct cell, in chunks, and not kept."""
+        uniq, inverse = torch.unique(cells, return_inverse=True)
+        chunk = max(1, (1 << 24) // max(1, size[0] * size[1]))
+        area = cand_scores.new_empty(uniq.numel())
+        maskness = cand_scores.new_empty(uniq.numel())
+        for start in range(0, uniq.numel(), chunk):
+            soft = self._cell_masks(mask_outputs, b, uniq[start : start + chunk], size)
+            area[start : start + chunk], maskness[start : start + chunk] = mask_area_maskness(
+                soft, self.test_cfg["mask_thr"]
+            )
+        area, maskness = area[inverse], maskness[inverse]
+        valid = area > self._stride_of_level[self._level_of_cell[cells]]
+        ranked = torch.where(valid, cand_scores * maskness, torch.full_like(cand_scores, -1.0))
+        order = torch.argsort(ranked, descending=True)[: self.test_cfg["nms_pre"]]
+        return order[valid[order]]
+
     @torch.no_grad()
     def inference(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> List[Dict]:
-        """Per image: candidates above ``score_thr`` (at most ``nms_pre``), their soft masks
-        at 1/4 of the padded input, then :func:`solo_postprocess`."""
-        num_grids = self.ins_head.num_grids
-        # [B, sum S^2, C] scores over all levels; the level of each global cell index
+        """Per image: candidates = (cell, class) pairs above ``score_thr`` after point NMS;
+        when more than ``nms_pre``, the top ``nms_pre`` by score x maskness
+        (:meth:`_rank_candidates`); their soft masks at 1/4 of the padded input; then
+        :func:`solo_postprocess`."""
         scores = torch.cat(
             [point_nms(c.sigmoid()).flatten(2).transpose(1, 2) for c in cate_logits], dim=1
-        )
-        level_of_cell = torch.cat(
-            [torch.full((s * s,), l, dtype=torch.long, device=scores.device) for l, s in enumerate(num_grids)]
-        )
-        cell_offsets = torch.tensor([0] + [s * s for s in num_grids], device=scores.device).cumsum(0)
-        stride_of_level = torch.tensor(self.strides, dtype=torch.float32, device=scores.device)
+        )  # [B, sum S^2, C]
         quarter = tuple(-(-d // 4) for d in images.tensor.shape[-2:])
-
         results = []
         for b, (inp, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
             keep = scores[b] > self.test_cfg["score_thr"]
             cand_scores = scores[b][keep]
             cells, labels = keep.nonzero(as_tuple=True)
             if cand_scores.numel() > self.test_cfg["nms_pre"]:
-                cand_scores, order = cand_scores.topk(self.test_cfg["nms_pre"])
-                cells, labels = cells[order], labels[order]
-            levels = level_of_cell[cells]
+                sel = self._rank_candidates(mask_outputs, b, cells, labels, cand_scores, quarter)
+                cells, labels, cand_scores = cells[sel], labels[sel], cand_scores[sel]
             # each distinct cell's mask is computed once, even if several classes pass
             uniq, inverse = torch.unique(cells, return_inverse=True)
-            uniq_levels = level_of_cell[uniq]
-            soft = scores.new_zeros((uniq.numel(), *quarter))
-            for level in uniq_levels.unique().tolist():
-                sel = (uniq_levels == level).nonzero(as_tuple=True)[0]
-                local = uniq[sel] - cell_offsets[level]
-                img_idx = torch.full_like(local, b)
-                m = self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local)
-                if tuple(m.shape[-2:]) != quarter:
-                    m = F.interpolate(m[None], size=quarter, mode="bilinear", align_corners=False)[0]
-                soft[sel] = m
+            soft = self._cell_masks(mask_outputs, b, uniq, quarter)
             out_size = (inp.get("height", image_size[0]), inp.get("width", image_size[1]))
             instances = solo_postprocess(
                 soft[inverse],
                 labels,
                 cand_scores,
-                stride_of_level[levels],
+                self._stride_of_level[self._level_of_cell[cells]],
                 image_size=tuple(image_size),
                 output_size=tuple(out_size),
                 mask_thr=self.test_cfg["mask_thr"],

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .matrix_nms import mask_nms, matrix_nms
 
-__all__ = ["point_nms", "masks_to_boxes", "solo_postprocess", "empty_instances"]
+__all__ = ["point_nms", "masks_to_boxes", "mask_area_maskness", "solo_postprocess", "empty_instances"]
 
 
 def point_nms(heat: Tensor, kernel: int = 2) -> Tensor:
@@ -67,6 +67,22 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     boxes[:, 3] = torch.where(rows, ys + 1, zero).max(dim=1).values
     nonempty = cols.any(dim=1)
     return boxes * nonempty[:, None].to(boxes.dtype)
+
+
+def mask_area_maskness(soft_masks: Tensor, mask_thr: float) -> Tuple[Tensor, Tensor]:
+    """Pixel count of each binarized mask and its *maskness* (mean probability inside it).
+
+    Args:
+        soft_masks: [K, h, w] mask probabilities.
+        mask_thr: binarization threshold (``p > mask_thr``).
+
+    Returns:
+        ``(area [K], maskness [K])`` float32 (maskness 0 for empty masks).
+    """
+    binary = soft_masks > mask_thr
+    area = binary.flatten(1).sum(dim=1).to(torch.float32)
+    inside = (soft_masks.to(torch.float32) * binary).flatten(1).sum(dim=1)
+    return area, inside / area.clamp(min=1.0)
 
 
 def empty_instances(output_size: Tuple[int, int], device) -> Instances:
