@@ -225,5 +225,41 @@ def test_cityscapes_recipe_configs(name):
     names = [n for n, _ in build_model(cfg).named_parameters()]
     for prefix in cfg.SOLVER.HEAD_PARAM_PREFIXES:  # every 10x-lr prefix names real parameters
         assert any(n.startswith(prefix) for n in names), prefix
+    assert cfg.SOLVER.HEAD_LR_MULTIPLIER == 10.0
+    fast = {n for n in names if n.startswith(tuple(cfg.SOLVER.HEAD_PARAM_PREFIXES))}
     if "V1" in name:
-        assert cfg.SOLVER.HEAD_LR_MULTIPLIER == 10.0 and cfg.SOLVER.MAX_ITER == 80000
+        # CoinCheung's BiSeNetV1.get_params: 10x on the FFM and the three outputs only; the spatial
+        # path and the context path (ResNet, ARMs, global context, refinement convs) at the base rate
+        assert cfg.SOLVER.MAX_ITER == 80000
+        assert {n.split(".")[1] for n in fast} == {"ffm", "predictor", "aux8", "aux16"}
+        assert not any(n.startswith(("backbone.", "sem_seg_head.arm", "sem_seg_head.refine")) for n in fast)
+    else:
+        # CoinCheung's BiSeNetV2.get_params: 10x on the children named head and aux* (not the BGA)
+        assert {n.split(".")[1] for n in fast} == {"predictor", "boosters"}
+
+
+def test_v2_matches_reference_structure():
+    """Same layers as CoinCheung/BiSeNet's BiSeNetV2 (19 classes): its parameter count (from the
+    parity fixture's state-dict shapes), ReLU after each GE layer's last depthwise conv, booster widths."""
+    import json
+    import math
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "data", "coincheung_bisenetv2", "manifest.json")) as f:
+        manifest = json.load(f)
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    reference = sum(math.prod(s) for k, s, _ in manifest["state_dict"] if not k.endswith(buffers))
+    cfg = get_config("BiSeNet/V2_cityscapes.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) == reference == 5231487
+    s3 = model.backbone.s3
+    assert s3[0].dwconv[0].activation is None and s3[0].dwconv[1].activation is not None  # stride 2
+    assert s3[1].dwconv[0].activation is not None  # stride 1
+    assert {k: b.up_conv.out_channels for k, b in model.sem_seg_head.boosters.items()} == {
+        "stem": 16, "s3": 64, "s4": 256, "s5": 1024
+    }
+    head = model.sem_seg_head.eval()
+    with torch.no_grad():
+        outs = head.outputs(model.backbone.eval()(torch.randn(1, 3, 64, 96)))
+    assert {k: tuple(v.shape) for k, v in outs.items()} == {k: (1, 19, 64, 96) for k in ("main", "stem", "s3", "s4", "s5")}

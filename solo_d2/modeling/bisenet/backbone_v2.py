@@ -1,5 +1,9 @@
 """BiSeNetV2 backbone: detail branch and semantic branch (stem, gather-and-expansion, context embedding).
 
+Layer for layer what CoinCheung/BiSeNet's ``lib/models/bisenetv2.py`` (commit 6b4b67a8) computes,
+so that its published Cityscapes weights convert (``tools/convert_checkpoint.py --from
+coincheung-bisenetv2``) and reproduce its outputs (``tests/test_parity_bisenet.py``).
+
 Outputs for [N, 3, H, W] (H, W multiples of 32), with default widths:
 
 - ``"detail"``: [N, 128, H/8, W/8]  (detail branch)
@@ -20,7 +24,8 @@ __all__ = ["GatherExpansion", "StemBlock", "ContextEmbedding", "BiSeNetV2Backbon
 
 
 class StemBlock(nn.Module):
-    """3x3 s2 conv; then [1x1 -> 3x3 s2] and [3x3 s2 max pool] concatenated -> 3x3 conv: stride 4."""
+    """[N, Cin, H, W] -> [N, C, H/4, W/4]: 3x3 s2 conv; then [1x1 (C/2) -> 3x3 s2] and [3x3 s2 max
+    pool] concatenated -> 3x3 conv (every conv with norm and ReLU)."""
 
     def __init__(self, in_ch, out_ch, norm="BN"):
         super().__init__()
@@ -38,8 +43,14 @@ class StemBlock(nn.Module):
 
 
 class GatherExpansion(nn.Module):
-    """GE layer: 3x3 conv -> depthwise 3x3 expanding by ``expansion`` (stride s; a second depthwise
-    conv when s = 2) -> 1x1 projection; residual (depthwise s2 + 1x1 shortcut when s = 2); ReLU."""
+    """GE layer, as in CoinCheung/BiSeNet (the public implementation with published weights).
+
+    [N, Cin, H, W] -> [N, Cout, H/s, W/s]:
+    3x3 conv-norm-ReLU (Cin) -> depthwise 3x3 expanding to ``Cin * expansion`` (stride s) -> norm;
+    when s = 2 a second depthwise 3x3 (stride 1) -> norm; ReLU after the last depthwise norm (not
+    in the paper's figure, but in the reference code) -> 1x1 projection -> norm; plus the residual
+    (identity, or depthwise 3x3 s2-norm -> 1x1-norm when s = 2); ReLU.
+    """
 
     def __init__(self, in_ch, out_ch, stride=1, expansion=6, norm="BN"):
         super().__init__()
@@ -49,9 +60,9 @@ class GatherExpansion(nn.Module):
             raise ValueError(f"GatherExpansion with stride 1 needs in_ch == out_ch, got {in_ch} -> {out_ch}")
         mid = in_ch * expansion
         self.conv = conv_norm_act(in_ch, in_ch, 3, norm=norm)
-        dw = [conv_norm_act(in_ch, mid, 3, stride=stride, groups=in_ch, norm=norm, act=False)]
+        dw = [conv_norm_act(in_ch, mid, 3, stride=stride, groups=in_ch, norm=norm, act=stride == 1)]
         if stride == 2:
-            dw.append(conv_norm_act(mid, mid, 3, groups=mid, norm=norm, act=False))
+            dw.append(conv_norm_act(mid, mid, 3, groups=mid, norm=norm, act=True))
         self.dwconv = nn.Sequential(*dw)
         self.project = conv_norm_act(mid, out_ch, 1, norm=norm, act=False)
         self.shortcut = None
@@ -68,7 +79,8 @@ class GatherExpansion(nn.Module):
 
 
 class ContextEmbedding(nn.Module):
-    """GAP -> norm -> 1x1 conv-norm-ReLU, broadcast-added to x -> 3x3 conv-norm-ReLU."""
+    """[N, C, h, w] -> [N, C, h, w]: GAP -> norm -> 1x1 conv-norm-ReLU, broadcast-added to x ->
+    3x3 conv-norm-ReLU (the reference's CE block; the paper draws a plain 3x3 conv last)."""
 
     def __init__(self, channels, norm="BN"):
         super().__init__()
@@ -82,6 +94,9 @@ class ContextEmbedding(nn.Module):
 
 
 class BiSeNetV2Backbone(FixedShapeBackbone):
+    """Detail branch (``self.detail``: 8 conv-norm-ReLU, strides 2,1 | 2,1,1 | 2,1,1) and semantic
+    branch (``stem``, GE stages ``s3``, ``s4``, ``s5`` and the context embedding ``context``)."""
+
     def __init__(self, in_channels=3, detail_channels=(64, 64, 128), semantic_channels=(16, 32, 64, 128),
                  expansion=6, norm="BN"):
         super().__init__()

@@ -24,7 +24,13 @@ def add_bisenet_config(cfg):
         pixels with loss > -log(0.7) are hard); ``OHEM_MIN_KEPT_DIVISOR`` (16):
         at least valid_pixels // 16 pixels are kept.
       - ``AUX_LOSS_WEIGHT``: weight of every auxiliary/booster output (1.0).
-    MODEL.BISENET_V2: branch widths, GE expansion, head and booster widths.
+    MODEL.BISENET_V2 (CoinCheung/BiSeNet's BiSeNetV2 with the defaults):
+      - ``DETAIL_CHANNELS`` ([64, 64, 128]), ``SEMANTIC_CHANNELS`` ([16, 32, 64, 128]: stem,
+        S3, S4, S5), ``EXPANSION`` (6): branch widths and the GE layers' expansion.
+      - ``HEAD_CHANNELS`` (1024): width of the main head's 3x3 conv.
+      - ``BOOSTER_CHANNELS`` (128): width of each booster's first 3x3 conv; its second conv,
+        after the nearest x2 upsampling, has stride**2 channels (16, 64, 256, 1024).
+      - ``DROPOUT`` (0.1): dropout in the main head and the boosters (training only).
     TEST.SEM_SEG_TTA (used by ``BiSeNetSegmentor`` at inference):
       - ``SCALES``: image scale factors ([1.0] = single scale).
       - ``FLIP``: also run the horizontally flipped image.

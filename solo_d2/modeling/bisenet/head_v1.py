@@ -5,6 +5,7 @@ or 4 with res2), ``res4`` [N, C4, H/16, W/16], ``res5`` [N, C5, H/32, W/32].
 """
 from typing import Dict
 
+import torch
 from torch import nn
 
 from detectron2.config import configurable
@@ -23,6 +24,11 @@ class BiSeNetV1Head(nn.Module):
 
     Losses: ``loss_sem_seg`` (FFM output), ``loss_aux8`` and ``loss_aux16`` (context
     features at 1/8 and 1/16), each OHEM (or plain) cross entropy.
+
+    With the ResNet-18 spatial-path backbone this computes what CoinCheung/BiSeNet's BiSeNetV1
+    (commit 6b4b67a8) computes: ``arm16``/``arm32``/``global_context``/``refine32``/``refine16``
+    are its context path's ``arm16``/``arm32``/``conv_avg``/``conv_head32``/``conv_head16``,
+    ``ffm`` its FFM, ``predictor``/``aux8``/``aux16`` its ``conv_out``/``conv_out16``/``conv_out32``.
     """
 
     @configurable
@@ -90,19 +96,28 @@ class BiSeNetV1Head(nn.Module):
         fused = self.ffm(spatial, upsample_to(feat8_ctx, spatial.shape[-2:]))
         return self.predictor(fused), feat8_ctx, feat16_ctx
 
+    def outputs(self, features, with_aux=True) -> Dict[str, torch.Tensor]:
+        """Logits [N, K, H, W] at input resolution (H = stride x the spatial feature's height):
+        ``"main"`` and, with ``with_aux``, ``"aux8"`` and ``"aux16"`` (CoinCheung/BiSeNet's
+        ``feat_out``, ``feat_out16``, ``feat_out32``), each upsampled bilinearly (align_corners=False)."""
+        main, feat8_ctx, feat16_ctx = self.layers(features)
+        spatial = features["spatial"]
+        size = (spatial.shape[-2] * self.common_stride, spatial.shape[-1] * self.common_stride)
+        out = {"main": upsample_to(main, size)}
+        if with_aux:
+            out["aux8"] = upsample_to(self.aux8(feat8_ctx), size)
+            out["aux16"] = upsample_to(self.aux16(feat16_ctx), size)
+        return out
+
     def forward(self, features, targets=None):
         """targets: [N, H, W] labels padded with ``ignore_value`` (training only)."""
-        main, feat8_ctx, feat16_ctx = self.layers(features)
-        if self.training:  # the auxiliary outputs only exist for the losses
-            if targets is None:
-                raise ValueError("BiSeNetV1Head needs targets (batched 'sem_seg') in training")
-            return None, self.losses(main, self.aux8(feat8_ctx), self.aux16(feat16_ctx), targets)
-        size = (main.shape[-2] * self.common_stride, main.shape[-1] * self.common_stride)
-        return upsample_to(main, size), {}
-
-    def losses(self, main, aux8, aux16, targets):
-        return {
-            "loss_sem_seg": seg_loss(main, targets, **self.loss_cfg) * self.loss_weight,
-            "loss_aux8": seg_loss(aux8, targets, **self.loss_cfg) * self.aux_loss_weight,
-            "loss_aux16": seg_loss(aux16, targets, **self.loss_cfg) * self.aux_loss_weight,
+        if not self.training:  # the auxiliary outputs only exist for the losses
+            return self.outputs(features, with_aux=False)["main"], {}
+        if targets is None:
+            raise ValueError("BiSeNetV1Head needs targets (batched 'sem_seg') in training")
+        logits = self.outputs(features)
+        return None, {
+            "loss_sem_seg": seg_loss(logits["main"], targets, **self.loss_cfg) * self.loss_weight,
+            "loss_aux8": seg_loss(logits["aux8"], targets, **self.loss_cfg) * self.aux_loss_weight,
+            "loss_aux16": seg_loss(logits["aux16"], targets, **self.loss_cfg) * self.aux_loss_weight,
         }
