@@ -21,6 +21,8 @@ Architecture
     - ``NORM``: norm of the tower convs (``"GN"`` = GroupNorm(32); ``""`` = none).
     - ``USE_DCN_IN_TOWER``: modulated deformable convs in every tower conv (SOLOv2 DCN).
     - ``PRIOR_PROB``: initial foreground probability of the category output.
+    - ``MASK_PRIOR_PROB``: initial probability of the SOLO / Decoupled SOLO mask outputs
+      (official: 0.01, bias -4.595; 0.5 gives bias 0). SOLOv2's kernels have no such prior.
 SOLOv2 mask-feature branch
     - ``MASK_IN_FEATURES``: features fused at 1/4 scale (P2..P5).
     - ``MASK_MID_CHANNELS``: channels of the per-level convs (128).
@@ -62,6 +64,7 @@ def add_solo_config(cfg):
     _C.NORM = "GN"
     _C.USE_DCN_IN_TOWER = False
     _C.PRIOR_PROB = 0.01
+    _C.MASK_PRIOR_PROB = 0.01
 
     _C.MASK_IN_FEATURES = ["p2", "p3", "p4", "p5"]
     _C.MASK_MID_CHANNELS = 128
@@ -84,3 +87,35 @@ def add_solo_config(cfg):
     _C.NMS_SIGMA = 2.0
     cfg.MODEL.SOLO = _C
     return cfg
+
+
+def validate_solo_config(c) -> None:
+    """Raise ValueError naming the key for ``MODEL.SOLO`` values no model can use."""
+
+    def bad(key, value, why):
+        raise ValueError(f"MODEL.SOLO.{key} = {value!r}: {why}")
+
+    if int(c.NUM_CLASSES) <= 0:
+        bad("NUM_CLASSES", c.NUM_CLASSES, "must be a positive number of thing classes (no background class)")
+    if not c.SIGMA > 0:
+        bad("SIGMA", c.SIGMA, "must be > 0 (fraction of the box used for center sampling, 0.2 in SOLO)")
+    if not c.NUM_GRIDS or any(int(g) <= 0 for g in c.NUM_GRIDS):
+        bad("NUM_GRIDS", list(c.NUM_GRIDS), "needs one positive grid size per level")
+    for lo_hi in c.SCALE_RANGES:
+        if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
+            bad("SCALE_RANGES", [list(r) for r in c.SCALE_RANGES], f"each level needs [lo, hi] with lo < hi, got {list(lo_hi)}")
+    los = [r[0] for r in c.SCALE_RANGES]
+    his = [r[1] for r in c.SCALE_RANGES]
+    if any(b <= a for a, b in zip(los, los[1:])) or any(b <= a for a, b in zip(his, his[1:])):
+        bad("SCALE_RANGES", [list(r) for r in c.SCALE_RANGES], "lower and upper bounds must increase from level to level")
+    if any(int(s) <= 0 for s in c.FPN_STRIDES):
+        bad("FPN_STRIDES", list(c.FPN_STRIDES), "strides must be positive")
+    for key in ("SCORE_THR", "MASK_THR", "UPDATE_THR"):
+        if not 0.0 <= float(c[key]) < 1.0:
+            bad(key, c[key], "must lie in [0, 1)")
+    for key in ("NMS_PRE", "MAX_PER_IMG"):
+        if int(c[key]) <= 0:
+            bad(key, c[key], "must be positive")
+    for key in ("PRIOR_PROB", "MASK_PRIOR_PROB"):
+        if not 0.0 < float(c[key]) < 1.0:
+            bad(key, c[key], "must lie in (0, 1)")

@@ -46,6 +46,7 @@ class _GridHeadBase(SOLOHeadBase):
         norm: str = "GN",
         use_dcn: bool = False,
         prior_prob: float = 0.01,
+        mask_prior_prob: float = 0.01,
     ):
         """
         Args:
@@ -54,7 +55,8 @@ class _GridHeadBase(SOLOHeadBase):
             num_grids: S per level.
             channels, num_convs: tower width and depth (SOLO: 256, 7; light: 256, 4).
             norm: tower norm; use_dcn: deformable tower convs.
-            prior_prob: initial category probability (mask outputs start at bias 0).
+            prior_prob: initial category probability.
+            mask_prior_prob: initial mask probability of the mask output convs (official 0.01).
         """
         super().__init__()
         self.num_classes = num_classes
@@ -64,6 +66,9 @@ class _GridHeadBase(SOLOHeadBase):
         self._build_mask_layers(in_channels, channels, num_convs, norm, use_dcn)
         init_head_weights(self)
         nn.init.constant_(self.cate_pred.bias, prior_bias(prior_prob))
+        for m in self.modules():
+            if getattr(m, "_mask_output", False):
+                nn.init.constant_(m.bias, prior_bias(mask_prior_prob))
 
     @classmethod
     def from_config(cls, cfg, input_shapes: List[ShapeSpec]):
@@ -77,6 +82,7 @@ class _GridHeadBase(SOLOHeadBase):
             "norm": c.NORM,
             "use_dcn": c.USE_DCN_IN_TOWER,
             "prior_prob": c.PRIOR_PROB,
+            "mask_prior_prob": c.MASK_PRIOR_PROB,
         }
 
     def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
@@ -94,6 +100,13 @@ class _GridHeadBase(SOLOHeadBase):
         return cate_logits, mask_outputs
 
 
+def _mask_output_conv(channels: int, out: int, kernel_size: int) -> nn.Conv2d:
+    """A per-level mask output conv, marked for the mask-prior bias init."""
+    conv = nn.Conv2d(channels, out, kernel_size, padding=kernel_size // 2)
+    conv._mask_output = True
+    return conv
+
+
 def _up2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
@@ -104,7 +117,7 @@ class SOLOHead(_GridHeadBase):
 
     def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
         self.mask_tower = make_tower(in_channels + 2, channels, num_convs, norm, use_dcn)
-        self.mask_preds = nn.ModuleList([nn.Conv2d(channels, s * s, 1) for s in self.num_grids])
+        self.mask_preds = nn.ModuleList([_mask_output_conv(channels, s * s, 1) for s in self.num_grids])
 
     def _mask_level(self, x, level):
         x = self.mask_tower(torch.cat([x, coord_features(x)], dim=1))
@@ -121,8 +134,8 @@ class _DecoupledBase(_GridHeadBase):
     """Mask output per level: ``(x_logits [B, S, h, w], y_logits [B, S, h, w])``."""
 
     def _build_preds(self, channels):
-        self.mask_preds_x = nn.ModuleList([nn.Conv2d(channels, s, 3, padding=1) for s in self.num_grids])
-        self.mask_preds_y = nn.ModuleList([nn.Conv2d(channels, s, 3, padding=1) for s in self.num_grids])
+        self.mask_preds_x = nn.ModuleList([_mask_output_conv(channels, s, 3) for s in self.num_grids])
+        self.mask_preds_y = nn.ModuleList([_mask_output_conv(channels, s, 3) for s in self.num_grids])
 
     def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None):
         # the official code resizes the X and Y probability maps, then multiplies them

@@ -16,6 +16,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from torch import nn
 
+from .config import validate_solo_config
 from .heads import SOLOHeadBase, build_solo_head
 from .losses import solo_loss
 from .mask_branch import SOLOv2MaskBranch
@@ -111,6 +112,7 @@ class SOLO(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.SOLO
+        validate_solo_config(c)
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         missing = [f for f in c.IN_FEATURES if f not in shapes]
