@@ -6,6 +6,17 @@
 
 Each input that cannot be read is reported by name and skipped; the others are
 still processed, and the exit status is 1 if any input failed.
+
+Output names (--output is a folder, or a file for a single image): each input
+``dir/name.ext`` is written as ``<output>/name.png``. Inputs that would get the same
+name (``a.png`` and ``a.jpg``; ``x/a.png`` and ``y/a.png``) are all kept, each named
+after its path relative to their common folder with the extension kept and ``/``
+replaced by ``__``: ``a_png.png`` and ``a_jpg.png``; ``x__a_png.png`` and
+``y__a_png.png``. A name that is still taken gets ``-2``, ``-3``... in input order.
+The names depend only on the list of inputs, so a rerun overwrites its own outputs.
+
+A config without MODEL.WEIGHTS would run a randomly initialized model and draw
+plausible-looking nonsense: that is refused unless --allow-random-weights is given.
 """
 import argparse
 import glob
@@ -31,8 +42,12 @@ def get_parser():
     p.add_argument("--input", nargs="+", help="image files or glob patterns ('dir/*.jpg')")
     p.add_argument("--video-input", help="path to a video file")
     p.add_argument("--webcam", action="store_true", help="read frames from webcam 0")
-    p.add_argument("--output", help="output folder (or file for a single image/video)")
+    p.add_argument("--output", help="output folder (or file for a single image/video); images are written "
+                   "as <output>/<input name>.png, and inputs sharing a name are all kept: a.png and a.jpg -> "
+                   "a_png.png and a_jpg.png, x/a.png and y/a.png -> x__a_png.png and y__a_png.png")
     p.add_argument("--confidence-threshold", type=float, default=0.3)
+    p.add_argument("--allow-random-weights", action="store_true",
+                   help="run even without MODEL.WEIGHTS (a randomly initialized model; for testing only)")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
@@ -46,17 +61,49 @@ def expand_inputs(patterns):
     return paths
 
 
-def output_path(output, path, n_inputs):
+def output_names(paths):
+    """Unique, deterministic output file names (``*.png``) for ``paths``, in order.
+
+    ``dir/name.ext`` -> ``name.png``; paths sharing that name are named after their path
+    relative to their common folder, extension kept, separators as ``__``
+    (``x/a.png`` -> ``x__a_png.png``); a name still taken gets ``-2``, ``-3``, ...
+    """
+    def stem(p):
+        return os.path.splitext(os.path.basename(p))[0]
+
+    groups = {}
+    for p in paths:
+        groups.setdefault(stem(p), []).append(os.path.abspath(p))
+    names, taken = [], set()
+    for p in paths:
+        group = groups[stem(p)]
+        if len(set(group)) == 1:
+            base = stem(p)
+        else:
+            common = os.path.commonpath([os.path.dirname(g) for g in group])
+            rel = os.path.relpath(os.path.abspath(p), common)
+            base = rel.replace(os.sep, "__").replace(".", "_")
+        name, k = base + ".png", 1
+        while name in taken:
+            k += 1
+            name = "{}-{}.png".format(base, k)
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def output_path(output, name, n_inputs):
     if os.path.splitext(output)[1] and n_inputs == 1:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         return output
     os.makedirs(output, exist_ok=True)
-    return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
+    return os.path.join(output, name)
 
 
 def run_images(demo, paths, output) -> int:
     failed = 0
-    for path in paths:
+    names = output_names(paths)
+    for path, name in zip(paths, names):
         img = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None
         if img is None:
             reason = "no such file" if not os.path.exists(path) else "not a readable image"
@@ -70,7 +117,7 @@ def run_images(demo, paths, output) -> int:
         )
         logger.info("%s: %s in %.2fs", path, what, time.perf_counter() - start)
         if output:
-            out = output_path(output, path, len(paths))
+            out = output_path(output, name, len(paths))
             cv2.imwrite(out, vis[:, :, ::-1])
             logger.info("wrote %s", out)
     return failed
@@ -108,6 +155,12 @@ def main(argv=None) -> int:
     if not os.path.isfile(args.config_file):
         get_parser().error(f"--config-file {args.config_file} does not exist")
     cfg = setup_cfg(args.config_file, args.opts)
+    if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
+        get_parser().error(
+            "MODEL.WEIGHTS is empty in {}: the demo would run a randomly initialized model. Pass "
+            "--opts MODEL.WEIGHTS path/to/model_final.pth, or --allow-random-weights to do it anyway.".format(
+                args.config_file)
+        )
     demo = DemoPredictor(cfg, args.confidence_threshold)
     if args.input:
         paths = expand_inputs(args.input)

@@ -6,6 +6,11 @@
     # CPU, no GPU: one process, or N gloo workers
     tools/train_net.py --config-file configs/Synthetic/SOLOv2_R18.yaml --num-gpus 0
     tools/train_net.py --config-file configs/Synthetic/SOLOv2_R18.yaml --num-gpus 0 --num-cpu-workers 2
+
+One run per OUTPUT_DIR: the launching process holds OUTPUT_DIR/solo_d2.lock (pid, host)
+for the whole run; a second run on a directory a live run holds is refused (a stale
+lock, whose process is gone, is taken over). --eval-only without MODEL.WEIGHTS (a
+randomly initialized model) is refused unless --allow-random-weights is given.
 """
 import logging
 import os
@@ -21,7 +26,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import solo_d2  # noqa: E402,F401  (registers models and datasets)
 from solo_d2.data import check_dataset  # noqa: E402
-from solo_d2.engine import Trainer, launch, setup_cfg  # noqa: E402
+from solo_d2.engine import OutputDirLock, OutputDirLockedError, Trainer, launch, setup_cfg  # noqa: E402
+
+RANDOM_WEIGHTS_MESSAGE = (
+    "--eval-only with an empty MODEL.WEIGHTS would evaluate a randomly initialized model. "
+    "Pass MODEL.WEIGHTS path/to/model_final.pth (or --resume to use OUTPUT_DIR's last checkpoint), "
+    "or --allow-random-weights to do it anyway."
+)
 
 
 def setup(args):
@@ -33,8 +44,9 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     for name in list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)):
-        check_dataset(name)
+        check_dataset(name, check_images=getattr(args, "check_images", "sample"))
     if args.eval_only:
+        check_eval_weights(cfg, args)
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
@@ -46,6 +58,46 @@ def main(args):
     return trainer.train()
 
 
+def check_eval_weights(cfg, args):
+    """Refuse --eval-only of a random model (no MODEL.WEIGHTS, no checkpoint to resume)."""
+    if cfg.MODEL.WEIGHTS or getattr(args, "allow_random_weights", False):
+        return
+    if args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    raise SystemExit("error: " + RANDOM_WEIGHTS_MESSAGE)
+
+
+def run(args):
+    """Launch ``main`` holding the OUTPUT_DIR lock (taken here, in the launching process of
+    machine rank 0, never in worker processes)."""
+    if args.eval_only:
+        cfg = setup_cfg(args.config_file, args.opts)
+        check_eval_weights(cfg, args)  # before any worker starts
+    lock = None
+    if args.machine_rank == 0 and not args.eval_only:
+        output_dir = setup_cfg(args.config_file, args.opts).OUTPUT_DIR
+        lock = OutputDirLock(output_dir)
+        try:
+            lock.acquire()
+        except OutputDirLockedError as e:
+            sys.stderr.write(f"error: {e}\n")
+            return 2
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            num_cpu_workers=args.num_cpu_workers,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+    return 0
+
+
 def get_parser():
     parser = default_argument_parser()
     parser.add_argument(
@@ -54,18 +106,22 @@ def get_parser():
         default=0,
         help="with --num-gpus 0: number of CPU worker processes per machine (gloo backend)",
     )
+    parser.add_argument(
+        "--check-images",
+        choices=["none", "sample", "all"],
+        default="sample",
+        help="before starting, check that the image files of the datasets exist: a fixed sample of "
+        "500 per dataset (default), all of them, or none",
+    )
+    parser.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="allow --eval-only with an empty MODEL.WEIGHTS (evaluates a randomly initialized model)",
+    )
     return parser
 
 
 if __name__ == "__main__":
     args = get_parser().parse_args()
     logging.getLogger(__name__).info("Command Line Args: %s", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        num_cpu_workers=args.num_cpu_workers,
-    )
+    sys.exit(run(args))

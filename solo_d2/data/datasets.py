@@ -14,7 +14,10 @@ name                                        evaluator_type          content
 (the Cityscapes names take a ``_train`` or ``_val`` suffix).
 """
 import glob
+import logging
 import os
+
+import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
@@ -22,7 +25,14 @@ from detectron2.data.datasets.cityscapes import load_cityscapes_instances, load_
 
 from .synthetic import COCO_CLASSES, generate_synthetic_cityscapes, generate_synthetic_coco
 
-__all__ = ["get_dataset_root", "register_synthetic_datasets", "check_dataset", "ensure_dataset", "SYNTHETIC_DATASETS"]
+__all__ = [
+    "get_dataset_root",
+    "register_synthetic_datasets",
+    "check_dataset",
+    "check_image_files",
+    "ensure_dataset",
+    "SYNTHETIC_DATASETS",
+]
 
 _ROOT = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
@@ -120,15 +130,58 @@ def _prepare_command(name):
     return "see datasets/README.md"
 
 
-def check_dataset(name):
+CHECK_IMAGES_MODES = ("none", "sample", "all")
+IMAGE_SAMPLE_SIZE = 500
+
+
+def check_image_files(name, mode="sample", sample_size=IMAGE_SAMPLE_SIZE, seed=0):
+    """Check that the image files of dataset ``name`` exist (``file_name`` and
+    ``sem_seg_file_name`` of its dicts).
+
+    ``mode``: ``"all"`` checks every item; ``"sample"`` a fixed random subset of
+    ``sample_size`` items (all of a smaller dataset); ``"none"`` nothing. Loads the
+    dataset dicts (``DatasetCatalog.get``). Raises ``FileNotFoundError`` with the number of
+    missing files and the first of them. Returns the number of files checked.
+    """
+    if mode not in CHECK_IMAGES_MODES:
+        raise ValueError("check_images must be one of {}, got {!r}".format(CHECK_IMAGES_MODES, mode))
+    if mode == "none":
+        return 0
+    dicts = DatasetCatalog.get(name)
+    index = np.arange(len(dicts))
+    if mode == "sample" and len(dicts) > sample_size:
+        index = np.sort(np.random.RandomState(seed).choice(len(dicts), sample_size, replace=False))
+    paths = [dicts[i][k] for i in index for k in ("file_name", "sem_seg_file_name") if dicts[i].get(k)]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        checked = "all {}".format(len(dicts)) if len(index) == len(dicts) else "a sample of {} of {}".format(
+            len(index), len(dicts))
+        raise FileNotFoundError(
+            "Dataset '{}': {} of {} image files checked ({} items) are missing, e.g. {}. "
+            "Prepare the dataset with: {}{}".format(
+                name, len(missing), len(paths), checked, ", ".join("'{}'".format(m) for m in missing[:5]),
+                _prepare_command(name),
+                "" if mode == "all" else " (check_images='all' / --check-images all lists every missing file)",
+            )
+        )
+    logging.getLogger(__name__).info("Dataset '%s': %d image files checked (%s), all present", name, len(paths), mode)
+    return len(paths)
+
+
+def check_dataset(name, check_images="sample", sample_size=IMAGE_SAMPLE_SIZE):
     """Check that the files of dataset ``name`` exist before training or evaluation.
 
     Synthetic datasets are generated when missing. For other registered names (e.g.
     Detectron2's builtin ``coco_2017_*`` and ``cityscapes_fine_*``) every path in the
     metadata must exist, else a ``FileNotFoundError`` names the path and the command
-    that prepares it. An unregistered name raises a ``KeyError`` listing the
-    registered names. Returns the list of paths that were checked.
+    that prepares it. Then the image files of the dataset's items are checked to exist
+    (:func:`check_image_files`): a fixed sample of ``sample_size`` items with
+    ``check_images="sample"`` (default), every item with ``"all"``, none with ``"none"``.
+    An unregistered name raises a ``KeyError`` listing the registered names. Returns the
+    list of metadata paths that were checked.
     """
+    if check_images not in CHECK_IMAGES_MODES:
+        raise ValueError("check_images must be one of {}, got {!r}".format(CHECK_IMAGES_MODES, check_images))
     registered = DatasetCatalog.list()
     if name not in registered:
         raise KeyError(
@@ -154,6 +207,7 @@ def check_dataset(name):
                 "Dataset '{}': no *_gtFine_labelTrainIds.png under '{}'. Create them with: "
                 "python datasets/prepare_cityscapes.py".format(name, meta.gt_dir)
             )
+    check_image_files(name, check_images, sample_size)
     return checked
 
 

@@ -109,6 +109,22 @@ def _save_png(array, path):
     Image.fromarray(array).save(path, format="PNG", compress_level=6)
 
 
+def _save_png16(image, path):
+    """Save a label image (PIL mode ``I``, values 0..65535) as a 16-bit grayscale PNG.
+
+    Pillow 11 refuses to write mode ``I`` as PNG ("cannot write mode I as PNG"); mode
+    ``I;16`` is written as 16-bit by every Pillow version (the same bytes Pillow < 10
+    wrote for mode ``I``).
+    """
+    array = np.asarray(image)
+    if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
+        raise ValueError("{}: values outside 0..65535 cannot be stored in a 16-bit PNG".format(path))
+    image16 = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint16))  # mode "I;16" on every Pillow
+    if image16.mode != "I;16":
+        raise RuntimeError("Pillow made a mode {} image of uint16 data, expected I;16".format(image16.mode))
+    image16.save(path, format="PNG")
+
+
 # ---------------------------------------------------------------- COCO scenes
 
 
@@ -381,7 +397,7 @@ def _write_cityscapes(out_dir, seed):
             label_ids.save(os.path.join(gt_dir, stem + "_gtFine_labelIds.png"))
             createLabelImage(annotation, "trainIds").save(os.path.join(gt_dir, stem + "_gtFine_labelTrainIds.png"))
             instance_ids = createInstanceImage(annotation, "ids")
-            instance_ids.save(os.path.join(gt_dir, stem + "_gtFine_instanceIds.png"))
+            _save_png16(instance_ids, os.path.join(gt_dir, stem + "_gtFine_instanceIds.png"))
             image = _cityscapes_image(rng, np.asarray(label_ids), np.asarray(instance_ids))
             _save_png(image, os.path.join(img_dir, stem + "_leftImg8bit.png"))
 

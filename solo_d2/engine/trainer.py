@@ -12,16 +12,38 @@ Differences from ``DefaultTrainer``:
 - the model is wrapped in ``DistributedDataParallel`` for CPU (gloo) workers too
   (detectron2 v0.6 passes CUDA ``device_ids`` unconditionally), and converted to
   ``SyncBatchNorm`` (``NaiveSyncBatchNorm`` on CPU workers) when ``MODEL.SYNC_BN`` is set and
-  there are several workers.
+  there are several workers;
+- before anything is built, :func:`check_num_classes` compares ``MODEL.SOLO.NUM_CLASSES``
+  (SOLO family) / ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` (semantic models) with the classes of
+  ``DATASETS.TRAIN`` and fails naming the key and both counts;
+- the loaders use :class:`solo_d2.data.mapper.FileNamingDatasetMapper` (a truncated or
+  missing image fails naming the file);
+- checkpoints hold the optimizer state (detectron2 v0.6's ``DefaultTrainer`` drops it);
+- resuming (``resume_or_load(resume=True)``) at iteration k:
+  ``metrics.json`` is rewritten (atomically) without the records of iterations >= k that
+  the resumed run redoes; and the training sampler continues where the interrupted run
+  was (its first ``k * IMS_PER_BATCH`` samples are skipped), so with ``SEED >= 0`` (the
+  sampler's seed) a resumed run reads the same images in the same order as an
+  uninterrupted one (exactly with ``DATALOADER.ASPECT_RATIO_GROUPING: False`` or when all
+  images have one orientation; aspect-ratio grouping batches from a buffer that is not
+  checkpointed, so with it the order continues only approximately). Random augmentations draw from the data-loader workers' own RNGs,
+  which are not checkpointed, so they are not replayed.
+- non-finite losses stop training with detectron2's ``FloatingPointError``
+  ("Loss became infinite or NaN at iteration=k", with the loss dict), raised by
+  ``SimpleTrainer``/``AMPTrainer`` before the optimizer step.
 """
+import itertools
+import json
 import logging
+import os
 import weakref
 from collections import defaultdict
 from typing import Any, Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data.build import _train_loader_from_config
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
@@ -33,6 +55,7 @@ from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.augmentation import build_augmentation
+from ..data.mapper import FileNamingDatasetMapper
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +161,84 @@ def _maybe_add_gradient_clipping(cfg, optim_cls):
     return FullModelGradientClipping
 
 
+def _dataset_class_count(name, attr):
+    meta = MetadataCatalog.get(name)
+    return len(getattr(meta, attr)) if hasattr(meta, attr) else None
+
+
+def check_num_classes(cfg) -> None:
+    """Fail before training when the model's class count differs from the training data's.
+
+    SOLO family (``MODEL.META_ARCHITECTURE`` containing "SOLO"): ``MODEL.SOLO.NUM_CLASSES``
+    must equal ``len(thing_classes)`` of every ``DATASETS.TRAIN`` entry. Semantic models
+    (``MODEL.META_ARCHITECTURE`` containing "Segmentor", e.g. ``BiSeNetSegmentor``):
+    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` must equal ``len(stuff_classes)``. A smaller value
+    would crash at iteration 0 without naming the key, a larger one would train silently.
+    Datasets without that metadata are not checked. Raises ``ValueError`` naming the key,
+    the config value, the dataset and its count.
+    """
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if "SOLO" in arch.upper():
+        key, value, attr = "MODEL.SOLO.NUM_CLASSES", cfg.MODEL.SOLO.NUM_CLASSES, "thing_classes"
+    elif "SEGMENTOR" in arch.upper():
+        key, value, attr = "MODEL.SEM_SEG_HEAD.NUM_CLASSES", cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "stuff_classes"
+    else:
+        return
+    for name in cfg.DATASETS.TRAIN:
+        count = _dataset_class_count(name, attr)
+        if count is None:
+            logger.warning("Dataset '%s' has no metadata %s; %s=%s is not checked", name, attr, key, value)
+        elif count != value:
+            raise ValueError(
+                "{}={} does not match the training dataset '{}', which has {} {} ({}). "
+                "Set {} {} (META_ARCHITECTURE {}).".format(
+                    key, value, name, count, attr, ", ".join(map(str, getattr(MetadataCatalog.get(name), attr)[:10]))
+                    + (", ..." if count > 10 else ""), key, count, arch,
+                )
+            )
+
+
+class _SkipSampler(torch.utils.data.Sampler):
+    """An infinite training sampler without its first ``skip`` indices (those of the
+    iterations a resumed run has already done)."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, int(skip)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+
+def trim_metrics(path: str, start_iter: int) -> int:
+    """Rewrite the ``metrics.json`` at ``path`` without records of ``iteration >= start_iter``.
+
+    Lines that are not JSON objects with an integer ``iteration`` are kept. The file is
+    replaced atomically (written to a temporary file, then renamed). Returns the number of
+    records dropped (0: the file is left as it is).
+    """
+    if not os.path.isfile(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = None
+            if isinstance(rec, dict) and isinstance(rec.get("iteration"), int) and rec["iteration"] >= start_iter:
+                dropped += 1
+            elif line.strip():
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = "{}.tmp-{}".format(path, os.getpid())
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return dropped
+
+
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         # Same construction order as DefaultTrainer.__init__ (v0.6 and main), with a
@@ -145,6 +246,7 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        check_num_classes(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -158,6 +260,55 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def state_dict(self):
+        """The trainer state saved in checkpoints: iteration, hook states (LR scheduler) and the
+        optimizer (and AMP grad scaler) state. detectron2 v0.6's ``DefaultTrainer`` saves no
+        optimizer state (its checkpoints hold only ``iteration`` and ``hooks``), so a resumed
+        run restarted with empty momentum and the initial learning rate for one iteration;
+        this is what detectron2 main does."""
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("The checkpoint has no optimizer state (written by detectron2 v0.6's trainer?); "
+                           "resuming with a fresh optimizer")
+
+    def resume_or_load(self, resume=True):
+        """detectron2's ``resume_or_load``; when resuming at iteration k > 0, also drop
+        ``metrics.json`` records of iterations >= k and continue the sampler after the
+        samples of iterations 0..k-1 (see the module docstring)."""
+        super().resume_or_load(resume=resume)
+        if not (resume and self.start_iter > 0):
+            return
+        if comm.is_main_process():
+            self._trim_metrics(self.start_iter)
+        self._trainer.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+        if isinstance(getattr(type(self._trainer), "_data_loader_iter", None), property):
+            self._trainer._data_loader_iter_obj = None  # detectron2 main: created lazily
+        else:
+            self._trainer._data_loader_iter = iter(self._trainer.data_loader)  # v0.6
+
+    def _trim_metrics(self, start_iter):
+        from detectron2.utils.events import JSONWriter
+
+        writers = [w for h in self._hooks for w in getattr(h, "_writers", []) if isinstance(w, JSONWriter)]
+        for w in writers:
+            w._file_handle.flush()
+        path = os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")
+        dropped = trim_metrics(path, start_iter)
+        if dropped:
+            logger.info("Resuming at iteration %d: dropped %d records of later iterations from %s",
+                        start_iter, dropped, path)
+            for w in writers:  # the writer's handle points at the replaced file
+                name = w._file_handle.name
+                w._file_handle.close()
+                w._file_handle = open(name, "a")
 
     @classmethod
     def build_model(cls, cfg):
@@ -173,9 +324,23 @@ class Trainer(DefaultTrainer):
         return build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
-    def build_train_loader(cls, cfg):
-        mapper = DatasetMapper(cfg, is_train=True, augmentations=build_augmentation(cfg, True))
-        return build_detection_train_loader(cfg, mapper=mapper)
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        """detectron2's train loader with solo_d2's augmentation and mapper. With
+        ``SEED >= 0`` the sampler is seeded with it; ``start_iter`` skips the samples of
+        iterations ``0 .. start_iter - 1`` (resume)."""
+        mapper = FileNamingDatasetMapper(cfg, is_train=True, augmentations=build_augmentation(cfg, True))
+        kwargs = _train_loader_from_config(cfg, mapper=mapper)
+        sampler = kwargs["sampler"]
+        if cfg.SEED >= 0 and hasattr(sampler, "_seed"):
+            sampler._seed = int(cfg.SEED)  # detectron2's samplers draw from torch.Generator(_seed)
+        if start_iter > 0:
+            per_worker = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+            kwargs["sampler"] = _SkipSampler(sampler, start_iter * per_worker)
+        return build_detection_train_loader(**kwargs)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=FileNamingDatasetMapper(cfg, False))
 
     @classmethod
     def build_optimizer(cls, cfg, model):

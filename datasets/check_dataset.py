@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Check registered datasets before a long training: metadata paths and image files.
+
+    python datasets/check_dataset.py coco_2017_train coco_2017_val            # a sample of images
+    python datasets/check_dataset.py cityscapes_fine_instance_seg_train --check-images all
+
+Exit status 0 when every file checked exists, 1 otherwise (each problem is printed).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="+", help="registered dataset names")
+    parser.add_argument("--check-images", choices=["none", "sample", "all"], default="sample",
+                        help="image files to check: a fixed sample of --sample-size items (default), all, or none")
+    parser.add_argument("--sample-size", type=int, default=500)
+    args = parser.parse_args(argv)
+
+    import solo_d2  # noqa: F401  (registers the datasets)
+    from solo_d2.data import check_dataset
+
+    failed = 0
+    for name in args.names:
+        try:
+            check_dataset(name, check_images=args.check_images, sample_size=args.sample_size)
+            print("{}: OK".format(name))
+        except (KeyError, FileNotFoundError, ValueError) as e:
+            print("{}: {}".format(name, e), file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
