@@ -1,7 +1,7 @@
 """Config keys of the SOLO family (``MODEL.SOLO.*``).
 
 :func:`add_solo_config` only *adds* keys; it never changes a Detectron2 default.
-Defaults follow the published SOLOv2 R50 model (see ``REFERENCE.md`` section 2);
+Defaults follow the published SOLOv2 R50 model (official SOLO code, AdelaiDet port);
 the SOLO / Decoupled SOLO / light variants change them in their YAML files.
 
 Keys
