@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -26,12 +25,10 @@ def _tree_files(root):
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
-def test_generation_is_deterministic_and_fast(tmp_path, synthetic_coco, synthetic_cityscapes):
-    start = time.perf_counter()
+def test_generation_is_deterministic(tmp_path, synthetic_coco, synthetic_cityscapes):
+    # no wall-clock limit: generation speed depends on the machine's load (README reports it)
     coco = generate_synthetic_coco(str(tmp_path))
     cityscapes = generate_synthetic_cityscapes(str(tmp_path))
-    elapsed = time.perf_counter() - start
-    assert elapsed < 30.0, "generation took {:.1f} s".format(elapsed)
     for fresh, shared in ((coco, synthetic_coco), (cityscapes, synthetic_cityscapes)):
         files = _tree_files(fresh)
         assert files == _tree_files(shared)
@@ -206,7 +203,12 @@ def test_concurrent_generation_and_stale_tree(tmp_path, synthetic_cityscapes):
     module_file = sys.modules[generate_synthetic_cityscapes.__module__].__file__
     procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(root), module_file], env=env, stderr=subprocess.PIPE) for _ in range(2)]
     for p in procs:
-        _, err = p.communicate(timeout=120)
+        try:
+            _, err = p.communicate(timeout=600)  # a hang guard, not a speed limit
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("concurrent generate_synthetic_cityscapes hung for 600 s (lock/rename loop in _ensure?)")
         assert p.returncode == 0, err.decode()[-2000:]
     target = root / "synthetic_cityscapes"
     assert sorted(os.listdir(root)) == ["synthetic_cityscapes"]  # no temporary leftovers
@@ -264,3 +266,111 @@ def test_check_dataset_missing_label_train_ids(tmp_path, synthetic_cityscapes):
     for f in _cs_files(str(root), "val", "_gtFine_labelTrainIds.png"):
         rel = os.path.relpath(f, root)
         assert filecmp.cmp(f, os.path.join(synthetic_cityscapes, rel), shallow=False)
+
+
+# ----------------------------------------------------------------- reliability: 16-bit PNG, images
+
+
+def test_instance_ids_png_is_16_bit_and_matches_the_polygons(synthetic_cityscapes):
+    """``*_gtFine_instanceIds.png`` holds ids up to 33999 (label id * 1000 + index): a 16-bit
+    grayscale PNG (Pillow 11 cannot write mode I, the generator writes I;16) whose values equal
+    cityscapesscripts' rendering of the polygons."""
+    import cv2
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+
+    files = _cs_files(synthetic_cityscapes, "val", "_gtFine_instanceIds.png")
+    assert files
+    saw_instances = False
+    for f in files:
+        raw = open(f, "rb").read(32)
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[24] == 16 and raw[25] == 0  # IHDR: bit depth 16, gray
+        ids = cv2.imread(f, cv2.IMREAD_UNCHANGED)
+        assert ids.dtype == np.uint16
+        ann = Annotation()
+        ann.fromJsonFile(f.replace("_instanceIds.png", "_polygons.json"))
+        np.testing.assert_array_equal(ids, np.asarray(createInstanceImage(ann, "ids")))
+        np.testing.assert_array_equal(np.asarray(Image.open(f)), ids)  # PIL reads the same values
+        saw_instances |= bool((ids >= 1000).any())
+    assert saw_instances
+
+
+def test_save_png16_roundtrip_and_range(tmp_path):
+    from solo_d2.data.synthetic import _save_png16
+
+    values = np.array([[0, 1, 255, 256], [1000, 26001, 33999, 65535]], dtype=np.int32)
+    _save_png16(Image.fromarray(values, mode="I") if hasattr(Image, "fromarray") else values, str(tmp_path / "a.png"))
+    import cv2
+
+    back = cv2.imread(str(tmp_path / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, values)
+    with pytest.raises(ValueError, match="0..65535"):
+        _save_png16(np.array([[70000]], dtype=np.int32), str(tmp_path / "b.png"))
+
+
+def _register_copy(name, dicts, meta_from):
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=list(MetadataCatalog.get(meta_from).thing_classes))
+
+
+def test_check_dataset_finds_missing_images(tmp_path, synthetic_coco):
+    dicts = [dict(d) for d in DatasetCatalog.get("synthetic_coco_val")]
+    missing = str(tmp_path / "gone.png")
+    dicts[-1]["file_name"] = missing
+    name = "solo_d2_test_missing_image"
+    _register_copy(name, dicts, "synthetic_coco_val")
+    with pytest.raises(FileNotFoundError, match=r"1 of 16 image files checked \(all 16 items\).*gone.png"):
+        check_dataset(name)  # a small dataset is checked entirely even in "sample" mode
+    check_dataset(name, check_images="none")
+    # a large dataset: "sample" checks a fixed subset, "all" checks every item
+    from solo_d2.data import check_image_files
+
+    big = [dict(dicts[0], image_id=i) for i in range(2000)]
+    sampled = set(np.random.RandomState(0).choice(2000, 100, replace=False).tolist())
+    big[min(set(range(2000)) - sampled)]["file_name"] = missing  # outside the fixed sample
+    _register_copy(name, big, "synthetic_coco_val")
+    assert check_image_files(name, "sample", sample_size=100) == 100
+    big[min(sampled)]["file_name"] = missing  # inside it
+    with pytest.raises(FileNotFoundError, match=r"1 of 100 image files checked \(a sample of 100 of 2000 items\)"):
+        check_image_files(name, "sample", sample_size=100)
+    big[min(sampled)]["file_name"] = dicts[0]["file_name"]
+    with pytest.raises(FileNotFoundError, match=r"1 of 2000 image files checked \(all 2000 items\).*gone.png"):
+        check_dataset(name, check_images="all")
+    with pytest.raises(ValueError, match="check_images"):
+        check_dataset(name, check_images="some")
+    proc = subprocess.run([sys.executable, "datasets/check_dataset.py", "synthetic_coco_val", "--check-images", "all"],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and "synthetic_coco_val: OK" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_truncated_image_fails_naming_the_file(tmp_path, synthetic_coco):
+    """The loaders of solo_d2's Trainer (FileNamingDatasetMapper) name the unreadable file."""
+    import solo_d2
+    from solo_d2.data import FileNamingDatasetMapper, ImageReadError
+    from solo_d2.engine import Trainer
+
+    d = dict(DatasetCatalog.get("synthetic_coco_val")[0])
+    data = open(d["file_name"], "rb").read()
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(data[: len(data) // 2])
+    d["file_name"] = str(truncated)
+    cfg = solo_d2.get_cfg()
+    cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                     "configs", "Synthetic", "SOLOv2_R18.yaml"))
+    for is_train in (True, False):
+        with pytest.raises(ImageReadError, match=r"file_name=.*truncated\.png.*truncated") as e:
+            FileNamingDatasetMapper(cfg, is_train)(dict(d))
+        assert isinstance(e.value, OSError)
+    name = "solo_d2_test_truncated_image"
+    _register_copy(name, [d], "synthetic_coco_val")
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SOLVER.IMS_PER_BATCH = 1
+    with pytest.raises(ImageReadError, match="truncated.png"):
+        next(iter(Trainer.build_train_loader(cfg)))
+    with pytest.raises(ImageReadError, match="truncated.png"):
+        next(iter(Trainer.build_test_loader(cfg, name)))

@@ -199,3 +199,33 @@ def test_built_cityscapes_sem_seg_evaluators_run_together(synthetic_cityscapes, 
     res = _run(build_evaluator(cfg, CS_SEM_VAL, str(tmp_path), distributed=False), inputs, _sem_seg_predictions(dicts))
     assert res["cityscapes_sem_seg"]["IoU"] == pytest.approx(100.0, abs=0.01)
     assert res["sem_seg"]["mIoU"] == pytest.approx(100.0, abs=0.01)
+
+
+def test_cityscapes_instance_evaluator_uses_prediction_scores(synthetic_cityscapes):
+    """AP depends on the score order: the same two predictions per ground-truth instance (the
+    exact mask and a shifted, non-overlapping false positive of the same class) score AP 100
+    when the true positive ranks first and clearly less when the false positive does.
+    (An evaluator that ignores or mis-writes scores gives both orders the same AP.)"""
+    dicts = DatasetCatalog.get(CS_INST_VAL)
+    inputs = [{"file_name": d["file_name"]} for d in dicts]
+    gt = _cityscapes_instance_predictions(dicts)
+
+    def with_false_positives(tp_score, fp_score):
+        outputs = []
+        for out in gt:
+            inst = out["instances"]
+            n = len(inst)
+            shifted = torch.roll(inst.pred_masks, shifts=(0, inst.image_size[1] // 2), dims=(1, 2)) & ~inst.pred_masks.any(0)
+            pred = Instances(inst.image_size)
+            pred.pred_masks = torch.cat([inst.pred_masks, shifted])
+            pred.pred_classes = torch.cat([inst.pred_classes, inst.pred_classes])
+            pred.scores = torch.cat([torch.full((n,), tp_score), torch.full((n,), fp_score)])
+            outputs.append({"instances": pred})
+        return outputs
+
+    evaluator = CityscapesInstanceEvaluator(CS_INST_VAL)
+    tp_first = _run(evaluator, inputs, with_false_positives(0.9, 0.3))["segm"]
+    fp_first = _run(evaluator, inputs, with_false_positives(0.3, 0.9))["segm"]
+    assert tp_first["AP"] == pytest.approx(100.0, abs=0.01)
+    assert fp_first["AP"] < tp_first["AP"] - 10.0, (tp_first["AP"], fp_first["AP"])
+    assert fp_first["AP50"] < 90.0

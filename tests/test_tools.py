@@ -39,7 +39,8 @@ def test_demo_writes_visualizations_and_reports_bad_inputs(tmp_path, config, syn
     missing = tmp_path / "missing.png"
     out = tmp_path / "vis"
     proc = run_tool("tools/demo.py", "--config-file", ROOT / "configs" / config, "--output", out,
-                    "--input", str(tmp_path / "img*.png"), bad, missing, "--confidence-threshold", "0.0")
+                    "--input", str(tmp_path / "img*.png"), bad, missing, "--confidence-threshold", "0.0",
+                    "--allow-random-weights")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert f"cannot read input {bad}: not a readable image" in proc.stderr
     assert f"cannot read input {missing}: no such file" in proc.stderr
@@ -47,6 +48,47 @@ def test_demo_writes_visualizations_and_reports_bad_inputs(tmp_path, config, syn
     for p in imgs:  # the good inputs were still processed, at their own size
         vis = cv2.imread(str(out / p.name))
         assert vis is not None and vis.shape == (120, 160, 3)
+
+
+def test_demo_keeps_outputs_of_inputs_with_the_same_name(tmp_path, synthetic_coco):
+    """a.png, a.jpg, x/a.png, y/a.png: four inputs, four visualizations, none overwritten."""
+    src = _images(tmp_path, 4)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    inputs = [tmp_path / "a.png", tmp_path / "a.jpg", tmp_path / "x" / "a.png", tmp_path / "y" / "a.png"]
+    for s, d in zip(src, inputs):
+        cv2.imwrite(str(d), cv2.imread(str(s)))
+    out = tmp_path / "vis"
+    proc = run_tool("tools/demo.py", "--config-file", ROOT / "configs/Synthetic/SOLOv2Light_R18.yaml", "--output", out,
+                    "--input", *inputs, "--allow-random-weights", "--opts", "INPUT.MIN_SIZE_TEST", "64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["a_png.png", "a_jpg.png", "x__a_png.png", "y__a_png.png"])
+    for i, name in enumerate(["a_png.png", "a_jpg.png", "x__a_png.png", "y__a_png.png"]):
+        assert f"wrote {out / name}" in proc.stderr
+    help_text = run_tool("tools/demo.py", "--help").stdout
+    assert "a_png.png" in help_text and "x__a_png.png" in help_text  # the naming is documented
+
+
+def test_demo_output_names_are_unique_and_deterministic():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("solo_d2_demo_tool", ROOT / "tools" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    paths = ["d/a.png", "d/a.jpg", "d/b.png", "x/c.png", "y/c.png", "d/a_png.png", "d/a.png"]
+    names = demo.output_names(paths)
+    assert names == ["a_png.png", "a_jpg.png", "b.png", "x__c_png.png", "y__c_png.png", "a_png-2.png", "a_png-3.png"]
+    assert len(set(names)) == len(names) and demo.output_names(paths) == names
+
+
+def test_demo_refuses_random_weights(tmp_path):
+    img = _images(tmp_path, 1)[0]
+    proc = run_tool("tools/demo.py", "--config-file", ROOT / "configs/Synthetic/SOLOv2Light_R18.yaml",
+                    "--output", tmp_path / "vis", "--input", img)
+    assert proc.returncode == 2
+    assert "MODEL.WEIGHTS is empty" in proc.stderr and "--allow-random-weights" in proc.stderr
+    assert not (tmp_path / "vis").exists()
 
 
 def test_demo_rejects_a_missing_config(tmp_path):
