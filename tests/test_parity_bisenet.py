@@ -143,3 +143,38 @@ def test_converter_refuses_wrong_class_count(tmp_path):
     assert "sem_seg_head.predictor.predictor.weight" in proc.stderr
     assert "(20, 256, 1, 1)" in proc.stderr
     assert not out_path.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_v2_imagenet_backbone_initializes_the_recipe_backbone(tmp_path):
+    """CoinCheung's backbone_v2.pth is ``{"detail": {...}, "segment": {...}}``; converted, it fills
+    every ``backbone.*`` tensor of the V2 recipe (strictly) and nothing else."""
+    state = rule_state_dict(load_manifest("coincheung_bisenetv2"))
+    nested = {
+        part: {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+        for part in ("detail", "segment")
+    }
+    src, out_path = tmp_path / "backbone_v2.pth", tmp_path / "bisenetv2_backbone.pth"
+    torch.save(nested, src)
+    proc = run_converter("coincheung-bisenetv2-backbone", src, out_path)
+    assert proc.returncode == 0, proc.stderr
+    config = proc.stdout.strip().splitlines()[-1]
+    assert config == "configs/BiSeNet/V2_cityscapes.yaml"
+    cfg = get_cfg()
+    cfg.merge_from_file(str(ROOT / config))
+    assert cfg.MODEL.WEIGHTS == "pretrained/bisenetv2_backbone.pth"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    head_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("sem_seg_head.")}
+    DetectionCheckpointer(model).load(str(out_path))
+    converted = torch.load(out_path, weights_only=True)["model"]
+    assert set(converted) == {k for k in model.state_dict() if k.startswith("backbone.")}
+    ref_key = "segment.S5_5.conv_last.conv.weight"
+    assert torch.equal(model.state_dict()["backbone.context.out.weight"], state[ref_key])
+    for k, v in head_before.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    # a full V2 checkpoint is not a backbone file: its head keys match no backbone name
+    torch.save(state, src)
+    proc = run_converter("coincheung-bisenetv2-backbone", src, tmp_path / "x.pth")
+    assert proc.returncode != 0 and "aux2.conv" in proc.stderr and not (tmp_path / "x.pth").exists()
+    assert "match no coincheung-bisenetv2-backbone name" in proc.stderr

@@ -19,7 +19,13 @@ from typing import Dict, List
 from .core import Conversion, Rule, register_converter, rename_keys
 from .resnet import BN_FIELDS, torchvision_resnet_rules
 
-__all__ = ["coincheung_v1_rules", "coincheung_v2_rules", "convert_coincheung_v1", "convert_coincheung_v2"]
+__all__ = [
+    "coincheung_v1_rules",
+    "coincheung_v2_rules",
+    "convert_coincheung_v1",
+    "convert_coincheung_v2",
+    "convert_coincheung_v2_backbone",
+]
 
 V1_CONFIG = "configs/Converted/CoinCheung_BiSeNetV1_cityscapes.yaml"
 V2_CONFIG = "configs/Converted/CoinCheung_BiSeNetV2_cityscapes.yaml"
@@ -137,4 +143,23 @@ def convert_coincheung_v2(state: Dict) -> Conversion:
         out,
         V2_CONFIG,
         notes=["input: RGB, CoinCheung's mean/std (set in the config); logits at input resolution"],
+    )
+
+
+@register_converter(
+    "coincheung-bisenetv2-backbone",
+    "CoinCheung/BiSeNet's ImageNet-pretrained BiSeNetV2 branches backbone_v2.pth ({detail, segment})",
+)
+def convert_coincheung_v2_backbone(state: Dict) -> Conversion:
+    """The ImageNet initialization CoinCheung's V2 training starts from: the detail and semantic
+    branches only (``BiSeNetV2.load_pretrain`` loads ``state[name]`` into its children ``detail``
+    and ``segment``). Written as a partial checkpoint of ``backbone.*``, verified strictly against
+    the V2 recipe's backbone; the heads keep their initialization."""
+    rules = [r for r in coincheung_v2_rules() if r[0].startswith(("detail", "segment"))]
+    out = rename_keys(state, rules, source="coincheung-bisenetv2-backbone")
+    return Conversion(
+        out,
+        "configs/BiSeNet/V2_cityscapes.yaml",
+        notes=["backbone initialization only (detail and semantic branches); heads start from their init"],
+        prefix="backbone.",
     )

@@ -50,6 +50,8 @@ class Conversion:
         notes: human-readable remarks printed by the tool.
         backbone_only: the weights only initialize the config's backbone (an ImageNet ResNet):
             checked against the backbone's parameters and written as a Detectron2 ``.pkl``.
+        prefix: the weights are a part of the model (e.g. ``"backbone."``): verified strictly
+            against the model's keys under that prefix; the rest of the model keeps its init.
     """
 
     state_dict: StateDict
@@ -57,6 +59,7 @@ class Conversion:
     opts: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     backbone_only: bool = False
+    prefix: str = ""
 
 
 @dataclass
@@ -82,9 +85,13 @@ def register_converter(name: str, description: str):
 
 
 # ----------------------------------------------------------------------------- loading
-def _to_tensors(obj, path: str) -> StateDict:
+def _to_tensors(obj, path: str, prefix: str = "") -> StateDict:
     out = {}
     for k, v in obj.items():
+        if isinstance(v, dict):  # nested state dicts, e.g. {"detail": {...}, "segment": {...}}
+            out.update(_to_tensors(v, path, f"{prefix}{k}."))
+            continue
+        k = prefix + k
         if isinstance(v, np.ndarray):
             v = torch.from_numpy(np.ascontiguousarray(v))
         if not isinstance(v, torch.Tensor):
@@ -217,17 +224,21 @@ def build_cfg(config: str, opts: Sequence[str] = ()):
     return cfg
 
 
-def expected_state_shapes(config: str, opts: Sequence[str] = ()) -> Dict[str, Tuple[int, ...]]:
-    """``{key: shape}`` of the state dict of the model that ``config`` (+ ``opts``) builds."""
+def expected_state_shapes(config: str, opts: Sequence[str] = (), prefix: str = "") -> Dict[str, Tuple[int, ...]]:
+    """``{key: shape}`` of the state dict of the model that ``config`` (+ ``opts``) builds
+    (only the keys starting with ``prefix``)."""
     from detectron2.modeling import build_model
 
     model = build_model(build_cfg(config, opts))
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(prefix)}
 
 
-def verify_state_dict(state: StateDict, config: str, opts: Sequence[str] = (), *, source: str = "") -> None:
-    """Raise ConversionError unless ``state`` loads strictly (keys and shapes) into ``config``."""
-    expected = expected_state_shapes(config, opts)
+def verify_state_dict(
+    state: StateDict, config: str, opts: Sequence[str] = (), *, source: str = "", prefix: str = ""
+) -> None:
+    """Raise ConversionError unless ``state`` loads strictly (keys and shapes) into ``config``'s
+    model (or into its part under ``prefix``)."""
+    expected = expected_state_shapes(config, opts, prefix)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(
@@ -288,8 +299,9 @@ def convert_checkpoint(
         from .torchvision_resnet import finish_backbone_conversion
 
         return finish_backbone_conversion(result, out_path, source=source)
-    result.state_dict = _match_bn_counters(result.state_dict, expected_state_shapes(result.config, result.opts))
-    verify_state_dict(result.state_dict, result.config, result.opts, source=source)
+    expected = expected_state_shapes(result.config, result.opts, result.prefix)
+    result.state_dict = _match_bn_counters(result.state_dict, expected)
+    verify_state_dict(result.state_dict, result.config, result.opts, source=source, prefix=result.prefix)
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
