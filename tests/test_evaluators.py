@@ -159,6 +159,8 @@ def test_sem_seg_evaluators_gt_is_perfect_and_wrong_is_worse(synthetic_cityscape
         evaluator, key, metric = SemSegEvaluator(CS_SEM_VAL, distributed=False, output_dir=str(tmp_path)), "sem_seg", "mIoU"
     perfect = _run(evaluator, inputs, _sem_seg_predictions(dicts))
     assert perfect[key][metric] == pytest.approx(100.0, abs=0.01)
+    if which == "cityscapes":  # category-level IoU as well (every reported number is in percent)
+        assert perfect[key]["IoU_sup"] == pytest.approx(100.0, abs=0.01)
     wrong = _run(evaluator, inputs, _sem_seg_predictions(dicts, wrong=True))
     assert wrong[key][metric] < 30.0
 
@@ -229,3 +231,11 @@ def test_cityscapes_instance_evaluator_uses_prediction_scores(synthetic_cityscap
     assert tp_first["AP"] == pytest.approx(100.0, abs=0.01)
     assert fp_first["AP"] < tp_first["AP"] - 10.0, (tp_first["AP"], fp_first["AP"])
     assert fp_first["AP50"] < 90.0
+
+
+def test_cityscapes_evaluators_need_gt_dir():
+    name = "solo_d2_test_no_gt_dir"
+    MetadataCatalog.get(name).set(thing_classes=["car"])
+    for cls in (CityscapesInstanceEvaluator, CityscapesSemSegEvaluator):
+        with pytest.raises(KeyError, match="solo_d2_test_no_gt_dir.*gt_dir.*" + cls.__name__):
+            cls(name)
