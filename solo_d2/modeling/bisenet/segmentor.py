@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 
+from ...utils.inputs import check_model_image
 from .tta import predict_tta
 
 __all__ = ["BiSeNetSegmentor"]
@@ -67,6 +68,8 @@ class BiSeNetSegmentor(SemanticSegmentor):
         return logits
 
     def forward(self, batched_inputs):
+        for x in batched_inputs:
+            check_model_image(x["image"], where="BiSeNetSegmentor")
         if self.training:
             return super().forward(batched_inputs)
         return self.inference(batched_inputs)

@@ -16,6 +16,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from torch import nn
 
+from ...utils.inputs import check_model_image
 from .config import validate_solo_config
 from .heads import SOLOHeadBase, build_solo_head
 from .losses import solo_loss
@@ -162,6 +163,8 @@ class SOLO(nn.Module):
 
     # ------------------------------------------------------------------ shared
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        for x in batched_inputs:
+            check_model_image(x["image"], where="SOLO.preprocess_image")
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
