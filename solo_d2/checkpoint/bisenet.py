@@ -70,10 +70,15 @@ def coincheung_v1_rules() -> List[Rule]:
     "CoinCheung/BiSeNet BiSeNetV1 (ResNet-18) Cityscapes checkpoints, e.g. model_final_v1_city_new.pth",
 )
 def convert_coincheung_v1(state: Dict) -> Conversion:
-    out = rename_keys(state, coincheung_v1_rules(), source="coincheung-bisenetv1")
+    return _full_model(state, coincheung_v1_rules(), "coincheung-bisenetv1", V1_CONFIG)
+
+
+def _full_model(state: Dict, rules: List[Rule], source: str, config: str) -> Conversion:
+    """A whole CoinCheung model: every key renamed by ``rules``, verified against ``config``."""
+    out = rename_keys(state, rules, source=source)
     return Conversion(
         out,
-        V1_CONFIG,
+        config,
         notes=["input: RGB, CoinCheung's mean/std (set in the config); logits at input resolution"],
     )
 
@@ -138,12 +143,7 @@ def coincheung_v2_rules() -> List[Rule]:
     "CoinCheung/BiSeNet BiSeNetV2 Cityscapes checkpoints, e.g. model_final_v2_city.pth",
 )
 def convert_coincheung_v2(state: Dict) -> Conversion:
-    out = rename_keys(state, coincheung_v2_rules(), source="coincheung-bisenetv2")
-    return Conversion(
-        out,
-        V2_CONFIG,
-        notes=["input: RGB, CoinCheung's mean/std (set in the config); logits at input resolution"],
-    )
+    return _full_model(state, coincheung_v2_rules(), "coincheung-bisenetv2", V2_CONFIG)
 
 
 @register_converter(
