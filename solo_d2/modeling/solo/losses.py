@@ -118,9 +118,12 @@ def solo_loss(
         device=logits.device,
     )
     num_pos, num_masks = reduce_num_pos(counts).unbind(0)
+    # worker-averaged counts: (N_total + 1) / W makes the average of the workers' losses equal
+    # the loss of one process on the whole batch (N + 1 on one process, as the references)
+    world = float(comm.get_world_size())
 
     focal = sigmoid_focal_loss(logits, onehot, alpha=focal_alpha, gamma=focal_gamma, reduction="sum")
-    loss_cate = cate_weight * focal / (num_pos + 1.0)
+    loss_cate = cate_weight * focal / (num_pos + 1.0 / world)
 
     dice_terms = []
     for lvl, (probs, tgt) in enumerate(zip(mask_probs, targets)):
@@ -131,5 +134,5 @@ def solo_loss(
             )
         # `probs.sum() * 0` keeps empty levels in the graph (DDP needs every output used)
         dice_terms.append(dice_loss(probs, tgt.mask_targets).sum() + probs.float().sum() * 0.0)
-    loss_mask = mask_weight * torch.stack(dice_terms).sum() / num_masks.clamp(min=1.0)
+    loss_mask = mask_weight * torch.stack(dice_terms).sum() / num_masks.clamp(min=1.0 / world)
     return {"loss_cate": loss_cate, "loss_mask": loss_mask}
