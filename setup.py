@@ -41,5 +41,9 @@ setup(
         "tensorboard",
         "matplotlib",
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist"]},
+    extras_require={
+        "dev": ["pytest", "pytest-xdist"],
+        # TorchScript/ONNX export and onnxruntime inference (tools/export_model.py, tools/onnx_predict.py)
+        "export": ["onnx>=1.14", "onnxruntime>=1.16"],
+    },
 )

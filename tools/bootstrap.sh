@@ -21,6 +21,6 @@ else
     cloudpickle "tqdm>4.29.0" tensorboard fvcore iopath "omegaconf>=2.1" "hydra-core>=1.1" setuptools
   "$PY" tools/install_detectron2_offline.py
 fi
-"${PIP[@]}" -e ".[dev]"
+"${PIP[@]}" -e ".[dev,export]"
 "$PY" -c "import detectron2, solo_d2; print('[bootstrap] detectron2', detectron2.__version__, '| solo_d2', solo_d2.__version__)"
 echo "[bootstrap] set-up took $(( $(date +%s) - start )) s"
