@@ -108,7 +108,8 @@ def load_checkpoint_file(path: str) -> StateDict:
     state) is refused by that loader, and is then read with ``weights_only=False`` *after a
     warning*, since it can run code: only do this for files you trust. ``.pkl``: Detectron2 /
     Caffe2 pickles of numpy arrays (``{"model": {...}}`` or flat). The state dict is taken
-    from ``"state_dict"``, ``"model"`` or ``"state_dict_ema"``-free top level, in that order.
+    from ``"state_dict"`` (mmcv), else ``"model"`` (Detectron2), else the top level; nested
+    dicts are flattened with ``.``-joined keys and a ``module.`` prefix on every key is removed.
     """
     if not os.path.isfile(path):
         raise ConversionError(f"checkpoint file not found: {path}")
@@ -234,11 +235,19 @@ def expected_state_shapes(config: str, opts: Sequence[str] = (), prefix: str = "
 
 
 def verify_state_dict(
-    state: StateDict, config: str, opts: Sequence[str] = (), *, source: str = "", prefix: str = ""
+    state: StateDict,
+    config: str,
+    opts: Sequence[str] = (),
+    *,
+    source: str = "",
+    prefix: str = "",
+    expected: Optional[Dict[str, Tuple[int, ...]]] = None,
 ) -> None:
     """Raise ConversionError unless ``state`` loads strictly (keys and shapes) into ``config``'s
-    model (or into its part under ``prefix``)."""
-    expected = expected_state_shapes(config, opts, prefix)
+    model (or into its part under ``prefix``). ``expected``: the model's
+    :func:`expected_state_shapes`, when the caller already built it."""
+    if expected is None:
+        expected = expected_state_shapes(config, opts, prefix)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(
@@ -301,7 +310,9 @@ def convert_checkpoint(
         return finish_backbone_conversion(result, out_path, source=source)
     expected = expected_state_shapes(result.config, result.opts, result.prefix)
     result.state_dict = _match_bn_counters(result.state_dict, expected)
-    verify_state_dict(result.state_dict, result.config, result.opts, source=source, prefix=result.prefix)
+    verify_state_dict(
+        result.state_dict, result.config, result.opts, source=source, prefix=result.prefix, expected=expected
+    )
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
