@@ -32,6 +32,8 @@ Convert before calling the predictor:
 - float in [0, 1]: ``(img * 255).round().clip(0, 255).astype(np.uint8)``;
 - CHW tensor: ``t.permute(1, 2, 0).cpu().numpy()``.
 """
+import math
+
 import torch
 
 __all__ = ["check_model_image"]
@@ -102,7 +104,7 @@ def check_model_image(image, input_format: str = "BGR", where: str = "model inpu
         _fail(where, "the image has dtype {}".format(image.dtype), "Use uint8 or float32.", input_format)
     x = image.detach()
     lo, hi = float(x.min()), float(x.max())
-    if not (torch.isfinite(torch.tensor([lo, hi])).all()):
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         _fail(where, "the image has non-finite values (min {}, max {})".format(lo, hi),
               "Check the image source.", input_format)
     if lo < 0 or hi > 255:
