@@ -10,7 +10,8 @@ True/False, numeric constants (n -> n + 1, 0 <-> 1, x -> -x for floats), ``not x
 and deleting a statement (replaced by ``pass``). Docstrings are skipped. A mutant is
 *killed* when the tests fail (or time out), *survives* when they pass. The original file
 is kept in a temporary copy and ALWAYS put back (also on Ctrl-C / errors, via
-``try/finally`` and a signal handler); a leftover backup is reported at start.
+``try/finally`` and a signal handler); the copy's path is printed at start, and the copy
+is kept when the file could not be restored (someone else edited it meanwhile).
 
 Mutants are chosen deterministically (every mutation site, evenly thinned to
 ``--max-mutants``). The test command is
