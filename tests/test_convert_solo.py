@@ -191,7 +191,7 @@ def test_torchvision_depth_detection():
     for depth, config in ((18, "Light448_R18_3x"), (34, "Light448_R34_3x"), (50, "R50_3x"), (101, "R101_3x")):
         conv = convert_torchvision_resnet(fill(torchvision_resnet_shapes(depth, fc=True)))
         assert conv.config == f"configs/SOLOv2/{config}.yaml"
-        assert getattr(conv, "backbone_only", False)
+        assert conv.backbone_only
         assert not any(k.startswith(("fc.", "backbone.")) or "num_batches" in k for k in conv.state_dict)
         assert ("MODEL.RESNETS.STRIDE_IN_1X1" in conv.opts) == (depth >= 50)
 
@@ -332,10 +332,6 @@ def test_converted_configs_match_the_converters():
         assert cfg.MODEL.WEIGHTS.endswith(".pth"), c
 
 
-@pytest.mark.skipif(
-    "backbone_only" not in (REPO / "solo_d2" / "checkpoint" / "core.py").read_text(),
-    reason="convert_checkpoint() does not yet route backbone-only conversions to finish_backbone_conversion",
-)
 def test_tool_torchvision_resnet(tmp_path):
     torch.save(fill(torchvision_resnet_shapes(18, fc=True)), tmp_path / "resnet18.pth")
     proc = run_tool("torchvision-resnet", tmp_path / "resnet18.pth", tmp_path / "R-18.pkl")

@@ -73,7 +73,7 @@ def convert_torchvision_resnet(state) -> Conversion:
         state, torchvision_resnet_rules("", ""), source=SOURCE, drop=[r"fc\..*", r".*num_batches_tracked"]
     )
     config, opts = _TARGETS[depth]
-    conv = Conversion(
+    return Conversion(
         state_dict=out,
         config=config,
         opts=list(opts),
@@ -81,9 +81,8 @@ def convert_torchvision_resnet(state) -> Conversion:
             f"torchvision ResNet-{depth}: a backbone initialization (heads stay random); use it with RGB input, "
             "torchvision mean/std and MODEL.RESNETS.STRIDE_IN_1X1 False"
         ],
+        backbone_only=True,  # the driver calls finish_backbone_conversion
     )
-    conv.backbone_only = True  # read by the driver (see finish_backbone_conversion)
-    return conv
 
 
 def verify_backbone_init(state: Dict[str, torch.Tensor], config: str, opts: Sequence[str] = (), *, source: str = SOURCE):
