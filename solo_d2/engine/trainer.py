@@ -266,13 +266,16 @@ class Trainer(DefaultTrainer):
         optimizer (and AMP grad scaler) state. detectron2 v0.6's ``DefaultTrainer`` saves no
         optimizer state (its checkpoints hold only ``iteration`` and ``hooks``), so a resumed
         run restarted with empty momentum and the initial learning rate for one iteration;
-        this is what detectron2 main does."""
-        ret = super().state_dict()
+        this is what detectron2 main does. Both methods build on ``TrainerBase``'s, not on
+        ``DefaultTrainer``'s: on detectron2 main those already handle ``_trainer`` (the
+        optimizer state would be loaded twice, and a checkpoint without it would raise a
+        ``KeyError`` instead of the warning below)."""
+        ret = TrainerBase.state_dict(self)
         ret["_trainer"] = self._trainer.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
+        TrainerBase.load_state_dict(self, state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:
