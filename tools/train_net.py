@@ -42,11 +42,10 @@ def setup(args):
 
 
 def main(args):
+    """One worker's run. :func:`run` has checked the datasets and --eval-only's weights
+    before starting the workers."""
     cfg = setup(args)
-    for name in list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)):
-        check_dataset(name, check_images=getattr(args, "check_images", "sample"))
     if args.eval_only:
-        check_eval_weights(cfg, args)
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
@@ -69,20 +68,23 @@ def check_eval_weights(cfg, args):
 
 def run(args):
     """Launch ``main`` holding the OUTPUT_DIR lock (taken here, in the launching process of
-    machine rank 0, never in worker processes)."""
+    machine rank 0, never in worker processes). Before any worker starts, this launching
+    process (one per machine) refuses --eval-only of a random model and checks the datasets'
+    files once, instead of every worker loading the dataset dicts to check them."""
+    cfg = setup_cfg(args.config_file, args.opts)
     if args.eval_only:
-        cfg = setup_cfg(args.config_file, args.opts)
-        check_eval_weights(cfg, args)  # before any worker starts
+        check_eval_weights(cfg, args)
     lock = None
     if args.machine_rank == 0 and not args.eval_only:
-        output_dir = setup_cfg(args.config_file, args.opts).OUTPUT_DIR
-        lock = OutputDirLock(output_dir)
+        lock = OutputDirLock(cfg.OUTPUT_DIR)
         try:
             lock.acquire()
         except OutputDirLockedError as e:
             sys.stderr.write(f"error: {e}\n")
             return 2
     try:
+        for name in list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)):
+            check_dataset(name, check_images=args.check_images)
         launch(
             main,
             args.num_gpus,
