@@ -299,7 +299,7 @@ def test_save_png16_roundtrip_and_range(tmp_path):
     from solo_d2.data.synthetic import _save_png16
 
     values = np.array([[0, 1, 255, 256], [1000, 26001, 33999, 65535]], dtype=np.int32)
-    _save_png16(Image.fromarray(values, mode="I") if hasattr(Image, "fromarray") else values, str(tmp_path / "a.png"))
+    _save_png16(Image.fromarray(values), str(tmp_path / "a.png"))  # int32 -> mode "I"
     import cv2
 
     back = cv2.imread(str(tmp_path / "a.png"), cv2.IMREAD_UNCHANGED)
