@@ -12,16 +12,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from solo_d2.data.datasets import CHECK_IMAGES_MODES, IMAGE_SAMPLE_SIZE  # noqa: E402  (registers the datasets)
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="+", help="registered dataset names")
-    parser.add_argument("--check-images", choices=["none", "sample", "all"], default="sample",
+    parser.add_argument("--check-images", choices=CHECK_IMAGES_MODES, default="sample",
                         help="image files to check: a fixed sample of --sample-size items (default), all, or none")
-    parser.add_argument("--sample-size", type=int, default=500)
+    parser.add_argument("--sample-size", type=int, default=IMAGE_SAMPLE_SIZE)
     args = parser.parse_args(argv)
 
-    import solo_d2  # noqa: F401  (registers the datasets)
     from solo_d2.data import check_dataset
 
     failed = 0

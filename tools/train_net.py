@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import solo_d2  # noqa: E402,F401  (registers models and datasets)
 from solo_d2.data import check_dataset  # noqa: E402
+from solo_d2.data.datasets import CHECK_IMAGES_MODES, IMAGE_SAMPLE_SIZE  # noqa: E402
 from solo_d2.engine import OutputDirLock, OutputDirLockedError, Trainer, launch, setup_cfg  # noqa: E402
 
 RANDOM_WEIGHTS_MESSAGE = (
@@ -110,10 +111,10 @@ def get_parser():
     )
     parser.add_argument(
         "--check-images",
-        choices=["none", "sample", "all"],
+        choices=CHECK_IMAGES_MODES,
         default="sample",
         help="before starting, check that the image files of the datasets exist: a fixed sample of "
-        "500 per dataset (default), all of them, or none",
+        f"{IMAGE_SAMPLE_SIZE} per dataset (default), all of them, or none",
     )
     parser.add_argument(
         "--allow-random-weights",
