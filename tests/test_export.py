@@ -205,6 +205,21 @@ def test_solo_export_with_no_detections(trained_solov2, coco_dicts, tmp_path):
             assert not outs[0].any() and (outs[1] == 0).all() and (outs[2] == -1).all()
 
 
+def test_solov2_dcn_exports_to_torchscript_and_refuses_onnx(test_images, coco_dicts, tmp_path):
+    """Deformable convolutions trace (TorchScript identical to eager); ONNX is refused clearly."""
+    cfg = _solo_cfg("Synthetic/SOLOv2_DCN_R18.yaml", SCORE_THR=0.0, UPDATE_THR=0.0)
+    torch.manual_seed(2)
+    model = build_model(cfg).eval()
+    wrapper = export_wrapper(model)
+    ts = export(wrapper, _sample(coco_dicts), str(tmp_path / "model.ts"), "torchscript")
+    with torch.no_grad():
+        inst = model([{"image": test_images[0]}])[0]["instances"]
+        assert len(inst) == cfg.MODEL.SOLO.MAX_PER_IMG
+        _compare_solo(inst, ts(test_images[0]), exact=True)
+    with pytest.raises(ValueError, match="deformable convolutions.*torchscript"):
+        export(wrapper, _sample(coco_dicts), str(tmp_path / "model.onnx"), "onnx")
+
+
 @pytest.mark.parametrize("name", ["Synthetic/BiSeNetV1_R18.yaml", "Synthetic/BiSeNetV2.yaml"])
 def test_bisenet_export_parity(name, tmp_path, synthetic_cityscapes):
     cfg = model_zoo.get_config(name)

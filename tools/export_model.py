@@ -22,7 +22,8 @@ Graphs (see :mod:`solo_d2.export`), height and width dynamic:
 The graph does not resize: give it the image at the network's input size (the test
 resize of the config, as ``DefaultPredictor`` does), as ``tools/onnx_predict.py`` does.
 The sample image (default: a random image of the test size) only drives the trace.
-Exporting on CPU; a model with deformable convolutions exports to TorchScript only.
+Exporting on CPU; a model with deformable convolutions (DCN) exports to TorchScript only
+(ONNX is refused with a message).
 """
 import argparse
 import json
@@ -122,7 +123,11 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, "model.ts" if args.format == "torchscript" else "model.onnx")
     start = time.perf_counter()
-    export(wrapper, sample, path, args.format, opset=opset)
+    try:
+        export(wrapper, sample, path, args.format, opset=opset)
+    except ValueError as e:  # e.g. ONNX of a DCN model
+        sys.stderr.write(f"error: {e}\n")
+        return 2
     logger.info("wrote %s (%s, traced on %s) in %.1f s", path, args.format, tuple(sample.shape), time.perf_counter() - start)
 
     names, colors = class_names(cfg, is_solo)
