@@ -45,6 +45,16 @@ def test_ohem_min_kept_topk_when_few_hard():
     assert loss.item() == pytest.approx(sum(expected) / 10, rel=1e-5)
 
 
+def test_ohem_min_kept_divisor_zero_keeps_every_valid_pixel():
+    # a divisor of 0 (or less) is read as 1: n_min = all valid pixels, so no pixel is hard and all
+    # are kept (plain mean CE) instead of a division by zero
+    p = torch.linspace(0.95, 0.75, 40)
+    targets = torch.randint(0, 3, (40,))
+    for divisor in (0, 1):
+        loss = ohem_cross_entropy(logits_for(p, targets), targets.view(1, 1, -1), min_kept_divisor=divisor)
+        assert loss.item() == pytest.approx((-p.double().log()).mean().item(), rel=1e-5)
+
+
 def test_ohem_ignore_pixels_never_counted():
     p = torch.cat([torch.tensor([0.3] * 5), torch.linspace(0.99, 0.8, 59)])  # 64 valid: n_min = 4 < 5 hard
     targets = torch.randint(0, 3, (64,))
