@@ -10,12 +10,13 @@ writes a Detectron2 checkpoint ``{"model": state_dict, ...}``; nothing is writte
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from ..utils.io import atomic_write
 
 __all__ = [
     "Conversion",
@@ -313,21 +314,13 @@ def convert_checkpoint(
     verify_state_dict(
         result.state_dict, result.config, result.opts, source=source, prefix=result.prefix, expected=expected
     )
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(out_path) as f:
         torch.save(
             {
                 "model": {k: v.contiguous() for k, v in result.state_dict.items()},
                 "__author__": f"solo_d2 convert_checkpoint --from {source}",
                 "matching_heuristics": False,
             },
-            tmp,
+            f,
         )
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return result

@@ -18,13 +18,13 @@ that no ResNet weight of the model is left uninitialized (deformable-conv offset
 and :func:`write_d2_pkl` writes the file. :func:`finish_backbone_conversion` does both; the
 driver calls it for conversions marked ``backbone_only``.
 """
-import os
 import pickle
 import re
-import tempfile
 from typing import Dict, Sequence
 
 import torch
+
+from ..utils.io import atomic_write
 
 from .core import Conversion, ConversionError, _short_list, build_cfg, register_converter, rename_keys
 from .resnet import torchvision_resnet_rules
@@ -121,23 +121,15 @@ def write_d2_pkl(state: Dict[str, torch.Tensor], out_path: str, author: str = "t
     atomically (nothing is left at ``out_path`` on failure)."""
     if author == "Caffe2":
         raise ValueError("__author__ 'Caffe2' would make Detectron2 rename the keys Caffe2-style")
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(
-                {
-                    "model": {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()},
-                    "__author__": author,
-                    "matching_heuristics": True,
-                },
-                f,
-            )
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(out_path) as f:
+        pickle.dump(
+            {
+                "model": {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()},
+                "__author__": author,
+                "matching_heuristics": True,
+            },
+            f,
+        )
 
 
 def finish_backbone_conversion(result: Conversion, out_path: str, *, source: str = SOURCE) -> Conversion:

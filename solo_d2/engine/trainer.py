@@ -56,6 +56,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.augmentation import build_augmentation
 from ..data.mapper import FileNamingDatasetMapper
+from ..utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -230,12 +231,8 @@ def trim_metrics(path: str, start_iter: int) -> int:
             elif line.strip():
                 kept.append(line if line.endswith("\n") else line + "\n")
     if dropped:
-        tmp = "{}.tmp-{}".format(path, os.getpid())
-        with open(tmp, "w") as f:
+        with atomic_write(path, "w") as f:
             f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     return dropped
 
 
