@@ -128,3 +128,52 @@ def test_empty_inputs_give_valid_empty_instances():
                            output_size=OUTPUT_SIZE)
     assert len(res) == 0 and res.pred_masks.shape == (0, *OUTPUT_SIZE)
     assert set(res.get_fields()) == {"pred_masks", "scores", "pred_classes", "pred_boxes"}
+
+
+@pytest.mark.parametrize(
+    "mask_hw, image_size",
+    [((50, 77), (197, 305)), ((38, 29), (150, 113)), ((64, 90), (256, 358)), ((21, 40), (81, 158))],
+)
+def test_box_region_paste_equals_full_paste(mask_hw, image_size):
+    # random soft masks: blobs plus noise, values near the threshold, empty and full masks;
+    # non-square images and sizes not multiples of 4 (the last padded rows are cropped)
+    from solo_d2.modeling.solo.postprocess import _paste, _paste_full
+
+    g = torch.Generator().manual_seed(sum(mask_hw))
+    mh, mw = mask_hw
+    ys, xs = torch.arange(mh)[:, None].float(), torch.arange(mw)[None, :].float()
+    k = 12
+    cy, cx = torch.rand(k, 1, 1, generator=g) * mh, torch.rand(k, 1, 1, generator=g) * mw
+    r = 1 + torch.rand(k, 1, 1, generator=g) * min(mh, mw) / 2
+    soft = torch.sigmoid(3 * (1 - ((ys - cy) ** 2 + (xs - cx) ** 2) / r**2)) + 0.1 * torch.randn(k, mh, mw, generator=g)
+    soft = soft.clamp(0, 1)
+    soft[0] = 0.02  # empty
+    soft[1] = 0.97  # everything
+    soft[2] = 0.5 + 1e-4 * torch.randn(mh, mw, generator=g)  # all near the threshold
+    soft[3, : mh // 2] = 0.0
+    soft[3, mh // 2 :, mw - 1] = 0.9  # a thin column at the border
+    full = _paste_full(soft, image_size, image_size, 0.5, 32)
+    boxed = _paste(soft, image_size, image_size, 0.5, 32)
+    assert boxed.shape == (k, *image_size) and boxed.dtype == torch.bool
+    assert torch.equal(boxed, full)
+    # the chunk size (memory bound) never changes the result when resizing to another size
+    out_size = (image_size[0] * 2 + 3, image_size[1] + 7)
+    assert torch.equal(_paste_full(soft, image_size, out_size, 0.5, 1), _paste_full(soft, image_size, out_size, 0.5, 32))
+
+
+def test_postprocess_cells_equals_postprocess_on_gathered_masks():
+    from solo_d2.modeling.solo.postprocess import solo_postprocess_cells
+
+    g = torch.Generator().manual_seed(3)
+    cells = torch.rand(9, MH, MW, generator=g)
+    cells[:, :4] = 0.01
+    index = torch.tensor([0, 1, 1, 2, 3, 4, 4, 4, 5, 6, 7, 8, 8])
+    labels = torch.randint(0, 3, (13,), generator=g)
+    scores = torch.rand(13, generator=g) * 0.8 + 0.1
+    strides = torch.full((13,), 8.0)
+    kw = dict(image_size=IMAGE_SIZE, output_size=OUTPUT_SIZE, nms_pre=7, max_per_img=5, update_thr=0.0)
+    a = solo_postprocess_cells(cells, index, labels, scores, strides, **kw)
+    b = solo_postprocess(cells[index], labels, scores, strides, **kw)
+    assert len(a) == len(b) > 0
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_classes, b.pred_classes)
+    assert torch.equal(a.pred_masks, b.pred_masks)

@@ -222,6 +222,11 @@ class SOLOv2Head(SOLOHeadBase):
             raise ValueError(f"SOLOv2 masks are {tuple(feats.shape[-2:])}, asked for {tuple(size)}")
         b, d, h, w = feats.shape
         kernels = kernels.flatten(2)  # [B, D, S*S]
+        if img_idx.numel() and (b == 1 or bool((img_idx == img_idx[0]).all())):
+            # one image (inference): one dynamic 1x1 conv (a matmul), sigmoid in place
+            i = int(img_idx[0])
+            k = kernels[i][:, cell_idx].t()  # [P, D]
+            return torch.mm(k, feats[i].reshape(d, h * w)).sigmoid_().view(-1, h, w)
         out = feats.new_zeros(img_idx.numel(), h, w)
         for i in range(b):  # one dynamic 1x1 conv (a matmul) per image
             sel = (img_idx == i).nonzero(as_tuple=True)[0]

@@ -21,7 +21,7 @@ from .config import validate_solo_config
 from .heads import SOLOHeadBase, build_solo_head
 from .losses import solo_loss
 from .mask_branch import SOLOv2MaskBranch
-from .postprocess import mask_area_maskness, point_nms, solo_postprocess
+from .postprocess import mask_area_maskness, point_nms, solo_postprocess_cells
 from .targets import solo_targets
 
 __all__ = ["SOLO", "gt_bitmasks"]
@@ -221,20 +221,27 @@ class SOLO(nn.Module):
         return losses
 
     # ------------------------------------------------------------------ inference
+    # Masks of all distinct candidate cells are kept in memory up to this many elements
+    # (float32: 512 MiB); beyond it they are ranked in chunks and only the top ``nms_pre``
+    # candidates' masks are computed again.
+    _MAX_CELL_MASK_ELEMENTS = 1 << 27
+
     def _cell_masks(self, mask_outputs, b: int, cells: torch.Tensor, size) -> torch.Tensor:
         """Soft masks ``[U, h, w]`` (``size`` = 1/4 of the padded input) of image ``b``'s
-        global cell indices ``cells [U]``."""
+        global cell indices ``cells [U]``, sorted ascending (so each level is one run)."""
+        if cells.numel() == 0:
+            return torch.zeros((0, *size), device=cells.device)
         levels = self._level_of_cell[cells]
+        bounds = torch.searchsorted(levels, torch.arange(len(self.strides) + 1, device=cells.device)).tolist()
         parts = []
-        for level in levels.unique().tolist():
-            sel = (levels == level).nonzero(as_tuple=True)[0]
-            local = cells[sel] - self._cell_offsets[level]
+        for level in range(len(self.strides)):
+            lo, hi = bounds[level], bounds[level + 1]
+            if hi == lo:
+                continue
+            local = cells[lo:hi] - self._cell_offsets[level]
             img_idx = torch.full_like(local, b)
-            parts.append((sel, self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local, size=size)))
-        out = parts[0][1].new_empty((cells.numel(), *size)) if parts else torch.zeros((0, *size), device=cells.device)
-        for sel, m in parts:
-            out[sel] = m
-        return out
+            parts.append(self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local, size=size))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _rank_candidates(self, mask_outputs, b, cells, labels, cand_scores, size) -> torch.Tensor:
         """Indices of the top ``nms_pre`` candidates by category score x maskness among those
@@ -259,9 +266,11 @@ class SOLO(nn.Module):
     @torch.no_grad()
     def inference(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> List[Dict]:
         """Per image: candidates = (cell, class) pairs above ``score_thr`` after point NMS;
-        when more than ``nms_pre``, the top ``nms_pre`` by score x maskness
-        (:meth:`_rank_candidates`); their soft masks at 1/4 of the padded input; then
-        :func:`solo_postprocess`."""
+        the soft mask of each distinct candidate cell at 1/4 of the padded input, computed
+        once; then :func:`solo_postprocess_cells` (area filter, score x maskness, top
+        ``nms_pre``, NMS, paste). When the masks of all distinct cells would not fit in
+        ``_MAX_CELL_MASK_ELEMENTS``, the top ``nms_pre`` by score x maskness are chosen first
+        (:meth:`_rank_candidates`, masks in chunks) and only their masks are kept."""
         scores = torch.cat(
             [point_nms(c.sigmoid()).flatten(2).transpose(1, 2) for c in cate_logits], dim=1
         )  # [B, sum S^2, C]
@@ -270,16 +279,18 @@ class SOLO(nn.Module):
         for b, (inp, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
             keep = scores[b] > self.test_cfg["score_thr"]
             cand_scores = scores[b][keep]
-            cells, labels = keep.nonzero(as_tuple=True)
-            if cand_scores.numel() > self.test_cfg["nms_pre"]:
+            cells, labels = keep.nonzero(as_tuple=True)  # cell-major, as the references order them
+            uniq, inverse = torch.unique(cells, return_inverse=True)
+            too_many = uniq.numel() * quarter[0] * quarter[1] > self._MAX_CELL_MASK_ELEMENTS
+            if cand_scores.numel() > self.test_cfg["nms_pre"] and too_many:
                 sel = self._rank_candidates(mask_outputs, b, cells, labels, cand_scores, quarter)
                 cells, labels, cand_scores = cells[sel], labels[sel], cand_scores[sel]
-            # each distinct cell's mask is computed once, even if several classes pass
-            uniq, inverse = torch.unique(cells, return_inverse=True)
-            soft = self._cell_masks(mask_outputs, b, uniq, quarter)
+                uniq, inverse = torch.unique(cells, return_inverse=True)
+            soft = self._cell_masks(mask_outputs, b, uniq, quarter)  # each distinct cell once
             out_size = (inp.get("height", image_size[0]), inp.get("width", image_size[1]))
-            instances = solo_postprocess(
-                soft[inverse],
+            instances = solo_postprocess_cells(
+                soft,
+                inverse,
                 labels,
                 cand_scores,
                 self._stride_of_level[self._level_of_cell[cells]],

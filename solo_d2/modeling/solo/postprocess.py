@@ -15,7 +15,9 @@ from torch import Tensor
 
 from .matrix_nms import mask_nms, matrix_nms
 
-__all__ = ["point_nms", "masks_to_boxes", "mask_area_maskness", "solo_postprocess", "empty_instances"]
+__all__ = [
+    "point_nms", "masks_to_boxes", "mask_area_maskness", "solo_postprocess", "solo_postprocess_cells", "empty_instances",
+]
 
 
 def point_nms(heat: Tensor, kernel: int = 2) -> Tensor:
@@ -79,9 +81,11 @@ def mask_area_maskness(soft_masks: Tensor, mask_thr: float) -> Tuple[Tensor, Ten
     Returns:
         ``(area [K], maskness [K])`` float32 (maskness 0 for empty masks).
     """
+    soft_masks = soft_masks.to(torch.float32)
     binary = soft_masks > mask_thr
     area = binary.flatten(1).sum(dim=1).to(torch.float32)
-    inside = (soft_masks.to(torch.float32) * binary).flatten(1).sum(dim=1)
+    # the references' sum of soft * binary, without a float copy of the binary masks
+    inside = torch.where(binary, soft_masks, soft_masks.new_zeros(())).flatten(1).sum(dim=1)
     return area, inside / area.clamp(min=1.0)
 
 
@@ -96,12 +100,22 @@ def empty_instances(output_size: Tuple[int, int], device) -> Instances:
     return result
 
 
-def _paste(soft_masks: Tensor, image_size, output_size, threshold: float, chunk: int) -> Tensor:
-    """[K, h, w] soft masks at 1/4 padded size -> [K, H, W] bool at the output size."""
+# Soft values at most this far below the threshold cannot produce a pixel above it after
+# bilinear resizing (a convex combination, up to float rounding of ~1e-7), so the region
+# around them bounds every foreground pixel of the pasted mask.
+_BOX_MARGIN = 1e-3
+
+
+def _paste_full(soft_masks: Tensor, image_size, output_size, threshold: float, chunk: int) -> Tensor:
+    """The references' paste: upsample x4, crop to the input, resize to the output size.
+
+    ``chunk`` masks at a time; the float temporaries stay below ~0.4x the boolean output."""
     k, mh, mw = soft_masks.shape
     img_h, img_w = int(image_size[0]), int(image_size[1])
     out_h, out_w = int(output_size[0]), int(output_size[1])
     out = torch.zeros(k, out_h, out_w, dtype=torch.bool, device=soft_masks.device)
+    per_mask = 64 * mh * mw + 5 * out_h * out_w  # bytes: float x4 stage, float + bool output stage
+    chunk = max(1, min(chunk, (2 * k * out_h * out_w) // (5 * per_mask)))
     for start in range(0, k, chunk):
         part = soft_masks[start : start + chunk, None].float()
         part = F.interpolate(part, size=(mh * 4, mw * 4), mode="bilinear", align_corners=False)
@@ -109,6 +123,60 @@ def _paste(soft_masks: Tensor, image_size, output_size, threshold: float, chunk:
         part = F.interpolate(part, size=(out_h, out_w), mode="bilinear", align_corners=False)
         out[start : start + chunk] = part[:, 0] > threshold
     return out
+
+
+def _paste_boxes(soft_masks: Tensor, image_size, threshold: float) -> Tensor:
+    """Paste at the input size (the output size equals it): each mask is upsampled x4 only
+    inside the region that can exceed ``threshold``, with the same pixels as :func:`_paste_full`.
+
+    Rows/columns of the 1/4 mask with a value above ``threshold - _BOX_MARGIN`` span
+    ``[r0, r1)``; every other output pixel interpolates values below the threshold. An
+    x4 bilinear output row ``y`` reads input rows ``floor((y + 0.5) / 4 - 0.5)`` and the next,
+    so the candidate rows are ``[4 r0 - 2, 4 r1 + 2)``; upsampling the crop ``[r0 - 1, r1 + 1)``
+    gives them exactly (same weights, multiples of 1/8, and the same neighbours), since a crop
+    only differs from the full upsampling in its first and last two rows where it does not
+    start or end at the mask border."""
+    k, mh, mw = soft_masks.shape
+    img_h, img_w = int(image_size[0]), int(image_size[1])
+    out = torch.zeros(k, img_h, img_w, dtype=torch.bool, device=soft_masks.device)
+    near = soft_masks > threshold - _BOX_MARGIN
+    rows, cols = near.any(dim=2), near.any(dim=1)  # [K, mh], [K, mw]
+    has = rows.any(dim=1)
+    r_idx = torch.arange(mh, device=soft_masks.device)
+    c_idx = torch.arange(mw, device=soft_masks.device)
+    r0 = torch.where(rows, r_idx, mh).min(dim=1).values.tolist()
+    r1 = (torch.where(rows, r_idx, -1).max(dim=1).values + 1).tolist()
+    c0 = torch.where(cols, c_idx, mw).min(dim=1).values.tolist()
+    c1 = (torch.where(cols, c_idx, -1).max(dim=1).values + 1).tolist()
+    for i in torch.nonzero(has).flatten().tolist():
+        y0, y1 = max(4 * r0[i] - 2, 0), min(4 * r1[i] + 2, img_h)
+        x0, x1 = max(4 * c0[i] - 2, 0), min(4 * c1[i] + 2, img_w)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        a0, a1 = max(r0[i] - 1, 0), min(r1[i] + 1, mh)
+        b0, b1 = max(c0[i] - 1, 0), min(c1[i] + 1, mw)
+        # keep the crop's output above 128 rows + columns: PyTorch resizes smaller outputs
+        # with another (separable) CPU kernel, whose rounding may differ
+        while 4 * (a1 - a0 + b1 - b0) <= 128 and (a0 > 0 or b0 > 0 or a1 < mh or b1 < mw):
+            a0, a1, b0, b1 = max(a0 - 1, 0), min(a1 + 1, mh), max(b0 - 1, 0), min(b1 + 1, mw)
+        crop = soft_masks[i, a0:a1, b0:b1][None, None].float()
+        up = F.interpolate(crop, size=(4 * (a1 - a0), 4 * (b1 - b0)), mode="bilinear", align_corners=False)[0, 0]
+        out[i, y0:y1, x0:x1] = up[y0 - 4 * a0 : y1 - 4 * a0, x0 - 4 * b0 : x1 - 4 * b0] > threshold
+    return out
+
+
+def _paste(soft_masks: Tensor, image_size, output_size, threshold: float, chunk: int) -> Tensor:
+    """[K, h, w] soft masks at 1/4 padded size -> [K, H, W] bool at the output size.
+
+    Pixel for pixel what the references compute (``F.interpolate`` x4, crop to the input,
+    ``F.interpolate`` to the output size, ``> threshold``). When the output size is the input
+    size the second resize is the identity and each mask is upsampled only around its
+    foreground (:func:`_paste_boxes`); otherwise in chunks sized so that the float
+    temporaries stay below ~0.4x the boolean result."""
+    k, mh, mw = soft_masks.shape
+    if k and tuple(int(v) for v in output_size) == tuple(int(v) for v in image_size) and 4 * (mh + mw) > 128:
+        return _paste_boxes(soft_masks, image_size, threshold)
+    return _paste_full(soft_masks, image_size, output_size, threshold, chunk)
 
 
 def solo_postprocess(
@@ -145,44 +213,82 @@ def solo_postprocess(
         nms_method: ``"matrix"`` (Matrix NMS) or ``"mask"`` (hard mask NMS).
         kernel, sigma: Matrix NMS kernel.
         nms_iou_thr: IoU threshold of hard mask NMS.
-        paste_chunk: number of masks upsampled at once.
+        paste_chunk: at most this many masks are resized at once at the output size.
 
     Returns:
         ``Instances(output_size)`` with ``pred_masks`` [K', H, W] bool, ``scores`` [K'],
         ``pred_classes`` [K'] and ``pred_boxes`` (from the masks), sorted by score.
     """
+    k = soft_masks.shape[0]
+    index = torch.arange(k, device=soft_masks.device)
+    return solo_postprocess_cells(
+        soft_masks, index, labels, scores, strides, image_size=image_size, output_size=output_size,
+        mask_thr=mask_thr, update_thr=update_thr, max_per_img=max_per_img, nms_pre=nms_pre,
+        nms_method=nms_method, kernel=kernel, sigma=sigma, nms_iou_thr=nms_iou_thr, paste_chunk=paste_chunk,
+    )
+
+
+def solo_postprocess_cells(
+    cell_masks: Tensor,
+    mask_index: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    strides: Tensor,
+    *,
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    mask_thr: float = 0.5,
+    update_thr: float = 0.05,
+    max_per_img: int = 100,
+    nms_pre: int = 500,
+    nms_method: str = "matrix",
+    kernel: str = "gaussian",
+    sigma: float = 2.0,
+    nms_iou_thr: float = 0.5,
+    paste_chunk: int = 32,
+) -> Instances:
+    """:func:`solo_postprocess` where candidate ``i`` has the mask ``cell_masks[mask_index[i]]``.
+
+    Several candidates (classes) of one grid cell share its mask: the masks, their areas and
+    maskness are computed once per cell, and only the ``nms_pre`` best candidates' binary
+    masks (per class block, see :func:`~.matrix_nms.same_class_iou_matrix`) and the kept
+    detections' soft masks are gathered. The result equals :func:`solo_postprocess` on
+    ``cell_masks[mask_index]``.
+
+    Args:
+        cell_masks: [U, h, w] mask probabilities at 1/4 of the padded input size.
+        mask_index: [K] long, row of ``cell_masks`` of each candidate.
+        labels, scores, strides: [K] per candidate; other arguments as :func:`solo_postprocess`.
+    """
     if nms_method not in ("matrix", "mask"):
         raise ValueError(f"solo_postprocess: nms_method must be 'matrix' or 'mask', got {nms_method!r}")
-    k = soft_masks.shape[0]
+    k = mask_index.shape[0]
     if not (labels.shape[0] == scores.shape[0] == strides.shape[0] == k):
         raise ValueError(
             f"solo_postprocess: {k} masks, {labels.shape[0]} labels, {scores.shape[0]} scores, "
             f"{strides.shape[0]} strides"
         )
-    mh, mw = soft_masks.shape[-2:]
+    mh, mw = cell_masks.shape[-2:]
     if image_size[0] > 4 * mh or image_size[1] > 4 * mw:
         raise ValueError(
             f"solo_postprocess: image_size {tuple(image_size)} exceeds the padded size "
             f"{(4 * mh, 4 * mw)} implied by masks of size {(mh, mw)}"
         )
-    device = soft_masks.device
+    device = cell_masks.device
     if k == 0:
         return empty_instances(output_size, device)
 
-    binary = soft_masks > mask_thr
-    areas = binary.flatten(1).sum(dim=1).float()  # [K]
-    keep = areas > strides.to(areas.dtype)
-    soft_masks, binary, areas = soft_masks[keep], binary[keep], areas[keep]
-    labels, scores = labels[keep], scores[keep]
-    if soft_masks.shape[0] == 0:
+    cell_area, cell_maskness = mask_area_maskness(cell_masks, mask_thr)
+    areas = cell_area[mask_index]
+    cand = torch.nonzero(areas > strides.to(areas.dtype)).flatten()  # area filter, order kept
+    if cand.shape[0] == 0:
         return empty_instances(output_size, device)
-
-    maskness = (soft_masks.float() * binary).flatten(1).sum(dim=1) / areas
-    scores = scores.float() * maskness
+    scores = scores[cand].float() * cell_maskness[mask_index[cand]]
     order = torch.argsort(scores, descending=True)[:nms_pre]
-    soft_masks, binary, areas = soft_masks[order], binary[order], areas[order]
-    labels, scores = labels[order], scores[order]
+    cand, scores = cand[order], scores[order]
+    labels, cells, areas = labels[cand], mask_index[cand], areas[cand]
 
+    binary = cell_masks[cells] > mask_thr
     if nms_method == "matrix":
         scores = matrix_nms(binary, labels, scores, kernel=kernel, sigma=sigma, mask_area=areas)
         keep = scores >= update_thr
@@ -190,13 +296,14 @@ def solo_postprocess(
         keep = torch.zeros_like(scores, dtype=torch.bool)
         keep[mask_nms(binary, labels, scores, iou_threshold=nms_iou_thr)] = True
         keep &= scores >= update_thr
-    soft_masks, labels, scores = soft_masks[keep], labels[keep], scores[keep]
+    del binary
+    cells, labels, scores = cells[keep], labels[keep], scores[keep]
     if scores.shape[0] == 0:
         return empty_instances(output_size, device)
     order = torch.argsort(scores, descending=True)[:max_per_img]
-    soft_masks, labels, scores = soft_masks[order], labels[order], scores[order]
+    cells, labels, scores = cells[order], labels[order], scores[order]
 
-    masks = _paste(soft_masks, image_size, output_size, mask_thr, max(1, int(paste_chunk)))
+    masks = _paste(cell_masks[cells], image_size, output_size, mask_thr, max(1, int(paste_chunk)))
     result = Instances((int(output_size[0]), int(output_size[1])))
     result.pred_masks = masks
     result.scores = scores
