@@ -4,10 +4,11 @@
 For each model: build it from its config (initial weights unless ``--weights``), time the
 eager model (``model([{"image": ...}])``: the whole inference, post-processing included),
 the traced TorchScript module and the ONNX graph in onnxruntime (CPU provider) on the same
-image, each ``--warmup`` + ``--repeats`` runs, single image, ``--threads`` threads for torch
-and onnxruntime. Prints a Markdown table (median and mean ms).
+image: ``--warmup`` + ``--repeats`` runs each, interleaved (eager, TorchScript, onnxruntime,
+eager, ...), single image, ``--threads`` threads for torch and onnxruntime. Prints a
+Markdown table (median and mean ms).
 
-    OMP_NUM_THREADS=1 python tools/benchmark_export.py --threads 1 --repeats 5
+    OMP_NUM_THREADS=1 python tools/benchmark_export.py --threads 1 --warmup 3 --repeats 7
 
 Defaults: SOLOv2-light R18 (configs/SOLOv2/Light448_R18_3x.yaml, 448x608 input) and
 BiSeNetV1 R18 (configs/BiSeNet/V1_R18_cityscapes.yaml, 512x1024). With initial weights
@@ -36,14 +37,17 @@ MODELS = {
 }
 
 
-def timed(fn, warmup, repeats):
-    times = []
+def timed(fns, warmup, repeats):
+    """(median, mean) ms of each function; the functions are interleaved run by run, so a
+    change of machine load hits all of them alike."""
+    times = [[] for _ in fns]
     for i in range(warmup + repeats):
-        t = time.perf_counter()
-        fn()
-        if i >= warmup:
-            times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times), statistics.mean(times)
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            if i >= warmup:
+                ts.append(1000 * (time.perf_counter() - t))
+    return [(statistics.median(t), statistics.mean(t)) for t in times]
 
 
 def main():
@@ -86,10 +90,9 @@ def main():
             opts.inter_op_num_threads = 1
             sess = ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
             feed = {sess.get_inputs()[0].name: x.numpy().astype(np.float32)}
-            eager = timed(lambda: model([{"image": image}]), args.warmup, args.repeats)
-            traced = timed(lambda: ts(x), args.warmup, args.repeats)
-            onnx_t = timed(lambda: sess.run(None, feed), args.warmup, args.repeats)
-        cells = " | ".join(f"{m:.0f} / {a:.0f}" for m, a in (eager, traced, onnx_t))
+            results = timed([lambda: model([{"image": image}]), lambda: ts(x), lambda: sess.run(None, feed)],
+                            args.warmup, args.repeats)
+        cells = " | ".join(f"{m:.0f} / {a:.0f}" for m, a in results)
         print(f"| {name} | {h}x{w} | {cells} |", flush=True)
 
 
