@@ -153,9 +153,10 @@ def test_box_region_paste_equals_full_paste(mask_hw, image_size):
     soft[3, : mh // 2] = 0.0
     soft[3, mh // 2 :, mw - 1] = 0.9  # a thin column at the border
     full = _paste_full(soft, image_size, image_size, 0.5, 32)
-    boxed = _paste(soft, image_size, image_size, 0.5, 32)
+    boxed, boxes = _paste(soft, image_size, image_size, 0.5, 32)
     assert boxed.shape == (k, *image_size) and boxed.dtype == torch.bool
     assert torch.equal(boxed, full)
+    assert torch.equal(boxes, masks_to_boxes(full))
     # the chunk size (memory bound) never changes the result when resizing to another size
     out_size = (image_size[0] * 2 + 3, image_size[1] + 7)
     assert torch.equal(_paste_full(soft, image_size, out_size, 0.5, 1), _paste_full(soft, image_size, out_size, 0.5, 32))

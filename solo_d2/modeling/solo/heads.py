@@ -216,7 +216,9 @@ class SOLOv2Head(SOLOHeadBase):
             cate_logits.append(self.cate_pred(self.cate_tower(x[:, :-2])))
         return cate_logits, mask_outputs
 
-    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None):
+    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None, out=None):
+        """As :meth:`SOLOHeadBase.soft_masks`; ``out``: optional contiguous ``[P, h, w]``
+        tensor the masks are written to (inference, one image), which is returned."""
         kernels, feats = mask_output
         if size is not None and tuple(size) != tuple(feats.shape[-2:]):
             raise ValueError(f"SOLOv2 masks are {tuple(feats.shape[-2:])}, asked for {tuple(size)}")
@@ -226,7 +228,12 @@ class SOLOv2Head(SOLOHeadBase):
             # one image (inference): one dynamic 1x1 conv (a matmul), sigmoid in place
             i = int(img_idx[0])
             k = kernels[i][:, cell_idx].t()  # [P, D]
+            if out is not None:
+                torch.mm(k, feats[i].reshape(d, h * w), out=out.view(-1, h * w))
+                return out.sigmoid_()
             return torch.mm(k, feats[i].reshape(d, h * w)).sigmoid_().view(-1, h, w)
+        if out is not None:
+            raise ValueError("SOLOv2Head.soft_masks: out= needs the cells of one image")
         out = feats.new_zeros(img_idx.numel(), h, w)
         for i in range(b):  # one dynamic 1x1 conv (a matmul) per image
             sel = (img_idx == i).nonzero(as_tuple=True)[0]

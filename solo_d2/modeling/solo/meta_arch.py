@@ -7,6 +7,7 @@ mask branch -> head (``MODEL.SOLO.HEAD_NAME``). Training: :func:`solo_targets` +
 the candidates only, :func:`solo_postprocess` (Matrix/mask NMS, resize to the input size).
 The variant only shows up in the head's :meth:`~.heads.SOLOHeadBase.soft_masks`.
 """
+import inspect
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -233,14 +234,23 @@ class SOLO(nn.Module):
             return torch.zeros((0, *size), device=cells.device)
         levels = self._level_of_cell[cells]
         bounds = torch.searchsorted(levels, torch.arange(len(self.strides) + 1, device=cells.device)).tolist()
-        parts = []
+        # heads whose soft_masks take ``out=`` (SOLOv2) write each level's run in place
+        writes_out = "out" in inspect.signature(self.ins_head.soft_masks).parameters
+        out, parts = None, []
         for level in range(len(self.strides)):
             lo, hi = bounds[level], bounds[level + 1]
             if hi == lo:
                 continue
             local = cells[lo:hi] - self._cell_offsets[level]
             img_idx = torch.full_like(local, b)
-            parts.append(self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local, size=size))
+            if writes_out and (lo, hi) != (0, cells.numel()):
+                if out is None:
+                    out = torch.empty((cells.numel(), *size), device=cells.device)
+                self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local, size=size, out=out[lo:hi])
+            else:
+                parts.append(self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local, size=size))
+        if out is not None:
+            return out
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _rank_candidates(self, mask_outputs, b, cells, labels, cand_scores, size) -> torch.Tensor:

@@ -81,11 +81,17 @@ def mask_area_maskness(soft_masks: Tensor, mask_thr: float) -> Tuple[Tensor, Ten
     Returns:
         ``(area [K], maskness [K])`` float32 (maskness 0 for empty masks).
     """
-    soft_masks = soft_masks.to(torch.float32)
-    binary = soft_masks > mask_thr
-    area = binary.flatten(1).sum(dim=1).to(torch.float32)
-    # the references' sum of soft * binary, without a float copy of the binary masks
-    inside = torch.where(binary, soft_masks, soft_masks.new_zeros(())).flatten(1).sum(dim=1)
+    flat = soft_masks.to(torch.float32).flatten(1)
+    if mask_thr >= 0:
+        # one fused pass: p where p > mask_thr else 0, i.e. the references' soft * binary
+        # (same values, same sums); its signs count the binary pixels exactly
+        inside_values = F.threshold(flat, float(mask_thr), 0.0)
+        inside = inside_values.sum(dim=1)
+        area = inside_values.sign_().sum(dim=1)
+    else:
+        binary = flat > mask_thr
+        area = binary.sum(dim=1).to(torch.float32)
+        inside = torch.where(binary, flat, flat.new_zeros(())).sum(dim=1)
     return area, inside / area.clamp(min=1.0)
 
 
@@ -125,7 +131,12 @@ def _paste_full(soft_masks: Tensor, image_size, output_size, threshold: float, c
     return out
 
 
-def _paste_boxes(soft_masks: Tensor, image_size, threshold: float) -> Tensor:
+def _paste_full_with_boxes(soft_masks: Tensor, image_size, output_size, threshold: float, chunk: int):
+    masks = _paste_full(soft_masks, image_size, output_size, threshold, chunk)
+    return masks, masks_to_boxes(masks)
+
+
+def _paste_boxes(soft_masks: Tensor, image_size, threshold: float) -> Tuple[Tensor, Tensor]:
     """Paste at the input size (the output size equals it): each mask is upsampled x4 only
     inside the region that can exceed ``threshold``, with the same pixels as :func:`_paste_full`.
 
@@ -135,10 +146,12 @@ def _paste_boxes(soft_masks: Tensor, image_size, threshold: float) -> Tensor:
     so the candidate rows are ``[4 r0 - 2, 4 r1 + 2)``; upsampling the crop ``[r0 - 1, r1 + 1)``
     gives them exactly (same weights, multiples of 1/8, and the same neighbours), since a crop
     only differs from the full upsampling in its first and last two rows where it does not
-    start or end at the mask border."""
+    start or end at the mask border. Returns the masks and their tight boxes (as
+    :func:`masks_to_boxes`), found inside each region."""
     k, mh, mw = soft_masks.shape
     img_h, img_w = int(image_size[0]), int(image_size[1])
     out = torch.zeros(k, img_h, img_w, dtype=torch.bool, device=soft_masks.device)
+    boxes = torch.zeros(k, 4, dtype=torch.float32, device=soft_masks.device)
     near = soft_masks > threshold - _BOX_MARGIN
     rows, cols = near.any(dim=2), near.any(dim=1)  # [K, mh], [K, mw]
     has = rows.any(dim=1)
@@ -161,22 +174,26 @@ def _paste_boxes(soft_masks: Tensor, image_size, threshold: float) -> Tensor:
             a0, a1, b0, b1 = max(a0 - 1, 0), min(a1 + 1, mh), max(b0 - 1, 0), min(b1 + 1, mw)
         crop = soft_masks[i, a0:a1, b0:b1][None, None].float()
         up = F.interpolate(crop, size=(4 * (a1 - a0), 4 * (b1 - b0)), mode="bilinear", align_corners=False)[0, 0]
-        out[i, y0:y1, x0:x1] = up[y0 - 4 * a0 : y1 - 4 * a0, x0 - 4 * b0 : x1 - 4 * b0] > threshold
-    return out
+        region = up[y0 - 4 * a0 : y1 - 4 * a0, x0 - 4 * b0 : x1 - 4 * b0] > threshold
+        out[i, y0:y1, x0:x1] = region
+        box = masks_to_boxes(region[None])[0]
+        if box[2] > 0:  # non-empty
+            boxes[i] = box + torch.tensor([x0, y0, x0, y0], dtype=box.dtype, device=box.device)
+    return out, boxes
 
 
-def _paste(soft_masks: Tensor, image_size, output_size, threshold: float, chunk: int) -> Tensor:
-    """[K, h, w] soft masks at 1/4 padded size -> [K, H, W] bool at the output size.
+def _paste(soft_masks: Tensor, image_size, output_size, threshold: float, chunk: int) -> Tuple[Tensor, Tensor]:
+    """[K, h, w] soft masks at 1/4 padded size -> ([K, H, W] bool at the output size, [K, 4] boxes).
 
     Pixel for pixel what the references compute (``F.interpolate`` x4, crop to the input,
     ``F.interpolate`` to the output size, ``> threshold``). When the output size is the input
     size the second resize is the identity and each mask is upsampled only around its
     foreground (:func:`_paste_boxes`); otherwise in chunks sized so that the float
-    temporaries stay below ~0.4x the boolean result."""
+    temporaries stay below ~0.4x the boolean result. The boxes are :func:`masks_to_boxes`'s."""
     k, mh, mw = soft_masks.shape
     if k and tuple(int(v) for v in output_size) == tuple(int(v) for v in image_size) and 4 * (mh + mw) > 128:
         return _paste_boxes(soft_masks, image_size, threshold)
-    return _paste_full(soft_masks, image_size, output_size, threshold, chunk)
+    return _paste_full_with_boxes(soft_masks, image_size, output_size, threshold, chunk)
 
 
 def solo_postprocess(
@@ -303,10 +320,10 @@ def solo_postprocess_cells(
     order = torch.argsort(scores, descending=True)[:max_per_img]
     cells, labels, scores = cells[order], labels[order], scores[order]
 
-    masks = _paste(cell_masks[cells], image_size, output_size, mask_thr, max(1, int(paste_chunk)))
+    masks, boxes = _paste(cell_masks[cells], image_size, output_size, mask_thr, max(1, int(paste_chunk)))
     result = Instances((int(output_size[0]), int(output_size[1])))
     result.pred_masks = masks
     result.scores = scores
     result.pred_classes = labels.long()
-    result.pred_boxes = Boxes(masks_to_boxes(masks))
+    result.pred_boxes = Boxes(boxes)
     return result
