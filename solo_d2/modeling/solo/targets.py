@@ -17,6 +17,7 @@ unpadded mask, which only differs when the image size is not a multiple of 4).
 
 Everything is vectorized over instances and cells; Python loops only run over levels and images.
 """
+import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -49,6 +50,33 @@ class LevelTargets(NamedTuple):
     instance_ids: Tensor
 
 
+_LANES = 127  # int64 words (8 bool bytes each) summed at once: every byte lane stays < 128
+
+
+def _lane_total(words: Tensor) -> Tensor:
+    """[..., 8 lanes packed in int64] -> [..., 8] byte-lane values (each < 256)."""
+    shifts = torch.arange(0, 64, 8, device=words.device)
+    return (words[..., None] >> shifts) & 255
+
+
+def _row_col_sums(masks: Tensor) -> Tuple[Tensor, Tensor]:
+    """Pixel counts per row ``[N, H]`` and per column ``[N, W]`` of binary masks (int64).
+
+    Bool masks whose width is a multiple of 8 are read as int64 words of 8 pixels: summing at
+    most 127 words adds the pixels of each byte lane without carries, so both sums cost one
+    integer pass over the masks instead of a float copy. Other masks: float sums (exact)."""
+    n, h, w = masks.shape
+    if masks.dtype != torch.bool or w % 8 or n * h * w == 0 or sys.byteorder != "little":
+        m = masks.to(torch.float32)
+        return m.sum(dim=2).long(), m.sum(dim=1).long()
+    words = masks.contiguous().view(torch.int64)  # [N, H, W/8]
+    nw = w // 8
+    row_sum = sum(_lane_total(words[:, :, i : i + _LANES].sum(dim=2)).sum(dim=2) for i in range(0, nw, _LANES))
+    col_sum = sum(_lane_total(words[:, i : i + _LANES].sum(dim=1)) for i in range(0, h, _LANES))  # [N, W/8, 8]
+    col_sum = col_sum.reshape(n, w)
+    return row_sum, col_sum
+
+
 def instance_geometry(masks: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Box size, center of mass and area of binary masks.
 
@@ -61,9 +89,13 @@ def instance_geometry(masks: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Te
         ``scipy.ndimage.center_of_mass``) and the pixel count. Empty masks give zeros.
     """
     n, h, w = masks.shape
-    m = masks if masks.dtype == torch.float32 else masks.to(torch.float32)
-    row_sum = m.sum(dim=2)  # [N, H]
-    col_sum = m.sum(dim=1)  # [N, W]
+    if masks.dtype == torch.bool:
+        rows, cols = _row_col_sums(masks)  # exact integer counts
+        row_sum, col_sum = rows.to(torch.float32), cols.to(torch.float32)
+    else:
+        m = masks if masks.dtype == torch.float32 else masks.to(torch.float32)
+        row_sum = m.sum(dim=2)  # [N, H]
+        col_sum = m.sum(dim=1)  # [N, W]
     area = row_sum.sum(dim=1)  # [N]
     ys = torch.arange(h, device=masks.device, dtype=torch.float32)
     xs = torch.arange(w, device=masks.device, dtype=torch.float32)
@@ -82,6 +114,27 @@ def instance_geometry(masks: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Te
     return box_h, box_w, center_y, center_x, area
 
 
+def _integer_factor_resize(masks: Tensor, size: Tuple[int, int]) -> Optional[Tensor]:
+    """:func:`resize_masks` of 0/1 masks for integer factors, without floats, or None.
+
+    Bilinear (``align_corners=False``) shrinking by an integer factor ``f`` reads, per output
+    row ``y``, input rows ``f y + f/2 - 1`` and ``f y + f/2`` with weights 1/2 (``f`` even) or
+    row ``f y + (f - 1)/2`` alone (``f`` odd); the same for columns. On 0/1 masks the result
+    is (count of the 1, 2 or 4 samples that are 1) / (number of samples), exactly, so
+    ``>= 0.5`` is ``2 * count >= samples``."""
+    n, h, w = masks.shape
+    oh, ow = size
+    if masks.dtype != torch.bool or oh <= 0 or ow <= 0 or h % oh or w % ow:
+        return None
+    fy, fx = h // oh, w // ow
+    m = masks.view(torch.uint8)
+    ry = [fy // 2 - 1, fy // 2] if fy % 2 == 0 else [(fy - 1) // 2]
+    rx = [fx // 2 - 1, fx // 2] if fx % 2 == 0 else [(fx - 1) // 2]
+    rows = m[:, ry[0] :: fy] if len(ry) == 1 else m[:, ry[0] :: fy] + m[:, ry[1] :: fy]  # contiguous rows
+    count = rows[:, :, rx[0] :: fx] if len(rx) == 1 else rows[:, :, rx[0] :: fx] + rows[:, :, rx[1] :: fx]
+    return (2 * count >= len(ry) * len(rx)).to(torch.float32)
+
+
 def resize_masks(masks: Tensor, size: Tuple[int, int]) -> Tensor:
     """Resize binary masks: bilinear (``align_corners=False``) on floats, then ``>= 0.5``.
 
@@ -90,11 +143,15 @@ def resize_masks(masks: Tensor, size: Tuple[int, int]) -> Tensor:
         size: target ``(h, w)``.
 
     Returns:
-        [N, h, w] float masks in {0, 1}.
+        [N, h, w] float masks in {0, 1}. Bool masks shrunk by integer factors (the mask
+        targets at 1/4 of the padded input) take an exact integer path with the same result.
     """
     size = (int(size[0]), int(size[1]))
     if masks.shape[0] == 0:
         return torch.zeros((0,) + size, dtype=torch.float32, device=masks.device)
+    fast = _integer_factor_resize(masks, size)
+    if fast is not None:
+        return fast
     m = masks.to(torch.float32)
     if tuple(m.shape[-2:]) != size:
         m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
@@ -193,8 +250,12 @@ def solo_targets(
     device = gt_masks[0].device
     _check_inputs(gt_masks, gt_classes, gt_boxes, num_classes, image_hw)
 
-    keys = ("labels", "pos", "img", "cell", "masks", "ids")
+    keys = ("labels", "pos", "img", "cell", "rows", "ids")
     per_level: List[Dict[str, List[Tensor]]] = [{k: [] for k in keys} for _ in range(num_levels)]
+    # per mask size: the resized masks of every instance with a mask target there (all images);
+    # each level's targets are then gathered from them once, in the references' order
+    resized: Dict[Tuple[int, int], List[Tensor]] = {}
+    resized_count: Dict[Tuple[int, int], int] = {}
     for b, (masks, classes) in enumerate(zip(gt_masks, gt_classes)):
         classes = classes.to(device=device, dtype=torch.long)
         mask_h, mask_w, cy, cx, area = instance_geometry(masks)
@@ -205,7 +266,7 @@ def solo_targets(
             box_h, box_w = mask_h, mask_w
         scale = torch.sqrt(box_h * box_w)
         valid = area > 0
-        resized: Dict[Tuple[int, int], Tensor] = {}
+        pending: List[Tuple[int, Tuple[int, int], Tensor]] = []  # (level, mask size, instance ids)
 
         for lvl, (s, (lo, hi), size) in enumerate(zip(num_grids, scale_ranges, mask_sizes)):
             size = (int(size[0]), int(size[1]))
@@ -220,24 +281,42 @@ def solo_targets(
                 labels = torch.where(pos, classes[hit[last.clamp(min=0)]], labels)
             inst, cell = member.nonzero(as_tuple=True)  # instance-major, then cell: the references' order
             ids = hit[inst]
-            if ids.numel() and size not in resized:
-                resized[size] = resize_masks(masks, size)
             d = per_level[lvl]
             d["labels"].append(labels.view(s, s))
             d["pos"].append(pos)
             d["img"].append(torch.full_like(cell, b))
             d["cell"].append(cell)
-            d["masks"].append(resized[size][ids] if ids.numel() else torch.zeros((0,) + size, device=device))
             d["ids"].append(ids)
+            d["rows"].append(ids)  # replaced below by rows of resized[size]
+            pending.append((lvl, size, ids))
+        # resize only the instances that have mask targets, once per mask size
+        for size in {p[1] for p in pending if p[2].numel()}:
+            needed = torch.unique(torch.cat([ids for _, sz, ids in pending if sz == size]))
+            subset = masks if needed.numel() == masks.shape[0] else masks[needed]
+            resized.setdefault(size, []).append(resize_masks(subset, size))
+            offset = resized_count.get(size, 0)
+            resized_count[size] = offset + needed.numel()
+            for lvl, sz, ids in pending:
+                if sz == size and ids.numel():
+                    per_level[lvl]["rows"][-1] = offset + torch.searchsorted(needed, ids)
 
-    return [
-        LevelTargets(
-            labels=torch.stack(d["labels"]),
-            pos_mask=torch.stack(d["pos"]),
-            target_img=torch.cat(d["img"]),
-            target_cell=torch.cat(d["cell"]),
-            mask_targets=torch.cat(d["masks"]),
-            instance_ids=torch.cat(d["ids"]),
+    resized_all = {size: parts[0] if len(parts) == 1 else torch.cat(parts) for size, parts in resized.items()}
+    out = []
+    for d, size in zip(per_level, mask_sizes):
+        size = (int(size[0]), int(size[1]))
+        rows = torch.cat(d["rows"])
+        if rows.numel():
+            mask_targets = resized_all[size][rows]
+        else:
+            mask_targets = torch.zeros((0,) + size, device=device)
+        out.append(
+            LevelTargets(
+                labels=torch.stack(d["labels"]),
+                pos_mask=torch.stack(d["pos"]),
+                target_img=torch.cat(d["img"]),
+                target_cell=torch.cat(d["cell"]),
+                mask_targets=mask_targets,
+                instance_ids=torch.cat(d["ids"]),
+            )
         )
-        for d in per_level
-    ]
+    return out
