@@ -148,3 +148,11 @@ def test_shape_mismatch_raises():
         solo_loss([torch.randn(1, C + 1, 2, 2)], tgts, [torch.zeros(0, 4, 4)], num_classes=C)
     with pytest.raises(ValueError, match="mask_probs"):
         solo_loss([torch.randn(1, C, 2, 2)], tgts, [torch.zeros(1, 4, 4)], num_classes=C)
+
+
+def test_dice_and_label_shape_mismatches_raise():
+    with pytest.raises(ValueError, match="dice_loss"):
+        dice_loss(torch.rand(2, 4, 4), torch.zeros(2, 4, 5))
+    tgts = _targets_from_labels([torch.full((1, 2, 2), C)])
+    with pytest.raises(ValueError, match="do not match labels"):
+        solo_loss([torch.randn(1, C, 3, 3)], tgts, [torch.zeros(0, 4, 4)], num_classes=C)
