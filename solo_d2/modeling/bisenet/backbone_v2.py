@@ -13,7 +13,6 @@ Outputs for [N, 3, H, W] (H, W multiples of 32), with default widths:
 """
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -65,6 +64,7 @@ class GatherExpansion(nn.Module):
             dw.append(conv_norm_act(mid, mid, 3, groups=mid, norm=norm, act=True))
         self.dwconv = nn.Sequential(*dw)
         self.project = conv_norm_act(mid, out_ch, 1, norm=norm, act=False)
+        self.act = nn.ReLU(inplace=True)  # on the fresh sum: safe in place
         self.shortcut = None
         if stride == 2:
             self.shortcut = nn.Sequential(
@@ -75,7 +75,7 @@ class GatherExpansion(nn.Module):
     def forward(self, x):
         y = self.project(self.dwconv(self.conv(x)))
         shortcut = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(y + shortcut)
+        return self.act(y + shortcut)
 
 
 class ContextEmbedding(nn.Module):

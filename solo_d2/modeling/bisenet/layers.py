@@ -17,7 +17,10 @@ __all__ = [
 
 
 def conv_norm_act(in_ch, out_ch, kernel_size=3, stride=1, norm="BN", act=True, groups=1):
-    """Conv (no bias) -> norm -> optional ReLU, with 'same' padding. Keeps [N, C, H/s, W/s]."""
+    """Conv (no bias) -> norm -> optional ReLU, with 'same' padding. Keeps [N, C, H/s, W/s].
+
+    The ReLU is in place (``nn.ReLU(inplace=True)``): it overwrites the fresh output of the norm
+    (or conv), which neither backward needs, so it is safe in training too."""
     conv = Conv2d(
         in_ch,
         out_ch,
@@ -27,7 +30,7 @@ def conv_norm_act(in_ch, out_ch, kernel_size=3, stride=1, norm="BN", act=True, g
         groups=groups,
         bias=False,
         norm=get_norm(norm, out_ch),
-        activation=F.relu if act else None,
+        activation=nn.ReLU(inplace=True) if act else None,
     )
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return conv
