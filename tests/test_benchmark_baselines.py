@@ -1,0 +1,106 @@
+"""The baselines of ``tools/benchmark.py`` compute what solo_d2 computes (so its ratios compare
+equal work), and ``--quick`` keeps the tool running. No test here asserts a time."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tools import benchmark as bm
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def small_solov2():
+    return bm.build_solov2_model(quick=True)
+
+
+@pytest.mark.parametrize("output_size", [None, (150, 230)])
+def test_adelaidet_postprocess_baseline_matches_solo_d2(small_solov2, output_size):
+    cate, mask_out, padded = bm.synthetic_solov2_outputs(80, size=(128, 192), num_objects=12, seed=1)
+    out = output_size or padded
+    with torch.no_grad():
+        ours = bm.solo_d2_postprocess(small_solov2, cate, mask_out, padded, output_size)
+        masks, scores, labels = bm.adelaidet_postprocess(cate, mask_out, padded, out, small_solov2.test_cfg)
+    assert len(ours) > 3 and ours.image_size == tuple(out)
+    assert torch.equal(ours.pred_classes, labels)
+    torch.testing.assert_close(ours.scores, scores, atol=1e-6, rtol=0)
+    assert torch.equal(ours.pred_masks, masks)
+
+
+def test_adelaidet_postprocess_baseline_with_more_candidates_than_nms_pre(small_solov2):
+    cate, mask_out, padded = bm.synthetic_solov2_outputs(150, size=(128, 192), num_objects=12, seed=2)
+    cfg = dict(small_solov2.test_cfg)
+    small_solov2.test_cfg["nms_pre"] = 40
+    try:
+        with torch.no_grad():
+            ours = bm.solo_d2_postprocess(small_solov2, cate, mask_out, padded)
+            masks, scores, labels = bm.adelaidet_postprocess(cate, mask_out, padded, padded, small_solov2.test_cfg)
+    finally:
+        small_solov2.test_cfg.clear()
+        small_solov2.test_cfg.update(cfg)
+    assert torch.equal(ours.pred_classes, labels) and torch.equal(ours.pred_masks, masks)
+    torch.testing.assert_close(ours.scores, scores, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("hw", [(96, 160), (128, 96)])
+def test_adelaidet_target_loops_match_solo_targets(hw):
+    h, w = hw
+    masks, classes = bm.random_instances(2, 7, h, w, seed=5)
+    masks[1][3] = False  # an empty instance
+    boxes = bm.boxes_of(masks)
+    sizes = [(h // 4, w // 4)] * 5
+    ranges = [(1, 24), (12, 48), (24, 96), (48, 192), (96, 2048)]
+    out = bm.solo_targets(masks, classes, num_grids=bm.GRIDS, scale_ranges=ranges, mask_sizes=sizes,
+                          sigma=0.2, num_classes=80, gt_boxes=boxes)
+    ref = bm.adelaidet_targets(masks, classes, boxes, sizes, ranges=ranges)
+    n = 0
+    for t, (labels, entries, mask_targets) in zip(out, ref):
+        assert torch.equal(t.labels, labels)
+        assert list(zip(t.target_img.tolist(), t.instance_ids.tolist(), t.target_cell.tolist())) == entries
+        assert torch.equal(t.mask_targets, mask_targets)
+        n += len(entries)
+    assert n > 10
+
+
+def test_resize_masks_integer_factors_match_interpolation():
+    from solo_d2.modeling.solo.targets import resize_masks
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(3, 72, 90, generator=g) > 0.5
+    for size in [(18, 30), (24, 45), (72, 90), (36, 10), (8, 18)]:
+        ref = torch.nn.functional.interpolate(masks.float()[:, None], size=size, mode="bilinear", align_corners=False)
+        assert torch.equal(resize_masks(masks, size), (ref[:, 0] >= 0.5).float()), size
+
+
+def test_matrix_nms_and_paste_baselines_match():
+    g = torch.Generator().manual_seed(0)
+    masks = bm.random_instances(1, 40, 30, 44, seed=4)[0][0]
+    labels = torch.randint(0, 6, (40,), generator=g)
+    scores = torch.rand(40, generator=g).sort(descending=True).values
+    iou = bm.mask_iou_matrix(masks).triu(diagonal=1) * (labels[:, None] == labels[None, :]).triu(diagonal=1).float()
+    comp = iou.max(dim=0).values[:, None]
+    ref = scores * torch.exp(-2.0 * (iou**2 - comp**2)).min(dim=0).values
+    assert torch.equal(bm.matrix_nms(masks, labels, scores), ref)
+    soft = bm.paste_inputs(9, (70, 101))
+    for out in [(70, 101), (97, 203)]:
+        masks_new, boxes = bm._paste(soft, (70, 101), out, 0.5, 32)
+        assert torch.equal(masks_new, bm.old_paste(soft, (70, 101), out))
+        assert torch.equal(boxes, bm.masks_to_boxes(masks_new))
+
+
+def test_benchmark_quick_runs(tmp_path):
+    out = tmp_path / "bench.md"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--quick", "--write", str(out)],
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for section in ("postprocess", "nms", "paste", "targets", "bisenet", "training"):
+        assert f"## {section}" in text
+    assert "DIFFERENT" not in text and "failed" not in text
+    assert "torch " in text and "detectron2 " in text
