@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from solo_d2.modeling.solo.targets import LevelTargets, grid_cell, resize_masks, solo_targets
+from solo_d2.modeling.solo.targets import LevelTargets, grid_cell, instance_geometry, resize_masks, solo_targets
 
 GRIDS = [40, 36, 24, 16, 12]
 RANGES = [(1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)]
@@ -242,3 +242,53 @@ def test_bad_inputs_raise_clear_errors():
         run([square(0, 0, 10)[None]], [torch.tensor([3])])
     with pytest.raises(ValueError, match="scale_ranges"):
         run([square(0, 0, 10)[None]], [torch.tensor([0])], scale_ranges=RANGES[:2])
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+def test_resize_masks_equals_bilinear_threshold_on_random_masks(factor):
+    # the integer-factor fast path must equal F.interpolate(bilinear) >= 0.5 bit for bit
+    g = torch.Generator().manual_seed(factor)
+    masks = torch.rand(5, 8 * factor * 3, 8 * factor * 5, generator=g) > 0.5
+    size = (masks.shape[1] // factor, masks.shape[2] // factor)
+    ref = torch.nn.functional.interpolate(masks[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    assert torch.equal(resize_masks(masks, size), (ref >= 0.5).float())
+    assert torch.equal(resize_masks(masks.to(torch.uint8), size), (ref >= 0.5).float())
+
+
+def test_instance_geometry_same_for_bool_uint8_and_float_masks():
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(4, 24, 40, generator=g) > 0.7
+    masks[2] = False
+    ref = instance_geometry(masks)
+    for dtype in (torch.uint8, torch.float32):
+        for a, b in zip(instance_geometry(masks.to(dtype)), ref):
+            assert torch.allclose(a, b)
+    assert ref[4][2] == 0 and ref[0][2] == 0 and ref[1][2] == 0  # empty mask: zeros
+
+
+def test_empty_mask_with_an_annotation_box_is_ignored():
+    masks = torch.stack([torch.zeros(H, W, dtype=torch.bool), square(100, 40, 40)])
+    boxes = torch.tensor([[10.0, 10.0, 60.0, 60.0], [40.0, 100.0, 80.0, 140.0]])
+    out = run([masks], [torch.tensor([0, 1])], gt_boxes=[boxes])
+    assert all(set(t.instance_ids.tolist()) <= {1} for t in out)
+    assert sum(int(t.pos_mask.sum()) for t in out) == 4
+    # a one-pixel instance is an instance (the references keep every non-empty mask)
+    dot = torch.zeros(1, H, W, dtype=torch.bool)
+    dot[0, 100, 40] = True
+    out = run([dot], [torch.tensor([2])])
+    assert int(out[0].pos_mask.sum()) == 1 and out[0].instance_ids.tolist() == [0]
+
+
+def test_levels_with_different_mask_sizes_get_their_own_resized_targets():
+    # vanilla SOLO: each level's masks have their own size; every target must be the instance
+    # mask resized to its level's size (instances on several levels and sizes)
+    masks = torch.stack([square(20, 30, 120), square(100, 40, 40), square(60, 150, 90, 70)])
+    sizes = [(64, 64), (32, 32), (64, 64), (16, 16), (8, 8)]
+    out = run([masks], [torch.tensor([0, 1, 2])], mask_sizes=sizes)
+    seen = 0
+    for t, size in zip(out, sizes):
+        down = resize_masks(masks, size)
+        for k in range(t.instance_ids.numel()):
+            assert torch.equal(t.mask_targets[k], down[int(t.instance_ids[k])])
+            seen += 1
+    assert seen > 0 and sum(int(t.pos_mask.sum()) > 0 for t in out) >= 3
