@@ -42,7 +42,8 @@ def _targets_from_labels(labels_per_level, mask_size=(4, 4), extra=0):
                 pos_mask=pos,
                 target_img=img,
                 target_cell=cell,
-                mask_targets=(torch.rand(p, *mask_size) > 0.5).float(),
+                target_masks=torch.rand(p, *mask_size) > 0.5,
+                target_rows=torch.arange(p),
                 instance_ids=torch.zeros(p, dtype=torch.long),
             )
         )

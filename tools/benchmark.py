@@ -13,7 +13,8 @@ Baselines are the public implementations' algorithms re-implemented here (a test
    before each call) for a 4000x6000 image with 100 detections, against solo_d2's previous
    paste (chunks of 32 float masks).
 4. Target assignment: ``solo_targets`` against AdelaiDet's per-image, per-instance,
-   per-cell loops on 2 images x 20 instances at 800x1216; time per instance from 1 to 500.
+   per-cell loops on 2 images x 20 instances at 800x1216 (1 and 2 threads), also with the
+   dice loss forward and backward; time per instance from 1 to 500.
 5. BiSeNet V1 R18 / V2 inference with in-place ReLUs against the same modules with
    out-of-place ReLUs (512x1024 and 1024x2048).
 6. Training step time and peak memory of every recipe config at batch 2 (subprocesses).
@@ -40,6 +41,8 @@ sys.path.insert(0, REPO)
 import solo_d2  # noqa: E402,F401
 from solo_d2.modeling.solo.matrix_nms import mask_iou_matrix, matrix_nms  # noqa: E402
 from solo_d2.modeling.solo.postprocess import _paste, masks_to_boxes, point_nms  # noqa: E402
+from solo_d2.modeling.solo.losses import indexed_dice_loss  # noqa: E402
+from solo_d2.modeling.solo.mask_geometry import _row_sums  # noqa: E402
 from solo_d2.modeling.solo.targets import solo_targets  # noqa: E402
 
 GRIDS = [40, 36, 24, 16, 12]
@@ -359,23 +362,72 @@ def boxes_of(masks):
     return [masks_to_boxes(m) for m in masks]
 
 
+def adelaidet_dice(probs, targets):
+    """Baseline: AdelaiDet's ``dice_loss`` on dense float targets [M, h, w] -> [M]."""
+    p = probs.contiguous().view(probs.shape[0], -1)
+    t = targets.contiguous().view(targets.shape[0], -1).float()
+    a = torch.sum(p * t, 1)
+    b = torch.sum(p * p, 1) + 0.001
+    c = torch.sum(t * t, 1) + 0.001
+    return 1 - (2 * a) / (b + c)
+
+
+def targets_and_dice(masks, classes, kw, logits):
+    """solo_d2: targets, then the dice loss through the target rows, forward and backward."""
+    out = solo_targets(masks, classes, **kw)
+    probs = logits.sigmoid().split([t.num_targets for t in out])
+    loss = sum(indexed_dice_loss(p, t.target_masks, t.target_rows).sum() for p, t in zip(probs, out))
+    loss.backward()
+    return loss
+
+
+def adelaidet_targets_and_dice(masks, classes, boxes, sizes, logits):
+    """Baseline: AdelaiDet's target loops, then its dice loss on the float targets, forward and
+    backward (same probabilities as :func:`targets_and_dice`)."""
+    ref = adelaidet_targets(masks, classes, boxes, sizes)
+    probs = logits.sigmoid().split([r[2].shape[0] for r in ref])
+    loss = sum(adelaidet_dice(p, r[2]).sum() for p, r in zip(probs, ref) if p.shape[0])  # skips empty levels, as AdelaiDet
+    loss.backward()
+    return loss
+
+
 def bench_targets(quick):
     h, w, n = (400, 608, 10) if quick else (800, 1216, 20)
     masks, classes = random_instances(2, n, h, w)
     boxes = boxes_of(masks)
     sizes = [(h // 4, w // 4)] * 5
     kw = dict(num_grids=GRIDS, scale_ranges=RANGES, mask_sizes=sizes, sigma=0.2, num_classes=80, gt_boxes=boxes)
-    m_total = sum(t.mask_targets.shape[0] for t in solo_targets(masks, classes, **kw))
-    times = {"vec": [], "loop": [], "out": []}
-    for _ in range(1 if quick else 3):  # interleaved, so load changes hit all three
-        times["vec"].append(timeit(lambda: solo_targets(masks, classes, **kw), repeats=3))
-        times["loop"].append(timeit(lambda: adelaidet_targets(masks, classes, boxes, sizes), repeats=1, warmup=0))
-        # the floor both pay: writing the M float32 mask targets into fresh memory
-        times["out"].append(timeit(lambda: torch.ones(m_total, *sizes[0]), repeats=3))
-    t_vec, t_loop, t_out = (statistics.median(times[k]) for k in ("vec", "loop", "out"))
-    rows = [(f"target assignment, 2 images x {n} instances, {h}x{w} ({m_total} mask targets)", ms(t_vec),
-             f"{ms(t_loop)} (AdelaiDet loops)", f"{t_loop / t_vec:.1f}x"),
-            ("of which writing the mask targets (float32, fresh memory)", f"~{ms(t_out)}", "same in both", "")]
+    out = solo_targets(masks, classes, **kw)
+    m_total = sum(t.num_targets for t in out)
+    rows, results = [], {}
+    threads = torch.get_num_threads()
+    for nt in (1, 2):  # the issue measured with 2 threads
+        torch.set_num_threads(nt)
+        times = {"vec": [], "loop": [], "pass": []}
+        for _ in range(1 if quick else 3):  # interleaved, so load changes hit all three
+            times["vec"].append(timeit(lambda: solo_targets(masks, classes, **kw), repeats=5))
+            times["loop"].append(timeit(lambda: adelaidet_targets(masks, classes, boxes, sizes), repeats=1, warmup=0))
+            # the floor: one integer pass over all masks (the row counts)
+            times["pass"].append(timeit(lambda: [_row_sums(m) for m in masks], repeats=5))
+        t_vec, t_loop, t_pass = (statistics.median(times[k]) for k in ("vec", "loop", "pass"))
+        rows.append((f"target assignment, 2 images x {n} instances, {h}x{w} ({m_total} mask targets), "
+                     f"{nt} thread{'s' if nt > 1 else ''}", ms(t_vec), f"{ms(t_loop)} (AdelaiDet loops)",
+                     f"{t_loop / t_vec:.1f}x"))
+        rows.append((f"of which one pass over all masks (row counts), {nt} thread{'s' if nt > 1 else ''}",
+                     ms(t_pass), "", ""))
+        results.update({f"targets_speedup_{nt}": t_loop / t_vec, f"targets_pass_s_{nt}": t_pass,
+                        f"targets_vec_s_{nt}": t_vec, f"targets_loop_s_{nt}": t_loop})
+    torch.set_num_threads(threads)
+    # targets + mask loss, forward and backward: the compact targets must not move the cost into the loss
+    logits = torch.randn(m_total, *sizes[0], generator=torch.Generator().manual_seed(0)).requires_grad_()
+    times = {"vec": [], "loop": []}
+    for _ in range(1 if quick else 3):
+        times["vec"].append(timeit(lambda: targets_and_dice(masks, classes, kw, logits), repeats=3))
+        times["loop"].append(timeit(lambda: adelaidet_targets_and_dice(masks, classes, boxes, sizes, logits), repeats=1))
+    t_vec, t_loop = (statistics.median(times[k]) for k in ("vec", "loop"))
+    rows.append((f"targets + dice loss forward and backward ({m_total} mask targets, 1 thread)",
+                 ms(t_vec), f"{ms(t_loop)} (AdelaiDet loops + dice on float targets)", f"{t_loop / t_vec:.1f}x"))
+    results["targets_loss_speedup"] = t_loop / t_vec
     counts = (1, 10, 50) if quick else (1, 10, 50, 100, 250, 500)
     times = []
     for c in counts:
@@ -383,12 +435,12 @@ def bench_targets(quick):
         b = boxes_of(m)
         times.append(timeit(lambda: solo_targets(m, cl, **dict(kw, gt_boxes=b)), repeats=3))
     slope = (times[-1] - times[0]) / (counts[-1] - counts[0]) / 2  # per instance per image
-    rows.append((f"target assignment vs instances per image ({h}x{w}, batch 2)",
+    rows.append((f"target assignment vs instances per image ({h}x{w}, batch 2, 1 thread)",
                  ", ".join(f"{c}: {ms(t)}" for c, t in zip(counts, times)),
                  f"slope {slope * 1e3:.2f} ms per instance per image",
                  f"{times[-1] / times[0]:.0f}x from {counts[0]} to {counts[-1]}"))
-    return rows, {"targets_speedup": t_loop / t_vec, "slope_s": slope, "targets_out_s": t_out,
-                  "targets_vec_s": t_vec, "targets_loop_s": t_loop}
+    results["slope_s"] = slope
+    return rows, results
 
 
 # ----------------------------------------------------------------------------- BiSeNet
@@ -510,9 +562,14 @@ NOTES = """## Notes
   masks in chunks bounded to ~0.4x the boolean output.
 - Paste memory is the resident-set high-water mark above the memory in use before the call
   (Linux `VmHWM`, reset through `/proc/self/clear_refs`); "kept bool masks" is K x H x W bytes.
-- Target assignment returns float32 mask targets `[M, h, w]` (one per claimed cell and
-  instance, as the references); writing them into fresh memory is a floor shared with the
-  baseline and bounds the achievable ratio.
+- Target assignment returns compact mask targets: each instance mask resized once per mask
+  size (bool) and a row index per (cell, instance) target; the dice loss reads them through the
+  index (`indexed_dice_loss`, bit-identical to the dense loss), so the "targets + dice loss"
+  row compares the whole work against the loops plus AdelaiDet's dice on float targets. With
+  annotation boxes, masks are read in windows around the boxes after one integer pass over all
+  masks (row counts; it also proves every window holds its whole mask); that pass is the
+  floor reported under the row. The random instances here are discs of radius up to a third of
+  the image height: windows cover about 12% of the pixels.
 - Training rows: batch 2 of random 256x320 images with 4 random instances (SOLO family) or
   random labels (BiSeNet), one torch thread, one warm-up step, median of 2 steps, each config
   in its own process. 800x1216 with R50 on this CPU is too slow for a routine run; these rows
@@ -542,14 +599,14 @@ def goals(results):
     if "paste_peak_ratio" in results:
         r = results["paste_peak_ratio"]
         lines.append(f"- Paste peak memory within ~1.5x the kept boolean masks: {verdict(r <= 1.5)} ({r:.2f}x).")
-    if "targets_speedup" in results:
-        r = results["targets_speedup"]
-        floor = results["targets_out_s"] / results["targets_vec_s"]
-        lines.append(f"- Target assignment at least 20x faster than the loops: {verdict(r >= 20)} ({r:.1f}x; "
-                     f"{floor:.0%} of solo_d2's time is writing the float32 mask targets into fresh memory, "
-                     f"which the loops pay too, so the ratio cannot exceed "
-                     f"{results['targets_loop_s'] / results['targets_out_s']:.1f}x with this output format). "
-                     f"Linear in instances: {results['slope_s'] * 1e3:.2f} ms per instance per image.")
+    if "targets_speedup_1" in results:
+        r1, r2 = results["targets_speedup_1"], results["targets_speedup_2"]
+        lines.append(f"- Target assignment at least 20x faster than the loops: {verdict(min(r1, r2) >= 20)} "
+                     f"({r1:.1f}x with 1 thread, {r2:.1f}x with 2 threads as in the issue; one integer pass over "
+                     f"all masks, which exactness needs, is {results['targets_pass_s_1'] / results['targets_vec_s_1']:.0%} "
+                     f"of solo_d2's time with 1 thread). With the dice loss forward and backward: "
+                     f"{results['targets_loss_speedup']:.1f}x. Linear in instances: "
+                     f"{results['slope_s'] * 1e3:.2f} ms per instance per image.")
     bis = {k: v for k, v in results.items() if k.startswith("BiSeNet")}
     if bis:
         lines.append("- BiSeNet in-place activations: " + ", ".join(f"{k} {v:.2f}x" for k, v in bis.items())
@@ -606,17 +663,58 @@ def main():
     for line in goals(results):
         print(line)
     if args.write:
-        with open(args.write, "w") as f:
-            f.write("# Benchmarks\n\nGenerated by `python tools/benchmark.py --write docs/BENCHMARKS.md`"
-                    f"{' --quick' if args.quick else ''}.\n\n{header}\n\n")
-            f.write("## Goals (issues 10 and 12), from this run\n\n" + "\n".join(goals(results)) + "\n\n")
-            for name, section_rows in rows:
-                f.write(f"## {name}\n\n| what | solo_d2 | baseline | ratio |\n|---|---|---|---|\n")
-                for row in section_rows:
-                    f.write("| " + " | ".join(row) + " |\n")
-                f.write("\n")
-            f.write(NOTES)
+        text = render(header, goals(results), rows, args.quick)
+        if args.only and os.path.exists(args.write):  # replace only the sections that ran
+            with open(args.write) as f:
+                text = merge(f.read(), text, header)
+        tmp = args.write + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, args.write)
 
+
+def render(header, goal_lines, rows, quick):
+    """The markdown of one run."""
+    out = [f"# Benchmarks\n\nGenerated by `python tools/benchmark.py --write docs/BENCHMARKS.md`"
+           f"{' --quick' if quick else ''}.\n\n{header}\n\n",
+           "## Goals (issues 10 and 12), from this run\n\n" + "\n".join(goal_lines) + "\n\n"]
+    for name, section_rows in rows:
+        out.append(f"## {name}\n\n| what | solo_d2 | baseline | ratio |\n|---|---|---|---|\n")
+        out.extend("| " + " | ".join(row) + " |\n" for row in section_rows)
+        out.append("\n")
+    out.append(NOTES)
+    return "".join(out)
+
+
+def _sections(text):
+    """``{title: body}`` of the ``## `` sections of a markdown text, and the text before them."""
+    parts = text.split("\n## ")
+    return parts[0], {p.split("\n", 1)[0]: p for p in parts[1:]}
+
+
+def merge(old, new, header):
+    """``old`` with the sections (and goal lines) of the partial run ``new`` put in; the other
+    sections keep their figures, and the header says which machine ran which sections."""
+    _, old_secs = _sections(old)
+    new_head, new_secs = _sections(new)
+    goal_key = next((k for k in old_secs if k.startswith("Goals")), None)
+    new_goal_key = next(k for k in new_secs if k.startswith("Goals"))
+    merged = dict(old_secs)
+    for k, v in new_secs.items():
+        if k not in (new_goal_key, "Notes"):
+            merged[k] = v
+    if goal_key:  # a goal line is replaced by the new one on the same goal (text before ':')
+        new_lines = {line.split(":", 1)[0]: line for line in new_secs[new_goal_key].splitlines() if line.startswith("- ")}
+        lines = [new_lines.pop(line.split(":", 1)[0], line) if line.startswith("- ") else line
+                 for line in old_secs[goal_key].splitlines()]
+        merged[goal_key] = "\n".join(lines).rstrip("\n") + "\n" + "".join(v + "\n" for v in new_lines.values()) + "\n"
+        merged[goal_key] = merged[goal_key].replace("from this run", "from the runs below", 1)
+    ran = [k for k in new_secs if k not in (new_goal_key, "Notes")]
+    head = new_head.rstrip("\n") + f"\n\nSections {', '.join(ran)} from this run; the others from an earlier run " \
+        "(see git history of this file for its machine line).\n"
+    if "Notes" in new_secs:
+        merged["Notes"] = new_secs["Notes"]
+    return head + "".join("\n## " + v for v in merged.values())
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .targets import LevelTargets
 
-__all__ = ["dice_loss", "solo_loss", "reduce_num_pos"]
+__all__ = ["dice_loss", "indexed_dice_loss", "solo_loss", "reduce_num_pos"]
 
 
 def dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
@@ -37,6 +37,38 @@ def dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
     q = targets.float().flatten(1)
     inter = (p * q).sum(dim=1)
     denom = (p * p).sum(dim=1) + 0.001 + (q * q).sum(dim=1) + 0.001
+    return 1.0 - 2.0 * inter / denom
+
+
+def indexed_dice_loss(probs: Tensor, masks: Tensor, rows: Tensor) -> Tensor:
+    """:func:`dice_loss` of ``probs`` against ``masks[rows]``, without building float targets.
+
+    With binary targets ``sum(p * q)`` is the sum of ``p`` where ``q`` is set and ``sum(q^2)``
+    is the mask area, so the targets are read as bool through the index (one byte per pixel
+    instead of a float32 copy per target); the result equals :func:`dice_loss` on
+    ``masks[rows].float()`` bit for bit.
+
+    Args:
+        probs: [P, h, w] probabilities.
+        masks: [R, h, w] bool (or 0/1) masks.
+        rows: [P] long, the mask of each probability map.
+
+    Returns:
+        [P] loss of each mask.
+    """
+    if rows.dim() != 1 or probs.dim() != 3 or rows.shape[0] != probs.shape[0] or masks.shape[-2:] != probs.shape[-2:]:
+        raise ValueError(
+            f"indexed_dice_loss: probs {tuple(probs.shape)}, masks {tuple(masks.shape)} and rows "
+            f"{tuple(rows.shape)} do not match (need [P, h, w], [R, h, w], [P])"
+        )
+    masks = masks.flatten(1)
+    if masks.dtype != torch.bool:
+        masks = masks != 0
+    p = probs.float().flatten(1)
+    q = masks[rows]  # [P, h*w] bool
+    inter = torch.where(q, p, p.new_zeros(())).sum(dim=1)
+    area = masks.sum(dim=1, dtype=torch.float32)[rows]  # exact: sum(q * q) of a 0/1 mask
+    denom = (p * p).sum(dim=1) + 0.001 + area + 0.001
     return 1.0 - 2.0 * inter / denom
 
 
@@ -114,7 +146,7 @@ def solo_loss(
         )
     logits, onehot = _flatten_cate(cate_logits, targets, num_classes)
     counts = torch.tensor(
-        [float(sum(int(t.pos_mask.sum()) for t in targets)), float(sum(t.mask_targets.shape[0] for t in targets))],
+        [float(sum(int(t.pos_mask.sum()) for t in targets)), float(sum(t.num_targets for t in targets))],
         device=logits.device,
     )
     num_pos, num_masks = reduce_num_pos(counts).unbind(0)
@@ -127,12 +159,14 @@ def solo_loss(
 
     dice_terms = []
     for lvl, (probs, tgt) in enumerate(zip(mask_probs, targets)):
-        if probs.shape != tgt.mask_targets.shape:
+        expected = (tgt.num_targets,) + tuple(tgt.target_masks.shape[-2:])
+        if tuple(probs.shape) != expected:
             raise ValueError(
-                f"solo_loss: level {lvl} mask_probs {tuple(probs.shape)} do not match mask_targets "
-                f"{tuple(tgt.mask_targets.shape)}"
+                f"solo_loss: level {lvl} mask_probs {tuple(probs.shape)} do not match its "
+                f"{tgt.num_targets} mask targets of size {tuple(tgt.target_masks.shape[-2:])}"
             )
         # `probs.sum() * 0` keeps empty levels in the graph (DDP needs every output used)
-        dice_terms.append(dice_loss(probs, tgt.mask_targets).sum() + probs.float().sum() * 0.0)
+        dice = indexed_dice_loss(probs, tgt.target_masks, tgt.target_rows)
+        dice_terms.append(dice.sum() + probs.float().sum() * 0.0)
     loss_mask = mask_weight * torch.stack(dice_terms).sum() / num_masks.clamp(min=1.0 / world)
     return {"loss_cate": loss_cate, "loss_mask": loss_mask}

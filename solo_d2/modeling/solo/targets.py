@@ -13,22 +13,30 @@ class of the *last* claiming instance (in annotation order), and it gets *one ma
 claiming instance* (the loss sees every (cell, instance) pair). Mask targets are the
 instance masks at the level's mask size (bilinear, ``>= 0.5``, i.e. OpenCV's rounding of a
 uint8 0/1 mask), computed from the padded masks (official SOLO; AdelaiDet resizes the
-unpadded mask, which only differs when the image size is not a multiple of 4).
+unpadded mask, which only differs when the image size is not a multiple of 4). Each instance
+mask is resized once per mask size and the targets index it (:class:`LevelTargets`): the
+references copy one full mask per (cell, instance), which dominated the time of this step.
 
 Everything is vectorized over instances and cells; Python loops only run over levels and images.
 """
-import sys
+import math
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .mask_geometry import InstanceMasks, instance_geometry, resize_masks
 
 __all__ = ["LevelTargets", "solo_targets", "instance_geometry", "resize_masks", "grid_cell"]
 
 
 class LevelTargets(NamedTuple):
     """Targets of one pyramid level for a batch of images.
+
+    The mask targets are kept compact: every instance mask is resized once per mask size and
+    stored as bool (``target_masks``); each mask target is a row index into it
+    (``target_rows``). The loss reads the masks through the index, so no float copy per
+    (cell, instance) is ever written; :attr:`mask_targets` expands them for inspection.
 
     Attributes:
         labels: [B, S, S] long, class of each cell; ``num_classes`` means background.
@@ -37,8 +45,10 @@ class LevelTargets(NamedTuple):
         target_img: [M] long, image of each mask target (``M >= pos_mask.sum()``: a cell
             claimed by k instances has k mask targets).
         target_cell: [M] long, cell index of each mask target.
-        mask_targets: [M, h, w] float in {0, 1}, ``(h, w)`` the level's mask size; ordered by
-            image, then instance, then cell (the references' order).
+        target_masks: [R, h, w] bool, the resized masks of the instances with mask targets,
+            ``(h, w)`` the level's mask size (levels of equal mask size share this tensor).
+        target_rows: [M] long, row of ``target_masks`` of each mask target; targets are
+            ordered by image, then instance, then cell (the references' order).
         instance_ids: [M] long, index (within its image) of the gt instance of each target.
     """
 
@@ -46,116 +56,20 @@ class LevelTargets(NamedTuple):
     pos_mask: Tensor
     target_img: Tensor
     target_cell: Tensor
-    mask_targets: Tensor
+    target_masks: Tensor
+    target_rows: Tensor
     instance_ids: Tensor
 
+    @property
+    def num_targets(self) -> int:
+        """M, the number of mask targets."""
+        return int(self.target_rows.numel())
 
-_LANES = 127  # int64 words (8 bool bytes each) summed at once: every byte lane stays < 128
-
-
-def _lane_total(words: Tensor) -> Tensor:
-    """[..., 8 lanes packed in int64] -> [..., 8] byte-lane values (each < 256)."""
-    shifts = torch.arange(0, 64, 8, device=words.device)
-    return (words[..., None] >> shifts) & 255
-
-
-def _row_col_sums(masks: Tensor) -> Tuple[Tensor, Tensor]:
-    """Pixel counts per row ``[N, H]`` and per column ``[N, W]`` of binary masks (int64).
-
-    Bool masks whose width is a multiple of 8 are read as int64 words of 8 pixels: summing at
-    most 127 words adds the pixels of each byte lane without carries, so both sums cost one
-    integer pass over the masks instead of a float copy. Other masks: float sums (exact)."""
-    n, h, w = masks.shape
-    if masks.dtype != torch.bool or w % 8 or n * h * w == 0 or sys.byteorder != "little":
-        m = masks.to(torch.float32)
-        return m.sum(dim=2).long(), m.sum(dim=1).long()
-    words = masks.contiguous().view(torch.int64)  # [N, H, W/8]
-    nw = w // 8
-    row_sum = sum(_lane_total(words[:, :, i : i + _LANES].sum(dim=2)).sum(dim=2) for i in range(0, nw, _LANES))
-    col_sum = sum(_lane_total(words[:, i : i + _LANES].sum(dim=1)) for i in range(0, h, _LANES))  # [N, W/8, 8]
-    col_sum = col_sum.reshape(n, w)
-    return row_sum, col_sum
-
-
-def instance_geometry(masks: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Box size, center of mass and area of binary masks.
-
-    Args:
-        masks: [N, H, W] bool / uint8 / float binary masks.
-
-    Returns:
-        ``(box_h, box_w, center_y, center_x, area)``, each [N] float32: the box extents (last -
-        first + 1 pixels), the center of mass in pixel-index coordinates (like
-        ``scipy.ndimage.center_of_mass``) and the pixel count. Empty masks give zeros.
-    """
-    n, h, w = masks.shape
-    if masks.dtype == torch.bool:
-        rows, cols = _row_col_sums(masks)  # exact integer counts
-        row_sum, col_sum = rows.to(torch.float32), cols.to(torch.float32)
-    else:
-        m = masks if masks.dtype == torch.float32 else masks.to(torch.float32)
-        row_sum = m.sum(dim=2)  # [N, H]
-        col_sum = m.sum(dim=1)  # [N, W]
-    area = row_sum.sum(dim=1)  # [N]
-    ys = torch.arange(h, device=masks.device, dtype=torch.float32)
-    xs = torch.arange(w, device=masks.device, dtype=torch.float32)
-    safe_area = area.clamp(min=1e-6)
-    center_y = (row_sum * ys).sum(dim=1) / safe_area
-    center_x = (col_sum * xs).sum(dim=1) / safe_area
-
-    rows_any, cols_any = row_sum > 0, col_sum > 0
-    y0 = torch.where(rows_any, ys, torch.full_like(ys, float(h))).min(dim=1).values if h else area
-    y1 = torch.where(rows_any, ys + 1, torch.zeros_like(ys)).max(dim=1).values if h else area
-    x0 = torch.where(cols_any, xs, torch.full_like(xs, float(w))).min(dim=1).values if w else area
-    x1 = torch.where(cols_any, xs + 1, torch.zeros_like(xs)).max(dim=1).values if w else area
-    nonempty = area > 0
-    box_h = torch.where(nonempty, y1 - y0, torch.zeros_like(area))
-    box_w = torch.where(nonempty, x1 - x0, torch.zeros_like(area))
-    return box_h, box_w, center_y, center_x, area
-
-
-def _integer_factor_resize(masks: Tensor, size: Tuple[int, int]) -> Optional[Tensor]:
-    """:func:`resize_masks` of 0/1 masks for integer factors, without floats, or None.
-
-    Bilinear (``align_corners=False``) shrinking by an integer factor ``f`` reads, per output
-    row ``y``, input rows ``f y + f/2 - 1`` and ``f y + f/2`` with weights 1/2 (``f`` even) or
-    row ``f y + (f - 1)/2`` alone (``f`` odd); the same for columns. On 0/1 masks the result
-    is (count of the 1, 2 or 4 samples that are 1) / (number of samples), exactly, so
-    ``>= 0.5`` is ``2 * count >= samples``."""
-    n, h, w = masks.shape
-    oh, ow = size
-    if masks.dtype != torch.bool or oh <= 0 or ow <= 0 or h % oh or w % ow:
-        return None
-    fy, fx = h // oh, w // ow
-    m = masks.view(torch.uint8)
-    ry = [fy // 2 - 1, fy // 2] if fy % 2 == 0 else [(fy - 1) // 2]
-    rx = [fx // 2 - 1, fx // 2] if fx % 2 == 0 else [(fx - 1) // 2]
-    rows = m[:, ry[0] :: fy] if len(ry) == 1 else m[:, ry[0] :: fy] + m[:, ry[1] :: fy]  # contiguous rows
-    count = rows[:, :, rx[0] :: fx] if len(rx) == 1 else rows[:, :, rx[0] :: fx] + rows[:, :, rx[1] :: fx]
-    return (2 * count >= len(ry) * len(rx)).to(torch.float32)
-
-
-def resize_masks(masks: Tensor, size: Tuple[int, int]) -> Tensor:
-    """Resize binary masks: bilinear (``align_corners=False``) on floats, then ``>= 0.5``.
-
-    Args:
-        masks: [N, H, W] binary masks (any dtype).
-        size: target ``(h, w)``.
-
-    Returns:
-        [N, h, w] float masks in {0, 1}. Bool masks shrunk by integer factors (the mask
-        targets at 1/4 of the padded input) take an exact integer path with the same result.
-    """
-    size = (int(size[0]), int(size[1]))
-    if masks.shape[0] == 0:
-        return torch.zeros((0,) + size, dtype=torch.float32, device=masks.device)
-    fast = _integer_factor_resize(masks, size)
-    if fast is not None:
-        return fast
-    m = masks.to(torch.float32)
-    if tuple(m.shape[-2:]) != size:
-        m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return (m >= 0.5).to(torch.float32)
+    @property
+    def mask_targets(self) -> Tensor:
+        """[M, h, w] float32 in {0, 1}: the mask targets expanded (for inspection and tests;
+        the loss never builds this)."""
+        return self.target_masks[self.target_rows].to(torch.float32)
 
 
 def grid_cell(coord: Tensor, extent: int, num_grid: int) -> Tensor:
@@ -165,25 +79,40 @@ def grid_cell(coord: Tensor, extent: int, num_grid: int) -> Tensor:
     return torch.div(ratio, 1.0 / num_grid, rounding_mode="floor").long()
 
 
-def _level_membership(
-    box_h: Tensor, box_w: Tensor, center_y: Tensor, center_x: Tensor,
-    image_hw: Tuple[int, int], num_grid: int, sigma: float,
-) -> Tensor:
-    """[n, S*S] bool: the cells each of the n instances claims on one level."""
+def _claimed_cells(
+    box_h: Tensor, box_w: Tensor, center_y: Tensor, center_x: Tensor, num_grid: Tensor,
+    image_hw: Tuple[int, int], sigma: float,
+) -> Tuple[Tensor, Tensor]:
+    """The cells claimed by P (level, instance) pairs, each on its own grid.
+
+    Args:
+        box_h, box_w, center_y, center_x: [P] float32 geometry of each pair's instance.
+        num_grid: [P] long, S of each pair's level.
+
+    Returns:
+        ``(pair, cell)``, each [Q] long: pair index and cell index ``i * S + j``, ordered by
+        pair, then cell (at most the 3x3 cells around the center cell per pair).
+    """
     height, width = image_hw
-    s = num_grid
+    # (c / extent) // (1 / S) in float32, as grid_cell: 1 / S rounded to float32 per pair
+    inv = (1.0 / num_grid.to(torch.float64)).to(torch.float32)
+
+    def cell(coord: Tensor, extent: int) -> Tensor:
+        return torch.div(coord.to(torch.float32) / float(extent), inv, rounding_mode="floor").long()
+
     half_h = 0.5 * sigma * box_h
     half_w = 0.5 * sigma * box_w
-    ci = grid_cell(center_y, height, s)
-    cj = grid_cell(center_x, width, s)
-    top = torch.maximum(grid_cell(center_y - half_h, height, s).clamp(min=0), ci - 1)
-    down = torch.minimum(grid_cell(center_y + half_h, height, s).clamp(max=s - 1), ci + 1)
-    left = torch.maximum(grid_cell(center_x - half_w, width, s).clamp(min=0), cj - 1)
-    right = torch.minimum(grid_cell(center_x + half_w, width, s).clamp(max=s - 1), cj + 1)
-    grid = torch.arange(s, device=box_h.device)
-    in_rows = (grid[None] >= top[:, None]) & (grid[None] <= down[:, None])  # [n, S]
-    in_cols = (grid[None] >= left[:, None]) & (grid[None] <= right[:, None])  # [n, S]
-    return (in_rows[:, :, None] & in_cols[:, None, :]).reshape(-1, s * s)
+    ci = cell(center_y, height)
+    cj = cell(center_x, width)
+    top = torch.maximum(cell(center_y - half_h, height).clamp(min=0), ci - 1)
+    down = torch.minimum(torch.minimum(cell(center_y + half_h, height), num_grid - 1), ci + 1)
+    left = torch.maximum(cell(center_x - half_w, width).clamp(min=0), cj - 1)
+    right = torch.minimum(torch.minimum(cell(center_x + half_w, width), num_grid - 1), cj + 1)
+    step = torch.arange(3, device=box_h.device)
+    rows, cols = top[:, None] + step, left[:, None] + step  # [P, 3]: top <= ci <= down <= top + 2
+    claimed = (rows <= down[:, None])[:, :, None] & (cols <= right[:, None])[:, None, :]  # [P, 3, 3]
+    pair, di, dj = claimed.nonzero(as_tuple=True)  # pair-major, then row, then column
+    return pair, (top[pair] + di) * num_grid[pair] + left[pair] + dj
 
 
 def _check_inputs(gt_masks, gt_classes, gt_boxes, num_classes, image_hw):
@@ -250,73 +179,82 @@ def solo_targets(
     device = gt_masks[0].device
     _check_inputs(gt_masks, gt_classes, gt_boxes, num_classes, image_hw)
 
-    keys = ("labels", "pos", "img", "cell", "rows", "ids")
-    per_level: List[Dict[str, List[Tensor]]] = [{k: [] for k in keys} for _ in range(num_levels)]
-    # per mask size: the resized masks of every instance with a mask target there (all images);
-    # each level's targets are then gathered from them once, in the references' order
-    resized: Dict[Tuple[int, int], List[Tensor]] = {}
-    resized_count: Dict[Tuple[int, int], int] = {}
-    for b, (masks, classes) in enumerate(zip(gt_masks, gt_classes)):
-        classes = classes.to(device=device, dtype=torch.long)
-        mask_h, mask_w, cy, cx, area = instance_geometry(masks)
-        if gt_boxes is not None:
-            boxes = gt_boxes[b].to(device=device, dtype=torch.float32)
-            box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        else:
-            box_h, box_w = mask_h, mask_w
-        scale = torch.sqrt(box_h * box_w)
-        valid = area > 0
-        pending: List[Tuple[int, Tuple[int, int], Tensor]] = []  # (level, mask size, instance ids)
+    sizes = [(int(sz[0]), int(sz[1])) for sz in mask_sizes]
+    # windows around the boxes are aligned to the integer factors of the mask sizes
+    align = [1, 1]
+    for size in sizes:
+        for ax in (0, 1):
+            if size[ax] > 0 and image_hw[ax] % size[ax] == 0:
+                f = image_hw[ax] // size[ax]
+                align[ax] = align[ax] * f // math.gcd(align[ax], f)
 
-        for lvl, (s, (lo, hi), size) in enumerate(zip(num_grids, scale_ranges, mask_sizes)):
-            size = (int(size[0]), int(size[1]))
-            hit = torch.nonzero(valid & (scale >= lo) & (scale <= hi)).flatten()  # [n], ascending
-            member = _level_membership(box_h[hit], box_w[hit], cy[hit], cx[hit], image_hw, s, sigma)
-            labels = torch.full((s * s,), num_classes, dtype=torch.long, device=device)
-            pos = member.any(dim=0)
-            if hit.numel():
-                # the last claiming instance (highest index) sets a cell's class
-                order = torch.arange(hit.numel(), device=device)[:, None]
-                last = torch.where(member, order, torch.full_like(order, -1)).max(dim=0).values
-                labels = torch.where(pos, classes[hit[last.clamp(min=0)]], labels)
-            inst, cell = member.nonzero(as_tuple=True)  # instance-major, then cell: the references' order
-            ids = hit[inst]
-            d = per_level[lvl]
-            d["labels"].append(labels.view(s, s))
-            d["pos"].append(pos)
-            d["img"].append(torch.full_like(cell, b))
-            d["cell"].append(cell)
-            d["ids"].append(ids)
-            d["rows"].append(ids)  # replaced below by rows of resized[size]
-            pending.append((lvl, size, ids))
-        # resize only the instances that have mask targets, once per mask size
-        for size in {p[1] for p in pending if p[2].numel()}:
-            needed = torch.unique(torch.cat([ids for _, sz, ids in pending if sz == size]))
-            subset = masks if needed.numel() == masks.shape[0] else masks[needed]
-            resized.setdefault(size, []).append(resize_masks(subset, size))
-            offset = resized_count.get(size, 0)
-            resized_count[size] = offset + needed.numel()
-            for lvl, sz, ids in pending:
-                if sz == size and ids.numel():
-                    per_level[lvl]["rows"][-1] = offset + torch.searchsorted(needed, ids)
+    # 1. geometry of every instance (one InstanceMasks per image), concatenated over images
+    images, geometry = [], []
+    for b, masks in enumerate(gt_masks):
+        boxes = None if gt_boxes is None else gt_boxes[b].to(device=device, dtype=torch.float32)
+        images.append(InstanceMasks(masks, boxes, align=(align[0], align[1])))
+        mask_h, mask_w, cy, cx, area = images[-1].geometry(extents=boxes is None)
+        if boxes is not None:  # the annotation boxes give the scale, as in both references
+            mask_w, mask_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        geometry.append(torch.stack([mask_h, mask_w, cy, cx, area]))
+    box_h, box_w, cy, cx, area = torch.cat(geometry, dim=1).unbind(0)  # [K] each, K = all instances
+    counts = torch.tensor([m.shape[0] for m in gt_masks], device=device)
+    img = torch.repeat_interleave(torch.arange(len(gt_masks), device=device), counts)  # [K]
+    local = torch.arange(img.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[img]
+    classes = torch.cat([c.to(device=device, dtype=torch.long) for c in gt_classes])
 
-    resized_all = {size: parts[0] if len(parts) == 1 else torch.cat(parts) for size, parts in resized.items()}
+    # 2. (level, instance) pairs: an instance goes to every level whose range holds its scale
+    scale = torch.sqrt(box_h * box_w)
+    ranges = torch.tensor([[float(lo), float(hi)] for lo, hi in scale_ranges], device=device)
+    hit = (area > 0)[None] & (scale[None] >= ranges[:, :1]) & (scale[None] <= ranges[:, 1:])  # [L, K]
+    pair_level, pair_k = hit.nonzero(as_tuple=True)  # level-major, then image, then instance
+    grids = torch.tensor([int(g) for g in num_grids], device=device)
+    pair, cell = _claimed_cells(
+        box_h[pair_k], box_w[pair_k], cy[pair_k], cx[pair_k], grids[pair_level], image_hw, sigma
+    )
+    level, k = pair_level[pair], pair_k[pair]  # per mask target, in the references' order
+
+    # 3. labels: the last claiming instance (highest index) sets a cell's class
+    num_images = len(gt_masks)
+    cells_per_level = [num_images * int(g) ** 2 for g in num_grids]
+    starts = torch.tensor([0] + cells_per_level[:-1], device=device).cumsum(0)
+    flat = starts[level] + img[k] * grids[level] ** 2 + cell
+    last = torch.full((sum(cells_per_level),), -1, dtype=torch.long, device=device)
+    last.scatter_reduce_(0, flat, k, reduce="amax")
+    classes = torch.cat([classes, classes.new_full((1,), num_classes)])  # index K: background
+    labels = classes[torch.where(last >= 0, last, torch.full_like(last, classes.numel() - 1))]
+
+    # 4. mask targets: each instance resized once per mask size, the targets index it
+    rows = torch.zeros_like(k)
+    target_masks: Dict[Tuple[int, int], Tensor] = {}
+    for size in dict.fromkeys(sizes):
+        of_size = torch.tensor([sz == size for sz in sizes], device=device)[level]
+        needed = torch.unique(k[of_size])  # ascending, so grouped by image
+        target_masks[size] = torch.zeros((needed.numel(),) + size, dtype=torch.bool, device=device)
+        start = 0
+        for b, im in enumerate(images):
+            ids = needed[img[needed] == b]
+            if ids.numel():  # written in place, in image order
+                im.resized(local[ids], size, out=target_masks[size][start : start + ids.numel()])
+                start += ids.numel()
+        rows = torch.where(of_size, torch.searchsorted(needed, k), rows)
+
     out = []
-    for d, size in zip(per_level, mask_sizes):
-        size = (int(size[0]), int(size[1]))
-        rows = torch.cat(d["rows"])
-        if rows.numel():
-            mask_targets = resized_all[size][rows]
-        else:
-            mask_targets = torch.zeros((0,) + size, device=device)
+    per_level = torch.bincount(level, minlength=num_levels).tolist()
+    splits = [t.split(per_level) for t in (img[k], cell, rows, local[k])]
+    start = 0
+    for lvl, (g, size) in enumerate(zip(num_grids, sizes)):
+        g, stop = int(g), start + cells_per_level[lvl]
         out.append(
             LevelTargets(
-                labels=torch.stack(d["labels"]),
-                pos_mask=torch.stack(d["pos"]),
-                target_img=torch.cat(d["img"]),
-                target_cell=torch.cat(d["cell"]),
-                mask_targets=mask_targets,
-                instance_ids=torch.cat(d["ids"]),
+                labels=labels[start:stop].view(num_images, g, g),
+                pos_mask=(last[start:stop] >= 0).view(num_images, g * g),
+                target_img=splits[0][lvl],
+                target_cell=splits[1][lvl],
+                target_masks=target_masks[size],
+                target_rows=splits[2][lvl],
+                instance_ids=splits[3][lvl],
             )
         )
+        start = stop
     return out

@@ -1,0 +1,325 @@
+"""Geometry and resizing of full-resolution binary instance masks, for target assignment.
+
+Target assignment reads every ground-truth mask at the padded input resolution: its center of
+mass, its extents and its area, and its downsampled copy (the mask target). These are
+memory-bound passes over ``N x H x W`` bytes, so this module keeps them few and narrow:
+
+- bool masks are summed as int64 words of 8 pixels (no float copies, see :func:`_row_sums`);
+- integer-factor downsampling reads only the sampled rows and columns
+  (:func:`_integer_factor_resize`), with the bilinear ``>= 0.5`` result;
+- with boxes (the annotation boxes, which bound the masks), :class:`InstanceMasks` makes one
+  pass over all masks for the row counts (so the areas), and reads columns and downsampled
+  masks only inside a window around each box; an instance whose window does not hold all its
+  pixels is read whole (on CPU; see :class:`InstanceMasks`). Results are identical to reading
+  every mask whole (the same float32 sums over the same row and column counts).
+"""
+import functools
+import math
+import sys
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["InstanceMasks", "instance_geometry", "resize_masks"]
+
+
+_LANES = 127  # int64 words (8 bool bytes each) summed at once: every byte lane stays < 128
+
+
+def _lane_total(words: Tensor) -> Tensor:
+    """[..., m] int64 words of 8 byte lanes (each < 128) -> [..., m, 8] int32 lane values.
+
+    The lanes are the words' bytes (little-endian: lane ``j`` of word ``i`` is pixel
+    ``8 i + j``), so this is a view of the bytes and one conversion."""
+    return words.contiguous().view(torch.uint8).view(*words.shape, 8).to(torch.int32)
+
+
+_M8, _M16, _M32 = 0x00FF00FF00FF00FF, 0x0000FFFF0000FFFF, 0x00000000FFFFFFFF
+
+
+def _word_total(words: Tensor) -> Tensor:
+    """[...] int64 words of 8 byte lanes (each < 128) -> [...] sum of the 8 lanes (SWAR folds)."""
+    x = (words & _M8) + ((words >> 8) & _M8)  # four 16-bit lanes
+    x = (x & _M16) + ((x >> 16) & _M16)  # two 32-bit lanes
+    return (x & _M32) + (x >> 32)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    """Largest divisor of ``n`` that is at most ``limit``."""
+    return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
+
+
+def _packed(masks: Tensor) -> bool:
+    """Whether :func:`_row_sums` / :func:`_col_sums` can read the masks as int64 words."""
+    n, h, w = masks.shape
+    return masks.dtype == torch.bool and w % 8 == 0 and n * h * w > 0 and sys.byteorder == "little"
+
+
+def _row_sums(masks: Tensor) -> Tensor:
+    """[N, H] int64 pixel count of each row of binary masks [N, H, W].
+
+    Bool masks whose width is a multiple of 8 are read as int64 words of 8 pixels: summing at
+    most 127 words adds the pixels of each byte lane without carries. The words of a row are
+    summed in equal contiguous groups (a divisor of the row length), one reduction over a
+    reshaped view, so the pass reads each byte once and writes no float copy."""
+    n, h, w = masks.shape
+    if not _packed(masks):
+        return masks.to(torch.float32).sum(dim=2).long()
+    words = masks.contiguous().view(torch.int64)  # [N, H, W/8]
+    nw = w // 8
+    g = _largest_divisor(nw, _LANES)
+    if 4 * g >= min(nw, _LANES):
+        return _word_total(words.view(n, h, nw // g, g).sum(dim=3)).sum(dim=2)
+    return sum(_word_total(words[:, :, i : i + _LANES].sum(dim=2)) for i in range(0, nw, _LANES))
+
+
+def _col_sums(masks: Tensor) -> Tensor:
+    """[N, W] int64 pixel count of each column of binary masks [N, H, W] (as :func:`_row_sums`,
+    the rows summed in groups of at most 127 words per byte lane)."""
+    n, h, w = masks.shape
+    if not _packed(masks):
+        return masks.to(torch.float32).sum(dim=1).long()
+    words = masks.contiguous().view(torch.int64)
+    nw = w // 8
+    k = _largest_divisor(h, _LANES)
+    if 4 * k >= min(h, _LANES):
+        col = _lane_total(words.view(n, h // k, k, nw).sum(dim=2)).sum(dim=1)  # [N, W/8, 8]
+    else:
+        col = sum(_lane_total(words[:, i : i + _LANES].sum(dim=1)).long() for i in range(0, h, _LANES))
+    return col.reshape(n, w).long()
+
+
+def instance_geometry(masks: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Box size, center of mass and area of binary masks.
+
+    Args:
+        masks: [N, H, W] bool / uint8 / float binary masks.
+
+    Returns:
+        ``(box_h, box_w, center_y, center_x, area)``, each [N] float32: the box extents (last -
+        first + 1 pixels), the center of mass in pixel-index coordinates (like
+        ``scipy.ndimage.center_of_mass``) and the pixel count. Empty masks give zeros.
+    """
+    if masks.dtype == torch.bool:  # exact integer counts
+        row_sum, col_sum = _row_sums(masks).to(torch.float32), _col_sums(masks).to(torch.float32)
+    else:
+        m = masks if masks.dtype == torch.float32 else masks.to(torch.float32)
+        row_sum = m.sum(dim=2)  # [N, H]
+        col_sum = m.sum(dim=1)  # [N, W]
+    return _geometry_from_sums(row_sum, col_sum)
+
+
+def _geometry_from_sums(
+    row_sum: Tensor, col_sum: Tensor, extents: bool = True
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`instance_geometry` from float32 pixel counts per row [N, H] and column [N, W];
+    with ``extents=False`` the box extents are not computed (returned as zeros)."""
+    h, w = row_sum.shape[1], col_sum.shape[1]
+    area = row_sum.sum(dim=1)  # [N]
+    ys = torch.arange(h, device=row_sum.device, dtype=torch.float32)
+    xs = torch.arange(w, device=row_sum.device, dtype=torch.float32)
+    safe_area = area.clamp(min=1e-6)
+    center_y = (row_sum * ys).sum(dim=1) / safe_area
+    center_x = (col_sum * xs).sum(dim=1) / safe_area
+
+    if not extents:
+        return torch.zeros_like(area), torch.zeros_like(area), center_y, center_x, area
+    rows_any, cols_any = row_sum > 0, col_sum > 0
+    y0 = torch.where(rows_any, ys, torch.full_like(ys, float(h))).min(dim=1).values if h else area
+    y1 = torch.where(rows_any, ys + 1, torch.zeros_like(ys)).max(dim=1).values if h else area
+    x0 = torch.where(cols_any, xs, torch.full_like(xs, float(w))).min(dim=1).values if w else area
+    x1 = torch.where(cols_any, xs + 1, torch.zeros_like(xs)).max(dim=1).values if w else area
+    nonempty = area > 0
+    box_h = torch.where(nonempty, y1 - y0, torch.zeros_like(area))
+    box_w = torch.where(nonempty, x1 - x0, torch.zeros_like(area))
+    return box_h, box_w, center_y, center_x, area
+
+
+def _integer_factor_resize(masks: Tensor, size: Tuple[int, int]) -> Optional[Tensor]:
+    """:func:`resize_masks` of 0/1 masks for integer factors, without floats, or None.
+
+    Bilinear (``align_corners=False``) shrinking by an integer factor ``f`` reads, per output
+    row ``y``, input rows ``f y + f/2 - 1`` and ``f y + f/2`` with weights 1/2 (``f`` even) or
+    row ``f y + (f - 1)/2`` alone (``f`` odd); the same for columns. On 0/1 masks the result
+    is (count of the 1, 2 or 4 samples that are 1) / (number of samples), exactly, so
+    ``>= 0.5`` is ``2 * count >= samples``."""
+    n, h, w = masks.shape
+    oh, ow = size
+    if masks.dtype != torch.bool or oh <= 0 or ow <= 0 or h % oh or w % ow:
+        return None
+    fy, fx = h // oh, w // ow
+    m = masks.view(torch.uint8)
+    ry = [fy // 2 - 1, fy // 2] if fy % 2 == 0 else [(fy - 1) // 2]
+    rx = [fx // 2 - 1, fx // 2] if fx % 2 == 0 else [(fx - 1) // 2]
+    rows = m[:, ry[0] :: fy] if len(ry) == 1 else m[:, ry[0] :: fy] + m[:, ry[1] :: fy]  # contiguous rows
+    count = rows[:, :, rx[0] :: fx] if len(rx) == 1 else rows[:, :, rx[0] :: fx] + rows[:, :, rx[1] :: fx]
+    return count >= (len(ry) * len(rx) + 1) // 2  # 2 * count >= samples
+
+
+def resize_masks(masks: Tensor, size: Tuple[int, int], dtype: torch.dtype = torch.float32) -> Tensor:
+    """Resize binary masks: bilinear (``align_corners=False``) on floats, then ``>= 0.5``.
+
+    Args:
+        masks: [N, H, W] binary masks (any dtype).
+        size: target ``(h, w)``.
+        dtype: of the result (``torch.bool`` for the compact mask targets).
+
+    Returns:
+        [N, h, w] masks in {0, 1}. Bool masks shrunk by integer factors (the mask targets at
+        1/4 of the padded input) take an exact integer path with the same result.
+    """
+    size = (int(size[0]), int(size[1]))
+    if masks.shape[0] == 0:
+        return torch.zeros((0,) + size, dtype=dtype, device=masks.device)
+    out = _integer_factor_resize(masks, size)
+    if out is None:
+        m = masks.to(torch.float32)
+        if tuple(m.shape[-2:]) != size:
+            m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        out = m >= 0.5
+    return out.to(dtype)
+
+
+def _window(lo: float, hi: float, extent: int, align: int) -> Tuple[int, int]:
+    """Window ``[start, stop)`` on one axis around box coordinates ``lo``..``hi``, one pixel
+    wider on each side, with both ends multiples of ``align`` inside ``[0, extent]`` (``extent``
+    a multiple of ``align``). Non-finite coordinates widen the window to the image."""
+    lo = min(max(lo, 0.0), float(extent)) if math.isfinite(lo) else 0.0
+    hi = min(max(hi, 0.0), float(extent)) if math.isfinite(hi) else float(extent)
+    start = max(math.floor(lo) - 1, 0) // align * align
+    stop = min(-(-(math.ceil(hi) + 1) // align) * align, extent)
+    return start, max(stop, start + align)
+
+
+def _group_windows(heights: List[int], widths: List[int], waste: float = 2.0) -> List[Tuple[List[int], int, int]]:
+    """Group windows into stacks of one size ``(max height, max width)``.
+
+    Windows are taken largest first; a window joins the current stack while the stack's area
+    stays within ``waste`` x the area of its windows. Returns ``(ids, height, width)`` per stack."""
+    order = sorted(range(len(heights)), key=lambda i: -heights[i] * widths[i])
+    groups: List[Tuple[List[int], int, int]] = []
+    ids: List[int] = []
+    sh = sw = covered = 0
+    for i in order:
+        h2, w2 = max(sh, heights[i]), max(sw, widths[i])
+        if ids and (len(ids) + 1) * h2 * w2 > waste * (covered + heights[i] * widths[i]):
+            groups.append((sorted(ids), sh, sw))
+            ids, h2, w2, covered = [], heights[i], widths[i], 0
+        ids.append(i)
+        sh, sw, covered = h2, w2, covered + heights[i] * widths[i]
+    if ids:
+        groups.append((sorted(ids), sh, sw))
+    return groups
+
+
+class InstanceMasks:
+    """The masks of one image, with their geometry and resized copies.
+
+    Args:
+        masks: [N, H, W] binary masks.
+        boxes: optional [N, 4] ``(x0, y0, x1, y1)`` boxes that should bound the masks (the
+            annotation boxes). With them, bool CPU masks whose size is a multiple of ``align``
+            are read inside windows around the boxes (see the module docstring); an instance
+            with pixels outside its window is read whole, so results never depend on the boxes.
+            On GPUs, where whole-mask passes are cheap and each small op costs a launch, the
+            masks are always read whole.
+        align: ``(ay, ax)``, window corners are multiples of these (the integer resize factors
+            of the mask targets, so that windows resize exactly); ``ax`` is also a multiple of 8.
+
+    The windows are grouped by size (:func:`_group_windows`) into stacks ``[n, h, w]`` that are
+    processed as one tensor each; only the window bookkeeping (Python integers), filling a
+    stack and placing the resized windows visit the instances one by one (one copy each).
+    """
+
+    def __init__(self, masks: Tensor, boxes: Optional[Tensor] = None, align: Tuple[int, int] = (1, 1)):
+        self.masks = masks
+        n, h, w = masks.shape
+        ay, ax = int(align[0]), int(align[1])
+        ax = ax * 8 // math.gcd(ax, 8)
+        self.align = (ay, ax)
+        self.stacks: List[Tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (ids, y0, x0, windows)
+        self.whole = torch.ones(n, dtype=torch.bool, device=masks.device)  # read without windows
+        if (
+            boxes is None or masks.dtype != torch.bool or n == 0 or h % ay or w % ax
+            or sys.byteorder != "little" or masks.device.type != "cpu"
+        ):
+            return
+        ys = [_window(b[1], b[3], h, ay) for b in boxes.tolist()]  # Python numbers: N is small
+        xs = [_window(b[0], b[2], w, ax) for b in boxes.tolist()]
+        y0, x0 = [a for a, _ in ys], [a for a, _ in xs]
+        wh, ww = [b - a for a, b in ys], [b - a for a, b in xs]
+        if sum(a * b for a, b in zip(wh, ww)) * 2 > n * h * w:  # windows would not save a pass
+            return
+        words = masks.contiguous().view(torch.int64)  # [N, H, W/8]
+        for ids, sh, sw in _group_windows(wh, ww):
+            # anchor each window so that the common size fits (h, w, sh, sw are aligned)
+            sy0 = [min(y0[i], h - sh) for i in ids]
+            sx0 = [min(x0[i], w - sw) for i in ids]
+            stack = words.new_empty((len(ids), sh, sw // 8))  # int64 words of 8 pixels
+            for j, (i, a, b) in enumerate(zip(ids, sy0, sx0)):
+                stack[j] = words[i, a : a + sh, b // 8 : (b + sw) // 8]
+            as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=masks.device)
+            self.stacks.append((as_tensor(ids), as_tensor(sy0), as_tensor(sx0), stack.view(torch.bool)))
+        self.whole[:] = False
+
+    def geometry(self, extents: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(box_h, box_w, center_y, center_x, area)`` of every mask, as :func:`instance_geometry`
+        (``box_h``, ``box_w`` zeros when ``extents`` is False: callers with boxes skip them).
+
+        The row counts (hence areas) come from one pass over all masks; the column counts from
+        the windows, and from the whole mask where a window misses some of the mask's pixels."""
+        masks = self.masks
+        if not self.stacks:
+            return instance_geometry(masks)  # the extents are cheap next to whole-mask passes
+        n, h, w = masks.shape
+        row_sum = _row_sums(masks)
+        col_sum = masks.new_zeros((n, w), dtype=torch.long)
+        for ids, _, sx0, win in self.stacks:
+            cx = sx0[:, None] + torch.arange(win.shape[2], device=masks.device)
+            col_sum[ids[:, None], cx] = _col_sums(win)
+        missed = col_sum.sum(dim=1) != row_sum.sum(dim=1)  # a window holds all pixels or not
+        if bool(missed.any()):
+            self.whole |= missed
+            col_sum[missed] = _col_sums(masks[missed])
+        return _geometry_from_sums(row_sum.to(torch.float32), col_sum.to(torch.float32), extents)
+
+    def resized(self, ids: Tensor, size: Tuple[int, int], out: Optional[Tensor] = None) -> Tensor:
+        """Masks ``ids`` (ascending) resized as :func:`resize_masks`, bool.
+
+        Args:
+            ids: [n] long, ascending instance indices.
+            size: ``(h, w)``.
+            out: optional [n, h, w] bool tensor of zeros to write into (saves a copy).
+
+        Returns:
+            [n, h, w] bool (``out`` when given). Call :meth:`geometry` first (it finds the
+            masks that windows do not hold).
+        """
+        size = (int(size[0]), int(size[1]))
+        masks = self.masks
+        n, h, w = masks.shape
+        fy, fx = (h // size[0], w // size[1]) if min(size) > 0 else (0, 0)
+        exact = (
+            bool(self.stacks) and fy > 0 and fx > 0 and h == fy * size[0] and w == fx * size[1]
+            and self.align[0] % fy == 0 and self.align[1] % fx == 0
+        )
+        if not exact:
+            small = resize_masks(masks if ids.numel() == n else masks[ids], size, dtype=torch.bool)
+            return small if out is None else out.copy_(small)
+        if out is None:
+            out = masks.new_zeros((ids.numel(),) + size)
+        # row of each instance in `out` (-1: not requested)
+        row = torch.full((n,), -1, dtype=torch.long).index_copy_(0, ids.cpu(), torch.arange(ids.numel())).tolist()
+        for sid, sy0, sx0, win in self.stacks:
+            small = _integer_factor_resize(win, (win.shape[1] // fy, win.shape[2] // fx))
+            sh, sw = small.shape[1:]
+            for j, (i, a, b) in enumerate(zip(sid.tolist(), (sy0 // fy).tolist(), (sx0 // fx).tolist())):
+                if row[i] >= 0:
+                    out[row[i], a : a + sh, b : b + sw] = small[j]  # one copy per window
+        whole = [i for i in torch.nonzero(self.whole).flatten().tolist() if row[i] >= 0]
+        if whole:  # masks with pixels outside their window: resized whole
+            rows = torch.tensor([row[i] for i in whole], device=masks.device)
+            out[rows] = resize_masks(masks[torch.tensor(whole, device=masks.device)], size, dtype=torch.bool)
+        return out

@@ -1,0 +1,152 @@
+"""Windowed reading of instance masks (solo_d2.modeling.solo.mask_geometry) gives exactly the
+results of reading every mask whole, whatever the boxes; and the compact mask targets give the
+dense dice loss bit for bit."""
+import pytest
+import torch
+from torchvision.ops import masks_to_boxes
+
+from solo_d2.modeling.solo.losses import dice_loss, indexed_dice_loss, solo_loss
+from solo_d2.modeling.solo.mask_geometry import InstanceMasks, _group_windows, instance_geometry, resize_masks
+from solo_d2.modeling.solo.targets import solo_targets
+
+H, W = 192, 320  # non-square, multiples of 32 (SOLO pads to 32)
+
+
+def blobs(n, h=H, w=W, seed=0):
+    """n irregular masks of random sizes and places (one empty), and their tight boxes."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n, h, w, dtype=torch.bool)
+    for k in range(n - 1):
+        hh, ww = int(torch.randint(3, h // 2, (1,), generator=g)), int(torch.randint(3, w // 2, (1,), generator=g))
+        y0, x0 = int(torch.randint(0, h - hh, (1,), generator=g)), int(torch.randint(0, w - ww, (1,), generator=g))
+        masks[k, y0 : y0 + hh, x0 : x0 + ww] = torch.rand(hh, ww, generator=g) > 0.4
+    boxes = torch.zeros(n, 4)
+    nonempty = masks.flatten(1).any(1)
+    boxes[nonempty] = masks_to_boxes(masks[nonempty])
+    return masks, boxes
+
+
+def assert_same_geometry(a, b):
+    for name, x, y in zip(("box_h", "box_w", "center_y", "center_x", "area"), a, b):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("align", [(4, 4), (32, 32)])
+def test_windows_equal_whole_masks_with_tight_and_loose_boxes(align):
+    masks, boxes = blobs(12)
+    loose = boxes + torch.tensor([-9.5, -3.0, 7.25, 11.0])  # also partly outside the image
+    for bx in (boxes, loose):
+        im = InstanceMasks(masks, bx, align=align)
+        assert im.stacks, "windows are used"
+        assert_same_geometry(im.geometry(), instance_geometry(masks))
+        assert not im.whole.any(), "every window holds its mask"
+        ids = torch.tensor([0, 3, 4, 5, 11])  # a subset, with the empty mask
+        for f in {4, align[0]}:
+            got = im.resized(ids, (H // f, W // f))
+            assert got.dtype == torch.bool
+            assert torch.equal(got, resize_masks(masks[ids], (H // f, W // f), dtype=torch.bool)), f
+
+
+def test_boxes_that_miss_pixels_fall_back_to_whole_masks():
+    masks, boxes = blobs(10, seed=1)
+    wrong = boxes.clone()
+    wrong[1] = torch.tensor([0.0, 0.0, 5.0, 5.0])  # far from the mask
+    wrong[2, 2] -= 20  # cuts off the right part
+    wrong[3] = float("nan")
+    wrong[4] = torch.tensor([400.0, 300.0, 100.0, 50.0])  # inverted, outside the image
+    im = InstanceMasks(masks, wrong, align=(4, 4))
+    assert_same_geometry(im.geometry(), instance_geometry(masks))
+    # exactly the instances whose pixels are not all in their window are read whole (a NaN box
+    # gives a window over the whole image)
+    assert im.whole[[1, 2, 4]].all() and not im.whole[[0, 3, 5, 6, 7, 8, 9]].any()
+    ids = torch.arange(10)
+    assert torch.equal(im.resized(ids, (H // 4, W // 4)), resize_masks(masks, (H // 4, W // 4), dtype=torch.bool))
+
+
+def test_resize_with_factors_windows_cannot_serve_and_odd_sizes():
+    masks, boxes = blobs(6, seed=2)
+    im = InstanceMasks(masks, boxes, align=(4, 4))
+    im.geometry()
+    ids = torch.arange(6)
+    for size in [(H // 8, W // 8), (H // 3, W // 5), (50, 70)]:  # factor 8 > alignment 4; non-integer
+        assert torch.equal(im.resized(ids, size), resize_masks(masks, size, dtype=torch.bool)), size
+    out = torch.zeros(6, H // 4, W // 4, dtype=torch.bool)
+    assert im.resized(ids, (H // 4, W // 4), out=out) is out
+    assert torch.equal(out, resize_masks(masks, (H // 4, W // 4), dtype=torch.bool))
+
+
+def test_no_windows_without_boxes_for_non_bool_or_unaligned_masks():
+    masks, boxes = blobs(4, seed=3)
+    assert not InstanceMasks(masks, None).stacks
+    assert not InstanceMasks(masks.to(torch.uint8), boxes).stacks
+    assert not InstanceMasks(masks[:, :, :-8], boxes, align=(4, 16)).stacks  # 312 % 16 != 0
+    assert not InstanceMasks(masks[:0], boxes[:0]).stacks
+    assert_same_geometry(InstanceMasks(masks[:0], boxes[:0]).geometry(), instance_geometry(masks[:0]))
+
+
+def test_group_windows_covers_each_window_once_within_the_waste_bound():
+    g = torch.Generator().manual_seed(4)
+    hs = (torch.randint(1, 40, (60,), generator=g) * 4).tolist()
+    ws = (torch.randint(1, 40, (60,), generator=g) * 8).tolist()
+    groups = _group_windows(hs, ws, waste=2.0)
+    assert sorted(i for ids, _, _ in groups for i in ids) == list(range(60))
+    assert len(groups) > 1
+    for ids, sh, sw in groups:
+        assert sh == max(hs[i] for i in ids) and sw == max(ws[i] for i in ids)
+        assert len(ids) == 1 or len(ids) * sh * sw <= 2.0 * sum(hs[i] * ws[i] for i in ids)
+
+
+@pytest.mark.parametrize("strides", [(4, 4, 4, 4, 4), (8, 8, 16, 32, 32)])  # SOLOv2; SOLO / Decoupled SOLO
+def test_solo_targets_identical_with_windows_and_whole_masks(strides):
+    images = [blobs(9, seed=5), blobs(7, seed=6)]
+    masks = [m for m, _ in images]
+    boxes = [b for _, b in images]
+    classes = [torch.randint(0, 5, (m.shape[0],), generator=torch.Generator().manual_seed(7)) for m in masks]
+    kw = dict(
+        num_grids=[40, 36, 24, 16, 12], scale_ranges=[(1, 48), (24, 96), (48, 192), (96, 384), (192, 2048)],
+        mask_sizes=[(H // s, W // s) for s in strides], sigma=0.2, num_classes=5, gt_boxes=boxes,
+    )
+    windowed = solo_targets(masks, classes, **kw)
+    whole = solo_targets([m.to(torch.uint8) for m in masks], classes, **kw)  # uint8: never windowed
+    assert sum(t.num_targets for t in windowed) > 20
+    for a, b in zip(windowed, whole):
+        for name in a._fields:
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert torch.equal(a.mask_targets, b.target_masks[b.target_rows].float())
+
+
+def test_indexed_dice_equals_dense_dice_and_its_gradient():
+    g = torch.Generator().manual_seed(8)
+    masks = torch.rand(5, 24, 40, generator=g) > 0.6
+    masks[2] = False  # an empty target
+    rows = torch.tensor([0, 0, 1, 2, 4, 4, 4, 3])  # repeated rows: cells claimed by one instance
+    logits = torch.randn(8, 24, 40, generator=g)
+    p1 = logits.sigmoid().requires_grad_()
+    p2 = p1.detach().clone().requires_grad_()
+    a = indexed_dice_loss(p1, masks, rows)
+    b = dice_loss(p2, masks[rows].float())
+    assert torch.equal(a, b)
+    (a * torch.arange(1.0, 9.0)).sum().backward()
+    (b * torch.arange(1.0, 9.0)).sum().backward()
+    assert torch.equal(p1.grad, p2.grad)
+    assert torch.equal(indexed_dice_loss(p1, masks.to(torch.uint8), rows), b)  # 0/1 masks too
+    with pytest.raises(ValueError, match="indexed_dice_loss"):
+        indexed_dice_loss(p1, masks, rows[:-1])
+    with pytest.raises(ValueError, match="indexed_dice_loss"):
+        indexed_dice_loss(p1, masks[:, :, :-1], rows)
+
+
+def test_solo_loss_reads_targets_through_rows():
+    # two levels sharing one target_masks tensor; the loss must use each level's rows
+    masks, boxes = blobs(6, seed=9)
+    classes = [torch.arange(6) % 3]
+    kw = dict(num_grids=[12, 8], scale_ranges=[(1, 64), (32, 4096)], mask_sizes=[(H // 4, W // 4)] * 2,
+              sigma=0.2, num_classes=3, gt_boxes=[boxes])
+    tg = solo_targets([masks], classes, **kw)
+    assert tg[0].target_masks is tg[1].target_masks and all(t.num_targets for t in tg)
+    g = torch.Generator().manual_seed(10)
+    probs = [torch.rand(t.num_targets, H // 4, W // 4, generator=g) for t in tg]
+    logits = [torch.randn(1, 3, s, s, generator=g) for s in (12, 8)]
+    out = solo_loss(logits, tg, probs, num_classes=3)
+    dense = torch.cat([dice_loss(p, t.mask_targets) for p, t in zip(probs, tg)])
+    assert out["loss_mask"].item() == pytest.approx(3.0 * dense.mean().item(), rel=1e-6)
