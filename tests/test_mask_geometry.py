@@ -3,10 +3,13 @@ results of reading every mask whole, whatever the boxes; and the compact mask ta
 dense dice loss bit for bit."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.ops import masks_to_boxes
 
 from solo_d2.modeling.solo.losses import dice_loss, indexed_dice_loss, solo_loss
-from solo_d2.modeling.solo.mask_geometry import InstanceMasks, _group_windows, instance_geometry, resize_masks
+from solo_d2.modeling.solo.mask_geometry import (
+    InstanceMasks, _col_sums, _group_windows, _row_sums, instance_geometry, resize_masks,
+)
 from solo_d2.modeling.solo.targets import solo_targets
 
 H, W = 192, 320  # non-square, multiples of 32 (SOLO pads to 32)
@@ -86,14 +89,16 @@ def test_no_windows_without_boxes_for_non_bool_or_unaligned_masks():
 
 def test_group_windows_covers_each_window_once_within_the_waste_bound():
     g = torch.Generator().manual_seed(4)
-    hs = (torch.randint(1, 40, (60,), generator=g) * 4).tolist()
-    ws = (torch.randint(1, 40, (60,), generator=g) * 8).tolist()
-    groups = _group_windows(hs, ws, waste=2.0)
-    assert sorted(i for ids, _, _ in groups for i in ids) == list(range(60))
-    assert len(groups) > 1
-    for ids, sh, sw in groups:
-        assert sh == max(hs[i] for i in ids) and sw == max(ws[i] for i in ids)
-        assert len(ids) == 1 or len(ids) * sh * sw <= 2.0 * sum(hs[i] * ws[i] for i in ids)
+    for waste in (1.2, 2.0, 4.0):
+        hs = (torch.randint(1, 60, (80,), generator=g) * 4).tolist()
+        ws = (torch.randint(1, 60, (80,), generator=g) * 8).tolist()
+        groups = _group_windows(hs, ws, waste=waste)
+        assert sorted(i for ids, _, _ in groups for i in ids) == list(range(80))
+        assert len(groups) < 80 and (len(groups) > 1 or waste > 2)
+        for ids, sh, sw in groups:
+            assert sh == max(hs[i] for i in ids) and sw == max(ws[i] for i in ids)
+            assert len(ids) == 1 or len(ids) * sh * sw <= waste * sum(hs[i] * ws[i] for i in ids)
+    assert _group_windows([8, 8, 8], [16, 16, 16]) == [([0, 1, 2], 8, 16)]  # equal windows: one stack
 
 
 @pytest.mark.parametrize("strides", [(4, 4, 4, 4, 4), (8, 8, 16, 32, 32)])  # SOLOv2; SOLO / Decoupled SOLO
@@ -150,3 +155,37 @@ def test_solo_loss_reads_targets_through_rows():
     out = solo_loss(logits, tg, probs, num_classes=3)
     dense = torch.cat([dice_loss(p, t.mask_targets) for p, t in zip(probs, tg)])
     assert out["loss_mask"].item() == pytest.approx(3.0 * dense.mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("size", [(50, 70), (64, 64), (96, 40)])
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.float32])
+def test_resize_masks_equals_bilinear_threshold_for_any_size_and_dtype(size, dtype):
+    masks, _ = blobs(5, seed=11)
+    ref = F.interpolate(masks.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] >= 0.5
+    assert torch.equal(resize_masks(masks.to(dtype), size, dtype=torch.bool), ref)
+
+
+def test_row_and_column_counts_for_widths_without_a_good_divisor():
+    # 131 words per row (prime > 127) and 131 rows: the sums are taken in slices of 127
+    masks = torch.rand(3, 131, 8 * 131, generator=torch.Generator().manual_seed(12)) > 0.3
+    rows, cols = _row_sums(masks), _col_sums(masks)
+    assert torch.equal(rows, masks.sum(dim=2)) and torch.equal(cols, masks.sum(dim=1))
+    assert_same_geometry(instance_geometry(masks), instance_geometry(masks.float()))
+
+
+def test_windows_resize_integer_factors_without_whole_masks(monkeypatch):
+    from solo_d2.modeling.solo import mask_geometry
+
+    masks, boxes = blobs(8, seed=13)
+    im = InstanceMasks(masks, boxes, align=(8, 8))
+    im.geometry()
+    expected = {f: resize_masks(masks, (H // f, W // f), dtype=torch.bool) for f in (4, 8, 16)}
+    calls = []
+    monkeypatch.setattr(mask_geometry, "resize_masks", lambda *a, **k: calls.append(a) or expected[16])
+    ids = torch.arange(8)
+    assert torch.equal(im.resized(ids, (H // 4, W // 4)), expected[4])
+    assert torch.equal(im.resized(ids, (H // 8, W // 8)), expected[8])
+    assert torch.equal(im.resized(ids, (H, W)), masks)  # factor 1
+    assert not calls, "factors dividing the window alignment are served by the windows"
+    im.resized(ids, (H // 16, W // 16))  # 16 does not divide the alignment 8: whole masks
+    assert len(calls) == 1

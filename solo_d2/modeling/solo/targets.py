@@ -17,7 +17,8 @@ unpadded mask, which only differs when the image size is not a multiple of 4). E
 mask is resized once per mask size and the targets index it (:class:`LevelTargets`): the
 references copy one full mask per (cell, instance), which dominated the time of this step.
 
-Everything is vectorized over instances and cells; Python loops only run over levels and images.
+Cells, levels and images are handled together in a few tensor ops; Python loops run over the
+images (mask geometry, :class:`~.mask_geometry.InstanceMasks`) and the distinct mask sizes.
 """
 import math
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -193,10 +194,10 @@ def solo_targets(
     for b, masks in enumerate(gt_masks):
         boxes = None if gt_boxes is None else gt_boxes[b].to(device=device, dtype=torch.float32)
         images.append(InstanceMasks(masks, boxes, align=(align[0], align[1])))
-        mask_h, mask_w, cy, cx, area = images[-1].geometry(extents=boxes is None)
+        box_h, box_w, cy, cx, area = images[-1].geometry(extents=boxes is None)  # extents: of the mask
         if boxes is not None:  # the annotation boxes give the scale, as in both references
-            mask_w, mask_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        geometry.append(torch.stack([mask_h, mask_w, cy, cx, area]))
+            box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        geometry.append(torch.stack([box_h, box_w, cy, cx, area]))
     box_h, box_w, cy, cx, area = torch.cat(geometry, dim=1).unbind(0)  # [K] each, K = all instances
     counts = torch.tensor([m.shape[0] for m in gt_masks], device=device)
     img = torch.repeat_interleave(torch.arange(len(gt_masks), device=device), counts)  # [K]
