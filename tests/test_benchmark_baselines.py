@@ -104,3 +104,32 @@ def test_benchmark_quick_runs(tmp_path):
         assert f"## {section}" in text
     assert "DIFFERENT" not in text and "failed" not in text
     assert "torch " in text and "detectron2 " in text
+
+
+def test_targets_and_dice_baseline_computes_the_same_loss_and_gradient():
+    h, w = 96, 160
+    masks, classes = bm.random_instances(2, 6, h, w, seed=3)
+    boxes = bm.boxes_of(masks)
+    sizes = [(h // 4, w // 4)] * 5
+    ranges = [(1, 24), (12, 48), (24, 96), (48, 192), (96, 2048)]
+    kw = dict(num_grids=bm.GRIDS, scale_ranges=ranges, mask_sizes=sizes, sigma=0.2, num_classes=80, gt_boxes=boxes)
+    m = sum(t.num_targets for t in bm.solo_targets(masks, classes, **kw))
+    assert m > 10
+    logits = torch.randn(m, *sizes[0], generator=torch.Generator().manual_seed(0))
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours = bm.targets_and_dice(masks, classes, kw, a)
+    ref = bm.adelaidet_targets_and_dice(masks, classes, boxes, sizes, b, ranges=ranges)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_partial_benchmark_run_replaces_only_its_sections():
+    old = bm.render("machine: A", ["- Goal one: **met** (1x).", "- Goal two: **not met** (2x)."],
+                    [("alpha", [("a", "1 ms", "", "")]), ("beta", [("b", "2 ms", "", "")])], quick=False)
+    new = bm.render("machine: B", ["- Goal two: **met** (30x)."], [("beta", [("b", "3 ms", "", "")])], quick=False)
+    merged = bm.merge(old, new, "machine: B")
+    assert "| a | 1 ms |" in merged and "| b | 3 ms |" in merged and "| b | 2 ms |" not in merged
+    assert "- Goal one: **met** (1x)." in merged and "- Goal two: **met** (30x)." in merged
+    assert "Goal two: **not met**" not in merged
+    assert merged.count("## alpha") == merged.count("## beta") == merged.count("## Notes") == 1
+    assert "machine: B" in merged and "Sections beta from this run" in merged

@@ -381,10 +381,10 @@ def targets_and_dice(masks, classes, kw, logits):
     return loss
 
 
-def adelaidet_targets_and_dice(masks, classes, boxes, sizes, logits):
+def adelaidet_targets_and_dice(masks, classes, boxes, sizes, logits, ranges=RANGES):
     """Baseline: AdelaiDet's target loops, then its dice loss on the float targets, forward and
     backward (same probabilities as :func:`targets_and_dice`)."""
-    ref = adelaidet_targets(masks, classes, boxes, sizes)
+    ref = adelaidet_targets(masks, classes, boxes, sizes, ranges=ranges)
     probs = logits.sigmoid().split([r[2].shape[0] for r in ref])
     loss = sum(adelaidet_dice(p, r[2]).sum() for p, r in zip(probs, ref) if p.shape[0])  # skips empty levels, as AdelaiDet
     loss.backward()
@@ -707,7 +707,7 @@ def merge(old, new, header):
         new_lines = {line.split(":", 1)[0]: line for line in new_secs[new_goal_key].splitlines() if line.startswith("- ")}
         lines = [new_lines.pop(line.split(":", 1)[0], line) if line.startswith("- ") else line
                  for line in old_secs[goal_key].splitlines()]
-        merged[goal_key] = "\n".join(lines).rstrip("\n") + "\n" + "".join(v + "\n" for v in new_lines.values()) + "\n"
+        merged[goal_key] = "\n".join(lines).rstrip("\n") + "\n" + "".join(v + "\n" for v in new_lines.values())
         merged[goal_key] = merged[goal_key].replace("from this run", "from the runs below", 1)
     ran = [k for k in new_secs if k not in (new_goal_key, "Notes")]
     head = new_head.rstrip("\n") + f"\n\nSections {', '.join(ran)} from this run; the others from an earlier run " \
