@@ -57,13 +57,16 @@ def test_boxes_that_miss_pixels_fall_back_to_whole_masks():
     wrong[2, 2] -= 20  # cuts off the right part
     wrong[3] = float("nan")
     wrong[4] = torch.tensor([400.0, 300.0, 100.0, 50.0])  # inverted, outside the image
+    ids = torch.arange(10)
+    expected = resize_masks(masks, (H // 4, W // 4), dtype=torch.bool)
+    # resizing first (without geometry()) still finds the masks the windows miss
+    assert torch.equal(InstanceMasks(masks, wrong, align=(4, 4)).resized(ids, (H // 4, W // 4)), expected)
     im = InstanceMasks(masks, wrong, align=(4, 4))
     assert_same_geometry(im.geometry(), instance_geometry(masks))
     # exactly the instances whose pixels are not all in their window are read whole (a NaN box
     # gives a window over the whole image)
     assert im.whole[[1, 2, 4]].all() and not im.whole[[0, 3, 5, 6, 7, 8, 9]].any()
-    ids = torch.arange(10)
-    assert torch.equal(im.resized(ids, (H // 4, W // 4)), resize_masks(masks, (H // 4, W // 4), dtype=torch.bool))
+    assert torch.equal(im.resized(ids, (H // 4, W // 4)), expected)
 
 
 def test_resize_with_factors_windows_cannot_serve_and_odd_sizes():

@@ -241,6 +241,7 @@ class InstanceMasks:
         self.align = (ay, ax)
         self.stacks: List[Tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (ids, y0, x0, windows)
         self.whole = torch.ones(n, dtype=torch.bool, device=masks.device)  # read without windows
+        self._checked = False  # whether geometry() has found the masks windows do not hold
         if (
             boxes is None or masks.dtype != torch.bool or n == 0 or h % ay or w % ax
             or sys.byteorder != "little" or masks.device.type != "cpu"
@@ -283,6 +284,7 @@ class InstanceMasks:
         if bool(missed.any()):
             self.whole |= missed
             col_sum[missed] = _col_sums(masks[missed])
+        self._checked = True
         return _geometry_from_sums(row_sum.to(torch.float32), col_sum.to(torch.float32), extents)
 
     def resized(self, ids: Tensor, size: Tuple[int, int], out: Optional[Tensor] = None) -> Tensor:
@@ -294,9 +296,10 @@ class InstanceMasks:
             out: optional [n, h, w] bool tensor of zeros to write into (saves a copy).
 
         Returns:
-            [n, h, w] bool (``out`` when given). Call :meth:`geometry` first (it finds the
-            masks that windows do not hold).
+            [n, h, w] bool (``out`` when given).
         """
+        if self.stacks and not self._checked:
+            self.geometry(extents=False)  # finds the masks that windows do not hold
         size = (int(size[0]), int(size[1]))
         masks = self.masks
         n, h, w = masks.shape
