@@ -204,15 +204,7 @@ def solo_postprocess(
     *,
     image_size: Tuple[int, int],
     output_size: Tuple[int, int],
-    mask_thr: float = 0.5,
-    update_thr: float = 0.05,
-    max_per_img: int = 100,
-    nms_pre: int = 500,
-    nms_method: str = "matrix",
-    kernel: str = "gaussian",
-    sigma: float = 2.0,
-    nms_iou_thr: float = 0.5,
-    paste_chunk: int = 32,
+    **options,
 ) -> Instances:
     """Turn one image's mask candidates into final detections.
 
@@ -232,16 +224,16 @@ def solo_postprocess(
         nms_iou_thr: IoU threshold of hard mask NMS.
         paste_chunk: at most this many masks are resized at once at the output size.
 
+    The options (``mask_thr`` .. ``paste_chunk``) and their defaults are those of
+    :func:`solo_postprocess_cells`, which this calls with one mask per candidate.
+
     Returns:
         ``Instances(output_size)`` with ``pred_masks`` [K', H, W] bool, ``scores`` [K'],
         ``pred_classes`` [K'] and ``pred_boxes`` (from the masks), sorted by score.
     """
-    k = soft_masks.shape[0]
-    index = torch.arange(k, device=soft_masks.device)
+    index = torch.arange(soft_masks.shape[0], device=soft_masks.device)
     return solo_postprocess_cells(
-        soft_masks, index, labels, scores, strides, image_size=image_size, output_size=output_size,
-        mask_thr=mask_thr, update_thr=update_thr, max_per_img=max_per_img, nms_pre=nms_pre,
-        nms_method=nms_method, kernel=kernel, sigma=sigma, nms_iou_thr=nms_iou_thr, paste_chunk=paste_chunk,
+        soft_masks, index, labels, scores, strides, image_size=image_size, output_size=output_size, **options
     )
 
 
