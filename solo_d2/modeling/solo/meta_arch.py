@@ -96,6 +96,8 @@ class SOLO(nn.Module):
             raise ValueError(f"{type(head).__name__} needs a mask branch")
         self.backbone = backbone
         self.ins_head = head
+        # heads whose soft_masks take ``out=`` (SOLOv2) write each level's run in place
+        self._soft_masks_write_out = "out" in inspect.signature(head.soft_masks).parameters
         self.mask_head = mask_branch
         self.in_features = list(in_features)
         self.strides = list(strides)
@@ -234,8 +236,6 @@ class SOLO(nn.Module):
             return torch.zeros((0, *size), device=cells.device)
         levels = self._level_of_cell[cells]
         bounds = torch.searchsorted(levels, torch.arange(len(self.strides) + 1, device=cells.device)).tolist()
-        # heads whose soft_masks take ``out=`` (SOLOv2) write each level's run in place
-        writes_out = "out" in inspect.signature(self.ins_head.soft_masks).parameters
         out, parts = None, []
         for level in range(len(self.strides)):
             lo, hi = bounds[level], bounds[level + 1]
@@ -243,7 +243,7 @@ class SOLO(nn.Module):
                 continue
             local = cells[lo:hi] - self._cell_offsets[level]
             img_idx = torch.full_like(local, b)
-            if writes_out and (lo, hi) != (0, cells.numel()):
+            if self._soft_masks_write_out and (lo, hi) != (0, cells.numel()):
                 if out is None:
                     out = torch.empty((cells.numel(), *size), device=cells.device)
                 self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local, size=size, out=out[lo:hi])
