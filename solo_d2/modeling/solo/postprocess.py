@@ -131,11 +131,6 @@ def _paste_full(soft_masks: Tensor, image_size, output_size, threshold: float, c
     return out
 
 
-def _paste_full_with_boxes(soft_masks: Tensor, image_size, output_size, threshold: float, chunk: int):
-    masks = _paste_full(soft_masks, image_size, output_size, threshold, chunk)
-    return masks, masks_to_boxes(masks)
-
-
 def _paste_boxes(soft_masks: Tensor, image_size, threshold: float) -> Tuple[Tensor, Tensor]:
     """Paste at the input size (the output size equals it): each mask is upsampled x4 only
     inside the region that can exceed ``threshold``, with the same pixels as :func:`_paste_full`.
@@ -193,7 +188,8 @@ def _paste(soft_masks: Tensor, image_size, output_size, threshold: float, chunk:
     k, mh, mw = soft_masks.shape
     if k and tuple(int(v) for v in output_size) == tuple(int(v) for v in image_size) and 4 * (mh + mw) > 128:
         return _paste_boxes(soft_masks, image_size, threshold)
-    return _paste_full_with_boxes(soft_masks, image_size, output_size, threshold, chunk)
+    masks = _paste_full(soft_masks, image_size, output_size, threshold, chunk)
+    return masks, masks_to_boxes(masks)
 
 
 def solo_postprocess(
