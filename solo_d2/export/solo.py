@@ -36,6 +36,8 @@ from torch import Tensor, nn
 
 from ..modeling.solo.heads import SOLOv2Head
 from ..modeling.solo.heads_solo import SOLOHead, _DecoupledBase
+from ..modeling.solo.matrix_nms import mask_iou_matrix, matrix_nms_decay
+from ..modeling.solo.postprocess import masks_to_boxes, point_nms
 from .common import pad_to_multiple
 
 __all__ = ["SOLOExportWrapper", "SOLO_OUTPUT_NAMES"]
@@ -43,46 +45,13 @@ __all__ = ["SOLOExportWrapper", "SOLO_OUTPUT_NAMES"]
 SOLO_OUTPUT_NAMES = ("masks", "scores", "classes", "boxes", "num_detections")
 
 
-def _point_nms(heat: Tensor) -> Tensor:
-    """Kernel-2 point NMS of ``[B, C, S, S]`` probabilities (as the eager model's)."""
-    hmax = F.max_pool2d(heat, (2, 2), stride=1, padding=1)[:, :, :-1, :-1]
-    return heat * (hmax == heat).to(heat.dtype)
-
-
 def matrix_nms_traceable(binary: Tensor, labels: Tensor, scores: Tensor, areas: Tensor, kernel: str, sigma: float) -> Tensor:
-    """Matrix NMS decay of ``N >= 1`` candidates sorted by score (the same arithmetic as
-    :func:`solo_d2.modeling.solo.matrix_nms.matrix_nms`), without any size check."""
-    n = binary.shape[0]
-    flat = binary.reshape(n, -1).to(torch.float32)
-    inter = flat @ flat.t()
-    union = areas[:, None] + areas[None, :] - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1e-6), torch.zeros_like(inter)).triu(diagonal=1)
-    same = (labels[:, None] == labels[None, :]).triu(diagonal=1)
-    decay_iou = iou * same.to(iou.dtype)
-    compensate = decay_iou.max(dim=0).values
-    comp = compensate[:, None].expand_as(decay_iou)
-    if kernel == "gaussian":
-        ratio = torch.exp(-sigma * (decay_iou**2 - comp**2))
-    else:
-        ratio = (1.0 - decay_iou) / (1.0 - comp).clamp(min=1e-6)
-    return scores * ratio.min(dim=0).values
-
-
-def masks_to_boxes_traceable(masks: Tensor) -> Tensor:
-    """``[K, H, W]`` bool -> ``[K, 4]`` tight boxes (x1/y1 exclusive), zeros for empty masks."""
-    h, w = masks.shape[-2], masks.shape[-1]
-    rows = masks.any(dim=2)
-    cols = masks.any(dim=1)
-    ys = torch.arange(h, device=masks.device).to(torch.float32)
-    xs = torch.arange(w, device=masks.device).to(torch.float32)
-    big = torch.full((), 1e9, device=masks.device)
-    zero = torch.zeros((), device=masks.device)
-    x0 = torch.where(cols, xs[None], big).min(dim=1).values
-    y0 = torch.where(rows, ys[None], big).min(dim=1).values
-    x1 = torch.where(cols, xs[None] + 1, zero).max(dim=1).values
-    y1 = torch.where(rows, ys[None] + 1, zero).max(dim=1).values
-    boxes = torch.stack([x0, y0, x1, y1], dim=1)
-    return boxes * cols.any(dim=1)[:, None].to(boxes.dtype)
+    """Matrix NMS of ``N >= 1`` candidates sorted by score, as
+    :func:`~solo_d2.modeling.solo.matrix_nms.matrix_nms` computes it but with one IoU matmul
+    (no per-class blocks, whose sizes depend on the data) and without size checks."""
+    same = (labels[:, None] == labels[None, :]).to(torch.float32)
+    decay_iou = (mask_iou_matrix(binary, areas) * same).triu(diagonal=1)
+    return scores * matrix_nms_decay(decay_iou, kernel, sigma)
 
 
 class SOLOExportWrapper(nn.Module):
@@ -183,7 +152,7 @@ class SOLOExportWrapper(nn.Module):
         h, w = image.shape[-2], image.shape[-1]
         cate_logits, mask_outputs, ph, pw = self._network(image)
         qh, qw = ph // 4, pw // 4
-        scores = torch.cat([_point_nms(c.sigmoid()).flatten(2).transpose(1, 2) for c in cate_logits], dim=1)[0]
+        scores = torch.cat([point_nms(c.sigmoid()).flatten(2).transpose(1, 2) for c in cate_logits], dim=1)[0]
         flat = scores.reshape(-1)  # [sum S^2 * C], cell-major like keep.nonzero() in eager
         idx = torch.nonzero(flat > self.score_thr)[:, 0]
         # one always-invalid dummy candidate: the candidate set is never empty
@@ -219,5 +188,5 @@ class SOLOExportWrapper(nn.Module):
         masks = torch.cat([masks, masks.new_zeros((m,) + tuple(masks.shape[1:]))])[:m] & ok[:, None, None]
         out_scores = torch.cat([final, final.new_zeros(m)])[:m] * ok.to(final.dtype)
         classes = torch.where(ok, torch.cat([labels, labels.new_zeros(m)])[:m], torch.full_like(ok, -1, dtype=torch.long))
-        boxes = masks_to_boxes_traceable(masks)
+        boxes = masks_to_boxes(masks)
         return masks, out_scores, classes, boxes, count

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["mask_iou_matrix", "same_class_iou_matrix", "matrix_nms", "mask_nms"]
+__all__ = ["mask_iou_matrix", "same_class_iou_matrix", "matrix_nms", "matrix_nms_decay", "mask_nms"]
 
 
 def mask_iou_matrix(masks: Tensor, mask_area: Optional[Tensor] = None) -> Tensor:
@@ -128,14 +128,20 @@ def matrix_nms(
         return scores.new_zeros((0,))
     # [N, N], row i suppresses column j > i of its class
     decay_iou = same_class_iou_matrix(masks, labels, mask_area).triu(diagonal=1)
+    return scores * matrix_nms_decay(decay_iou, kernel, sigma).to(scores.dtype)
+
+
+def matrix_nms_decay(decay_iou: Tensor, kernel: str, sigma: float) -> Tensor:
+    """Matrix NMS decay factors from ``decay_iou`` [N, N] (IoU of row i, the higher-scored
+    mask, with column j > i of its class; 0 elsewhere) -> [N]. No data-dependent branch, so
+    the export graphs use it too."""
     compensate = decay_iou.max(dim=0).values  # [N]: max IoU with a higher-scored mask
-    comp = compensate[:, None].expand(n, n)  # row i holds compensate_i
+    comp = compensate[:, None].expand_as(decay_iou)  # row i holds compensate_i
     if kernel == "gaussian":
         ratio = torch.exp(-sigma * (decay_iou**2 - comp**2))
     else:
         ratio = (1.0 - decay_iou) / (1.0 - comp).clamp(min=1e-6)
-    decay = ratio.min(dim=0).values
-    return scores * decay.to(scores.dtype)
+    return ratio.min(dim=0).values
 
 
 def mask_nms(masks: Tensor, labels: Tensor, scores: Tensor, *, iou_threshold: float = 0.5) -> Tensor:

@@ -53,22 +53,23 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
         [K, 4] float boxes ``(x0, y0, x1, y1)``, ``x1``/``y1`` exclusive; empty masks
         give all-zero boxes.
     """
-    k, h, w = masks.shape
-    boxes = torch.zeros(k, 4, dtype=torch.float32, device=masks.device)
-    if k == 0:
-        return boxes
+    if masks.shape[0] == 0:
+        return torch.zeros(0, 4, dtype=torch.float32, device=masks.device)
+    h, w = masks.shape[-2], masks.shape[-1]
     rows = masks.any(dim=2)  # [K, H]
     cols = masks.any(dim=1)  # [K, W]
-    ys = torch.arange(h, device=masks.device, dtype=torch.float32)
-    xs = torch.arange(w, device=masks.device, dtype=torch.float32)
-    big = torch.tensor(float(max(h, w)), device=masks.device)
-    zero = torch.tensor(0.0, device=masks.device)
-    boxes[:, 0] = torch.where(cols, xs, big).min(dim=1).values
-    boxes[:, 1] = torch.where(rows, ys, big).min(dim=1).values
-    boxes[:, 2] = torch.where(cols, xs + 1, zero).max(dim=1).values
-    boxes[:, 3] = torch.where(rows, ys + 1, zero).max(dim=1).values
-    nonempty = cols.any(dim=1)
-    return boxes * nonempty[:, None].to(boxes.dtype)
+    # sizes only through tensors, and a finite sentinel for empty masks, so that traced
+    # export graphs (dynamic H, W) use this too
+    ys = torch.arange(h, device=masks.device).to(torch.float32)
+    xs = torch.arange(w, device=masks.device).to(torch.float32)
+    big = torch.full((), 1e9, device=masks.device)
+    zero = torch.zeros((), device=masks.device)
+    x0 = torch.where(cols, xs[None], big).min(dim=1).values
+    y0 = torch.where(rows, ys[None], big).min(dim=1).values
+    x1 = torch.where(cols, xs[None] + 1, zero).max(dim=1).values
+    y1 = torch.where(rows, ys[None] + 1, zero).max(dim=1).values
+    boxes = torch.stack([x0, y0, x1, y1], dim=1)
+    return boxes * cols.any(dim=1)[:, None].to(boxes.dtype)
 
 
 def mask_area_maskness(soft_masks: Tensor, mask_thr: float) -> Tuple[Tensor, Tensor]:
