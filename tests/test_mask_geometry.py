@@ -8,7 +8,8 @@ from torchvision.ops import masks_to_boxes
 
 from solo_d2.modeling.solo.losses import dice_loss, indexed_dice_loss, solo_loss
 from solo_d2.modeling.solo.mask_geometry import (
-    InstanceMasks, _col_sums, _group_windows, _row_sums, instance_geometry, resize_masks,
+    InstanceMasks, _col_sums, _group_windows, _integer_factor_resize, _row_sums, instance_geometry,
+    resize_masks,
 )
 from solo_d2.modeling.solo.targets import solo_targets
 
@@ -169,11 +170,22 @@ def test_resize_masks_equals_bilinear_threshold_for_any_size_and_dtype(size, dty
 
 
 def test_row_and_column_counts_for_widths_without_a_good_divisor():
-    # 131 words per row (prime > 127) and 131 rows: the sums are taken in slices of 127
-    masks = torch.rand(3, 131, 8 * 131, generator=torch.Generator().manual_seed(12)) > 0.3
+    # 257 words per row (prime > 255) and 257 rows: the sums are taken in slices of 255
+    masks = torch.rand(3, 257, 8 * 257, generator=torch.Generator().manual_seed(12)) > 0.3
     rows, cols = _row_sums(masks), _col_sums(masks)
     assert torch.equal(rows, masks.sum(dim=2)) and torch.equal(cols, masks.sum(dim=1))
     assert_same_geometry(instance_geometry(masks), instance_geometry(masks.float()))
+
+
+@pytest.mark.parametrize("size", [255, 257])
+def test_row_and_column_counts_with_full_byte_lanes(size):
+    # full masks: 255 words summed at once put 255 in every byte lane (the int64 sums wrap past
+    # the sign bit); with 257 the slices hold 255 and 2
+    masks = torch.ones(2, size, 8 * size, dtype=torch.bool)
+    masks[1, :, 7::8] = False  # the top lane empty
+    masks[1, 3] = False
+    assert torch.equal(_row_sums(masks), masks.sum(dim=2))
+    assert torch.equal(_col_sums(masks), masks.sum(dim=1))
 
 
 def test_windows_resize_integer_factors_without_whole_masks(monkeypatch):
@@ -192,3 +204,51 @@ def test_windows_resize_integer_factors_without_whole_masks(monkeypatch):
     assert not calls, "factors dividing the window alignment are served by the windows"
     im.resized(ids, (H // 16, W // 16))  # 16 does not divide the alignment 8: whole masks
     assert len(calls) == 1
+
+
+def test_images_together_equal_each_image_alone():
+    # three images (the middle one without instances) read as one batch: windows are grouped
+    # across images; a box that misses its mask in the last image sends that mask (and only it)
+    # to the whole-mask path, found in the right image
+    (m0, b0), (m2, b2) = blobs(7, seed=14), blobs(5, seed=15)
+    m1, b1 = m0[:0], b0[:0]
+    b2 = b2.clone()
+    b2[3] = torch.tensor([0.0, 0.0, 6.0, 6.0])
+    batch = InstanceMasks([m0, m1, m2], torch.cat([b0, b1, b2]), align=(4, 8))
+    assert batch.stacks and any(len(set(batch.image[ids].tolist())) > 1 for ids, _, _, _ in batch.stacks)
+    masks = torch.cat([m0, m2])
+    assert_same_geometry(batch.geometry(), instance_geometry(masks))
+    assert batch.whole.nonzero().flatten().tolist() == [7 + 3]
+    ids = torch.tensor([1, 2, 6, 8, 10, 11])  # both images, with the missed mask
+    for f in (4, 8):
+        size = (H // f, W // f)
+        assert torch.equal(batch.resized(ids, size), resize_masks(masks[ids], size, dtype=torch.bool)), f
+    size = (50, 70)  # not an integer factor: whole masks, per image
+    assert torch.equal(batch.resized(ids, size), resize_masks(masks[ids], size, dtype=torch.bool))
+    assert batch.resized(ids[:0], size).shape == (0, 50, 70)
+
+
+def test_instance_masks_reject_bad_boxes_and_out():
+    masks, boxes = blobs(4, seed=16)
+    with pytest.raises(ValueError, match=r"boxes must be \[4, 4\]"):
+        InstanceMasks(masks, boxes[:3])
+    with pytest.raises(ValueError, match="no masks"):
+        InstanceMasks([])
+    im = InstanceMasks(masks, boxes, align=(4, 8))
+    out = torch.zeros(4, W // 4, H // 4, dtype=torch.bool).transpose(1, 2)  # right shape, not contiguous
+    with pytest.raises(ValueError, match="contiguous bool"):
+        im.resized(torch.arange(4), (H // 4, W // 4), out=out)
+
+
+@pytest.mark.parametrize("fy", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("fx", [1, 2, 3, 4, 6, 8, 16])
+def test_integer_factor_resize_equals_bilinear(fy, fx):
+    # fx of 2, 4 and 8 read each group of pixels as one int16/32/64 word; the others by strides;
+    # a view at an offset and a non-contiguous view too
+    g = torch.Generator().manual_seed(fy * 100 + fx)
+    masks = torch.rand(3, 12 * fy, 10 * fx, generator=g) > 0.5
+    for m in (masks, masks[1:], masks[:, :, fx:]):
+        size = (m.shape[1] // fy, m.shape[2] // fx)
+        got = _integer_factor_resize(m, size)
+        ref = F.interpolate(m.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] >= 0.5
+        assert torch.equal(got, ref)

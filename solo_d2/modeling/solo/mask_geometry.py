@@ -16,7 +16,7 @@ memory-bound passes over ``N x H x W`` bytes, so this module keeps them few and 
 import functools
 import math
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,25 +25,29 @@ from torch import Tensor
 __all__ = ["InstanceMasks", "instance_geometry", "resize_masks"]
 
 
-_LANES = 127  # int64 words (8 bool bytes each) summed at once: every byte lane stays < 128
+# int64 words (8 bool bytes each) summed at once: every byte lane stays < 256. The top lane can
+# pass 127, so the int64 sum wraps (two's complement, modulo 2**64); its bytes stay exact.
+_LANES = 255
 
 
-def _lane_total(words: Tensor) -> Tensor:
-    """[..., m] int64 words of 8 byte lanes (each < 128) -> [..., m, 8] int32 lane values.
+def _lane_sums(words: Tensor) -> Tensor:
+    """[..., m] int64 sums of words of 8 byte lanes (each lane < 256) -> [...] int64 sum of
+    all ``8 m`` lanes (little-endian: lane ``j`` of word ``i`` is pixel ``8 i + j``).
 
-    The lanes are the words' bytes (little-endian: lane ``j`` of word ``i`` is pixel
-    ``8 i + j``), so this is a view of the bytes and one conversion."""
-    return words.contiguous().view(torch.uint8).view(*words.shape, 8).to(torch.int32)
+    One word (``m == 1``, rows of at most 255 words) is folded in place, without a copy per
+    byte: adjacent lanes are added into four 16-bit lanes (each < 512), and a multiplication
+    by ``0x0001000100010001`` adds those into the top 16 bits (< 2048, so the sign stays 0)."""
+    if words.shape[-1] != 1:
+        return words.contiguous().view(torch.uint8).view(*words.shape[:-1], -1).sum(dim=-1)
+    x = words[..., 0]
+    y = (x >> 8) & _M8
+    x = (x & _M8).add_(y)  # four 16-bit lanes
+    x *= 0x0001000100010001
+    x >>= 48
+    return x
 
 
-_M8, _M16, _M32 = 0x00FF00FF00FF00FF, 0x0000FFFF0000FFFF, 0x00000000FFFFFFFF
-
-
-def _word_total(words: Tensor) -> Tensor:
-    """[...] int64 words of 8 byte lanes (each < 128) -> [...] sum of the 8 lanes (SWAR folds)."""
-    x = (words & _M8) + ((words >> 8) & _M8)  # four 16-bit lanes
-    x = (x & _M16) + ((x >> 16) & _M16)  # two 32-bit lanes
-    return (x & _M32) + (x >> 32)
+_M8 = 0x00FF00FF00FF00FF
 
 
 def _largest_divisor(n: int, limit: int) -> int:
@@ -61,9 +65,10 @@ def _row_sums(masks: Tensor) -> Tensor:
     """[N, H] int64 pixel count of each row of binary masks [N, H, W].
 
     Bool masks whose width is a multiple of 8 are read as int64 words of 8 pixels: summing at
-    most 127 words adds the pixels of each byte lane without carries. The words of a row are
+    most 255 words adds the pixels of each byte lane without carries. The words of a row are
     summed in equal contiguous groups (a divisor of the row length), one reduction over a
-    reshaped view, so the pass reads each byte once and writes no float copy."""
+    reshaped view, so the pass reads each byte once and writes no float copy; the lanes of the
+    group sums are then added as bytes (:func:`_lane_sums`)."""
     n, h, w = masks.shape
     if not _packed(masks):
         return masks.to(torch.float32).sum(dim=2).long()
@@ -71,13 +76,13 @@ def _row_sums(masks: Tensor) -> Tensor:
     nw = w // 8
     g = _largest_divisor(nw, _LANES)
     if 4 * g >= min(nw, _LANES):
-        return _word_total(words.view(n, h, nw // g, g).sum(dim=3)).sum(dim=2)
-    return sum(_word_total(words[:, :, i : i + _LANES].sum(dim=2)) for i in range(0, nw, _LANES))
+        return _lane_sums(words.view(n, h, nw // g, g).sum(dim=3))
+    return _lane_sums(torch.stack([words[:, :, i : i + _LANES].sum(dim=2) for i in range(0, nw, _LANES)], dim=2))
 
 
 def _col_sums(masks: Tensor) -> Tensor:
     """[N, W] int64 pixel count of each column of binary masks [N, H, W] (as :func:`_row_sums`,
-    the rows summed in groups of at most 127 words per byte lane)."""
+    the rows summed in groups of at most 255 words per byte lane)."""
     n, h, w = masks.shape
     if not _packed(masks):
         return masks.to(torch.float32).sum(dim=1).long()
@@ -85,10 +90,10 @@ def _col_sums(masks: Tensor) -> Tensor:
     nw = w // 8
     k = _largest_divisor(h, _LANES)
     if 4 * k >= min(h, _LANES):
-        col = _lane_total(words.view(n, h // k, k, nw).sum(dim=2)).sum(dim=1)  # [N, W/8, 8]
+        blocks = words.view(n, h // k, k, nw).sum(dim=2)  # [N, H/k, W/8] words of lane counts
     else:
-        col = sum(_lane_total(words[:, i : i + _LANES].sum(dim=1)).long() for i in range(0, h, _LANES))
-    return col.reshape(n, w).long()
+        blocks = torch.stack([words[:, i : i + _LANES].sum(dim=1) for i in range(0, h, _LANES)], dim=1)
+    return blocks.view(torch.uint8).view(n, -1, w).sum(dim=1)  # lane j of word i: column 8 i + j
 
 
 def instance_geometry(masks: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -144,18 +149,38 @@ def _integer_factor_resize(masks: Tensor, size: Tuple[int, int]) -> Optional[Ten
     row ``y``, input rows ``f y + f/2 - 1`` and ``f y + f/2`` with weights 1/2 (``f`` even) or
     row ``f y + (f - 1)/2`` alone (``f`` odd); the same for columns. On 0/1 masks the result
     is (count of the 1, 2 or 4 samples that are 1) / (number of samples), exactly, so
-    ``>= 0.5`` is ``2 * count >= samples``."""
+    ``>= 0.5`` is ``2 * count >= samples``. For ``f_x`` of 2, 4 or 8 each group of ``f_x``
+    pixels is read as one int16/32/64 word (the row sums add bytewise without carries), and
+    its two middle bytes are the column samples."""
     n, h, w = masks.shape
     oh, ow = size
     if masks.dtype != torch.bool or oh <= 0 or ow <= 0 or h % oh or w % ow:
         return None
     fy, fx = h // oh, w // ow
-    m = masks.view(torch.uint8)
     ry = [fy // 2 - 1, fy // 2] if fy % 2 == 0 else [(fy - 1) // 2]
-    rx = [fx // 2 - 1, fx // 2] if fx % 2 == 0 else [(fx - 1) // 2]
+    samples = len(ry) * (2 if fx % 2 == 0 else 1)
+    packable = sys.byteorder == "little" and masks.is_contiguous() and masks.storage_offset() % fx == 0
+    word = _WORDS.get(fx) if packable else None
+    m = masks.view(torch.uint8) if word is None else masks.view(word)  # [N, H, W] or [N, H, W / fx]
+
     rows = m[:, ry[0] :: fy] if len(ry) == 1 else m[:, ry[0] :: fy] + m[:, ry[1] :: fy]  # contiguous rows
-    count = rows[:, :, rx[0] :: fx] if len(rx) == 1 else rows[:, :, rx[0] :: fx] + rows[:, :, rx[1] :: fx]
-    return count >= (len(ry) * len(rx) + 1) // 2  # 2 * count >= samples
+    if word is not None:  # one word per output pixel: its two middle bytes, each a count <= 2
+        # (in place: shift them to the two low bytes, keep them, multiply by 0x0101 so that the
+        # second byte holds their sum, and compare that byte)
+        count = rows.clone() if len(ry) == 1 else rows
+        count >>= 8 * (fx // 2 - 1)
+        count &= 0x0303
+        count *= 0x0101
+        count &= 0xFF00
+        return count >= ((samples + 1) // 2) << 8
+    if fx % 2 == 0:
+        count = rows[:, :, fx // 2 - 1 :: fx] + rows[:, :, fx // 2 :: fx]
+    else:
+        count = rows[:, :, (fx - 1) // 2 :: fx]
+    return count >= (samples + 1) // 2  # 2 * count >= samples
+
+
+_WORDS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # even x factors read as one word each
 
 
 def resize_masks(masks: Tensor, size: Tuple[int, int], dtype: torch.dtype = torch.float32) -> Tensor:
@@ -215,36 +240,53 @@ def _group_windows(heights: List[int], widths: List[int], waste: float = 2.0) ->
 
 
 class InstanceMasks:
-    """The masks of one image, with their geometry and resized copies.
+    """The masks of a batch of images, with their geometry and resized copies.
 
     Args:
-        masks: [N, H, W] binary masks.
-        boxes: optional [N, 4] ``(x0, y0, x1, y1)`` boxes that should bound the masks (the
-            annotation boxes). With them, bool CPU masks whose size is a multiple of ``align``
-            are read inside windows around the boxes (see the module docstring); an instance
-            with pixels outside its window is read whole, so results never depend on the boxes.
-            On GPUs, where whole-mask passes are cheap and each small op costs a launch, the
-            masks are always read whole.
+        masks: [N, H, W] binary masks, or a list of them (one per image, same H, W), numbered
+            together in order (instance ``i`` of the second image is ``N_0 + i``).
+        boxes: optional [N_total, 4] ``(x0, y0, x1, y1)`` boxes that should bound the masks
+            (the annotation boxes). With them, bool CPU masks whose size is a multiple of
+            ``align`` are read inside windows around the boxes (see the module docstring); an
+            instance with pixels outside its window is read whole, so results never depend on
+            the boxes. On GPUs, where whole-mask passes are cheap and each small op costs a
+            launch, the masks are always read whole.
         align: ``(ay, ax)``, window corners are multiples of these (the integer resize factors
             of the mask targets, so that windows resize exactly); ``ax`` is also a multiple of 8.
 
-    The windows are grouped by size (:func:`_group_windows`) into stacks ``[n, h, w]`` that are
-    processed as one tensor each; only the window bookkeeping (Python integers), filling a
-    stack and placing the resized windows visit the instances one by one (one copy each).
+    The windows of all images are grouped by size (:func:`_group_windows`) into stacks
+    ``[n, h, w]`` that are processed as one tensor each; only the window bookkeeping (Python
+    integers) and the views that gather and place windows visit the instances one by one.
     """
 
-    def __init__(self, masks: Tensor, boxes: Optional[Tensor] = None, align: Tuple[int, int] = (1, 1)):
-        self.masks = masks
-        n, h, w = masks.shape
+    def __init__(
+        self, masks: Union[Tensor, Sequence[Tensor]], boxes: Optional[Tensor] = None,
+        align: Tuple[int, int] = (1, 1),
+    ):
+        self.parts = [masks] if isinstance(masks, Tensor) else list(masks)
+        if not self.parts:
+            raise ValueError("InstanceMasks: no masks (an empty list of images)")
+        h, w = self.parts[0].shape[-2:]
+        device = self.parts[0].device
+        self.image = torch.cat(
+            [torch.full((p.shape[0],), b, dtype=torch.long) for b, p in enumerate(self.parts)]
+        )  # [N] (CPU) image of each instance
+        self.start = [0]  # first instance of each image
+        for p in self.parts:
+            self.start.append(self.start[-1] + p.shape[0])
+        n = self.start[-1]
+        self.shape = (n, h, w)
         ay, ax = int(align[0]), int(align[1])
         ax = ax * 8 // math.gcd(ax, 8)
         self.align = (ay, ax)
         self.stacks: List[Tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (ids, y0, x0, windows)
-        self.whole = torch.ones(n, dtype=torch.bool, device=masks.device)  # read without windows
+        self.whole = torch.ones(n, dtype=torch.bool, device=device)  # read without windows
         self._checked = False  # whether geometry() has found the masks windows do not hold
+        if boxes is not None and tuple(boxes.shape) != (n, 4):
+            raise ValueError(f"InstanceMasks: boxes must be [{n}, 4] (one per mask), got {tuple(boxes.shape)}")
         if (
-            boxes is None or masks.dtype != torch.bool or n == 0 or h % ay or w % ax
-            or sys.byteorder != "little" or masks.device.type != "cpu"
+            boxes is None or n == 0 or h % ay or w % ax or sys.byteorder != "little"
+            or any(p.dtype != torch.bool or p.device.type != "cpu" for p in self.parts)
         ):
             return
         ys = [_window(b[1], b[3], h, ay) for b in boxes.tolist()]  # Python numbers: N is small
@@ -253,17 +295,33 @@ class InstanceMasks:
         wh, ww = [b - a for a, b in ys], [b - a for a, b in xs]
         if sum(a * b for a, b in zip(wh, ww)) * 2 > n * h * w:  # windows would not save a pass
             return
-        words = masks.contiguous().view(torch.int64)  # [N, H, W/8]
+        words = [p.contiguous().view(torch.int64) for p in self.parts]  # [N_b, H, W/8] each
+        nw = w // 8
+        image = self.image.tolist()
+        as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
         for ids, sh, sw in _group_windows(wh, ww):
             # anchor each window so that the common size fits (h, w, sh, sw are aligned)
             sy0 = [min(y0[i], h - sh) for i in ids]
             sx0 = [min(x0[i], w - sw) for i in ids]
-            stack = words.new_empty((len(ids), sh, sw // 8))  # int64 words of 8 pixels
-            for j, (i, a, b) in enumerate(zip(ids, sy0, sx0)):
-                stack[j] = words[i, a : a + sh, b // 8 : (b + sw) // 8]
-            as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=masks.device)
-            self.stacks.append((as_tensor(ids), as_tensor(sy0), as_tensor(sx0), stack.view(torch.bool)))
+            # one view per window (int64 words of 8 pixels), gathered by one stack
+            views = [
+                words[image[i]].as_strided(
+                    (sh, sw // 8), (nw, 1),
+                    words[image[i]].storage_offset() + ((i - self.start[image[i]]) * h + a) * nw + b // 8,
+                )
+                for i, a, b in zip(ids, sy0, sx0)
+            ]
+            self.stacks.append((as_tensor(ids), as_tensor(sy0), as_tensor(sx0), torch.stack(views).view(torch.bool)))
         self.whole[:] = False
+
+    def _whole(self, ids: List[int]) -> List[Tensor]:
+        """The full masks of instances ``ids`` (ascending), one tensor per image that has some."""
+        out = []
+        for b, part in enumerate(self.parts):
+            local = [i - self.start[b] for i in ids if self.start[b] <= i < self.start[b + 1]]
+            if local:
+                out.append(part if len(local) == part.shape[0] else part[torch.tensor(local, device=part.device)])
+        return out
 
     def geometry(self, extents: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(box_h, box_w, center_y, center_x, area)`` of every mask, as :func:`instance_geometry`
@@ -271,19 +329,19 @@ class InstanceMasks:
 
         The row counts (hence areas) come from one pass over all masks; the column counts from
         the windows, and from the whole mask where a window misses some of the mask's pixels."""
-        masks = self.masks
-        if not self.stacks:
-            return instance_geometry(masks)  # the extents are cheap next to whole-mask passes
-        n, h, w = masks.shape
-        row_sum = _row_sums(masks)
-        col_sum = masks.new_zeros((n, w), dtype=torch.long)
+        n, h, w = self.shape
+        if not self.stacks:  # the extents are cheap next to whole-mask passes
+            parts = [instance_geometry(p) for p in self.parts]
+            return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
+        row_sum = torch.cat([_row_sums(p) for p in self.parts])
+        col_sum = row_sum.new_zeros((n, w))
         for ids, _, sx0, win in self.stacks:
-            cx = sx0[:, None] + torch.arange(win.shape[2], device=masks.device)
+            cx = sx0[:, None] + torch.arange(win.shape[2], device=row_sum.device)
             col_sum[ids[:, None], cx] = _col_sums(win)
         missed = col_sum.sum(dim=1) != row_sum.sum(dim=1)  # a window holds all pixels or not
         if bool(missed.any()):
             self.whole |= missed
-            col_sum[missed] = _col_sums(masks[missed])
+            col_sum[missed] = torch.cat([_col_sums(m) for m in self._whole(missed.nonzero()[:, 0].tolist())])
         self._checked = True
         return _geometry_from_sums(row_sum.to(torch.float32), col_sum.to(torch.float32), extents)
 
@@ -301,28 +359,37 @@ class InstanceMasks:
         if self.stacks and not self._checked:
             self.geometry(extents=False)  # finds the masks that windows do not hold
         size = (int(size[0]), int(size[1]))
-        masks = self.masks
-        n, h, w = masks.shape
+        n, h, w = self.shape
+        device = self.parts[0].device
+        if out is None:
+            out = torch.zeros((ids.numel(),) + size, dtype=torch.bool, device=device)
+        elif out.shape != (ids.numel(),) + size or out.dtype != torch.bool or not out.is_contiguous():
+            raise ValueError(
+                f"InstanceMasks.resized: out must be a contiguous bool tensor of shape "
+                f"{(ids.numel(),) + size}, got {out.dtype} {tuple(out.shape)}"
+            )
         fy, fx = (h // size[0], w // size[1]) if min(size) > 0 else (0, 0)
         exact = (
             bool(self.stacks) and fy > 0 and fx > 0 and h == fy * size[0] and w == fx * size[1]
             and self.align[0] % fy == 0 and self.align[1] % fx == 0
         )
+        wanted = ids.tolist()
         if not exact:
-            small = resize_masks(masks if ids.numel() == n else masks[ids], size, dtype=torch.bool)
-            return small if out is None else out.copy_(small)
-        if out is None:
-            out = masks.new_zeros((ids.numel(),) + size)
+            if wanted:
+                out.copy_(torch.cat([resize_masks(m, size, dtype=torch.bool) for m in self._whole(wanted)]))
+            return out
         # row of each instance in `out` (-1: not requested)
         row = torch.full((n,), -1, dtype=torch.long).index_copy_(0, ids.cpu(), torch.arange(ids.numel())).tolist()
+        oh, ow = size
+        base = out.storage_offset()
         for sid, sy0, sx0, win in self.stacks:
             small = _integer_factor_resize(win, (win.shape[1] // fy, win.shape[2] // fx))
             sh, sw = small.shape[1:]
-            for j, (i, a, b) in enumerate(zip(sid.tolist(), (sy0 // fy).tolist(), (sx0 // fx).tolist())):
-                if row[i] >= 0:
-                    out[row[i], a : a + sh, b : b + sw] = small[j]  # one copy per window
-        whole = [i for i in torch.nonzero(self.whole).flatten().tolist() if row[i] >= 0]
+            for i, a, b, src in zip(sid.tolist(), (sy0 // fy).tolist(), (sx0 // fx).tolist(), small.unbind(0)):
+                if row[i] >= 0:  # one copy per window, through a view of its place in `out`
+                    out.as_strided((sh, sw), (ow, 1), base + (row[i] * oh + a) * ow + b).copy_(src)
+        whole = [i for i in self.whole.nonzero()[:, 0].tolist() if row[i] >= 0]
         if whole:  # masks with pixels outside their window: resized whole
-            rows = torch.tensor([row[i] for i in whole], device=masks.device)
-            out[rows] = resize_masks(masks[torch.tensor(whole, device=masks.device)], size, dtype=torch.bool)
+            rows = torch.tensor([row[i] for i in whole], device=device)
+            out[rows] = torch.cat([resize_masks(m, size, dtype=torch.bool) for m in self._whole(whole)])
         return out

@@ -18,7 +18,7 @@ mask is resized once per mask size and the targets index it (:class:`LevelTarget
 references copy one full mask per (cell, instance), which dominated the time of this step.
 
 Cells, levels and images are handled together in a few tensor ops; Python loops run over the
-images (mask geometry, :class:`~.mask_geometry.InstanceMasks`) and the distinct mask sizes.
+distinct mask sizes and, in :class:`~.mask_geometry.InstanceMasks`, over the mask windows.
 """
 import math
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -189,16 +189,12 @@ def solo_targets(
                 f = image_hw[ax] // size[ax]
                 align[ax] = align[ax] * f // math.gcd(align[ax], f)
 
-    # 1. geometry of every instance (one InstanceMasks per image), concatenated over images
-    images, geometry = [], []
-    for b, masks in enumerate(gt_masks):
-        boxes = None if gt_boxes is None else gt_boxes[b].to(device=device, dtype=torch.float32)
-        images.append(InstanceMasks(masks, boxes, align=(align[0], align[1])))
-        box_h, box_w, cy, cx, area = images[-1].geometry(extents=boxes is None)  # extents: of the mask
-        if boxes is not None:  # the annotation boxes give the scale, as in both references
-            box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        geometry.append(torch.stack([box_h, box_w, cy, cx, area]))
-    box_h, box_w, cy, cx, area = torch.cat(geometry, dim=1).unbind(0)  # [K] each, K = all instances
+    # 1. geometry of every instance, the images together (windows grouped across images)
+    boxes = None if gt_boxes is None else torch.cat(gt_boxes).to(device=device, dtype=torch.float32)
+    instances = InstanceMasks(gt_masks, boxes, align=(align[0], align[1]))
+    box_h, box_w, cy, cx, area = instances.geometry(extents=boxes is None)  # extents: of the mask
+    if boxes is not None:  # the annotation boxes give the scale, as in both references
+        box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     counts = torch.tensor([m.shape[0] for m in gt_masks], device=device)
     img = torch.repeat_interleave(torch.arange(len(gt_masks), device=device), counts)  # [K]
     local = torch.arange(img.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[img]
@@ -230,14 +226,8 @@ def solo_targets(
     target_masks: Dict[Tuple[int, int], Tensor] = {}
     for size in dict.fromkeys(sizes):
         of_size = torch.tensor([sz == size for sz in sizes], device=device)[level]
-        needed = torch.unique(k[of_size])  # ascending, so grouped by image
-        target_masks[size] = torch.zeros((needed.numel(),) + size, dtype=torch.bool, device=device)
-        start = 0
-        for b, im in enumerate(images):
-            ids = needed[img[needed] == b]
-            if ids.numel():  # written in place, in image order
-                im.resized(local[ids], size, out=target_masks[size][start : start + ids.numel()])
-                start += ids.numel()
+        needed = torch.unique(k[of_size])  # ascending
+        target_masks[size] = instances.resized(needed, size)
         rows = torch.where(of_size, torch.searchsorted(needed, k), rows)
 
     out = []
