@@ -252,3 +252,21 @@ def test_integer_factor_resize_equals_bilinear(fy, fx):
         got = _integer_factor_resize(m, size)
         ref = F.interpolate(m.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] >= 0.5
         assert torch.equal(got, ref)
+
+
+def test_one_pass_over_all_masks_and_no_windows_when_they_would_not_save_one(monkeypatch):
+    from solo_d2.modeling.solo import mask_geometry
+
+    masks, boxes = blobs(6, seed=17)
+    passes = []
+    row_sums = mask_geometry._row_sums
+    monkeypatch.setattr(mask_geometry, "_row_sums", lambda m: passes.append(m.shape) or row_sums(m))
+    im = InstanceMasks(masks, boxes, align=(4, 8))
+    im.geometry(extents=False)
+    im.resized(torch.arange(6), (H // 4, W // 4))
+    im.resized(torch.arange(3), (H // 8, W // 8))
+    assert passes == [masks.shape], "the row pass over all masks runs once"
+    # windows over more than half of all pixels would cost more than whole masks
+    big = torch.tensor([[0.0, 0.0, W * 0.8, H * 0.8]]).expand(6, 4)
+    assert not InstanceMasks(masks, big, align=(4, 8)).stacks
+    assert InstanceMasks(masks, big * 0.6, align=(4, 8)).stacks  # 0.48^2 of the pixels: windows
