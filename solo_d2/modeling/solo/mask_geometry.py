@@ -289,29 +289,29 @@ class InstanceMasks:
             or any(p.dtype != torch.bool or p.device.type != "cpu" for p in self.parts)
         ):
             return
-        ys = [_window(b[1], b[3], h, ay) for b in boxes.tolist()]  # Python numbers: N is small
-        xs = [_window(b[0], b[2], w, ax) for b in boxes.tolist()]
+        corners = boxes.tolist()  # Python numbers: N is small
+        ys = [_window(b[1], b[3], h, ay) for b in corners]
+        xs = [_window(b[0], b[2], w, ax) for b in corners]
         y0, x0 = [a for a, _ in ys], [a for a, _ in xs]
         wh, ww = [b - a for a, b in ys], [b - a for a, b in xs]
         if sum(a * b for a, b in zip(wh, ww)) * 2 > n * h * w:  # windows would not save a pass
             return
-        words = [p.contiguous().view(torch.int64) for p in self.parts]  # [N_b, H, W/8] each
-        nw = w // 8
+        parts = [p.contiguous() for p in self.parts]
         image = self.image.tolist()
         as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
         for ids, sh, sw in _group_windows(wh, ww):
             # anchor each window so that the common size fits (h, w, sh, sw are aligned)
             sy0 = [min(y0[i], h - sh) for i in ids]
             sx0 = [min(x0[i], w - sw) for i in ids]
-            # one view per window (int64 words of 8 pixels), gathered by one stack
+            # one view per window, gathered by one stack (bool views: large enough per window
+            # for the copies to be split across threads)
             views = [
-                words[image[i]].as_strided(
-                    (sh, sw // 8), (nw, 1),
-                    words[image[i]].storage_offset() + ((i - self.start[image[i]]) * h + a) * nw + b // 8,
+                parts[image[i]].as_strided(
+                    (sh, sw), (w, 1), parts[image[i]].storage_offset() + ((i - self.start[image[i]]) * h + a) * w + b
                 )
                 for i, a, b in zip(ids, sy0, sx0)
             ]
-            self.stacks.append((as_tensor(ids), as_tensor(sy0), as_tensor(sx0), torch.stack(views).view(torch.bool)))
+            self.stacks.append((as_tensor(ids), as_tensor(sy0), as_tensor(sx0), torch.stack(views)))
         self.whole[:] = False
 
     def _whole(self, ids: List[int]) -> List[Tensor]:
