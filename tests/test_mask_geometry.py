@@ -234,6 +234,8 @@ def test_instance_masks_reject_bad_boxes_and_out():
         InstanceMasks(masks, boxes[:3])
     with pytest.raises(ValueError, match="no masks"):
         InstanceMasks([])
+    with pytest.raises(ValueError, match=r"\[N, 192, 320\]"):
+        InstanceMasks([masks, masks[:, :, :-8]])
     im = InstanceMasks(masks, boxes, align=(4, 8))
     out = torch.zeros(4, W // 4, H // 4, dtype=torch.bool).transpose(1, 2)  # right shape, not contiguous
     with pytest.raises(ValueError, match="contiguous bool"):

@@ -268,6 +268,10 @@ class InstanceMasks:
             raise ValueError("InstanceMasks: no masks (an empty list of images)")
         h, w = self.parts[0].shape[-2:]
         device = self.parts[0].device
+        if any(p.dim() != 3 or tuple(p.shape[-2:]) != (h, w) for p in self.parts):
+            raise ValueError(
+                f"InstanceMasks: every image's masks must be [N, {h}, {w}], got {[tuple(p.shape) for p in self.parts]}"
+            )
         self.image = torch.cat(
             [torch.full((p.shape[0],), b, dtype=torch.long) for b, p in enumerate(self.parts)]
         )  # [N] (CPU) image of each instance
