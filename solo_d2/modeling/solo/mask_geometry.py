@@ -16,7 +16,7 @@ memory-bound passes over ``N x H x W`` bytes, so this module keeps them few and 
 import functools
 import math
 import sys
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -318,14 +318,15 @@ class InstanceMasks:
             self.stacks.append((as_tensor(ids), as_tensor(sy0), as_tensor(sx0), torch.stack(views)))
         self.whole[:] = False
 
-    def _whole(self, ids: List[int]) -> List[Tensor]:
-        """The full masks of instances ``ids`` (ascending), one tensor per image that has some."""
+    def _whole(self, fn: Callable[[Tensor], Tensor], ids: List[int]) -> Tensor:
+        """``fn`` of the full masks of instances ``ids`` (ascending, not empty), applied per image
+        and concatenated."""
         out = []
         for b, part in enumerate(self.parts):
             local = [i - self.start[b] for i in ids if self.start[b] <= i < self.start[b + 1]]
             if local:
-                out.append(part if len(local) == part.shape[0] else part[torch.tensor(local, device=part.device)])
-        return out
+                out.append(fn(part if len(local) == part.shape[0] else part[torch.tensor(local, device=part.device)]))
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def geometry(self, extents: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(box_h, box_w, center_y, center_x, area)`` of every mask, as :func:`instance_geometry`
@@ -345,7 +346,7 @@ class InstanceMasks:
         missed = col_sum.sum(dim=1) != row_sum.sum(dim=1)  # a window holds all pixels or not
         if bool(missed.any()):
             self.whole |= missed
-            col_sum[missed] = torch.cat([_col_sums(m) for m in self._whole(missed.nonzero()[:, 0].tolist())])
+            col_sum[missed] = self._whole(_col_sums, missed.nonzero()[:, 0].tolist())
         self._checked = True
         return _geometry_from_sums(row_sum.to(torch.float32), col_sum.to(torch.float32), extents)
 
@@ -365,9 +366,9 @@ class InstanceMasks:
         size = (int(size[0]), int(size[1]))
         n, h, w = self.shape
         device = self.parts[0].device
-        if out is None:
-            out = torch.zeros((ids.numel(),) + size, dtype=torch.bool, device=device)
-        elif out.shape != (ids.numel(),) + size or out.dtype != torch.bool or not out.is_contiguous():
+        if out is not None and (
+            out.shape != (ids.numel(),) + size or out.dtype != torch.bool or not out.is_contiguous()
+        ):
             raise ValueError(
                 f"InstanceMasks.resized: out must be a contiguous bool tensor of shape "
                 f"{(ids.numel(),) + size}, got {out.dtype} {tuple(out.shape)}"
@@ -378,10 +379,14 @@ class InstanceMasks:
             and self.align[0] % fy == 0 and self.align[1] % fx == 0
         )
         wanted = ids.tolist()
-        if not exact:
-            if wanted:
-                out.copy_(torch.cat([resize_masks(m, size, dtype=torch.bool) for m in self._whole(wanted)]))
-            return out
+        if not exact or not wanted:
+            small = (
+                self._whole(functools.partial(resize_masks, size=size, dtype=torch.bool), wanted) if wanted
+                else torch.zeros((0,) + size, dtype=torch.bool, device=device)
+            )
+            return small if out is None else out.copy_(small)
+        if out is None:
+            out = torch.zeros((ids.numel(),) + size, dtype=torch.bool, device=device)
         # row of each instance in `out` (-1: not requested)
         row = torch.full((n,), -1, dtype=torch.long).index_copy_(0, ids.cpu(), torch.arange(ids.numel())).tolist()
         oh, ow = size
@@ -395,5 +400,5 @@ class InstanceMasks:
         whole = [i for i in self.whole.nonzero()[:, 0].tolist() if row[i] >= 0]
         if whole:  # masks with pixels outside their window: resized whole
             rows = torch.tensor([row[i] for i in whole], device=device)
-            out[rows] = torch.cat([resize_masks(m, size, dtype=torch.bool) for m in self._whole(whole)])
+            out[rows] = self._whole(functools.partial(resize_masks, size=size, dtype=torch.bool), whole)
         return out
