@@ -28,6 +28,7 @@ __all__ = ["InstanceMasks", "instance_geometry", "resize_masks"]
 # int64 words (8 bool bytes each) summed at once: every byte lane stays < 256. The top lane can
 # pass 127, so the int64 sum wraps (two's complement, modulo 2**64); its bytes stay exact.
 _LANES = 255
+_M8 = 0x00FF00FF00FF00FF  # the even byte lanes of a word
 
 
 def _lane_sums(words: Tensor) -> Tensor:
@@ -47,12 +48,22 @@ def _lane_sums(words: Tensor) -> Tensor:
     return x
 
 
-_M8 = 0x00FF00FF00FF00FF
-
-
 def _largest_divisor(n: int, limit: int) -> int:
     """Largest divisor of ``n`` that is at most ``limit``."""
     return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
+
+
+def _grouped_sum(words: Tensor, dim: int) -> Tensor:
+    """Sums of int64 words along ``dim`` in groups of at most 255 (so that no byte lane
+    carries): ``dim`` is replaced by one entry per group. Groups are equal and contiguous (a
+    divisor of the length, one reduction over a reshaped view) unless the length has no
+    divisor of a useful size; then slices of 255 are summed one by one."""
+    size = words.shape[dim]
+    g = _largest_divisor(size, _LANES)
+    if 4 * g >= min(size, _LANES):
+        return words.view(*words.shape[:dim], size // g, g, *words.shape[dim + 1 :]).sum(dim=dim + 1)
+    parts = [words.narrow(dim, i, min(_LANES, size - i)).sum(dim=dim) for i in range(0, size, _LANES)]
+    return torch.stack(parts, dim=dim)
 
 
 def _packed(masks: Tensor) -> bool:
@@ -73,26 +84,16 @@ def _row_sums(masks: Tensor) -> Tensor:
     if not _packed(masks):
         return masks.to(torch.float32).sum(dim=2).long()
     words = masks.contiguous().view(torch.int64)  # [N, H, W/8]
-    nw = w // 8
-    g = _largest_divisor(nw, _LANES)
-    if 4 * g >= min(nw, _LANES):
-        return _lane_sums(words.view(n, h, nw // g, g).sum(dim=3))
-    return _lane_sums(torch.stack([words[:, :, i : i + _LANES].sum(dim=2) for i in range(0, nw, _LANES)], dim=2))
+    return _lane_sums(_grouped_sum(words, dim=2))  # [N, H, groups] -> [N, H]
 
 
 def _col_sums(masks: Tensor) -> Tensor:
     """[N, W] int64 pixel count of each column of binary masks [N, H, W] (as :func:`_row_sums`,
-    the rows summed in groups of at most 255 words per byte lane)."""
+    the rows summed in groups of at most 255 per byte lane)."""
     n, h, w = masks.shape
     if not _packed(masks):
         return masks.to(torch.float32).sum(dim=1).long()
-    words = masks.contiguous().view(torch.int64)
-    nw = w // 8
-    k = _largest_divisor(h, _LANES)
-    if 4 * k >= min(h, _LANES):
-        blocks = words.view(n, h // k, k, nw).sum(dim=2)  # [N, H/k, W/8] words of lane counts
-    else:
-        blocks = torch.stack([words[:, i : i + _LANES].sum(dim=1) for i in range(0, h, _LANES)], dim=1)
+    blocks = _grouped_sum(masks.contiguous().view(torch.int64), dim=1)  # [N, groups, W/8]
     return blocks.view(torch.uint8).view(n, -1, w).sum(dim=1)  # lane j of word i: column 8 i + j
 
 
