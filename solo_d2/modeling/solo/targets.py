@@ -195,9 +195,8 @@ def solo_targets(
     box_h, box_w, cy, cx, area = instances.geometry(extents=boxes is None)  # extents: of the mask
     if boxes is not None:  # the annotation boxes give the scale, as in both references
         box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    counts = torch.tensor([m.shape[0] for m in gt_masks], device=device)
-    img = torch.repeat_interleave(torch.arange(len(gt_masks), device=device), counts)  # [K]
-    local = torch.arange(img.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[img]
+    img = instances.image.to(device)  # [K] image of each instance
+    local = torch.arange(img.numel(), device=device) - torch.tensor(instances.start[:-1], device=device)[img]
     classes = torch.cat([c.to(device=device, dtype=torch.long) for c in gt_classes])
 
     # 2. (level, instance) pairs: an instance goes to every level whose range holds its scale
