@@ -272,3 +272,26 @@ def test_one_pass_over_all_masks_and_no_windows_when_they_would_not_save_one(mon
     big = torch.tensor([[0.0, 0.0, W * 0.8, H * 0.8]]).expand(6, 4)
     assert not InstanceMasks(masks, big, align=(4, 8)).stacks
     assert InstanceMasks(masks, big * 0.6, align=(4, 8)).stacks  # 0.48^2 of the pixels: windows
+
+
+def test_centers_are_exact_first_moments_rounded_once():
+    # large masks: the first moments pass 2**24, where float32 sums of (count x position) round
+    # along the way (differently for each order of summation); the centers are the exact integer
+    # moments rounded once to float32, divided by the area in float32, whole or through windows
+    h, w = 640, 960
+    g = torch.Generator().manual_seed(21)
+    masks = torch.rand(8, h, w, generator=g) < torch.rand(8, 1, 1, generator=g)
+    masks[:3, :, :8] = False  # three masks over most of the image
+    masks[:3, 600:] = False
+    masks[3:, :100] = masks[3:, 300:] = masks[3:, :, :200] = masks[3:, :, 500:] = False  # small ones
+    counts = [masks.double().sum(2), masks.double().sum(1)]  # exact in float64
+    moments = [(c * torch.arange(c.shape[1], dtype=torch.float64)).sum(1) for c in counts]
+    area = masks.flatten(1).sum(1).to(torch.float32)
+    cy, cx = (m.to(torch.float32) / area for m in moments)
+    float32_sums = (counts[0].float() * torch.arange(h, dtype=torch.float32)).sum(1)
+    assert not torch.equal(float32_sums, moments[0].float()), "the case tells the two apart"
+    im = InstanceMasks(masks, masks_to_boxes(masks), align=(4, 8))
+    assert im.stacks
+    for geometry in (instance_geometry(masks), im.geometry()):
+        assert torch.equal(geometry[2], cy) and torch.equal(geometry[3], cx)
+        assert torch.equal(geometry[4], area)

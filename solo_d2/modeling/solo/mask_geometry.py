@@ -11,12 +11,12 @@ memory-bound passes over ``N x H x W`` bytes, so this module keeps them few and 
   pass over all masks for the row counts (so the areas), and reads columns and downsampled
   masks only inside a window around each box; an instance whose window does not hold all its
   pixels is read whole (on CPU; see :class:`InstanceMasks`). Results are identical to reading
-  every mask whole (the same float32 sums over the same row and column counts).
+  every mask whole: areas, first moments and extents are integer sums over the same counts.
 """
 import functools
 import math
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -101,45 +101,64 @@ def instance_geometry(masks: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Te
     """Box size, center of mass and area of binary masks.
 
     Args:
-        masks: [N, H, W] bool / uint8 / float binary masks.
+        masks: [N, H, W] bool / uint8 / float binary masks (nonzero is foreground).
 
     Returns:
         ``(box_h, box_w, center_y, center_x, area)``, each [N] float32: the box extents (last -
         first + 1 pixels), the center of mass in pixel-index coordinates (like
-        ``scipy.ndimage.center_of_mass``) and the pixel count. Empty masks give zeros.
+        ``scipy.ndimage.center_of_mass``) and the pixel count. Empty masks give zeros. The
+        center is the exact first moment (an integer sum), rounded once to float32, divided by
+        the area in float32 (see :func:`_geometry`).
     """
-    if masks.dtype == torch.bool:  # exact integer counts
-        row_sum, col_sum = _row_sums(masks).to(torch.float32), _col_sums(masks).to(torch.float32)
-    else:
-        m = masks if masks.dtype == torch.float32 else masks.to(torch.float32)
-        row_sum = m.sum(dim=2)  # [N, H]
-        col_sum = m.sum(dim=1)  # [N, W]
-    return _geometry_from_sums(row_sum, col_sum)
+    if masks.dtype != torch.bool:
+        masks = masks != 0
+    return _geometry(_axis_stats(_row_sums(masks)), _axis_stats(_col_sums(masks)))
 
 
-def _geometry_from_sums(
-    row_sum: Tensor, col_sum: Tensor, extents: bool = True
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """:func:`instance_geometry` from float32 pixel counts per row [N, H] and column [N, W];
-    with ``extents=False`` the box extents are not computed (returned as zeros)."""
-    h, w = row_sum.shape[1], col_sum.shape[1]
-    area = row_sum.sum(dim=1)  # [N]
-    ys = torch.arange(h, device=row_sum.device, dtype=torch.float32)
-    xs = torch.arange(w, device=row_sum.device, dtype=torch.float32)
-    safe_area = area.clamp(min=1e-6)
-    center_y = (row_sum * ys).sum(dim=1) / safe_area
-    center_x = (col_sum * xs).sum(dim=1) / safe_area
+class _Axis(NamedTuple):
+    """Exact statistics of pixel counts along one axis, per mask: ``total`` and ``moment``
+    (sum of position x count) [N] int64; ``lo``, ``hi`` [N] int64, the first position with
+    pixels and the last plus one (None when extents are not asked for)."""
 
+    total: Tensor
+    moment: Tensor
+    lo: Optional[Tensor]
+    hi: Optional[Tensor]
+
+
+def _axis_stats(counts: Tensor, offset: Optional[Tensor] = None, extents: bool = True) -> _Axis:
+    """:class:`_Axis` of int64 pixel counts [N, L] at positions ``offset + 0 .. L-1`` (``offset``
+    [N] long, default 0). Integer sums: the same for any split of the axis into windows."""
+    n, length = counts.shape
+    pos = torch.arange(length, device=counts.device)
+    if offset is not None:
+        pos = offset[:, None] + pos  # [N, L]
+    total, moment = counts.sum(dim=1), (counts * pos).sum(dim=1)
     if not extents:
+        return _Axis(total, moment, None, None)
+    if length == 0:
+        return _Axis(total, moment, total.clone(), total.clone())
+    filled = counts > 0
+    lo = torch.where(filled, pos, torch.full_like(pos, torch.iinfo(torch.int64).max)).amin(dim=1)
+    hi = torch.where(filled, pos + 1, torch.zeros_like(pos)).amax(dim=1)
+    return _Axis(total, moment, lo, hi)
+
+
+def _geometry(rows: _Axis, cols: _Axis) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`instance_geometry` from the statistics of the row counts (over y) and the column
+    counts (over x). The centers are the integer first moments rounded once to float32 and
+    divided by the area in float32, as the references' float32 ``sum(m * coords) / sum(m)``
+    computes them up to the rounding of their float32 sums (exact below 2**24); box extents are
+    zeros when the statistics have none."""
+    area = rows.total.to(torch.float32)
+    safe_area = area.clamp(min=1e-6)
+    center_y = rows.moment.to(torch.float32) / safe_area
+    center_x = cols.moment.to(torch.float32) / safe_area
+    if rows.lo is None or cols.lo is None:
         return torch.zeros_like(area), torch.zeros_like(area), center_y, center_x, area
-    rows_any, cols_any = row_sum > 0, col_sum > 0
-    y0 = torch.where(rows_any, ys, torch.full_like(ys, float(h))).min(dim=1).values if h else area
-    y1 = torch.where(rows_any, ys + 1, torch.zeros_like(ys)).max(dim=1).values if h else area
-    x0 = torch.where(cols_any, xs, torch.full_like(xs, float(w))).min(dim=1).values if w else area
-    x1 = torch.where(cols_any, xs + 1, torch.zeros_like(xs)).max(dim=1).values if w else area
-    nonempty = area > 0
-    box_h = torch.where(nonempty, y1 - y0, torch.zeros_like(area))
-    box_w = torch.where(nonempty, x1 - x0, torch.zeros_like(area))
+    nonempty = rows.total > 0
+    box_h = torch.where(nonempty, rows.hi - rows.lo, torch.zeros_like(rows.lo)).to(torch.float32)
+    box_w = torch.where(nonempty, cols.hi - cols.lo, torch.zeros_like(cols.lo)).to(torch.float32)
     return box_h, box_w, center_y, center_x, area
 
 
@@ -166,14 +185,14 @@ def _integer_factor_resize(masks: Tensor, size: Tuple[int, int]) -> Optional[Ten
 
     rows = m[:, ry[0] :: fy] if len(ry) == 1 else m[:, ry[0] :: fy] + m[:, ry[1] :: fy]  # contiguous rows
     if word is not None:  # one word per output pixel: its two middle bytes, each a count <= 2
-        # (in place: shift them to the two low bytes, keep them, multiply by 0x0101 so that the
-        # second byte holds their sum, and compare that byte)
-        count = rows.clone() if len(ry) == 1 else rows
-        count >>= 8 * (fx // 2 - 1)
-        count &= 0x0303
+        # keep them, multiply by 0x0101 so that the upper one holds their sum (the byte above
+        # it, the upper count, falls out of int16 words and is cleared in wider ones), compare
+        low = 8 * (fx // 2 - 1)  # bit offset of the lower middle byte
+        count = rows & (0x0303 << low) if len(ry) == 1 else rows.bitwise_and_(0x0303 << low)
         count *= 0x0101
-        count &= 0xFF00
-        return count >= ((samples + 1) // 2) << 8
+        if fx > 2:
+            count &= 0xFF << (low + 8)
+        return count >= ((samples + 1) // 2) << (low + 8)
     if fx % 2 == 0:
         count = rows[:, :, fx // 2 - 1 :: fx] + rows[:, :, fx // 2 :: fx]
     else:
@@ -331,25 +350,33 @@ class InstanceMasks:
 
     def geometry(self, extents: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(box_h, box_w, center_y, center_x, area)`` of every mask, as :func:`instance_geometry`
-        (``box_h``, ``box_w`` zeros when ``extents`` is False: callers with boxes skip them).
+        (callers with boxes need no extents: with ``extents`` False, ``box_h`` and ``box_w`` may
+        be zeros).
 
         The row counts (hence areas) come from one pass over all masks; the column counts from
-        the windows, and from the whole mask where a window misses some of the mask's pixels."""
-        n, h, w = self.shape
-        if not self.stacks:  # the extents are cheap next to whole-mask passes
+        the windows, and from the whole mask where a window misses some of the mask's pixels
+        (its column total then falls short of the area). Every statistic is an integer sum, so
+        windows give exactly the numbers of the whole masks."""
+        n = self.shape[0]
+        if not self.stacks:
             parts = [instance_geometry(p) for p in self.parts]
             return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
-        row_sum = torch.cat([_row_sums(p) for p in self.parts])
-        col_sum = row_sum.new_zeros((n, w))
+        rows = _axis_stats(torch.cat([_row_sums(p) for p in self.parts]), extents=extents)
+        cols = [torch.zeros(n, dtype=torch.long, device=rows.total.device) for _ in range(4 if extents else 2)]
+
+        def put(ids: Tensor, stats: _Axis) -> None:
+            for dst, src in zip(cols, stats):
+                dst.index_copy_(0, ids, src)
+
         for ids, _, sx0, win in self.stacks:
-            cx = sx0[:, None] + torch.arange(win.shape[2], device=row_sum.device)
-            col_sum[ids[:, None], cx] = _col_sums(win)
-        missed = col_sum.sum(dim=1) != row_sum.sum(dim=1)  # a window holds all pixels or not
+            put(ids, _axis_stats(_col_sums(win), sx0, extents))
+        missed = cols[0] != rows.total  # a window holds all pixels or not
         if bool(missed.any()):
             self.whole |= missed
-            col_sum[missed] = self._whole(_col_sums, missed.nonzero()[:, 0].tolist())
+            ids = missed.nonzero()[:, 0]
+            put(ids, _axis_stats(self._whole(_col_sums, ids.tolist()), extents=extents))
         self._checked = True
-        return _geometry_from_sums(row_sum.to(torch.float32), col_sum.to(torch.float32), extents)
+        return _geometry(rows, _Axis(*cols) if extents else _Axis(cols[0], cols[1], None, None))
 
     def resized(self, ids: Tensor, size: Tuple[int, int], out: Optional[Tensor] = None) -> Tensor:
         """Masks ``ids`` (ascending) resized as :func:`resize_masks`, bool.
