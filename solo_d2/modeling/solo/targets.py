@@ -103,12 +103,13 @@ def _claimed_cells(
 
     half_h = 0.5 * sigma * box_h
     half_w = 0.5 * sigma * box_w
-    ci = cell(center_y, height)
-    cj = cell(center_x, width)
-    top = torch.maximum(cell(center_y - half_h, height).clamp(min=0), ci - 1)
-    down = torch.minimum(torch.minimum(cell(center_y + half_h, height), num_grid - 1), ci + 1)
-    left = torch.maximum(cell(center_x - half_w, width).clamp(min=0), cj - 1)
-    right = torch.minimum(torch.minimum(cell(center_x + half_w, width), num_grid - 1), cj + 1)
+    # the cells of the center and of both ends of the central box, per axis: [3, P] at once
+    ci, top, down = cell(torch.stack([center_y, center_y - half_h, center_y + half_h]), height).unbind(0)
+    cj, left, right = cell(torch.stack([center_x, center_x - half_w, center_x + half_w]), width).unbind(0)
+    top = torch.maximum(top.clamp(min=0), ci - 1)
+    down = torch.minimum(torch.minimum(down, num_grid - 1), ci + 1)
+    left = torch.maximum(left.clamp(min=0), cj - 1)
+    right = torch.minimum(torch.minimum(right, num_grid - 1), cj + 1)
     step = torch.arange(3, device=box_h.device)
     rows, cols = top[:, None] + step, left[:, None] + step  # [P, 3]: top <= ci <= down <= top + 2
     claimed = (rows <= down[:, None])[:, :, None] & (cols <= right[:, None])[:, None, :]  # [P, 3, 3]
