@@ -251,9 +251,10 @@ def test_integer_factor_resize_equals_bilinear(fy, fx):
     masks = torch.rand(3, 12 * fy, 10 * fx, generator=g) > 0.5
     for m in (masks, masks[1:], masks[:, :, fx:]):
         size = (m.shape[1] // fy, m.shape[2] // fx)
-        got = _integer_factor_resize(m, size)
         ref = F.interpolate(m.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] >= 0.5
-        assert torch.equal(got, ref)
+        before = masks.clone()
+        assert torch.equal(_integer_factor_resize(m, size), ref)
+        assert torch.equal(masks, before), "the input masks are left as they were"
 
 
 def test_one_pass_over_all_masks_and_no_windows_when_they_would_not_save_one(monkeypatch):
@@ -295,3 +296,34 @@ def test_centers_are_exact_first_moments_rounded_once():
     for geometry in (instance_geometry(masks), im.geometry()):
         assert torch.equal(geometry[2], cy) and torch.equal(geometry[3], cx)
         assert torch.equal(geometry[4], area)
+
+
+def test_geometry_against_boxes_and_float64_centers():
+    # independent of the module's own sums: extents from torchvision's masks_to_boxes (last -
+    # first + 1 pixels), centers from float64 sums, for an empty mask, a single pixel, a mask
+    # with one-pixel rows and columns at its ends, and random blobs; whole masks, windows, and
+    # uint8 0/255 and float 0/0.5 masks (nonzero is foreground)
+    masks, boxes = blobs(9, seed=22)
+    masks[1] = False
+    masks[1, 37, 101] = True  # one pixel
+    masks[2] = False
+    masks[2, 10:40, 50:90] = True
+    masks[2, 9, 70] = masks[2, 40, 49] = masks[2, 25, 90] = True  # one-pixel rows and columns
+    nonempty = masks.flatten(1).any(1)
+    boxes = torch.zeros(9, 4)
+    boxes[nonempty] = masks_to_boxes(masks[nonempty])
+    ref_h = torch.where(nonempty, boxes[:, 3] - boxes[:, 1] + 1, torch.zeros(9))
+    ref_w = torch.where(nonempty, boxes[:, 2] - boxes[:, 0] + 1, torch.zeros(9))
+    area = masks.flatten(1).sum(1).to(torch.float32)
+    ys, xs = torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64)
+    cy = (masks.double().sum(2) * ys).sum(1).to(torch.float32) / area.clamp(min=1e-6)
+    cx = (masks.double().sum(1) * xs).sum(1).to(torch.float32) / area.clamp(min=1e-6)
+    assert area[8] == 0 and area[1] == 1, "blobs() leaves the last mask empty"
+    im = InstanceMasks(masks, boxes, align=(4, 8))
+    assert im.stacks
+    for got in (
+        instance_geometry(masks), im.geometry(), instance_geometry(masks.to(torch.uint8) * 255),
+        instance_geometry(masks.float() * 0.5),
+    ):
+        assert_same_geometry(got, (ref_h, ref_w, cy, cx, area))
+    assert_same_geometry(instance_geometry(masks[:, :0]), (torch.zeros(9),) * 5)  # no rows
