@@ -69,14 +69,20 @@ class ModulatedDeformConv2d(nn.Conv2d):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv_offset(x)
-        num_offset = 2 * self.deform_groups * self.kernel_size[0] * self.kernel_size[1]
-        offset = out[:, :num_offset]
-        mask = out[:, num_offset:].sigmoid() if self.modulated else None
-        x = deform_conv2d(
-            x, offset, self.weight, self.bias,
-            stride=self.stride, padding=self.padding, dilation=self.dilation, mask=mask,
-        )
+        # torchvision's kernels take one dtype for input, offsets, mask and weight, and its CPU
+        # kernel has none in reduced precision: under autocast (AMP) the offsets and the
+        # deformable conv run in the weight's dtype (float32), as torchvision's own CUDA
+        # autocast wrapper runs the conv. Without autocast this changes nothing.
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(self.weight.dtype)
+            out = self.conv_offset(x)
+            num_offset = 2 * self.deform_groups * self.kernel_size[0] * self.kernel_size[1]
+            offset = out[:, :num_offset]
+            mask = out[:, num_offset:].sigmoid() if self.modulated else None
+            x = deform_conv2d(
+                x, offset, self.weight, self.bias,
+                stride=self.stride, padding=self.padding, dilation=self.dilation, mask=mask,
+            )
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:

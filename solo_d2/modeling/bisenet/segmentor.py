@@ -63,9 +63,10 @@ class BiSeNetSegmentor(SemanticSegmentor):
         return ret
 
     def _predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalized, padded images [N, 3, h, w] -> logits [N, K, h, w]."""
+        """Normalized, padded images [N, 3, h, w] -> float32 logits [N, K, h, w] (also under
+        autocast, so that the test-time sums and resizing run in float32)."""
         logits, _ = self.sem_seg_head(self.backbone(images), None)
-        return logits
+        return logits.float()
 
     def forward(self, batched_inputs):
         for x in batched_inputs:

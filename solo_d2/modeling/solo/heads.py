@@ -234,14 +234,16 @@ class SOLOv2Head(SOLOHeadBase):
             return torch.mm(k, feats[i].reshape(d, h * w)).sigmoid_().view(-1, h, w)
         if out is not None:
             raise ValueError("SOLOv2Head.soft_masks: out= needs the cells of one image")
-        out = feats.new_zeros(img_idx.numel(), h, w)
         for i in range(b):  # one dynamic 1x1 conv (a matmul) per image
             sel = (img_idx == i).nonzero(as_tuple=True)[0]
             if sel.numel() == 0:
                 continue
             k = kernels[i][:, cell_idx[sel]].t()  # [P_i, D]
-            out[sel] = (k @ feats[i].reshape(d, h * w)).view(-1, h, w).sigmoid()
-        return out
+            probs = (k @ feats[i].reshape(d, h * w)).view(-1, h, w).sigmoid()
+            if out is None:  # the matmul's dtype: under autocast it differs from the features'
+                out = probs.new_zeros(img_idx.numel(), h, w)
+            out[sel] = probs
+        return feats.new_zeros(0, h, w) if out is None else out
 
     def mask_size(self, mask_output):
         return tuple(mask_output[1].shape[-2:])

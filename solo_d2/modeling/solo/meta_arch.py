@@ -48,6 +48,13 @@ def gt_bitmasks(instances: Instances, padded_hw: Tuple[int, int], device) -> tor
     raise TypeError(f"gt_masks of type {type(masks).__name__} unsupported (use BitMasks or PolygonMasks)")
 
 
+def _to_float32(x):
+    """``x`` (a tensor, or lists/tuples of them) with floating-point tensors made float32."""
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float32(t) for t in x)
+    return x.float() if x.is_floating_point() else x
+
+
 @META_ARCH_REGISTRY.register()
 class SOLO(nn.Module):
     """SOLO-family instance segmentation (``MODEL.META_ARCHITECTURE: "SOLO"``).
@@ -275,6 +282,13 @@ class SOLO(nn.Module):
 
     @torch.no_grad()
     def inference(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> List[Dict]:
+        """:meth:`_inference` in float32, also under autocast (AMP): the head outputs are cast,
+        so thresholds, maskness and Matrix NMS run at the precision of the references and the
+        in-place writes of the masks keep one dtype."""
+        with torch.autocast(cate_logits[0].device.type, enabled=False):
+            return self._inference(batched_inputs, images, _to_float32(cate_logits), _to_float32(mask_outputs))
+
+    def _inference(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> List[Dict]:
         """Per image: candidates = (cell, class) pairs above ``score_thr`` after point NMS;
         the soft mask of each distinct candidate cell at 1/4 of the padded input, computed
         once; then :func:`solo_postprocess_cells` (area filter, score x maskness, top
