@@ -73,11 +73,20 @@ class LevelTargets(NamedTuple):
         return self.target_masks[self.target_rows].to(torch.float32)
 
 
+def _div(x: Tensor, divisor: float) -> Tensor:
+    """``x / divisor`` correctly rounded on every device. (With a Python number as divisor,
+    PyTorch's CUDA kernels multiply by its float32 reciprocal instead, which differs from the
+    quotient in the last bit for some values; a tensor divisor takes the exact division.)"""
+    return x / torch.tensor(divisor, dtype=x.dtype, device=x.device)
+
+
 def grid_cell(coord: Tensor, extent: int, num_grid: int) -> Tensor:
     """Grid index of input-pixel coordinates along one axis, as the references compute it:
-    ``(coord / extent) // (1 / S)`` in float32 (Python floor-division semantics), as long."""
-    ratio = coord.to(torch.float32) / float(extent)
-    return torch.div(ratio, 1.0 / num_grid, rounding_mode="floor").long()
+    ``(coord / extent) // (1 / S)`` in float32 (Python floor-division semantics), as long;
+    the same on CPU and CUDA."""
+    ratio = _div(coord.to(torch.float32), float(extent))
+    inv = torch.tensor(1.0 / num_grid, dtype=torch.float32, device=coord.device)
+    return torch.div(ratio, inv, rounding_mode="floor").long()
 
 
 def _claimed_cells(
@@ -99,7 +108,7 @@ def _claimed_cells(
     inv = (1.0 / num_grid.to(torch.float64)).to(torch.float32)
 
     def cell(coord: Tensor, extent: int) -> Tensor:
-        return torch.div(coord.to(torch.float32) / float(extent), inv, rounding_mode="floor").long()
+        return torch.div(_div(coord.to(torch.float32), float(extent)), inv, rounding_mode="floor").long()
 
     half_h = 0.5 * sigma * box_h
     half_w = 0.5 * sigma * box_w
