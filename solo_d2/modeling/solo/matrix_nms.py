@@ -48,9 +48,9 @@ def same_class_iou_matrix(masks: Tensor, labels: Tensor, mask_area: Optional[Ten
 
     Only same-class pairs matter to Matrix NMS and mask NMS, so when the classes split the
     masks into blocks the intersections are computed per block of classes (about
-    ``sum n_block^2`` instead of ``n^2`` dot products). The IoU of a same-class pair is
-    bit-identical to :func:`mask_iou_matrix`'s: intersections of 0/1 masks are exact integers
-    either way.
+    ``sum n_block^2`` instead of ``n^2`` dot products) on the CPU; on GPUs one matmul over all
+    pairs is faster. The IoU of a same-class pair is bit-identical to :func:`mask_iou_matrix`'s:
+    intersections of 0/1 masks are exact integers either way.
 
     Args:
         masks: [N, H, W] bool or float binary masks.
@@ -62,6 +62,9 @@ def same_class_iou_matrix(masks: Tensor, labels: Tensor, mask_area: Optional[Ten
         with a single mask; both NMS variants ignore it).
     """
     n = masks.shape[0]
+    if n == 0 or masks.device.type != "cpu":
+        iou = mask_iou_matrix(masks, mask_area)
+        return iou * (labels[:, None] == labels[None, :]).to(iou.dtype)
     classes, counts = torch.unique(labels, return_counts=True)
     counts = counts.tolist()
     groups, current, size = [], [], 0  # consecutive classes, each group >= _MIN_BLOCK masks
@@ -73,7 +76,7 @@ def same_class_iou_matrix(masks: Tensor, labels: Tensor, mask_area: Optional[Ten
             current, size = [], 0
     if current:
         groups.append((current, size))
-    if n == 0 or 2 * sum(k * k for _, k in groups) > n * n:  # little to gain: one matmul
+    if 2 * sum(k * k for _, k in groups) > n * n:  # little to gain: one matmul
         iou = mask_iou_matrix(masks, mask_area)
         return iou * (labels[:, None] == labels[None, :]).to(iou.dtype)
     flat = masks.reshape(n, -1)

@@ -182,12 +182,14 @@ def _paste(soft_masks: Tensor, image_size, output_size, threshold: float, chunk:
     """[K, h, w] soft masks at 1/4 padded size -> ([K, H, W] bool at the output size, [K, 4] boxes).
 
     Pixel for pixel what the references compute (``F.interpolate`` x4, crop to the input,
-    ``F.interpolate`` to the output size, ``> threshold``). When the output size is the input
-    size the second resize is the identity and each mask is upsampled only around its
-    foreground (:func:`_paste_boxes`); otherwise in chunks sized so that the float
+    ``F.interpolate`` to the output size, ``> threshold``). On the CPU, when the output size
+    is the input size the second resize is the identity and each mask is upsampled only around
+    its foreground (:func:`_paste_boxes`); otherwise, and on GPUs (where the per-mask loop
+    would cost more kernel launches than it saves work), in chunks sized so that the float
     temporaries stay below ~0.4x the boolean result. The boxes are :func:`masks_to_boxes`'s."""
     k, mh, mw = soft_masks.shape
-    if k and tuple(int(v) for v in output_size) == tuple(int(v) for v in image_size) and 4 * (mh + mw) > 128:
+    same_size = tuple(int(v) for v in output_size) == tuple(int(v) for v in image_size)
+    if k and soft_masks.device.type == "cpu" and same_size and 4 * (mh + mw) > 128:
         return _paste_boxes(soft_masks, image_size, threshold)
     masks = _paste_full(soft_masks, image_size, output_size, threshold, chunk)
     return masks, masks_to_boxes(masks)
