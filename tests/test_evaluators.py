@@ -165,6 +165,21 @@ def test_sem_seg_evaluators_gt_is_perfect_and_wrong_is_worse(synthetic_cityscape
     assert wrong[key][metric] < 30.0
 
 
+def test_cityscapes_evaluators_work_with_numpy_without_in1d(synthetic_cityscapes, monkeypatch):
+    """cityscapesscripts calls ``np.in1d``, removed in NumPy 2.4: the evaluators give its
+    modules a numpy that has it (here numpy without ``in1d`` is simulated)."""
+    monkeypatch.delattr(np, "in1d", raising=False)
+    dicts = DatasetCatalog.get(CS_SEM_VAL)[:2]
+    inputs = [{"file_name": d["file_name"], "sem_seg_file_name": d["sem_seg_file_name"]} for d in dicts]
+    assert _run(CityscapesSemSegEvaluator(CS_SEM_VAL), inputs, _sem_seg_predictions(dicts))["cityscapes_sem_seg"]["IoU"] \
+        == pytest.approx(100.0, abs=0.01)
+    dicts = DatasetCatalog.get(CS_INST_VAL)[:2]
+    inputs = [{"file_name": d["file_name"]} for d in dicts]
+    wrong = _run(CityscapesInstanceEvaluator(CS_INST_VAL), inputs, _cityscapes_instance_predictions(dicts, wrong=True))
+    assert wrong["segm"]["AP"] < 30.0
+    assert not hasattr(np, "in1d")  # numpy itself is left alone
+
+
 # ----------------------------------------------------------------- build_evaluator
 
 

@@ -15,6 +15,7 @@ import copy
 import logging
 import os
 import tempfile
+import types
 from collections import OrderedDict
 
 import numpy as np
@@ -102,6 +103,26 @@ class _CityscapesEvaluator(DatasetEvaluator):
         return args
 
 
+class _NumpyWithIn1d(types.ModuleType):
+    """numpy as cityscapesscripts expects it: its evaluation modules (2.2.4, the latest) call
+    ``np.in1d``, which NumPy 2.4 removed. ``in1d(a, b)`` was ``isin(ravel(a), b)``."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def in1d(ar1, ar2, assume_unique=False, invert=False):
+        return np.isin(np.ravel(ar1), ar2, assume_unique=assume_unique, invert=invert)
+
+
+def _cityscapes_module(module):
+    """``module`` (a cityscapesscripts evaluation module), given a numpy with ``in1d`` where
+    the installed NumPy has none; only that module's ``np`` changes, never numpy itself."""
+    if not hasattr(module.np, "in1d"):
+        module.np = _NumpyWithIn1d("numpy")
+    return module
+
+
 class CityscapesInstanceEvaluator(_CityscapesEvaluator):
     """Cityscapes instance-level AP (cityscapesscripts' definition: AP over IoU 0.5:0.95,
     ground-truth regions under 100 pixels ignored)."""
@@ -144,6 +165,8 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
         if not comm.is_main_process():
             return None
         import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as cs_eval
+
+        _cityscapes_module(cs_eval)
 
         args = self._quiet_args(cs_eval)
         args.gtInstancesFile = os.path.join(self._temp_dir, "gtInstances.json")
@@ -197,6 +220,8 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
         if not comm.is_main_process():
             return None
         import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
+
+        _cityscapes_module(cs_eval)
 
         args = self._quiet_args(cs_eval)
         args.bold = args.nocol = ""
