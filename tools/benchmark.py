@@ -118,7 +118,8 @@ def adelaidet_postprocess(cate_logits, mask_outputs, image_size, output_size, te
     labels = inds[:, 1]
     kernel = kernels[inds[:, 0]]
     grids = [k.shape[-1] for k, _ in mask_outputs]
-    stride_of_cell = torch.cat([torch.full((g * g,), float(s)) for g, s in zip(grids, strides)])[inds[:, 0]]
+    stride_of_cell = torch.cat([torch.full((g * g,), float(s), device=cate.device)
+                                for g, s in zip(grids, strides)])[inds[:, 0]]
     n, d = kernel.shape
     seg_preds = F.conv2d(seg, kernel.view(n, d, 1, 1)).squeeze(0).sigmoid()
     seg_masks = seg_preds > test_cfg["mask_thr"]
@@ -169,7 +170,7 @@ def build_solov2_model(quick):
 def solo_d2_postprocess(model, cate_logits, mask_outputs, padded_hw, output_size=None):
     from detectron2.structures import ImageList
 
-    images = ImageList(torch.empty(1, 3, *padded_hw), [tuple(padded_hw)])
+    images = ImageList(torch.empty(1, 3, *padded_hw, device=cate_logits[0].device), [tuple(padded_hw)])
     inputs = [{"height": (output_size or padded_hw)[0], "width": (output_size or padded_hw)[1]}]
     return model.inference(inputs, images, cate_logits, mask_outputs)[0]["instances"]
 
@@ -324,10 +325,11 @@ def adelaidet_targets(gt_masks, gt_classes, gt_boxes, mask_sizes, sigma=0.2, num
         all_labels, entries, per_image = [], [], []
         for b, (masks, classes, boxes) in enumerate(zip(gt_masks, gt_classes, gt_boxes)):
             h, w = masks.shape[-2:]
-            labels = torch.full((s, s), num_classes, dtype=torch.long)
+            dev = masks.device
+            labels = torch.full((s, s), num_classes, dtype=torch.long, device=dev)
             ins_label = []
-            ys_all = torch.arange(h, dtype=torch.float32)[:, None]
-            xs_all = torch.arange(w, dtype=torch.float32)[None, :]
+            ys_all = torch.arange(h, dtype=torch.float32, device=dev)[:, None]
+            xs_all = torch.arange(w, dtype=torch.float32, device=dev)[None, :]
             for n in range(masks.shape[0]):
                 bw, bh = float(boxes[n, 2] - boxes[n, 0]), float(boxes[n, 3] - boxes[n, 1])
                 if not lo <= math.sqrt(bw * bh) <= hi:
@@ -348,12 +350,12 @@ def adelaidet_targets(gt_masks, gt_classes, gt_boxes, mask_sizes, sigma=0.2, num
                 seg_mask = (F.interpolate(m[None, None], size=size, mode="bilinear")[0, 0] >= 0.5).to(torch.uint8)
                 for i in range(top, down + 1):
                     for j in range(left, right + 1):
-                        cur = torch.zeros(size, dtype=torch.uint8)
+                        cur = torch.zeros(size, dtype=torch.uint8, device=dev)
                         cur[: seg_mask.shape[0], : seg_mask.shape[1]] = seg_mask
                         ins_label.append(cur)
                         entries.append((b, n, i * s + j))
             all_labels.append(labels)
-            per_image.append(torch.stack(ins_label) if ins_label else torch.zeros((0, *size), dtype=torch.uint8))
+            per_image.append(torch.stack(ins_label) if ins_label else torch.zeros((0, *size), dtype=torch.uint8, device=dev))
         out.append((torch.stack(all_labels), entries, torch.cat(per_image).float()))
     return out
 
@@ -485,29 +487,39 @@ def bench_bisenet(quick):
 
 
 # ----------------------------------------------------------------------------- training
+def training_batch(cfg, h, w, num_instances=4, batch=2, seed=3):
+    """A training batch for ``cfg``'s model: random ``uint8`` images ``[3, h, w]`` with
+    ``num_instances`` random discs (SOLO family: ``instances`` with masks, classes and boxes)
+    or random labels (BiSeNet: ``sem_seg [h, w]``)."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    masks, classes = random_instances(batch, num_instances, h, w, seed=seed)
+    out = []
+    for m, c in zip(masks, classes):
+        img = torch.randint(0, 255, (3, h, w), dtype=torch.uint8, generator=g)
+        if cfg.MODEL.META_ARCHITECTURE == "SOLO":
+            inst = Instances((h, w))
+            inst.gt_masks = BitMasks(m)
+            inst.gt_classes = c % cfg.MODEL.SOLO.NUM_CLASSES
+            inst.gt_boxes = Boxes(masks_to_boxes(m))
+            out.append({"image": img, "instances": inst})
+        else:
+            sem = torch.randint(0, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, (h, w), generator=g)
+            out.append({"image": img, "sem_seg": sem})
+    return out
+
+
 def _train_child(args):
     config, h, w, steps = args
     from detectron2.modeling import build_model
-    from detectron2.structures import BitMasks, Instances
 
     from solo_d2.checkpoint.core import build_cfg
 
     torch.manual_seed(0)
     cfg = build_cfg(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
     model = build_model(cfg).train()
-    masks, classes = random_instances(2, 4, h, w, seed=3)
-    batch = []
-    for m, c in zip(masks, classes):
-        img = torch.randint(0, 255, (3, h, w), dtype=torch.uint8)
-        if cfg.MODEL.META_ARCHITECTURE == "SOLO":
-            inst = Instances((h, w))
-            inst.gt_masks = BitMasks(m)
-            inst.gt_classes = c % cfg.MODEL.SOLO.NUM_CLASSES
-            inst.gt_boxes = __import__("detectron2.structures", fromlist=["Boxes"]).Boxes(boxes_of([m])[0])
-            batch.append({"image": img, "instances": inst})
-        else:
-            sem = torch.randint(0, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, (h, w))
-            batch.append({"image": img, "sem_seg": sem})
+    batch = training_batch(cfg, h, w)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step():
@@ -597,8 +609,17 @@ NOTES = """## Notes
 - Training rows: batch 2 of random 256x320 images with 4 random instances (SOLO family) or
   random labels (BiSeNet), one torch thread, one warm-up step, median of 2 steps, each config
   in its own process. 800x1216 with R50 on this CPU is too slow for a routine run; these rows
-  show relative cost and memory, not production figures. No GPU was lent to this task, so there
-  are no CUDA fp32 or AMP rows.
+  show relative cost and memory, not production figures.
+- CUDA sections (`tools/benchmark_cuda.py`, run only where CUDA is available): medians with a
+  device synchronize after each call. Post-processing outputs are compared with cuDNN's TF32 off
+  (by default cuDNN runs the AdelaiDet algorithm's `F.conv2d` dynamic conv in TF32, while
+  solo_d2's `torch.mm` is float32, so their masks differ at the threshold) and timed with the
+  defaults. On GPUs solo_d2 pastes whole masks in chunks and computes Matrix NMS IoUs with one
+  matmul: the per-mask paste around each box and the per-class IoU blocks, which save work on
+  the CPU, cost more in kernel launches than they save on a GPU. `cuda_training` trains each
+  recipe config at batch 2 (800x1216, BiSeNet at its crop size, 8 random instances) through
+  detectron2's SimpleTrainer (fp32) and AMPTrainer (AMP) with the recipe's optimizer and
+  reports `torch.cuda.max_memory_allocated` during the timed steps.
 - BiSeNet rows compare the same modules with in-place ReLUs (the default now) and with every
   `nn.ReLU` switched to out-of-place, interleaved, outputs checked identical.
 """
@@ -637,9 +658,30 @@ def goals(results):
     if bis:
         lines.append("- BiSeNet in-place activations: " + ", ".join(f"{k} {v:.2f}x" for k, v in bis.items())
                      + " (out-of-place time / in-place time; 1.00x = no measurable difference).")
-    lines.append("- Training on GPU (fp32 and AMP): **not measured**: no device machine was lent to this task; "
-                 "AMP has not been exercised on a GPU and is not claimed.")
+    train = results.get("cuda_train")
+    if train:
+        failed = results.get("cuda_train_failed", [])
+        finite = all(v[4] for v in train.values())
+        speed = [v[0] / v[1] for v in train.values()]
+        memory = [v[2] / v[3] for v in train.values() if v[3]] or [float("nan")]
+        lines.append(f"- Training on GPU (fp32 and AMP): {verdict(not failed and finite)} "
+                     f"({len(train)} recipe configs trained in fp32 and AMP through detectron2's SimpleTrainer / "
+                     f"AMPTrainer{', ' + str(len(failed)) + ' failed' if failed else ''}, "
+                     f"{'all losses finite' if finite else 'NON-FINITE losses'}; AMP {min(speed):.2f}-{max(speed):.2f}x "
+                     f"the fp32 speed, {min(memory):.2f}-{max(memory):.2f}x less peak memory).")
     return lines
+
+
+def bench_cuda_training(quick):
+    from tools.benchmark_cuda import bench_cuda_training as run
+
+    return run(quick)
+
+
+def bench_cuda_inference(quick):
+    from tools.benchmark_cuda import bench_cuda_inference as run
+
+    return run(quick)
 
 
 SECTIONS = {
@@ -649,7 +691,10 @@ SECTIONS = {
     "targets": bench_targets,
     "bisenet": bench_bisenet,
     "training": bench_training,
+    "cuda_inference": bench_cuda_inference,  # tools/benchmark_cuda.py; only where CUDA is available
+    "cuda_training": bench_cuda_training,
 }
+CUDA_SECTIONS = ("cuda_inference", "cuda_training")
 
 
 def main():
@@ -672,13 +717,15 @@ def main():
         pass
     header = (f"machine: {cpu}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
               f"Python {platform.python_version()}, torch {torch.__version__}, detectron2 {detectron2.__version__}, "
-              f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+              f"CUDA {torch.version.cuda + ' on ' + torch.cuda.get_device_name() + ' (allocator ' + torch.cuda.get_allocator_backend() + ')' if torch.cuda.is_available() else 'no'}")
     print(header, flush=True)
     torch.manual_seed(0)
     rows, results = [], {}
     for name, fn in SECTIONS.items():
         if args.only and name not in args.only:
             continue
+        if not args.only and name in CUDA_SECTIONS and not torch.cuda.is_available():
+            continue  # a run on a machine without CUDA leaves the CUDA sections out
         t = time.perf_counter()
         section_rows, section_results = fn(args.quick)
         results.update(section_results)
