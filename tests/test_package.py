@@ -31,7 +31,8 @@ def test_non_editable_install_ships_the_configs(tmp_path):
     code = ("import solo_d2, solo_d2.model_zoo as z; "
             "print(solo_d2.__file__); print(z.get_config_file('Synthetic/SOLOv2_demo.yaml')); "
             "print(z.get_config('Synthetic/SOLOv2_demo.yaml').SOLVER.MAX_ITER)")
-    env = dict(os.environ, PYTHONPATH=str(target))
+    # the wheel's install first; detectron2 may itself come from PYTHONPATH
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     pkg, cfg_path, max_iter = out.stdout.split()
