@@ -10,7 +10,6 @@ import torch
 from detectron2.modeling import build_model
 
 from solo_d2.checkpoint.core import build_cfg
-from solo_d2.model_zoo import get_config_file
 from tools import benchmark as bm
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -25,7 +24,7 @@ CONFIGS = [
 
 
 def _model(config, *opts):
-    cfg = build_cfg(get_config_file(config), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    cfg = build_cfg(config, opts)
     torch.manual_seed(0)
     return cfg, build_model(cfg)
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from solo_d2.model_zoo import get_config
+from solo_d2.checkpoint.core import build_cfg
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.mask_geometry import instance_geometry
 from solo_d2.modeling.solo.targets import grid_cell, solo_targets
@@ -39,8 +39,7 @@ def no_tf32():
 
 def _model(config, device, *opts):
     """``config``'s model with random weights on ``device``."""
-    cfg = get_config(config)
-    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.WEIGHTS", "", *opts])
+    cfg = build_cfg(config, opts, device=device)
     torch.manual_seed(0)
     model = build_model(cfg)
     assert next(model.parameters()).device.type == torch.device(device).type

@@ -160,9 +160,7 @@ def build_solov2_model(quick):
 
     from solo_d2.checkpoint.core import build_cfg
 
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
-    if quick:
-        opts += ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
+    opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"] if quick else []
     cfg = build_cfg(os.path.join(REPO, "configs/SOLOv2/R50_3x.yaml"), opts)
     return build_model(cfg).eval()
 
@@ -206,6 +204,15 @@ def bench_postprocess(quick):
     return rows, results
 
 
+def one_matmul_nms(masks, labels, scores):
+    """Baseline: the references' Matrix NMS (gaussian, sigma 2): IoUs of all pairs by one
+    matmul, then the class mask."""
+    iou = mask_iou_matrix(masks).triu(diagonal=1)
+    decay = iou * (labels[:, None] == labels[None, :]).triu(diagonal=1).float()
+    comp = decay.max(dim=0).values[:, None]
+    return scores * torch.exp(-2.0 * (decay**2 - comp**2)).min(dim=0).values
+
+
 def bench_nms(quick):
     n, h, w = (200, 100, 152) if quick else (500, 200, 304)
     g = torch.Generator().manual_seed(0)
@@ -214,16 +221,9 @@ def bench_nms(quick):
     labels = torch.randint(0, 80, (n,), generator=g)
     scores = torch.rand(n, generator=g).sort(descending=True).values
 
-    def one_matmul():  # the references' Matrix NMS: IoUs of all pairs, then the class mask
-        iou = mask_iou_matrix(masks).triu(diagonal=1)
-        same = (labels[:, None] == labels[None, :]).triu(diagonal=1).float()
-        decay = iou * same
-        comp = decay.max(dim=0).values[:, None]
-        return scores * torch.exp(-2.0 * (decay**2 - comp**2)).min(dim=0).values
-
-    same = torch.equal(matrix_nms(masks, labels, scores), one_matmul())
+    same = torch.equal(matrix_nms(masks, labels, scores), one_matmul_nms(masks, labels, scores))
     t_ours = timeit(lambda: matrix_nms(masks, labels, scores))
-    t_ref = timeit(one_matmul)
+    t_ref = timeit(lambda: one_matmul_nms(masks, labels, scores))
     return [(f"Matrix NMS, {n} masks {h}x{w}, 80 classes ({'same' if same else 'DIFFERENT'} scores)",
              ms(t_ours), f"{ms(t_ref)} (one {n}x{n} IoU matmul)", f"{t_ref / t_ours:.1f}x")], {}
 
@@ -517,7 +517,7 @@ def _train_child(args):
     from solo_d2.checkpoint.core import build_cfg
 
     torch.manual_seed(0)
-    cfg = build_cfg(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    cfg = build_cfg(config)
     model = build_model(cfg).train()
     batch = training_batch(cfg, h, w)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -532,10 +532,15 @@ def _train_child(args):
     print(json.dumps({"step_s": t, "peak_mib": _status_kib("VmHWM") / 1024, "delta_mib": peak / 2**20}))
 
 
-def bench_training(quick):
+def recipe_configs():
+    """Paths of the recipe configs (not the bases, synthetic or converted-checkpoint configs)."""
     configs = sorted(glob.glob(os.path.join(REPO, "configs", "*", "*.yaml")))
-    configs = [c for c in configs if not os.path.basename(c).startswith("Base")
-               and os.sep + "Synthetic" + os.sep not in c and os.sep + "Converted" + os.sep not in c]
+    return [c for c in configs if not os.path.basename(c).startswith("Base")
+            and os.sep + "Synthetic" + os.sep not in c and os.sep + "Converted" + os.sep not in c]
+
+
+def bench_training(quick):
+    configs = recipe_configs()
     if quick:
         configs = [os.path.join(REPO, "configs/SOLOv2/Light448_R18_3x.yaml")]
     h, w = (64, 96) if quick else (256, 320)

@@ -11,7 +11,6 @@
 
 Times are medians of repeats with ``torch.cuda.synchronize()`` after each call.
 """
-import glob
 import math
 import os
 import statistics
@@ -20,7 +19,8 @@ import time
 import torch
 
 from tools import benchmark as bm
-from solo_d2.modeling.solo.matrix_nms import mask_iou_matrix, matrix_nms
+from solo_d2.checkpoint.core import build_cfg
+from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.targets import solo_targets
 
 DEVICE = "cuda"
@@ -44,29 +44,12 @@ def no_cuda():
     return [("CUDA sections", "not measured: torch.cuda.is_available() is False", "", "")], {}
 
 
-def recipe_configs():
-    configs = sorted(glob.glob(os.path.join(bm.REPO, "configs", "*", "*.yaml")))
-    return [c for c in configs if not os.path.basename(c).startswith("Base")
-            and os.sep + "Synthetic" + os.sep not in c and os.sep + "Converted" + os.sep not in c]
-
-
 def _train_size(cfg, quick):
     if quick:
         return 256, 320
     if cfg.MODEL.META_ARCHITECTURE != "SOLO" and cfg.INPUT.CROP.ENABLED:
         return tuple(cfg.INPUT.CROP.SIZE)  # BiSeNet recipes train on crops
     return 800, 1216
-
-
-def cuda_cfg(config):
-    """``config``'s full solo_d2 config on the GPU with random weights. (Not
-    ``solo_d2.checkpoint.core.build_cfg``: that one always builds on the CPU.)"""
-    from solo_d2.config import get_cfg
-
-    cfg = get_cfg()
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(["MODEL.DEVICE", DEVICE, "MODEL.WEIGHTS", ""])
-    return cfg
 
 
 def train_steps(cfg, batch, amp, steps, warmup):
@@ -106,14 +89,14 @@ def train_steps(cfg, batch, amp, steps, warmup):
 def bench_cuda_training(quick):
     if not torch.cuda.is_available():
         return no_cuda()
-    configs = recipe_configs()
+    configs = bm.recipe_configs()
     if quick:
         configs = [os.path.join(bm.REPO, "configs/SOLOv2/Light448_R18_3x.yaml")]
     rows, results = [], {}
     for config in configs:
         name = os.path.relpath(config, os.path.join(bm.REPO, "configs"))
         print(f"  cuda training {name} ...", flush=True)
-        cfg = cuda_cfg(config)
+        cfg = build_cfg(config, device=DEVICE)
         h, w = _train_size(cfg, quick)
         batch = bm.training_batch(cfg, h, w, num_instances=8)
         try:
@@ -191,14 +174,10 @@ def bench_cuda_inference(quick):
     labels = torch.randint(0, 80, (k,), generator=g).to(dev)
     scores = torch.rand(k, generator=g).sort(descending=True).values.to(dev)
 
-    def one_matmul():
-        iou = mask_iou_matrix(nms_masks).triu(diagonal=1)
-        decay = iou * (labels[:, None] == labels[None, :]).triu(diagonal=1).float()
-        comp = decay.max(dim=0).values[:, None]
-        return scores * torch.exp(-2.0 * (decay**2 - comp**2)).min(dim=0).values
-
-    close = torch.allclose(matrix_nms(nms_masks, labels, scores), one_matmul(), atol=1e-6, rtol=0)
-    t_ours, t_ref = cuda_timeit(lambda: matrix_nms(nms_masks, labels, scores)), cuda_timeit(one_matmul)
+    ref = bm.one_matmul_nms(nms_masks, labels, scores)
+    close = torch.allclose(matrix_nms(nms_masks, labels, scores), ref, atol=1e-6, rtol=0)
+    t_ours = cuda_timeit(lambda: matrix_nms(nms_masks, labels, scores))
+    t_ref = cuda_timeit(lambda: bm.one_matmul_nms(nms_masks, labels, scores))
     rows.append((f"Matrix NMS, {k} masks {mh}x{mw}, 80 classes (scores {'within 1e-6' if close else 'DIFFERENT'})",
                  bm.ms(t_ours), f"{bm.ms(t_ref)} (one {k}x{k} IoU matmul)", f"{t_ref / t_ours:.2f}x"))
     rows.extend(_bisenet_rows(quick, dev, results))
@@ -210,7 +189,7 @@ def _bisenet_rows(quick, dev, results):
 
     rows = []
     for name, config in (("BiSeNetV1 R18", "BiSeNet/V1_R18_cityscapes.yaml"), ("BiSeNetV2", "BiSeNet/V2_cityscapes.yaml")):
-        model = build_model(cuda_cfg(os.path.join(bm.REPO, "configs", config))).eval()
+        model = build_model(build_cfg(config, device=DEVICE)).eval()
         for size in ((256, 512),) if quick else ((512, 1024), (1024, 2048)):
             x = torch.randn(1, 3, *size, device=dev)
             with torch.no_grad():

@@ -215,13 +215,16 @@ def config_file_of(config: str) -> str:
     return get_config_file(rel)
 
 
-def build_cfg(config: str, opts: Sequence[str] = ()):
+def build_cfg(config: str, opts: Sequence[str] = (), *, device: str = "cpu"):
+    """The full config of ``config`` (see :func:`config_file_of`) merged with ``opts``, for a
+    model of random weights on ``device``: ``MODEL.DEVICE`` and ``MODEL.WEIGHTS`` are set
+    after ``opts`` (conversion and its checks build on the CPU)."""
     from ..config import get_cfg
 
     cfg = get_cfg()
     cfg.merge_from_file(config_file_of(config))
     cfg.merge_from_list(list(opts))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
     return cfg
 
