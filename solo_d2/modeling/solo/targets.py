@@ -21,7 +21,7 @@ Cells, levels and images are handled together in a few tensor ops; Python loops 
 distinct mask sizes and, in :class:`~.mask_geometry.InstanceMasks`, over the mask windows.
 """
 import math
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -80,13 +80,16 @@ def _div(x: Tensor, divisor: float) -> Tensor:
     return x / torch.tensor(divisor, dtype=x.dtype, device=x.device)
 
 
-def grid_cell(coord: Tensor, extent: int, num_grid: int) -> Tensor:
+def grid_cell(coord: Tensor, extent: int, num_grid: Union[int, Tensor]) -> Tensor:
     """Grid index of input-pixel coordinates along one axis, as the references compute it:
     ``(coord / extent) // (1 / S)`` in float32 (Python floor-division semantics), as long;
-    the same on CPU and CUDA."""
-    ratio = _div(coord.to(torch.float32), float(extent))
-    inv = torch.tensor(1.0 / num_grid, dtype=torch.float32, device=coord.device)
-    return torch.div(ratio, inv, rounding_mode="floor").long()
+    the same on CPU and CUDA. ``num_grid``: S, or a long tensor of one S per coordinate
+    (broadcast against ``coord``); ``1 / S`` is rounded to float32 either way."""
+    if isinstance(num_grid, Tensor):
+        inv = (1.0 / num_grid.to(torch.float64)).to(torch.float32)
+    else:
+        inv = torch.tensor(1.0 / num_grid, dtype=torch.float32, device=coord.device)
+    return torch.div(_div(coord.to(torch.float32), float(extent)), inv, rounding_mode="floor").long()
 
 
 def _claimed_cells(
@@ -104,17 +107,11 @@ def _claimed_cells(
         pair, then cell (at most the 3x3 cells around the center cell per pair).
     """
     height, width = image_hw
-    # (c / extent) // (1 / S) in float32, as grid_cell: 1 / S rounded to float32 per pair
-    inv = (1.0 / num_grid.to(torch.float64)).to(torch.float32)
-
-    def cell(coord: Tensor, extent: int) -> Tensor:
-        return torch.div(_div(coord.to(torch.float32), float(extent)), inv, rounding_mode="floor").long()
-
     half_h = 0.5 * sigma * box_h
     half_w = 0.5 * sigma * box_w
     # the cells of the center and of both ends of the central box, per axis: [3, P] at once
-    ci, top, down = cell(torch.stack([center_y, center_y - half_h, center_y + half_h]), height).unbind(0)
-    cj, left, right = cell(torch.stack([center_x, center_x - half_w, center_x + half_w]), width).unbind(0)
+    ci, top, down = grid_cell(torch.stack([center_y, center_y - half_h, center_y + half_h]), height, num_grid).unbind(0)
+    cj, left, right = grid_cell(torch.stack([center_x, center_x - half_w, center_x + half_w]), width, num_grid).unbind(0)
     top = torch.maximum(top.clamp(min=0), ci - 1)
     down = torch.minimum(torch.minimum(down, num_grid - 1), ci + 1)
     left = torch.maximum(left.clamp(min=0), cj - 1)
