@@ -12,7 +12,7 @@ runs over all rows (as in the official code); rows that do not suppress ``j``
 contribute ``f(0) / f(compensate_i) >= 1`` and row 0 contributes exactly ``1``,
 so ``decay_j <= 1``.
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -43,6 +43,18 @@ def mask_iou_matrix(masks: Tensor, mask_area: Optional[Tensor] = None) -> Tensor
 _MIN_BLOCK = 48
 
 
+def _class_blocks(labels: Tensor) -> List[int]:
+    """Sizes of blocks of consecutive classes (in ascending order), each of at least
+    ``_MIN_BLOCK`` masks except perhaps the last; a class is never split."""
+    sizes, size = [], 0
+    for k in torch.unique(labels, return_counts=True)[1].tolist():
+        size += k
+        if size >= _MIN_BLOCK:
+            sizes.append(size)
+            size = 0
+    return sizes + [size] if size else sizes
+
+
 def same_class_iou_matrix(masks: Tensor, labels: Tensor, mask_area: Optional[Tensor] = None) -> Tensor:
     """Pairwise IoU of binary masks for pairs of the same class, 0 for pairs of different classes.
 
@@ -62,21 +74,8 @@ def same_class_iou_matrix(masks: Tensor, labels: Tensor, mask_area: Optional[Ten
         with a single mask; both NMS variants ignore it).
     """
     n = masks.shape[0]
-    if n == 0 or masks.device.type != "cpu":
-        iou = mask_iou_matrix(masks, mask_area)
-        return iou * (labels[:, None] == labels[None, :]).to(iou.dtype)
-    classes, counts = torch.unique(labels, return_counts=True)
-    counts = counts.tolist()
-    groups, current, size = [], [], 0  # consecutive classes, each group >= _MIN_BLOCK masks
-    for c, k in zip(classes.tolist(), counts):
-        current.append(c)
-        size += k
-        if size >= _MIN_BLOCK:
-            groups.append((current, size))
-            current, size = [], 0
-    if current:
-        groups.append((current, size))
-    if 2 * sum(k * k for _, k in groups) > n * n:  # little to gain: one matmul
+    blocks = _class_blocks(labels) if n and masks.device.type == "cpu" else None
+    if blocks is None or 2 * sum(k * k for k in blocks) > n * n:  # GPUs, or little to gain: one matmul
         iou = mask_iou_matrix(masks, mask_area)
         return iou * (labels[:, None] == labels[None, :]).to(iou.dtype)
     flat = masks.reshape(n, -1)
@@ -85,7 +84,7 @@ def same_class_iou_matrix(masks: Tensor, labels: Tensor, mask_area: Optional[Ten
     iou = torch.zeros((n, n), dtype=dtype, device=masks.device)
     order = torch.argsort(labels, stable=True)  # masks grouped by class
     start = 0
-    for _, k in groups:
+    for k in blocks:
         idx = order[start : start + k]
         start += k
         block = flat[idx].to(dtype)  # (index_select is much slower here on CPU)
