@@ -13,8 +13,6 @@ Times are medians of repeats with ``torch.cuda.synchronize()`` after each call.
 """
 import math
 import os
-import statistics
-import time
 
 import torch
 
@@ -27,17 +25,14 @@ DEVICE = "cuda"
 
 
 def cuda_timeit(fn, repeats=5, warmup=2):
-    """Median wall time of ``repeats`` calls of ``fn``, each followed by a device synchronize."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+    """:func:`tools.benchmark.timeit` of ``fn`` followed by a device synchronize, so that each
+    call's time includes its kernels; the queue is drained before the first call."""
+    def synced():
         fn()
         torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+
+    torch.cuda.synchronize()
+    return bm.timeit(synced, repeats=repeats, warmup=warmup)
 
 
 def no_cuda():
