@@ -23,10 +23,13 @@ CONFIGS = [
 ]
 
 
-def _model(config, *opts):
-    cfg = build_cfg(config, opts)
+def _model(config, *opts, device="cpu"):
+    """``config``'s model with random weights (seed 0) on ``device``, and its config."""
+    cfg = build_cfg(config, opts, device=device)
     torch.manual_seed(0)
-    return cfg, build_model(cfg)
+    model = build_model(cfg)
+    assert next(model.parameters()).device.type == torch.device(device).type
+    return cfg, model
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -14,12 +14,11 @@ import types
 import numpy as np
 import pytest
 import torch
-from detectron2.modeling import build_model
 
-from solo_d2.checkpoint.core import build_cfg
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.mask_geometry import instance_geometry
 from solo_d2.modeling.solo.targets import grid_cell, solo_targets
+from tests.test_autocast import _model
 from tests.test_tools import ROOT, run_tool
 from tools import benchmark as bm
 
@@ -35,15 +34,6 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
-def _model(config, device, *opts):
-    """``config``'s model with random weights on ``device``."""
-    cfg = build_cfg(config, opts, device=device)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    assert next(model.parameters()).device.type == torch.device(device).type
-    return cfg, model
 
 
 @pytest.mark.parametrize("with_boxes", [True, False])
@@ -93,7 +83,7 @@ def test_matrix_nms_on_cuda_matches_cpu():
 def test_postprocessing_on_cuda_matches_cpu():
     size = (256, 384)
     cate, mask_out, padded = bm.synthetic_solov2_outputs(200, size=size, num_objects=20)
-    _, model = _model("SOLOv2/R50_3x.yaml", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64")
+    _, model = _model("SOLOv2/R50_3x.yaml", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", device="cpu")
     model.eval()
     with torch.no_grad():
         cpu = bm.solo_d2_postprocess(model, cate, mask_out, padded, output_size=(300, 460))
@@ -131,7 +121,7 @@ def test_model_on_cuda_matches_cpu(config):
 
     opts = ("MODEL.SOLO.SCORE_THR", "0.0", "MODEL.SOLO.UPDATE_THR", "0.0", "MODEL.SOLO.MASK_THR", "0.1") \
         if "SOLO" in config else ()
-    _, model = _model(config, "cpu", *opts)
+    _, model = _model(config, *opts, device="cpu")
     model.eval()
     image = torch.randint(0, 255, (3, 120, 176), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     inputs = [{"image": image, "height": 150, "width": 220}, {"image": image[:, :96, :128]}]
@@ -182,7 +172,7 @@ def test_amp_trainer_steps(config):
 
     from solo_d2.engine.trainer import Trainer
 
-    cfg, model = _model(config, "cuda")
+    cfg, model = _model(config, device="cuda")
     model.train()
     batch = bm.training_batch(cfg, 160, 224, num_instances=5)
     with torch.no_grad():
