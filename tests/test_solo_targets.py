@@ -240,6 +240,9 @@ def test_bad_inputs_raise_clear_errors():
         run([square(0, 0, 10)[None]], [torch.tensor([0, 1])])
     with pytest.raises(ValueError, match="num_classes|\\[0, 3\\)"):
         run([square(0, 0, 10)[None]], [torch.tensor([3])])
+    two = [torch.stack([square(0, 0, 10), square(20, 20, 10)])] * 3
+    with pytest.raises(ValueError, match=r"\[0, 3\).*image 1 has range \[-1, 2\]"):  # names the image
+        run(two, [torch.tensor([0, 2]), torch.tensor([-1, 2]), torch.tensor([5, 0])])
     with pytest.raises(ValueError, match="scale_ranges"):
         run([square(0, 0, 10)[None]], [torch.tensor([0])], scale_ranges=RANGES[:2])
 
@@ -292,3 +295,9 @@ def test_levels_with_different_mask_sizes_get_their_own_resized_targets():
             assert torch.equal(t.mask_targets[k], down[int(t.instance_ids[k])])
             seen += 1
     assert seen > 0 and sum(int(t.pos_mask.sum()) > 0 for t in out) >= 3
+    # each size resizes only the instances that have targets on a level of that size
+    for size in set(sizes):
+        of_size = [t for t, sz in zip(out, sizes) if sz == size]
+        wanted = set().union(*(set(t.instance_ids.tolist()) for t in of_size))
+        assert all(t.target_masks.shape[0] == len(wanted) for t in of_size), size
+    assert len({t.target_masks.shape[0] for t in out}) > 1  # the sizes do not all resize the same instances

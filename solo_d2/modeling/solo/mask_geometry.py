@@ -292,8 +292,8 @@ class InstanceMasks:
             raise ValueError(
                 f"InstanceMasks: every image's masks must be [N, {h}, {w}], got {[tuple(p.shape) for p in self.parts]}"
             )
-        self.image = torch.cat(
-            [torch.full((p.shape[0],), b, dtype=torch.long) for b, p in enumerate(self.parts)]
+        self.image = torch.tensor(
+            [b for b, p in enumerate(self.parts) for _ in range(p.shape[0])], dtype=torch.long
         )  # [N] (CPU) image of each instance
         self.start = [0]  # first instance of each image
         for p in self.parts:
@@ -415,8 +415,9 @@ class InstanceMasks:
             return small if out is None else out.copy_(small)
         if out is None:
             out = torch.zeros((ids.numel(),) + size, dtype=torch.bool, device=device)
-        # row of each instance in `out` (-1: not requested)
-        row = torch.full((n,), -1, dtype=torch.long).index_copy_(0, ids.cpu(), torch.arange(ids.numel())).tolist()
+        row = [-1] * n  # row of each instance in `out` (-1: not requested)
+        for r, i in enumerate(wanted):
+            row[i] = r
         oh, ow = size
         base = out.storage_offset()
         for sid, sy0, sx0, win in self.stacks:

@@ -20,6 +20,8 @@ references copy one full mask per (cell, instance), which dominated the time of 
 Cells, levels and images are handled together in a few tensor ops; Python loops run over the
 distinct mask sizes and, in :class:`~.mask_geometry.InstanceMasks`, over the mask windows.
 """
+import bisect
+import itertools
 import math
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -73,23 +75,26 @@ class LevelTargets(NamedTuple):
         return self.target_masks[self.target_rows].to(torch.float32)
 
 
-def _div(x: Tensor, divisor: float) -> Tensor:
+def _div(x: Tensor, divisor: Union[float, Tensor]) -> Tensor:
     """``x / divisor`` correctly rounded on every device. (With a Python number as divisor,
     PyTorch's CUDA kernels multiply by its float32 reciprocal instead, which differs from the
     quotient in the last bit for some values; a tensor divisor takes the exact division.)"""
-    return x / torch.tensor(divisor, dtype=x.dtype, device=x.device)
+    return x / torch.as_tensor(divisor, dtype=x.dtype, device=x.device)
 
 
-def grid_cell(coord: Tensor, extent: int, num_grid: Union[int, Tensor]) -> Tensor:
+def grid_cell(coord: Tensor, extent: Union[int, Tensor], num_grid: Union[int, Tensor]) -> Tensor:
     """Grid index of input-pixel coordinates along one axis, as the references compute it:
     ``(coord / extent) // (1 / S)`` in float32 (Python floor-division semantics), as long;
-    the same on CPU and CUDA. ``num_grid``: S, or a long tensor of one S per coordinate
-    (broadcast against ``coord``); ``1 / S`` is rounded to float32 either way."""
+    the same on CPU and CUDA. ``extent``: the image extent along the axis, or a tensor of
+    extents broadcast against ``coord`` (several axes at once). ``num_grid``: S, or a long
+    tensor of one S per coordinate (broadcast against ``coord``); ``1 / S`` is rounded to
+    float32 either way."""
     if isinstance(num_grid, Tensor):
         inv = (1.0 / num_grid.to(torch.float64)).to(torch.float32)
     else:
         inv = torch.tensor(1.0 / num_grid, dtype=torch.float32, device=coord.device)
-    return torch.div(_div(coord.to(torch.float32), float(extent)), inv, rounding_mode="floor").long()
+    extent = extent if isinstance(extent, Tensor) else float(extent)
+    return torch.div(_div(coord.to(torch.float32), extent), inv, rounding_mode="floor").long()
 
 
 def _claimed_cells(
@@ -106,24 +111,23 @@ def _claimed_cells(
         ``(pair, cell)``, each [Q] long: pair index and cell index ``i * S + j``, ordered by
         pair, then cell (at most the 3x3 cells around the center cell per pair).
     """
-    height, width = image_hw
-    half_h = 0.5 * sigma * box_h
-    half_w = 0.5 * sigma * box_w
-    # the cells of the center and of both ends of the central box, per axis: [3, P] at once
-    ci, top, down = grid_cell(torch.stack([center_y, center_y - half_h, center_y + half_h]), height, num_grid).unbind(0)
-    cj, left, right = grid_cell(torch.stack([center_x, center_x - half_w, center_x + half_w]), width, num_grid).unbind(0)
-    top = torch.maximum(top.clamp(min=0), ci - 1)
-    down = torch.minimum(torch.minimum(down, num_grid - 1), ci + 1)
-    left = torch.maximum(left.clamp(min=0), cj - 1)
-    right = torch.minimum(torch.minimum(right, num_grid - 1), cj + 1)
-    step = torch.arange(3, device=box_h.device)
-    rows, cols = top[:, None] + step, left[:, None] + step  # [P, 3]: top <= ci <= down <= top + 2
+    device = box_h.device
+    center = torch.stack([center_y, center_x])  # [2, P]: (y, x)
+    half = 0.5 * sigma * torch.stack([box_h, box_w])
+    extent = torch.tensor([[float(image_hw[0])], [float(image_hw[1])]], device=device)  # [2, 1]
+    # the cells of the center and of both ends of the central box, both axes at once: [3, 2, P]
+    cell, lo, hi = grid_cell(torch.stack([center, center - half, center + half]), extent, num_grid).unbind(0)
+    lo = torch.maximum(lo.clamp(min=0), cell - 1)  # [2, P]: (top, left)
+    hi = torch.minimum(torch.minimum(hi, num_grid - 1), cell + 1)  # [2, P]: (down, right)
+    (top, left), (down, right) = lo, hi
+    step = torch.arange(3, device=device)
+    rows, cols = top[:, None] + step, left[:, None] + step  # [P, 3]: top <= center cell <= down <= top + 2
     claimed = (rows <= down[:, None])[:, :, None] & (cols <= right[:, None])[:, None, :]  # [P, 3, 3]
     pair, di, dj = claimed.nonzero(as_tuple=True)  # pair-major, then row, then column
     return pair, (top[pair] + di) * num_grid[pair] + left[pair] + dj
 
 
-def _check_inputs(gt_masks, gt_classes, gt_boxes, num_classes, image_hw):
+def _check_inputs(gt_masks, gt_classes, gt_boxes, image_hw):
     for b, (masks, classes) in enumerate(zip(gt_masks, gt_classes)):
         if masks.dim() != 3 or tuple(masks.shape[-2:]) != image_hw:
             raise ValueError(
@@ -137,11 +141,24 @@ def _check_inputs(gt_masks, gt_classes, gt_boxes, num_classes, image_hw):
             )
         if gt_boxes is not None and tuple(gt_boxes[b].shape) != (masks.shape[0], 4):
             raise ValueError(f"solo_targets: image {b}: gt_boxes shape {tuple(gt_boxes[b].shape)}, expected ({masks.shape[0]}, 4)")
-        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
-            raise ValueError(
-                f"solo_targets: gt_classes must lie in [0, {num_classes}) (MODEL.SOLO.NUM_CLASSES); "
-                f"image {b} has range [{int(classes.min())}, {int(classes.max())}]"
-            )
+
+
+def _check_class_range(classes: Tensor, counts: List[int], num_classes: int) -> None:
+    """Raise if a class of the batch (``classes`` [K], the images' ``counts`` concatenated) lies
+    outside ``[0, num_classes)``, naming the first such image and its range."""
+    if classes.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(classes))
+    if lo >= 0 and hi < num_classes:
+        return
+    start = [0, *itertools.accumulate(counts)]
+    bad = int(((classes < 0) | (classes >= num_classes)).nonzero()[0, 0])
+    b = bisect.bisect_right(start, bad) - 1
+    part = classes[start[b] : start[b + 1]]
+    raise ValueError(
+        f"solo_targets: gt_classes must lie in [0, {num_classes}) (MODEL.SOLO.NUM_CLASSES); "
+        f"image {b} has range [{int(part.min())}, {int(part.max())}]"
+    )
 
 
 def solo_targets(
@@ -185,7 +202,9 @@ def solo_targets(
         raise ValueError("solo_targets: empty batch (no images)")
     image_hw = tuple(gt_masks[0].shape[-2:])
     device = gt_masks[0].device
-    _check_inputs(gt_masks, gt_classes, gt_boxes, num_classes, image_hw)
+    _check_inputs(gt_masks, gt_classes, gt_boxes, image_hw)
+    classes = torch.cat([c.to(device=device, dtype=torch.long) for c in gt_classes])  # [K]
+    _check_class_range(classes, [m.shape[0] for m in gt_masks], num_classes)
 
     sizes = [(int(sz[0]), int(sz[1])) for sz in mask_sizes]
     # windows around the boxes are aligned to the integer factors of the mask sizes
@@ -203,8 +222,7 @@ def solo_targets(
     if boxes is not None:  # the annotation boxes give the scale, as in both references
         box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     img = instances.image.to(device)  # [K] image of each instance
-    local = torch.arange(img.numel(), device=device) - torch.tensor(instances.start[:-1], device=device)[img]
-    classes = torch.cat([c.to(device=device, dtype=torch.long) for c in gt_classes])
+    local = torch.tensor([i for m in gt_masks for i in range(m.shape[0])], dtype=torch.long, device=device)
 
     # 2. (level, instance) pairs: an instance goes to every level whose range holds its scale
     scale = torch.sqrt(box_h * box_w)
@@ -224,17 +242,19 @@ def solo_targets(
     flat = starts[level] + img[k] * grids[level] ** 2 + cell
     last = torch.full((sum(cells_per_level),), -1, dtype=torch.long, device=device)
     last.scatter_reduce_(0, flat, k, reduce="amax")
-    classes = torch.cat([classes, classes.new_full((1,), num_classes)])  # index K: background
-    labels = classes[torch.where(last >= 0, last, torch.full_like(last, classes.numel() - 1))]
+    classes = torch.cat([classes, classes.new_full((1,), num_classes)])  # index K (and -1): background
+    labels, positive = classes[last], last >= 0  # cells nobody claims (-1) index the background
 
     # 4. mask targets: each instance resized once per mask size, the targets index it
     rows = torch.zeros_like(k)
     target_masks: Dict[Tuple[int, int], Tensor] = {}
     for size in dict.fromkeys(sizes):
-        of_size = torch.tensor([sz == size for sz in sizes], device=device)[level]
-        needed = torch.unique(k[of_size])  # ascending
+        # targets of levels of this size (None: all levels share it, as in SOLOv2)
+        of_size = None if len(set(sizes)) == 1 else torch.tensor([sz == size for sz in sizes], device=device)[level]
+        needed = torch.unique(k if of_size is None else k[of_size])  # ascending
         target_masks[size] = instances.resized(needed, size)
-        rows = torch.where(of_size, torch.searchsorted(needed, k), rows)
+        found = torch.searchsorted(needed, k)
+        rows = found if of_size is None else torch.where(of_size, found, rows)
 
     out = []
     per_level = torch.bincount(level, minlength=num_levels).tolist()
@@ -245,7 +265,7 @@ def solo_targets(
         out.append(
             LevelTargets(
                 labels=labels[start:stop].view(num_images, g, g),
-                pos_mask=(last[start:stop] >= 0).view(num_images, g * g),
+                pos_mask=positive[start:stop].view(num_images, g * g),
                 target_img=splits[0][lvl],
                 target_cell=splits[1][lvl],
                 target_masks=target_masks[size],
