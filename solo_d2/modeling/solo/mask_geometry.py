@@ -259,6 +259,16 @@ def _group_windows(heights: List[int], widths: List[int], waste: float = 2.0) ->
     return groups
 
 
+class _Stack(NamedTuple):
+    """Windows of one size, gathered: ``ids``, ``y0``, ``x0`` (Python ints) the instance and the
+    top-left corner of each window, ``windows`` [n, h, w] bool their pixels."""
+
+    ids: List[int]
+    y0: List[int]
+    x0: List[int]
+    windows: Tensor
+
+
 class InstanceMasks:
     """The masks of a batch of images, with their geometry and resized copies.
 
@@ -303,7 +313,7 @@ class InstanceMasks:
         ay, ax = int(align[0]), int(align[1])
         ax = ax * 8 // math.gcd(ax, 8)
         self.align = (ay, ax)
-        self.stacks: List[Tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (ids, y0, x0, windows)
+        self.stacks: List[_Stack] = []
         self.whole = torch.ones(n, dtype=torch.bool, device=device)  # read without windows
         self._checked = False  # whether geometry() has found the masks windows do not hold
         if boxes is not None and tuple(boxes.shape) != (n, 4):
@@ -322,7 +332,6 @@ class InstanceMasks:
             return
         parts = [p.contiguous() for p in self.parts]
         image = self.image.tolist()
-        as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
         for ids, sh, sw in _group_windows(wh, ww):
             # anchor each window so that the common size fits (h, w, sh, sw are aligned)
             sy0 = [min(y0[i], h - sh) for i in ids]
@@ -335,8 +344,8 @@ class InstanceMasks:
                 )
                 for i, a, b in zip(ids, sy0, sx0)
             ]
-            self.stacks.append((as_tensor(ids), as_tensor(sy0), as_tensor(sx0), torch.stack(views)))
-        self.whole[:] = False
+            self.stacks.append(_Stack(ids, sy0, sx0, torch.stack(views)))
+        self.whole = torch.zeros(n, dtype=torch.bool, device=device)
 
     def _whole(self, fn: Callable[[Tensor], Tensor], ids: List[int]) -> Tensor:
         """``fn`` of the full masks of instances ``ids`` (ascending, not empty), applied per image
@@ -362,19 +371,23 @@ class InstanceMasks:
             parts = [instance_geometry(p) for p in self.parts]
             return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
         rows = _axis_stats(torch.cat([_row_sums(p) for p in self.parts]), extents=extents)
-        cols = [torch.zeros(n, dtype=torch.long, device=rows.total.device) for _ in range(4 if extents else 2)]
-
-        def put(ids: Tensor, stats: _Axis) -> None:
-            for dst, src in zip(cols, stats):
-                dst.index_copy_(0, ids, src)
-
-        for ids, _, sx0, win in self.stacks:
-            put(ids, _axis_stats(_col_sums(win), sx0, extents))
+        device = rows.total.device
+        # the column counts of all windows (every instance has one), zero-padded to one width,
+        # in stack order; their statistics, put back in instance order
+        width = max(s.windows.shape[2] for s in self.stacks)
+        counts = torch.cat([F.pad(_col_sums(s.windows), (0, width - s.windows.shape[2])) for s in self.stacks])
+        order = torch.tensor([i for s in self.stacks for i in s.ids], device=device)
+        x0 = torch.tensor([x for s in self.stacks for x in s.x0], device=device)
+        cols = [
+            torch.empty(n, dtype=torch.long, device=device).index_copy_(0, order, v)
+            for v in _axis_stats(counts, x0, extents) if v is not None
+        ]
         missed = cols[0] != rows.total  # a window holds all pixels or not
         if bool(missed.any()):
             self.whole |= missed
             ids = missed.nonzero()[:, 0]
-            put(ids, _axis_stats(self._whole(_col_sums, ids.tolist()), extents=extents))
+            for dst, src in zip(cols, _axis_stats(self._whole(_col_sums, ids.tolist()), extents=extents)):
+                dst.index_copy_(0, ids, src)
         self._checked = True
         return _geometry(rows, _Axis(*cols) if extents else _Axis(cols[0], cols[1], None, None))
 
@@ -420,12 +433,13 @@ class InstanceMasks:
             row[i] = r
         oh, ow = size
         base = out.storage_offset()
-        for sid, sy0, sx0, win in self.stacks:
+        for stack in self.stacks:
+            win = stack.windows
             small = _integer_factor_resize(win, (win.shape[1] // fy, win.shape[2] // fx))
             sh, sw = small.shape[1:]
-            for i, a, b, src in zip(sid.tolist(), (sy0 // fy).tolist(), (sx0 // fx).tolist(), small.unbind(0)):
+            for i, y0, x0, src in zip(stack.ids, stack.y0, stack.x0, small.unbind(0)):
                 if row[i] >= 0:  # one copy per window, through a view of its place in `out`
-                    out.as_strided((sh, sw), (ow, 1), base + (row[i] * oh + a) * ow + b).copy_(src)
+                    out.as_strided((sh, sw), (ow, 1), base + (row[i] * oh + y0 // fy) * ow + x0 // fx).copy_(src)
         whole = [i for i in self.whole.nonzero()[:, 0].tolist() if row[i] >= 0]
         if whole:  # masks with pixels outside their window: resized whole
             rows = torch.tensor([row[i] for i in whole], device=device)
