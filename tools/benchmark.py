@@ -593,8 +593,9 @@ NOTES = """## Notes
   the image height: the windows hold 7.8% of the pixels (3.0 of 38.9 MB), and the stacks they
   are grouped into (windows of both images together, padded to a common size per stack) 15%.
   What is left besides the pass is copying the windows into the stacks, their column counts and
-  resizing, and the rest of about 490 tensor operations per call (top-level operations in the
-  torch profiler; most are small: 120 are the views and copies of the 40 windows), which a
+  resizing, and the rest of about 390 tensor operations per call (top-level operations in the
+  torch profiler, 500 before e0b1627 and 3f25ac2; most are small: 120 are the views and copies
+  of the 40 windows), which a
   second thread does not speed up; the loops gain more from it. Replacing one part at a time by
   its precomputed result (2 threads, medians of 25 interleaved calls of 11.6 ms) saved about 4.1
   ms for the pass, 3.1 ms for copying the windows (strided reads), 0.8 ms for the column counts
@@ -622,6 +623,14 @@ NOTES = """## Notes
   the resized windows by one index assignment per stack into such a view of the output (0.10
   against 0.23 ms, about 2% of the call; not taken: it writes through a view whose elements
   overlap, which PyTorch does not promise to support) or through flat indices (3-4x slower).
+  At 3f25ac2 (2 threads, interleaved in one process, identical outputs asserted): each window's
+  column counts and resized copy computed straight from its strided view of the masks, without
+  stacks or gather (7.5 against 7.0 ms for that part: the stacks' few large operations win);
+  the gather moved after the row pass, so that windows come from cache (0.99x); stacks padded up
+  to 1.5x or 3x their windows' area instead of 2x (1.01x and 0.86x); the resize's sample counts
+  added as bytes instead of int32 words (0.98 against 0.63 ms). The row pass reads the 39 MB at
+  about 12-16 GB/s; the gather reads the windows in pieces of 496 of each 1216-byte row, and
+  took 1.7-2.5 ms within the call (line profiler) against 0.55 ms with the windows in cache.
 - Training rows: batch 2 of random 256x320 images with 4 random instances (SOLO family) or
   random labels (BiSeNet), one torch thread, one warm-up step, median of 2 steps, each config
   in its own process. 800x1216 with R50 on this CPU is too slow for a routine run; these rows
