@@ -301,3 +301,36 @@ def test_levels_with_different_mask_sizes_get_their_own_resized_targets():
         wanted = set().union(*(set(t.instance_ids.tolist()) for t in of_size))
         assert all(t.target_masks.shape[0] == len(wanted) for t in of_size), size
     assert len({t.target_masks.shape[0] for t in out}) > 1  # the sizes do not all resize the same instances
+
+
+def test_instances_at_the_image_borders_match_loop_reference():
+    # centres in the first and last grid cells, where the cells are clipped to the grid and to
+    # the 3x3 cells around the centre; loose annotation boxes reach past the image
+    h, w = 192, 320
+    specs = [(0, 0, 6, 9), (0, 0, 40, 12), (h - 7, w - 5, 7, 5), (h - 90, w - 20, 90, 20),
+             (0, w - 60, 150, 60), (h - 3, 0, 3, 200)]  # (y0, x0, height, width) of each mask
+    masks = torch.zeros(len(specs), h, w, dtype=torch.bool)
+    for k, (y0, x0, hh, ww) in enumerate(specs):
+        masks[k, y0 : y0 + hh, x0 : x0 + ww] = True
+    tight = torch.tensor([[x0, y0, x0 + ww, y0 + hh] for y0, x0, hh, ww in specs], dtype=torch.float32)
+    boxes = tight + torch.tensor([-30.0, -30.0, 30.0, 30.0]) * torch.tensor([[1.0], [0.0]]).repeat(3, 1)
+    classes = torch.tensor([0, 1, 2, 0, 1, 2])
+    out = run([masks], [classes], gt_boxes=[boxes], mask_sizes=[(h // 4, w // 4)] * 5)
+    for lvl, (s, (lo, hi)) in enumerate(zip(GRIDS, RANGES)):
+        ref_labels, ref_targets = reference_targets(masks, classes, boxes, s, lo, hi, 0.2, h, w)
+        assert torch.equal(out[lvl].labels[0], ref_labels), lvl
+        got = list(zip(out[lvl].instance_ids.tolist(), out[lvl].target_cell.tolist()))
+        assert got == ref_targets, lvl
+        assert all(0 <= c < s * s for c in out[lvl].target_cell.tolist())
+    corners = [(t.pos_mask[0, 0], t.pos_mask[0, -1]) for t in out]
+    assert any(a for a, _ in corners) and any(b for _, b in corners)  # first and last cells claimed
+
+
+def test_mismatched_shapes_raise_errors_naming_the_image():
+    m = square(0, 0, 10)[None]
+    with pytest.raises(ValueError, match=r"gt_masks must be \[N, H, W\].*image 1 has \(1, 128, 256\)"):
+        run([m, square(0, 0, 10, h=128)[None]], [torch.tensor([0]), torch.tensor([0])])
+    with pytest.raises(ValueError, match=r"gt_masks must be \[N, H, W\].*image 0"):
+        run([square(0, 0, 10)], [torch.tensor([0])])
+    with pytest.raises(ValueError, match=r"image 1: gt_boxes shape \(2, 4\), expected \(1, 4\)"):
+        run([m, m], [torch.tensor([0])] * 2, gt_boxes=[torch.zeros(1, 4), torch.zeros(2, 4)])
