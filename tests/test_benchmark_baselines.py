@@ -133,3 +133,17 @@ def test_partial_benchmark_run_replaces_only_its_sections():
     assert "Goal two: **not met**" not in merged
     assert merged.count("## alpha") == merged.count("## beta") == merged.count("## Notes") == 1
     assert "machine: B" in merged and "Sections beta from this run" in merged
+
+
+def test_cudnn_flags_are_restored_after_the_block_even_when_it_raises():
+    from tools.benchmark_cuda import cudnn_flags
+
+    cudnn = torch.backends.cudnn
+    before = (cudnn.allow_tf32, cudnn.benchmark)
+    with cudnn_flags(allow_tf32=not before[0], benchmark=not before[1]):
+        assert (cudnn.allow_tf32, cudnn.benchmark) == (not before[0], not before[1])
+    assert (cudnn.allow_tf32, cudnn.benchmark) == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with cudnn_flags(benchmark=not before[1]):
+            raise RuntimeError("inside")
+    assert (cudnn.allow_tf32, cudnn.benchmark) == before

@@ -11,6 +11,7 @@
 
 Times are medians of repeats with ``torch.cuda.synchronize()`` after each call.
 """
+import contextlib
 import math
 import os
 
@@ -33,6 +34,20 @@ def cuda_timeit(fn, repeats=5, warmup=2):
 
     torch.cuda.synchronize()
     return bm.timeit(synced, repeats=repeats, warmup=warmup)
+
+
+@contextlib.contextmanager
+def cudnn_flags(**flags):
+    """Set ``torch.backends.cudnn`` flags (e.g. ``allow_tf32=False``) inside the block; the old
+    values come back after it, also when it raises."""
+    old = {name: getattr(torch.backends.cudnn, name) for name in flags}
+    for name, value in flags.items():
+        setattr(torch.backends.cudnn, name, value)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(torch.backends.cudnn, name, value)
 
 
 def no_cuda():
@@ -136,11 +151,9 @@ def bench_cuda_inference(quick):
         with torch.no_grad():
             # outputs compared in float32: cuDNN runs the baseline's dynamic conv (F.conv2d) in TF32
             # by default, solo_d2's matmul is float32 (torch.backends.cuda.matmul's default)
-            tf32 = torch.backends.cudnn.allow_tf32
-            torch.backends.cudnn.allow_tf32 = False
-            ours = bm.solo_d2_postprocess(model, cate, mask_out, padded)
-            ref = bm.adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg)
-            torch.backends.cudnn.allow_tf32 = tf32
+            with cudnn_flags(allow_tf32=False):
+                ours = bm.solo_d2_postprocess(model, cate, mask_out, padded)
+                ref = bm.adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg)
             same_masks = ours.pred_masks.shape == ref[0].shape and torch.equal(ours.pred_masks, ref[0])
             score_diff = (ours.scores - ref[1]).abs().max().item() if len(ours) == len(ref[1]) else float("inf")
             t_ours = cuda_timeit(lambda: bm.solo_d2_postprocess(model, cate, mask_out, padded))
@@ -199,13 +212,10 @@ def _bisenet_rows(quick, dev, results):
                          f"AMP {bm.ms(t16)} ({1 / t16:.0f} FPS)", f"fp32 {bm.ms(t32)} ({1 / t32:.0f} FPS)",
                          f"AMP {t32 / t16:.2f}x faster"))
         # the same at the largest size with cuDNN's autotuner (CUDNN_BENCHMARK True; detectron2's default is False)
-        benchmark_mode = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
-        with torch.no_grad():
+        with cudnn_flags(benchmark=True), torch.no_grad():
             t32 = cuda_timeit(lambda: model._predict(x), repeats=10, warmup=3)
             with torch.autocast(dev.type):
                 t16 = cuda_timeit(lambda: model._predict(x), repeats=10, warmup=3)
-        torch.backends.cudnn.benchmark = benchmark_mode
         rows.append((f"{name} inference {size[0]}x{size[1]}, cudnn.benchmark on", f"AMP {bm.ms(t16)} ({1 / t16:.0f} FPS)",
                      f"fp32 {bm.ms(t32)} ({1 / t32:.0f} FPS)", f"AMP {t32 / t16:.2f}x faster"))
         del model
