@@ -248,9 +248,10 @@ def solo_targets(
     # 4. mask targets: each instance resized once per mask size, the targets index it
     rows = torch.zeros_like(k)
     target_masks: Dict[Tuple[int, int], Tensor] = {}
+    one_size = len(set(sizes)) == 1  # all levels share one mask size, as in SOLOv2
     for size in dict.fromkeys(sizes):
-        # targets of levels of this size (None: all levels share it, as in SOLOv2)
-        of_size = None if len(set(sizes)) == 1 else torch.tensor([sz == size for sz in sizes], device=device)[level]
+        # targets of levels of this size (None: all targets)
+        of_size = None if one_size else torch.tensor([sz == size for sz in sizes], device=device)[level]
         needed = torch.unique(k if of_size is None else k[of_size])  # ascending
         target_masks[size] = instances.resized(needed, size)
         found = torch.searchsorted(needed, k)
