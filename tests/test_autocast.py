@@ -10,7 +10,7 @@ import torch
 from detectron2.modeling import build_model
 
 from solo_d2.checkpoint.core import build_cfg
-from tools import benchmark as bm
+from tools import benchmark_baselines as bl
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -36,7 +36,7 @@ def _model(config, *opts, device="cpu"):
 def test_training_step_under_bf16_autocast(config):
     cfg, model = _model(config)
     model.train()
-    batch = bm.training_batch(cfg, 96, 136, num_instances=3)
+    batch = bl.training_batch(cfg, 96, 136, num_instances=3)
     with torch.no_grad():
         ref = model(batch)  # fp32; BatchNorm statistics move, so compare loosely
     dtypes = []

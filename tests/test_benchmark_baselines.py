@@ -1,5 +1,6 @@
-"""The baselines of ``tools/benchmark.py`` compute what solo_d2 computes (so its ratios compare
-equal work), and ``--quick`` keeps the tool running. No test here asserts a time."""
+"""The baselines of ``tools/benchmark.py`` (in ``tools/benchmark_baselines.py``) compute what
+solo_d2 computes (so its ratios compare equal work), the report merges partial runs, and
+``--quick`` keeps the tool running. No test here asserts a time."""
 import os
 import subprocess
 import sys
@@ -7,7 +8,11 @@ import sys
 import pytest
 import torch
 
-from tools import benchmark as bm
+from solo_d2.modeling.solo.matrix_nms import mask_iou_matrix, matrix_nms
+from solo_d2.modeling.solo.postprocess import _paste, masks_to_boxes
+from solo_d2.modeling.solo.targets import solo_targets
+from tools import benchmark_baselines as bl
+from tools import benchmark_report as report
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,16 +20,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def small_solov2():
-    return bm.build_solov2_model(quick=True)
+    return bl.build_solov2_model(quick=True)
 
 
 @pytest.mark.parametrize("output_size", [None, (150, 230)])
 def test_adelaidet_postprocess_baseline_matches_solo_d2(small_solov2, output_size):
-    cate, mask_out, padded = bm.synthetic_solov2_outputs(80, size=(128, 192), num_objects=12, seed=1)
+    cate, mask_out, padded = bl.synthetic_solov2_outputs(80, size=(128, 192), num_objects=12, seed=1)
     out = output_size or padded
     with torch.no_grad():
-        ours = bm.solo_d2_postprocess(small_solov2, cate, mask_out, padded, output_size)
-        masks, scores, labels = bm.adelaidet_postprocess(cate, mask_out, padded, out, small_solov2.test_cfg)
+        ours = bl.solo_d2_postprocess(small_solov2, cate, mask_out, padded, output_size)
+        masks, scores, labels = bl.adelaidet_postprocess(cate, mask_out, padded, out, small_solov2.test_cfg)
     assert len(ours) > 3 and ours.image_size == tuple(out)
     assert torch.equal(ours.pred_classes, labels)
     torch.testing.assert_close(ours.scores, scores, atol=1e-6, rtol=0)
@@ -32,13 +37,13 @@ def test_adelaidet_postprocess_baseline_matches_solo_d2(small_solov2, output_siz
 
 
 def test_adelaidet_postprocess_baseline_with_more_candidates_than_nms_pre(small_solov2):
-    cate, mask_out, padded = bm.synthetic_solov2_outputs(150, size=(128, 192), num_objects=12, seed=2)
+    cate, mask_out, padded = bl.synthetic_solov2_outputs(150, size=(128, 192), num_objects=12, seed=2)
     cfg = dict(small_solov2.test_cfg)
     small_solov2.test_cfg["nms_pre"] = 40
     try:
         with torch.no_grad():
-            ours = bm.solo_d2_postprocess(small_solov2, cate, mask_out, padded)
-            masks, scores, labels = bm.adelaidet_postprocess(cate, mask_out, padded, padded, small_solov2.test_cfg)
+            ours = bl.solo_d2_postprocess(small_solov2, cate, mask_out, padded)
+            masks, scores, labels = bl.adelaidet_postprocess(cate, mask_out, padded, padded, small_solov2.test_cfg)
     finally:
         small_solov2.test_cfg.clear()
         small_solov2.test_cfg.update(cfg)
@@ -49,14 +54,14 @@ def test_adelaidet_postprocess_baseline_with_more_candidates_than_nms_pre(small_
 @pytest.mark.parametrize("hw", [(96, 160), (128, 96)])
 def test_adelaidet_target_loops_match_solo_targets(hw):
     h, w = hw
-    masks, classes = bm.random_instances(2, 7, h, w, seed=5)
+    masks, classes = bl.random_instances(2, 7, h, w, seed=5)
     masks[1][3] = False  # an empty instance
-    boxes = bm.boxes_of(masks)
+    boxes = bl.boxes_of(masks)
     sizes = [(h // 4, w // 4)] * 5
     ranges = [(1, 24), (12, 48), (24, 96), (48, 192), (96, 2048)]
-    out = bm.solo_targets(masks, classes, num_grids=bm.GRIDS, scale_ranges=ranges, mask_sizes=sizes,
+    out = solo_targets(masks, classes, num_grids=bl.GRIDS, scale_ranges=ranges, mask_sizes=sizes,
                           sigma=0.2, num_classes=80, gt_boxes=boxes)
-    ref = bm.adelaidet_targets(masks, classes, boxes, sizes, ranges=ranges)
+    ref = bl.adelaidet_targets(masks, classes, boxes, sizes, ranges=ranges)
     n = 0
     for t, (labels, entries, mask_targets) in zip(out, ref):
         assert torch.equal(t.labels, labels)
@@ -78,18 +83,18 @@ def test_resize_masks_integer_factors_match_interpolation():
 
 def test_matrix_nms_and_paste_baselines_match():
     g = torch.Generator().manual_seed(0)
-    masks = bm.random_instances(1, 40, 30, 44, seed=4)[0][0]
+    masks = bl.random_instances(1, 40, 30, 44, seed=4)[0][0]
     labels = torch.randint(0, 6, (40,), generator=g)
     scores = torch.rand(40, generator=g).sort(descending=True).values
-    iou = bm.mask_iou_matrix(masks).triu(diagonal=1) * (labels[:, None] == labels[None, :]).triu(diagonal=1).float()
+    iou = mask_iou_matrix(masks).triu(diagonal=1) * (labels[:, None] == labels[None, :]).triu(diagonal=1).float()
     comp = iou.max(dim=0).values[:, None]
     ref = scores * torch.exp(-2.0 * (iou**2 - comp**2)).min(dim=0).values
-    assert torch.equal(bm.matrix_nms(masks, labels, scores), ref)
-    soft = bm.paste_inputs(9, (70, 101))
+    assert torch.equal(matrix_nms(masks, labels, scores), ref)
+    soft = bl.paste_inputs(9, (70, 101))
     for out in [(70, 101), (97, 203)]:
-        masks_new, boxes = bm._paste(soft, (70, 101), out, 0.5, 32)
-        assert torch.equal(masks_new, bm.old_paste(soft, (70, 101), out))
-        assert torch.equal(boxes, bm.masks_to_boxes(masks_new))
+        masks_new, boxes = _paste(soft, (70, 101), out, 0.5, 32)
+        assert torch.equal(masks_new, bl.old_paste(soft, (70, 101), out))
+        assert torch.equal(boxes, masks_to_boxes(masks_new))
 
 
 def test_benchmark_quick_runs(tmp_path):
@@ -108,26 +113,26 @@ def test_benchmark_quick_runs(tmp_path):
 
 def test_targets_and_dice_baseline_computes_the_same_loss_and_gradient():
     h, w = 96, 160
-    masks, classes = bm.random_instances(2, 6, h, w, seed=3)
-    boxes = bm.boxes_of(masks)
+    masks, classes = bl.random_instances(2, 6, h, w, seed=3)
+    boxes = bl.boxes_of(masks)
     sizes = [(h // 4, w // 4)] * 5
     ranges = [(1, 24), (12, 48), (24, 96), (48, 192), (96, 2048)]
-    kw = dict(num_grids=bm.GRIDS, scale_ranges=ranges, mask_sizes=sizes, sigma=0.2, num_classes=80, gt_boxes=boxes)
-    m = sum(t.num_targets for t in bm.solo_targets(masks, classes, **kw))
+    kw = dict(num_grids=bl.GRIDS, scale_ranges=ranges, mask_sizes=sizes, sigma=0.2, num_classes=80, gt_boxes=boxes)
+    m = sum(t.num_targets for t in solo_targets(masks, classes, **kw))
     assert m > 10
     logits = torch.randn(m, *sizes[0], generator=torch.Generator().manual_seed(0))
     a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    ours = bm.targets_and_dice(masks, classes, kw, a)
-    ref = bm.adelaidet_targets_and_dice(masks, classes, boxes, sizes, b, ranges=ranges)
+    ours = bl.targets_and_dice(masks, classes, kw, a)
+    ref = bl.adelaidet_targets_and_dice(masks, classes, boxes, sizes, b, ranges=ranges)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-9)
 
 
 def test_partial_benchmark_run_replaces_only_its_sections():
-    old = bm.render("machine: A", ["- Goal one: **met** (1x).", "- Goal two: **not met** (2x)."],
+    old = report.render("machine: A", ["- Goal one: **met** (1x).", "- Goal two: **not met** (2x)."],
                     [("alpha", [("a", "1 ms", "", "")]), ("beta", [("b", "2 ms", "", "")])], quick=False)
-    new = bm.render("machine: B", ["- Goal two: **met** (30x)."], [("beta", [("b", "3 ms", "", "")])], quick=False)
-    merged = bm.merge(old, new, "machine: B")
+    new = report.render("machine: B", ["- Goal two: **met** (30x)."], [("beta", [("b", "3 ms", "", "")])], quick=False)
+    merged = report.merge(old, new, "machine: B")
     assert "| a | 1 ms |" in merged and "| b | 3 ms |" in merged and "| b | 2 ms |" not in merged
     assert "- Goal one: **met** (1x)." in merged and "- Goal two: **met** (30x)." in merged
     assert "Goal two: **not met**" not in merged

@@ -20,7 +20,7 @@ from solo_d2.modeling.solo.mask_geometry import instance_geometry
 from solo_d2.modeling.solo.targets import grid_cell, solo_targets
 from tests.test_autocast import _model
 from tests.test_tools import ROOT, run_tool
-from tools import benchmark as bm
+from tools import benchmark_baselines as bl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -39,10 +39,10 @@ def no_tf32():
 @pytest.mark.parametrize("with_boxes", [True, False])
 def test_targets_on_cuda_equal_cpu(with_boxes):
     h, w = 200, 296  # non-square, several instances per level, 80 classes
-    masks, classes = bm.random_instances(2, 30, h, w, seed=7)
+    masks, classes = bl.random_instances(2, 30, h, w, seed=7)
     masks[1][3] = False  # an empty mask
-    boxes = bm.boxes_of(masks) if with_boxes else None
-    kw = dict(num_grids=bm.GRIDS, scale_ranges=bm.RANGES, mask_sizes=[(h // 4, w // 4)] * 2 + [(h // 8, w // 8)] * 3,
+    boxes = bl.boxes_of(masks) if with_boxes else None
+    kw = dict(num_grids=bl.GRIDS, scale_ranges=bl.RANGES, mask_sizes=[(h // 4, w // 4)] * 2 + [(h // 8, w // 8)] * 3,
               sigma=0.2, num_classes=80)
     for m in masks:  # geometry first, so that a difference is found where it starts
         for name, a, b in zip(("box_h", "box_w", "cy", "cx", "area"), instance_geometry(m), instance_geometry(m.to(CUDA))):
@@ -65,12 +65,12 @@ def test_grid_cells_on_cuda_equal_cpu():
     for extent in (800, 1216, 1333):
         recip = coords * torch.tensor(1.0 / extent, dtype=torch.float32)
         assert (recip != coords / extent).any()  # values where the two ways differ are present
-        for s in bm.GRIDS:
+        for s in bl.GRIDS:
             assert torch.equal(grid_cell(coords.to(CUDA), extent, s).cpu(), grid_cell(coords, extent, s)), (extent, s)
 
 
 def test_matrix_nms_on_cuda_matches_cpu():
-    masks = bm.random_instances(1, 120, 64, 90, seed=2)[0][0]
+    masks = bl.random_instances(1, 120, 64, 90, seed=2)[0][0]
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 5, (120,), generator=g)
     scores = torch.rand(120, generator=g).sort(descending=True).values
@@ -82,15 +82,15 @@ def test_matrix_nms_on_cuda_matches_cpu():
 
 def test_postprocessing_on_cuda_matches_cpu():
     size = (256, 384)
-    cate, mask_out, padded = bm.synthetic_solov2_outputs(200, size=size, num_objects=20)
+    cate, mask_out, padded = bl.synthetic_solov2_outputs(200, size=size, num_objects=20)
     _, model = _model("SOLOv2/R50_3x.yaml", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", device="cpu")
     model.eval()
     with torch.no_grad():
-        cpu = bm.solo_d2_postprocess(model, cate, mask_out, padded, output_size=(300, 460))
+        cpu = bl.solo_d2_postprocess(model, cate, mask_out, padded, output_size=(300, 460))
         model.to(CUDA)
-        gpu = bm.solo_d2_postprocess(model, [c.to(CUDA) for c in cate],
+        gpu = bl.solo_d2_postprocess(model, [c.to(CUDA) for c in cate],
                                      [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out], padded, output_size=(300, 460))
-        ref = bm.adelaidet_postprocess([c.to(CUDA) for c in cate], [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out],
+        ref = bl.adelaidet_postprocess([c.to(CUDA) for c in cate], [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out],
                                        padded, (300, 460), model.test_cfg)
     assert len(cpu) > 10 and len(set(cpu.pred_classes.tolist())) > 1
     assert len(gpu) == len(cpu) and gpu.pred_masks.device.type == "cuda"
@@ -101,10 +101,10 @@ def test_postprocessing_on_cuda_matches_cpu():
     torch.testing.assert_close(gpu.pred_boxes.tensor.cpu(), cpu.pred_boxes.tensor, atol=1.0, rtol=0)
     torch.testing.assert_close(gpu.scores, ref[1], atol=1e-5, rtol=0)  # the reference algorithm on the GPU
     with torch.no_grad():  # output size = input size: masks pasted around their boxes on the CPU, whole on the GPU
-        gpu_same = bm.solo_d2_postprocess(model, [c.to(CUDA) for c in cate],
+        gpu_same = bl.solo_d2_postprocess(model, [c.to(CUDA) for c in cate],
                                           [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out], padded)
         model.cpu()
-        cpu_same = bm.solo_d2_postprocess(model, cate, mask_out, padded)
+        cpu_same = bl.solo_d2_postprocess(model, cate, mask_out, padded)
     assert len(gpu_same) == len(cpu_same) and torch.equal(gpu_same.pred_classes.cpu(), cpu_same.pred_classes)
     differ = (gpu_same.pred_masks.cpu() != cpu_same.pred_masks).sum().item()
     assert differ <= 1e-4 * cpu_same.pred_masks.numel(), differ
@@ -174,7 +174,7 @@ def test_amp_trainer_steps(config):
 
     cfg, model = _model(config, device="cuda")
     model.train()
-    batch = bm.training_batch(cfg, 160, 224, num_instances=5)
+    batch = bl.training_batch(cfg, 160, 224, num_instances=5)
     with torch.no_grad():
         ref = {k: v.item() for k, v in model(batch).items()}
     before = [p.detach().clone() for p in model.parameters()]

@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from tools import benchmark_baselines as bl
 from tools import benchmark as bm
 from solo_d2.checkpoint.core import build_cfg
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
@@ -108,7 +109,7 @@ def bench_cuda_training(quick):
         print(f"  cuda training {name} ...", flush=True)
         cfg = build_cfg(config, device=DEVICE)
         h, w = _train_size(cfg, quick)
-        batch = bm.training_batch(cfg, h, w, num_instances=8)
+        batch = bl.training_batch(cfg, h, w, num_instances=8)
         try:
             t32, m32, l32 = train_steps(cfg, batch, False, 2 if quick else 5, 1 if quick else 2)
             t16, m16, l16 = train_steps(cfg, batch, True, 2 if quick else 5, 1 if quick else 2)
@@ -134,7 +135,7 @@ def bench_cuda_inference(quick):
     dev = torch.device(DEVICE)
     rows, results = [], {}
     size = (256, 384) if quick else (800, 1216)
-    model = bm.build_solov2_model(quick).to(dev)
+    model = bl.build_solov2_model(quick).to(dev)
     x = torch.randn(1, 3, *size, device=dev)
     with torch.no_grad():
         t_backbone = cuda_timeit(lambda: model.backbone(x))
@@ -145,19 +146,19 @@ def bench_cuda_inference(quick):
                  bm.ms(t_model), "", ""))
     results["cuda_backbone_s"] = t_backbone
     for target in ((60, 200) if quick else (300, 1500)):
-        cate, mask_out, padded = bm.synthetic_solov2_outputs(target, size=size, num_objects=20 if quick else 60)
+        cate, mask_out, padded = bl.synthetic_solov2_outputs(target, size=size, num_objects=20 if quick else 60)
         cate = [c.to(dev) for c in cate]
         mask_out = [(k.to(dev), f.to(dev)) for k, f in mask_out]
         with torch.no_grad():
             # outputs compared in float32: cuDNN runs the baseline's dynamic conv (F.conv2d) in TF32
             # by default, solo_d2's matmul is float32 (torch.backends.cuda.matmul's default)
             with cudnn_flags(allow_tf32=False):
-                ours = bm.solo_d2_postprocess(model, cate, mask_out, padded)
-                ref = bm.adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg)
+                ours = bl.solo_d2_postprocess(model, cate, mask_out, padded)
+                ref = bl.adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg)
             same_masks = ours.pred_masks.shape == ref[0].shape and torch.equal(ours.pred_masks, ref[0])
             score_diff = (ours.scores - ref[1]).abs().max().item() if len(ours) == len(ref[1]) else float("inf")
-            t_ours = cuda_timeit(lambda: bm.solo_d2_postprocess(model, cate, mask_out, padded))
-            t_ref = cuda_timeit(lambda: bm.adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg))
+            t_ours = cuda_timeit(lambda: bl.solo_d2_postprocess(model, cate, mask_out, padded))
+            t_ref = cuda_timeit(lambda: bl.adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg))
         results[f"cuda_post_{target}"] = (t_ours, t_ref)
         rows.append((f"post-processing, ~{target} candidates, {len(ours)} kept (masks {'same' if same_masks else 'DIFFERENT'}, "
                      f"scores within {score_diff:.1e}, TF32 off; timed with the defaults)", bm.ms(t_ours), f"{bm.ms(t_ref)} (AdelaiDet algorithm)",
@@ -165,27 +166,27 @@ def bench_cuda_inference(quick):
     del model
     # target assignment on the GPU
     h, w, n = (400, 608, 10) if quick else (800, 1216, 20)
-    masks, classes = bm.random_instances(2, n, h, w)
-    boxes = [b.to(dev) for b in bm.boxes_of(masks)]
+    masks, classes = bl.random_instances(2, n, h, w)
+    boxes = [b.to(dev) for b in bl.boxes_of(masks)]
     masks, classes = [m.to(dev) for m in masks], [c.to(dev) for c in classes]
     sizes = [(h // 4, w // 4)] * 5
-    kw = dict(num_grids=bm.GRIDS, scale_ranges=bm.RANGES, mask_sizes=sizes, sigma=0.2, num_classes=80, gt_boxes=boxes)
+    kw = dict(num_grids=bl.GRIDS, scale_ranges=bl.RANGES, mask_sizes=sizes, sigma=0.2, num_classes=80, gt_boxes=boxes)
     t_vec = cuda_timeit(lambda: solo_targets(masks, classes, **kw), repeats=10)
-    t_loop = cuda_timeit(lambda: bm.adelaidet_targets(masks, classes, boxes, sizes), repeats=3, warmup=1)
+    t_loop = cuda_timeit(lambda: bl.adelaidet_targets(masks, classes, boxes, sizes), repeats=3, warmup=1)
     results["cuda_targets"] = (t_vec, t_loop)
     rows.append((f"target assignment, 2 images x {n} instances, {h}x{w}, on the GPU", bm.ms(t_vec),
                  f"{bm.ms(t_loop)} (AdelaiDet loops on the GPU)", f"{t_loop / t_vec:.1f}x"))
     # Matrix NMS
     k, mh, mw = (200, 100, 152) if quick else (500, 200, 304)
-    nms_masks = bm.random_instances(1, k, mh, mw, seed=1)[0][0].to(dev)
+    nms_masks = bl.random_instances(1, k, mh, mw, seed=1)[0][0].to(dev)
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 80, (k,), generator=g).to(dev)
     scores = torch.rand(k, generator=g).sort(descending=True).values.to(dev)
 
-    ref = bm.one_matmul_nms(nms_masks, labels, scores)
+    ref = bl.one_matmul_nms(nms_masks, labels, scores)
     close = torch.allclose(matrix_nms(nms_masks, labels, scores), ref, atol=1e-6, rtol=0)
     t_ours = cuda_timeit(lambda: matrix_nms(nms_masks, labels, scores))
-    t_ref = cuda_timeit(lambda: bm.one_matmul_nms(nms_masks, labels, scores))
+    t_ref = cuda_timeit(lambda: bl.one_matmul_nms(nms_masks, labels, scores))
     rows.append((f"Matrix NMS, {k} masks {mh}x{mw}, 80 classes (scores {'within 1e-6' if close else 'DIFFERENT'})",
                  bm.ms(t_ours), f"{bm.ms(t_ref)} (one {k}x{k} IoU matmul)", f"{t_ref / t_ours:.2f}x"))
     rows.extend(_bisenet_rows(quick, dev, results))
