@@ -178,3 +178,37 @@ def test_postprocess_cells_equals_postprocess_on_gathered_masks():
     assert len(a) == len(b) > 0
     assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_classes, b.pred_classes)
     assert torch.equal(a.pred_masks, b.pred_masks)
+
+
+@pytest.mark.parametrize("image_size", [(4 * MH + 1, 72), (60, 4 * MW + 1)])
+def test_image_size_beyond_the_padded_masks_is_an_error(image_size):
+    masks, labels, scores, strides = two_objects_and_duplicate()
+    with pytest.raises(ValueError, match=rf"image_size \({image_size[0]}, {image_size[1]}\) exceeds the padded size "
+                                         rf"\({4 * MH}, {4 * MW}\) implied by masks of size \({MH}, {MW}\)"):
+        solo_postprocess(masks, labels, scores, strides, image_size=image_size, output_size=OUTPUT_SIZE)
+    # the padded size itself is a valid input size (no padding)
+    padded = solo_postprocess(masks, labels, scores, strides, image_size=(4 * MH, 4 * MW), output_size=OUTPUT_SIZE)
+    assert len(padded) == 3
+
+
+@pytest.mark.parametrize("mask_thr", [-0.25, 0.0, 0.5])
+def test_area_and_maskness_follow_the_binary_mask_for_any_threshold(mask_thr):
+    """Area = pixels with p > mask_thr, maskness = their mean probability (the references'
+    ``(soft * binary).sum() / binary.sum()``), also for pixels exactly 0 or at the threshold."""
+    from solo_d2.modeling.solo.postprocess import mask_area_maskness
+
+    g = torch.Generator().manual_seed(4)
+    soft = torch.rand(4, 5, 7, generator=g)
+    soft[:, 0] = 0.0  # exact zeros: inside for a negative threshold
+    soft[:, 1, :3] = 0.5  # exactly at 0.5: outside for mask_thr 0.5
+    soft[2] = 0.2
+    soft[2, 4, 6] = 0.9  # one pixel above 0.5: maskness 0.9 for mask_thr 0.5
+    soft[3] = 0.0  # an all-zero mask: empty unless the threshold is negative
+    binary = soft > mask_thr
+    area, maskness = mask_area_maskness(soft, mask_thr)
+    assert torch.equal(area, binary.sum(dim=(1, 2)).float())
+    expected = (soft * binary).sum(dim=(1, 2)) / binary.sum(dim=(1, 2)).clamp(min=1)
+    assert torch.allclose(maskness, expected, atol=1e-6, rtol=0)
+    assert (area[3] == 35) == (mask_thr < 0) and (maskness[3] == 0)
+    if mask_thr == 0.5:
+        assert area[2] == 1 and maskness[2] == pytest.approx(0.9)
