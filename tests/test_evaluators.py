@@ -4,6 +4,10 @@ and a deliberately wrong prediction set scores clearly lower.
 Predictions come from the files through Detectron2's loaders (COCO json, Cityscapes
 instanceIds / labelTrainIds), so loaders, formats and evaluators are checked to agree.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +25,7 @@ from solo_d2.evaluation import (
     build_evaluator,
     coco_tasks_from_config,
 )
+from solo_d2.utils.env import has_compiled_ops
 
 COCO_VAL = "synthetic_coco_val"
 CS_INST_VAL = "synthetic_cityscapes_fine_instance_seg_val"
@@ -190,6 +195,11 @@ def test_build_evaluator_by_evaluator_type(synthetic_coco, synthetic_cityscapes,
     assert coco_tasks_from_config(cfg) == ("segm", "bbox")
     coco = build_evaluator(cfg, COCO_VAL, distributed=False)
     assert isinstance(coco, COCOEvaluator) and set(coco._tasks) == {"segm", "bbox"}
+    # the default output folder is OUTPUT_DIR/inference; the arguments reach the evaluator
+    assert coco._output_dir == os.path.join(str(tmp_path), "inference")
+    assert coco._distributed is False and coco._use_fast_impl == has_compiled_ops()
+    assert build_evaluator(cfg, COCO_VAL, str(tmp_path / "given"))._output_dir == str(tmp_path / "given")
+    assert build_evaluator(cfg, COCO_VAL)._distributed is True
     assert isinstance(build_evaluator(cfg, CS_INST_VAL), CityscapesInstanceEvaluator)
     both = build_evaluator(cfg, CS_SEM_VAL)
     assert isinstance(both, DatasetEvaluators)
@@ -201,6 +211,16 @@ def test_build_evaluator_by_evaluator_type(synthetic_coco, synthetic_cityscapes,
         meta = MetadataCatalog.get(CS_SEM_VAL)
         MetadataCatalog.get(name).set(evaluator_type="sem_seg", stuff_classes=meta.stuff_classes, ignore_label=255)
     assert type(build_evaluator(cfg, name)) is SemSegEvaluator
+    sem = build_evaluator(cfg, name, str(tmp_path / "sem"), distributed=False)
+    assert sem._output_dir == str(tmp_path / "sem") and sem._distributed is False
+
+    # boxes only for detectors without masks; keypoints when the config predicts them
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    assert coco_tasks_from_config(cfg) == ("bbox",)
+    cfg.MODEL.KEYPOINT_ON = True
+    assert coco_tasks_from_config(cfg) == ("bbox", "keypoints")
+    cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.MASK_ON = "GeneralizedRCNN", True
+    assert coco_tasks_from_config(cfg) == ("segm", "bbox", "keypoints")
 
     MetadataCatalog.get("solo_d2_test_no_evaluator").set(thing_classes=["a"])
     with pytest.raises(ValueError, match="solo_d2_test_no_evaluator.*evaluator_type"):
@@ -254,3 +274,19 @@ def test_cityscapes_evaluators_need_gt_dir():
     for cls in (CityscapesInstanceEvaluator, CityscapesSemSegEvaluator):
         with pytest.raises(KeyError, match="solo_d2_test_no_gt_dir.*gt_dir.*" + cls.__name__):
             cls(name)
+
+
+def test_build_evaluator_generates_a_missing_synthetic_dataset(tmp_path):
+    """COCOEvaluator reads the annotation json when it is built, so build_evaluator generates a
+    synthetic dataset's files first (a fresh process: the dataset root is read at import)."""
+    code = (
+        "import os; from solo_d2.config import get_cfg; from solo_d2.evaluation import build_evaluator; "
+        "cfg = get_cfg(); cfg.OUTPUT_DIR = os.environ['OUT']; cfg.MODEL.META_ARCHITECTURE = 'SOLOv2'; "
+        "e = build_evaluator(cfg, 'synthetic_coco_val', distributed=False); print(len(e._coco_api.getImgIds()))"
+    )
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OUT=str(tmp_path / "out"))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) > 0
+    assert (tmp_path / "datasets" / "synthetic_coco" / "annotations" / "instances_val.json").is_file()
