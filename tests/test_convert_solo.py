@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from solo_d2.checkpoint import ConversionError, verify_state_dict
+from solo_d2.checkpoint.core import build_cfg
 from solo_d2.checkpoint.solo_mmdet import convert_mmdet, convert_solo_official
 from solo_d2.checkpoint.torchvision_resnet import (
     convert_torchvision_resnet,
@@ -102,42 +103,43 @@ NAMES = {  # (layout, role) -> module name (REFERENCE.md section 2, "Checkpoint 
 
 
 def solo_shapes(layout, head, depth=50, classes=80, grids=(40, 36, 24, 16, 12), convs=None, ch=None,
-                mask_ch=256, tower_dcn=False, backbone_dcn=False, dcn_style="pack"):
-    """Full checkpoint shapes of a SOLO-family model in ``layout`` ("official" or "mmdet")."""
+                mask_ch=256, tower_dcn=False, backbone_dcn=False, dcn_style="pack", fpn=256):
+    """Full checkpoint shapes of a SOLO-family model in ``layout`` ("official" or "mmdet"),
+    with ``fpn`` FPN channels."""
     n = NAMES[layout]
     h = n["head"]
     s = torchvision_resnet_shapes(depth, "backbone.", dcn_stages=(2, 3, 4) if backbone_dcn else (), dcn_style=dcn_style)
-    s.update(fpn_shapes(depth))
+    s.update(fpn_shapes(depth, fpn))
     v2 = head == "SOLOv2"
     convs = convs or (4 if v2 else 7)
     ch = ch or (512 if v2 else 256)
     cate_name = {"official": {"SOLO": "solo_cate", "SOLOv2": "solo_cate"}.get(head, "dsolo_cate"), "mmdet": "conv_cls"}[layout]
     for k in range(convs):
-        conv_module(s, f"{h}.{n['cate']}.{k}", ch, 256 if k == 0 else ch, dcn=tower_dcn)
+        conv_module(s, f"{h}.{n['cate']}.{k}", ch, fpn if k == 0 else ch, dcn=tower_dcn)
     s[f"{h}.{cate_name}.weight"], s[f"{h}.{cate_name}.bias"] = (classes, ch, 3, 3), (classes,)
     if head == "SOLO":
         for k in range(convs):
-            conv_module(s, f"{h}.{n['ins']}.{k}", ch, 258 if k == 0 else ch)
+            conv_module(s, f"{h}.{n['ins']}.{k}", ch, fpn + 2 if k == 0 else ch)
         for l, g in enumerate(grids):
             s[f"{h}.{n['ins_list']}.{l}.weight"], s[f"{h}.{n['ins_list']}.{l}.bias"] = (g * g, ch, 1, 1), (g * g,)
     elif head in ("Decoupled", "DecoupledLight"):
         towers = [n["ins"]] if head == "DecoupledLight" else [n["ins"] + "_x", n["ins"] + "_y"]
         for t in towers:
             for k in range(convs):
-                conv_module(s, f"{h}.{t}.{k}", ch, (258 if head == "DecoupledLight" else 257) if k == 0 else ch)
+                conv_module(s, f"{h}.{t}.{k}", ch, fpn + (2 if head == "DecoupledLight" else 1) if k == 0 else ch)
         for ax in ("x", "y"):
             for l, g in enumerate(grids):
                 name = f"{h}.{n['dins_list']}_{ax}.{l}"
                 s[f"{name}.weight"], s[f"{name}.bias"] = (g, ch, 3, 3), (g,)
     else:
         for k in range(convs):
-            conv_module(s, f"{h}.{n['kernel']}.{k}", ch, 258 if k == 0 else ch, dcn=tower_dcn)
+            conv_module(s, f"{h}.{n['kernel']}.{k}", ch, fpn + 2 if k == 0 else ch, dcn=tower_dcn)
         kp = f"{h}.{n['kernel_pred']}"
         s[f"{kp}.weight"], s[f"{kp}.bias"] = (mask_ch, ch, 3, 3), (mask_ch,)
         mf = n["mfh"]
         for i in range(4):
             for j in range(max(i, 1)):
-                cin = (258 if i == 3 else 256) if j == 0 else 128
+                cin = (fpn + 2 if i == 3 else fpn) if j == 0 else 128
                 conv_module(s, f"{mf}.convs_all_levels.{i}.conv{j}", 128, cin, dcn=tower_dcn)
         conv_module(s, f"{mf}.{n['conv_pred']}", mask_ch, 128, k=1, dcn=tower_dcn)
     return s
@@ -174,6 +176,8 @@ def run_tool(source, src, out, *extra):
         ("mmdet", "SOLOv2", {"classes": 8}, "mmdet/SOLOv2_R50.yaml", ["MODEL.SOLO.NUM_CLASSES", "8"]),
         ("mmdet", "SOLOv2", {"depth": 101, "tower_dcn": True, "backbone_dcn": True}, "mmdet/SOLOv2_R101_DCN.yaml", []),
         ("mmdet", "SOLOv2", {"depth": 18, "convs": 2, "ch": 256, "mask_ch": 128}, "mmdet/SOLOv2_Light_R18.yaml", []),
+        ("mmdet", "SOLOv2", {"depth": 18, "convs": 2, "ch": 256, "mask_ch": 128, "fpn": 128}, "mmdet/SOLOv2_Light_R18.yaml",
+         ["MODEL.FPN.OUT_CHANNELS", "128"]),
         ("mmdet", "Decoupled", {"grids": (20, 18, 12, 8, 6)}, "mmdet/DecoupledSOLO_R50.yaml",
          ["MODEL.SOLO.NUM_GRIDS", "[20, 18, 12, 8, 6]"]),
         # no R18 SOLO config: the R50 one with the depth overridden
@@ -224,6 +228,43 @@ def test_partial_tower_dcn_refused():
         s[f"bbox_head.{t}.2.conv.conv_offset.bias"] = torch.zeros(18)
     with pytest.raises(ConversionError, match="USE_DCN_IN_TOWER"):
         convert_solo_official(s)
+
+
+def test_tower_with_a_missing_conv_refused():
+    s = fill(solo_shapes("mmdet", "SOLOv2", depth=18, convs=3, ch=256, mask_ch=128))
+    for k in [k for k in s if k.startswith("mask_head.cls_convs.1.")]:
+        del s[k]
+    with pytest.raises(ConversionError, match=r"tower mask_head\.cls_convs has convs \[0, 2\]; expected 0\.\.N-1"):
+        convert_mmdet(s)
+
+
+def test_dcnv1_tower_convs_refused():
+    # deformable convs without modulation (18 offset channels per 3x3 conv) in every tower conv
+    s = fill(solo_shapes("official", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128, tower_dcn=True))
+    for k in [k for k in s if k.startswith("bbox_head.") and ".conv_offset." in k]:
+        s[k] = torch.zeros((18,) + tuple(s[k].shape[1:]))
+    with pytest.raises(ConversionError, match=r"DCNv1 \(offset channels \[18\]"):
+        convert_solo_official(s)
+
+
+@pytest.mark.parametrize("missing", ["conv_pred.conv.weight", "convs_all_levels.0.conv0.conv.weight"])
+def test_solov2_without_its_mask_feature_head_refused(missing):
+    s = fill(solo_shapes("mmdet", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128))
+    del s[f"mask_head.mask_feature_head.{missing}"]
+    with pytest.raises(ConversionError, match=rf"without its mask-feature head: missing mask_head\.mask_feature_head\.{missing}"):
+        convert_mmdet(s)
+
+
+@pytest.mark.parametrize("offset_ch,modulated", [(54, True), (36, False)])
+def test_backbone_deformable_groups_detected(offset_ch, modulated):
+    # two deformable groups: 2 x 27 offset + mask channels (DCNv2) or 2 x 18 offsets (DCNv1)
+    s = fill(solo_shapes("mmdet", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128, backbone_dcn=True))
+    for k in [k for k in s if k.startswith("backbone.") and ".conv_offset." in k]:
+        s[k] = torch.zeros((offset_ch,) + tuple(s[k].shape[1:]))
+    conv = convert_mmdet(s)
+    resnets = build_cfg(conv.config, conv.opts).MODEL.RESNETS  # the config the converter names, with its opts
+    assert resnets.DEFORM_NUM_GROUPS == 2 and resnets.DEFORM_MODULATED is modulated
+    assert list(resnets.DEFORM_ON_PER_STAGE) == [False, True, True, True]
 
 
 # ----------------------------------------------------------------------------- strict loading
