@@ -74,6 +74,11 @@ NOTES = """## Notes
   added as bytes instead of int32 words (0.98 against 0.63 ms). The row pass reads the 39 MB at
   about 12-16 GB/s; the gather reads the windows in pieces of 496 of each 1216-byte row, and
   took 1.7-2.5 ms within the call (line profiler) against 0.55 ms with the windows in cache.
+  At 11d9fd9 (2 threads, one process): reading whole masks, no windows, in chunks of 2, 5 or 10
+  instances (row counts, column counts and resize per chunk, so that the second and third reads
+  come from the 32 MB L3 cache) took 9.3-13.7 ms for those parts alone, about the time of the
+  whole `solo_targets` call (10.9-11.9 ms in the same run); the whole-mask column counts (3.6-3.7 ms)
+  and resize (4.5-4.7 ms, both images) cost more in arithmetic than the windows save in reads.
 - Training rows: batch 2 of random 256x320 images with 4 random instances (SOLO family) or
   random labels (BiSeNet), one torch thread, one warm-up step, median of 2 steps, each config
   in its own process. 800x1216 with R50 on this CPU is too slow for a routine run; these rows
