@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, Instances
 
-from solo_d2.modeling.solo.postprocess import masks_to_boxes, point_nms, solo_postprocess
+from solo_d2.modeling.solo.postprocess import mask_area_maskness, masks_to_boxes, point_nms, solo_postprocess
 
 MH, MW = 16, 20  # masks at 1/4 of a 64x80 padded input
 IMAGE_SIZE = (60, 72)  # unpadded input
@@ -195,8 +195,6 @@ def test_image_size_beyond_the_padded_masks_is_an_error(image_size):
 def test_area_and_maskness_follow_the_binary_mask_for_any_threshold(mask_thr):
     """Area = pixels with p > mask_thr, maskness = their mean probability (the references'
     ``(soft * binary).sum() / binary.sum()``), also for pixels exactly 0 or at the threshold."""
-    from solo_d2.modeling.solo.postprocess import mask_area_maskness
-
     g = torch.Generator().manual_seed(4)
     soft = torch.rand(4, 5, 7, generator=g)
     soft[:, 0] = 0.0  # exact zeros: inside for a negative threshold
