@@ -16,7 +16,15 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-__all__ = ["ohem_cross_entropy", "cross_entropy", "seg_loss", "reduce_normalizer", "head_loss_config"]
+__all__ = [
+    "ohem_cross_entropy",
+    "ohem_selection",
+    "pixel_losses",
+    "cross_entropy",
+    "seg_loss",
+    "reduce_normalizer",
+    "head_loss_config",
+]
 
 
 def head_loss_config(cfg) -> dict:
@@ -44,12 +52,42 @@ def reduce_normalizer(count: torch.Tensor) -> torch.Tensor:
     return count.clamp(min=1.0)
 
 
-def _pixel_losses(logits, targets, ignore_value):
-    """Per-pixel CE. logits [N, C, H, W] (upsampled to targets' size), targets [N, H, W]."""
+def pixel_losses(logits, targets, ignore_value=255):
+    """Per-pixel CE, flattened: ``(loss [N*H*W], valid [N*H*W] bool)``.
+
+    logits [N, C, h, w] are resized bilinearly to the targets' [N, H, W] size. The CE is computed
+    in float32 or wider: half / bfloat16 logits (autocast) are cast to float32, float64 stays float64.
+    """
     if logits.shape[-2:] != targets.shape[-2:]:
         logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-    loss = F.cross_entropy(logits.float(), targets.long(), ignore_index=ignore_value, reduction="none")
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    loss = F.cross_entropy(logits, targets.long(), ignore_index=ignore_value, reduction="none")
     return loss.flatten(), (targets != ignore_value).flatten()
+
+
+def ohem_selection(loss, valid, thresh=0.7, min_kept_divisor=16):
+    """Which pixels OHEM averages (pure function of the per-pixel losses of :func:`pixel_losses`).
+
+    Hard pixels are valid ones with ``loss > -log(thresh)``; ``n_min = n_valid // min_kept_divisor``.
+    If at least ``n_min`` pixels are hard they are kept, else the ``n_min`` largest valid losses.
+
+    Returns:
+        ``(kept, counts)``: ``kept`` bool like ``loss``; ``counts`` a dict of ints ``n_valid``,
+        ``n_min``, ``n_hard``, ``n_kept``.
+    """
+    if not 0.0 < thresh < 1.0:
+        raise ValueError(f"MODEL.BISENET.OHEM_THRESH must be a probability in (0, 1), got {thresh}")
+    n_valid = int(valid.sum())
+    n_min = n_valid // max(int(min_kept_divisor), 1)
+    kept = valid & (loss > -math.log(thresh))
+    n_hard = int(kept.sum())
+    if n_hard < n_min:
+        # fewer hard pixels than the minimum: keep the n_min largest valid losses
+        masked = torch.where(valid, loss.detach(), torch.full_like(loss, -1.0))
+        kept = torch.zeros_like(valid)
+        kept[masked.topk(n_min).indices] = True
+    counts = dict(n_valid=n_valid, n_min=n_min, n_hard=n_hard, n_kept=max(n_hard, n_min))
+    return kept, counts
 
 
 def ohem_cross_entropy(logits, targets, ignore_value=255, thresh=0.7, min_kept_divisor=16):
@@ -64,29 +102,16 @@ def ohem_cross_entropy(logits, targets, ignore_value=255, thresh=0.7, min_kept_d
     Returns:
         scalar loss (mean over kept pixels, normalizer reduced over workers).
     """
-    if not 0.0 < thresh < 1.0:
-        raise ValueError(f"MODEL.BISENET.OHEM_THRESH must be a probability in (0, 1), got {thresh}")
-    loss, valid = _pixel_losses(logits, targets, ignore_value)
-    loss_thresh = -math.log(thresh)
-    n_valid = int(valid.sum())
-    n_min = n_valid // max(int(min_kept_divisor), 1)
-    hard = valid & (loss > loss_thresh)
-    n_hard = int(hard.sum())
-    if n_hard >= n_min:
-        kept_sum = (loss * hard).sum()
-        n_kept = n_hard
-    else:
-        # fewer hard pixels than the minimum: keep the n_min largest valid losses
-        masked = torch.where(valid, loss, torch.full_like(loss, -1.0))
-        kept_sum = masked.topk(n_min).values.sum()
-        n_kept = n_min
-    normalizer = reduce_normalizer(torch.tensor(float(n_kept), device=loss.device))
+    loss, valid = pixel_losses(logits, targets, ignore_value)
+    kept, counts = ohem_selection(loss, valid, thresh, min_kept_divisor)
+    kept_sum = torch.where(kept, loss, torch.zeros_like(loss)).sum()
+    normalizer = reduce_normalizer(torch.tensor(float(counts["n_kept"]), device=loss.device))
     return kept_sum / normalizer
 
 
 def cross_entropy(logits, targets, ignore_value=255):
     """Plain cross entropy averaged over valid pixels (normalizer reduced over workers)."""
-    loss, valid = _pixel_losses(logits, targets, ignore_value)
+    loss, valid = pixel_losses(logits, targets, ignore_value)
     normalizer = reduce_normalizer(valid.sum())
     return (loss * valid).sum() / normalizer
 
