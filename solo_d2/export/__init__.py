@@ -41,9 +41,9 @@ def export(wrapper, sample, path: str, fmt: str, *, opset: int = DEFAULT_OPSET):
         return export_torchscript(wrapper, sample, path)
     if fmt != "onnx":
         raise ValueError(f"format must be 'torchscript' or 'onnx', got {fmt!r}")
-    from ..modeling.backbone.dcn import ModulatedDeformConv2d
+    from ..modeling.backbone.dcn import DeformConvBase
 
-    if any(isinstance(m, ModulatedDeformConv2d) for m in wrapper.modules()):
+    if any(isinstance(m, DeformConvBase) for m in wrapper.modules()):
         raise ValueError(
             "this model has deformable convolutions (DCN), which the ONNX exporter cannot convert "
             "(torchvision::deform_conv2d has no ONNX symbolic here); export it with --format torchscript"

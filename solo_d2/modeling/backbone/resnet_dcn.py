@@ -1,4 +1,4 @@
-"""ResNet / ResNet+FPN with modulated deformable conv v2 (torchvision op) in chosen stages.
+"""ResNet / ResNet+FPN with deformable convs (DCNv2 or DCNv1, torchvision op) in chosen stages.
 
 Config (Detectron2's own keys, no new ones):
     - ``MODEL.RESNETS.DEFORM_ON_PER_STAGE``: 4 booleans for res2..res5
@@ -7,8 +7,8 @@ Config (Detectron2's own keys, no new ones):
     - ``MODEL.RESNETS.DEFORM_NUM_GROUPS``: offset groups.
 
 The 3x3 conv (``conv2``) of every block in a deformable stage is replaced by a
-:class:`ModulatedDeformConv2d` with the same geometry, weights and norm, so parameter
-names match Detectron2's plain ResNet (ImageNet checkpoints load; only
+:class:`ModulatedDeformConv2d` (DCNv1: :class:`DeformConv2d`) with the same geometry, weights
+and norm, so parameter names match Detectron2's plain ResNet (ImageNet checkpoints load; only
 ``conv2.conv_offset.*`` is new). Bottleneck (R50+) and basic (R18/R34) blocks both work.
 """
 from detectron2.layers import ShapeSpec
