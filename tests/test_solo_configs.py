@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 
 import solo_d2
 from solo_d2 import model_zoo
-from solo_d2.modeling.backbone import ModulatedDeformConv2d
+from solo_d2.modeling.backbone import DeformConv2d, DeformConvBase
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -110,8 +110,11 @@ def test_config_loads_and_builds(name):
         if not name.startswith("Cityscapes"):
             assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.MODEL.SOLO.NUM_CLASSES) == (16, 0.01, 80)
     if "DCN" in name:
-        deform = [m for m in model.backbone.modules() if isinstance(m, ModulatedDeformConv2d)]
-        assert deform and any(isinstance(m, ModulatedDeformConv2d) for m in model.ins_head.modules())
+        deform = [m for m in model.backbone.modules() if isinstance(m, DeformConvBase)]
+        assert deform and any(isinstance(m, DeformConvBase) for m in model.ins_head.modules())
+    if "Light512_DCN" in name:  # as the official model: DCNv1 in the last tower conv only
+        for tower in (model.ins_head.cate_tower, model.ins_head.kernel_tower):
+            assert [type(m) is DeformConv2d for m in tower] == [False, False, True]
 
 
 def test_light_and_cityscapes_settings():

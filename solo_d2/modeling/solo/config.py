@@ -17,9 +17,16 @@ Architecture
     - ``SCALE_RANGES``: ``[lo, hi]`` on sqrt(box area) per level (ranges overlap).
     - ``SIGMA``: center-region scale for positive cells.
     - ``INS_CHANNELS``: channels of the head towers (SOLOv2: 512, light/SOLO: 256).
-    - ``NUM_CONVS``: convs per tower (SOLO: 7, SOLOv2: 4, light: 2 or 4).
+    - ``NUM_CONVS``: convs per tower (SOLO: 7, SOLOv2: 4, SOLOv2-light: 2 (448) or 3
+      (512-DCN), Decoupled-SOLO-light: 4).
     - ``NORM``: norm of the tower convs (``"GN"`` = GroupNorm(32); ``""`` = none).
-    - ``USE_DCN_IN_TOWER``: modulated deformable convs in every tower conv (SOLOv2 DCN).
+    - ``USE_DCN_IN_TOWER``: deformable convs in every tower of the head (category, kernel and
+      mask towers); which of their convs, and which DCN version: the next two keys.
+    - ``TOWER_DCN_CONVS``: with ``USE_DCN_IN_TOWER``, ``"all"`` convs of every tower are
+      deformable (official SOLOv2 R101-DCN) or only the ``"last"`` one (official
+      SOLOv2-light-512-DCN and Decoupled-SOLO-light-DCN).
+    - ``TOWER_DCN_MODULATED``: DCNv2 (True: offsets + modulation, 27 offset-conv channels) or
+      DCNv1 (False: offsets only, 18 channels; the official light-DCN models) tower convs.
     - ``PRIOR_PROB``: initial foreground probability of the category output.
     - ``MASK_PRIOR_PROB``: initial probability of the SOLO / Decoupled SOLO mask outputs
       (official: 0.01, bias -4.595; 0.5 gives bias 0). SOLOv2's kernels have no such prior.
@@ -63,6 +70,8 @@ def add_solo_config(cfg):
     _C.NUM_CONVS = 4
     _C.NORM = "GN"
     _C.USE_DCN_IN_TOWER = False
+    _C.TOWER_DCN_CONVS = "all"
+    _C.TOWER_DCN_MODULATED = True
     _C.PRIOR_PROB = 0.01
     _C.MASK_PRIOR_PROB = 0.01
 

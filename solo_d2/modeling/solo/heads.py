@@ -21,7 +21,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 from torch import nn
 
-from ..backbone.dcn import ModulatedDeformConv2d
+from ..backbone.dcn import DeformConv2d, ModulatedDeformConv2d
 
 SOLO_HEAD_REGISTRY = Registry("SOLO_HEAD")
 SOLO_HEAD_REGISTRY.__doc__ = """
@@ -48,23 +48,55 @@ def coord_features(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([xx, yy]).expand(b, 2, h, w)
 
 
-def conv_norm_relu(in_ch: int, out_ch: int, norm: str, use_dcn: bool = False, kernel_size: int = 3):
-    """``kxk`` conv (deformable if ``use_dcn``) + norm + ReLU; no conv bias when a norm follows."""
+def conv_norm_relu(
+    in_ch: int, out_ch: int, norm: str, use_dcn: bool = False, kernel_size: int = 3, *, modulated: bool = True
+):
+    """``kxk`` conv + norm + ReLU, ``[N, in_ch, H, W] -> [N, out_ch, H, W]``; no conv bias when a
+    norm follows. ``use_dcn``: a deformable conv, DCNv2 (:class:`ModulatedDeformConv2d`) if
+    ``modulated``, else DCNv1 (:class:`DeformConv2d`)."""
     norm_layer = get_norm(norm, out_ch)
     kwargs = dict(
         kernel_size=kernel_size, padding=kernel_size // 2, bias=norm_layer is None,
         norm=norm_layer, activation=F.relu,
     )
     if use_dcn:
-        return ModulatedDeformConv2d(in_ch, out_ch, **kwargs)
+        return (ModulatedDeformConv2d if modulated else DeformConv2d)(in_ch, out_ch, **kwargs)
     return Conv2d(in_ch, out_ch, **kwargs)
 
 
-def make_tower(in_ch: int, channels: int, num_convs: int, norm: str, use_dcn: bool = False):
-    """``num_convs`` x (3x3 conv + norm + ReLU), the first taking ``in_ch`` channels."""
+TOWER_DCN_CONVS = ("all", "last")
+
+
+def make_tower(
+    in_ch: int, channels: int, num_convs: int, norm: str, use_dcn: bool = False, *,
+    dcn_convs: str = "all", dcn_modulated: bool = True,
+):
+    """``num_convs`` x (3x3 conv + norm + ReLU), ``[N, in_ch, H, W] -> [N, channels, H, W]``.
+
+    With ``use_dcn``, the convs named by ``dcn_convs`` are deformable: ``"all"`` of them or only
+    the ``"last"`` (``MODEL.SOLO.TOWER_DCN_CONVS``); DCNv2 if ``dcn_modulated``, else DCNv1
+    (``MODEL.SOLO.TOWER_DCN_MODULATED``)."""
+    if dcn_convs not in TOWER_DCN_CONVS:
+        raise ValueError(f"MODEL.SOLO.TOWER_DCN_CONVS = {dcn_convs!r}: must be one of {TOWER_DCN_CONVS}")
     return nn.Sequential(
-        *[conv_norm_relu(in_ch if k == 0 else channels, channels, norm, use_dcn) for k in range(num_convs)]
+        *[
+            conv_norm_relu(
+                in_ch if k == 0 else channels, channels, norm,
+                use_dcn and (dcn_convs == "all" or k == num_convs - 1), modulated=dcn_modulated,
+            )
+            for k in range(num_convs)
+        ]
     )
+
+
+def tower_dcn_args(c) -> dict:
+    """``make_tower`` keyword arguments from ``cfg.MODEL.SOLO`` (``USE_DCN_IN_TOWER``,
+    ``TOWER_DCN_CONVS``, ``TOWER_DCN_MODULATED``)."""
+    return {
+        "use_dcn": bool(c.USE_DCN_IN_TOWER),
+        "dcn_convs": c.TOWER_DCN_CONVS,
+        "dcn_modulated": bool(c.TOWER_DCN_MODULATED),
+    }
 
 
 def init_head_weights(module: nn.Module, std: float = 0.01):
@@ -161,6 +193,8 @@ class SOLOv2Head(SOLOHeadBase):
         kernel_dim: int = 256,
         norm: str = "GN",
         use_dcn: bool = False,
+        dcn_convs: str = "all",
+        dcn_modulated: bool = True,
         prior_prob: float = 0.01,
     ):
         """
@@ -170,15 +204,17 @@ class SOLOv2Head(SOLOHeadBase):
             num_grids: S per level.
             channels, num_convs: tower width and depth.
             kernel_dim: D, channels of the unified mask features.
-            norm: norm of the tower convs; use_dcn: deformable tower convs.
+            norm: norm of the tower convs.
+            use_dcn, dcn_convs, dcn_modulated: deformable tower convs (see :func:`make_tower`).
             prior_prob: initial category probability.
         """
         super().__init__()
         self.num_classes = num_classes
         self.num_grids = list(num_grids)
         self.kernel_dim = kernel_dim
-        self.kernel_tower = make_tower(in_channels + 2, channels, num_convs, norm, use_dcn)
-        self.cate_tower = make_tower(in_channels, channels, num_convs, norm, use_dcn)
+        dcn = dict(use_dcn=use_dcn, dcn_convs=dcn_convs, dcn_modulated=dcn_modulated)
+        self.kernel_tower = make_tower(in_channels + 2, channels, num_convs, norm, **dcn)
+        self.cate_tower = make_tower(in_channels, channels, num_convs, norm, **dcn)
         self.kernel_pred = nn.Conv2d(channels, kernel_dim, 3, padding=1)
         self.cate_pred = nn.Conv2d(channels, num_classes, 3, padding=1)
         init_head_weights(self)
@@ -195,7 +231,7 @@ class SOLOv2Head(SOLOHeadBase):
             "num_convs": c.NUM_CONVS,
             "kernel_dim": c.MASK_FEAT_CHANNELS,
             "norm": c.NORM,
-            "use_dcn": c.USE_DCN_IN_TOWER,
+            **tower_dcn_args(c),
             "prior_prob": c.PRIOR_PROB,
         }
 

@@ -28,6 +28,7 @@ from .heads import (
     make_tower,
     prior_bias,
     resize_probs,
+    tower_dcn_args,
 )
 
 
@@ -45,6 +46,8 @@ class _GridHeadBase(SOLOHeadBase):
         num_convs: int = 7,
         norm: str = "GN",
         use_dcn: bool = False,
+        dcn_convs: str = "all",
+        dcn_modulated: bool = True,
         prior_prob: float = 0.01,
         mask_prior_prob: float = 0.01,
     ):
@@ -54,16 +57,22 @@ class _GridHeadBase(SOLOHeadBase):
             num_classes: thing classes (no background).
             num_grids: S per level.
             channels, num_convs: tower width and depth (SOLO: 256, 7; light: 256, 4).
-            norm: tower norm; use_dcn: deformable tower convs.
+            norm: tower norm.
+            use_dcn, dcn_convs, dcn_modulated: deformable tower convs (see :func:`~.heads.make_tower`).
             prior_prob: initial category probability.
             mask_prior_prob: initial mask probability of the mask output convs (official 0.01).
         """
         super().__init__()
         self.num_classes = num_classes
         self.num_grids = list(num_grids)
-        self.cate_tower = make_tower(in_channels, channels, num_convs, norm, use_dcn)
+        dcn = dict(use_dcn=use_dcn, dcn_convs=dcn_convs, dcn_modulated=dcn_modulated)
+
+        def tower(cin):  # one tower of the head: [N, cin, H, W] -> [N, channels, H, W]
+            return make_tower(cin, channels, num_convs, norm, **dcn)
+
+        self.cate_tower = tower(in_channels)
         self.cate_pred = nn.Conv2d(channels, num_classes, 3, padding=1)
-        self._build_mask_layers(in_channels, channels, num_convs, norm, use_dcn)
+        self._build_mask_layers(in_channels, channels, tower)
         init_head_weights(self)
         nn.init.constant_(self.cate_pred.bias, prior_bias(prior_prob))
         for m in self.modules():
@@ -80,12 +89,13 @@ class _GridHeadBase(SOLOHeadBase):
             "channels": c.INS_CHANNELS,
             "num_convs": c.NUM_CONVS,
             "norm": c.NORM,
-            "use_dcn": c.USE_DCN_IN_TOWER,
+            **tower_dcn_args(c),
             "prior_prob": c.PRIOR_PROB,
             "mask_prior_prob": c.MASK_PRIOR_PROB,
         }
 
-    def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
+    def _build_mask_layers(self, in_channels, channels, tower):
+        """Mask towers (``tower(cin)`` builds one) and output convs of the head."""
         raise NotImplementedError
 
     def _mask_level(self, x: torch.Tensor, level: int):
@@ -115,8 +125,8 @@ def _up2(x: torch.Tensor) -> torch.Tensor:
 class SOLOHead(_GridHeadBase):
     """Vanilla SOLO. Mask output per level: logits ``[B, S^2, 2 H_l, 2 W_l]``."""
 
-    def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
-        self.mask_tower = make_tower(in_channels + 2, channels, num_convs, norm, use_dcn)
+    def _build_mask_layers(self, in_channels, channels, tower):
+        self.mask_tower = tower(in_channels + 2)
         self.mask_preds = nn.ModuleList([_mask_output_conv(channels, s * s, 1) for s in self.num_grids])
 
     def _mask_level(self, x, level):
@@ -152,9 +162,9 @@ class _DecoupledBase(_GridHeadBase):
 class DecoupledSOLOHead(_DecoupledBase):
     """Decoupled SOLO: separate X and Y towers, each with one coordinate channel."""
 
-    def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
-        self.mask_tower_x = make_tower(in_channels + 1, channels, num_convs, norm, use_dcn)
-        self.mask_tower_y = make_tower(in_channels + 1, channels, num_convs, norm, use_dcn)
+    def _build_mask_layers(self, in_channels, channels, tower):
+        self.mask_tower_x = tower(in_channels + 1)
+        self.mask_tower_y = tower(in_channels + 1)
         self._build_preds(channels)
 
     def _mask_level(self, x, level):
@@ -168,8 +178,8 @@ class DecoupledSOLOHead(_DecoupledBase):
 class DecoupledSOLOLightHead(_DecoupledBase):
     """Decoupled SOLO light: one shared CoordConv tower, separate X and Y output convs."""
 
-    def _build_mask_layers(self, in_channels, channels, num_convs, norm, use_dcn):
-        self.mask_tower = make_tower(in_channels + 2, channels, num_convs, norm, use_dcn)
+    def _build_mask_layers(self, in_channels, channels, tower):
+        self.mask_tower = tower(in_channels + 2)
         self._build_preds(channels)
 
     def _mask_level(self, x, level):
