@@ -220,13 +220,13 @@ def test_foreign_checkpoints_refused(fn, state, words):
         assert w in str(e.value)
 
 
-def test_partial_tower_dcn_refused():
-    # SOLOv2-light-DCN: deformable conv only in the last tower conv (not expressible in solo_d2)
+def test_tower_dcn_in_an_inner_conv_refused():
+    # deformable conv in the middle conv of 3-conv towers: neither every conv nor the last only
     s = fill(solo_shapes("official", "SOLOv2", depth=18, convs=3, ch=256, mask_ch=128))
     for t in ("cate_convs", "kernel_convs"):
-        s[f"bbox_head.{t}.2.conv.conv_offset.weight"] = torch.zeros(18, 256, 3, 3)
-        s[f"bbox_head.{t}.2.conv.conv_offset.bias"] = torch.zeros(18)
-    with pytest.raises(ConversionError, match="USE_DCN_IN_TOWER"):
+        s[f"bbox_head.{t}.1.conv.conv_offset.weight"] = torch.zeros(18, 256, 3, 3)
+        s[f"bbox_head.{t}.1.conv.conv_offset.bias"] = torch.zeros(18)
+    with pytest.raises(ConversionError, match=r"tower conv indices .*bbox_head\.cate_convs': \[1\].*TOWER_DCN_CONVS"):
         convert_solo_official(s)
 
 
@@ -238,12 +238,20 @@ def test_tower_with_a_missing_conv_refused():
         convert_mmdet(s)
 
 
-def test_dcnv1_tower_convs_refused():
+def test_dcnv1_in_every_tower_conv_converted():
     # deformable convs without modulation (18 offset channels per 3x3 conv) in every tower conv
     s = fill(solo_shapes("official", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128, tower_dcn=True))
     for k in [k for k in s if k.startswith("bbox_head.") and ".conv_offset." in k]:
         s[k] = torch.zeros((18,) + tuple(s[k].shape[1:]))
-    with pytest.raises(ConversionError, match=r"DCNv1 \(offset channels \[18\]"):
+    conv = convert_solo_official(s)
+    solo = build_cfg(conv.config, conv.opts).MODEL.SOLO
+    assert solo.USE_DCN_IN_TOWER and solo.TOWER_DCN_CONVS == "all" and solo.TOWER_DCN_MODULATED is False
+
+
+def test_two_deformable_groups_in_a_tower_refused():
+    s = fill(solo_shapes("official", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128, tower_dcn=True))
+    s["bbox_head.kernel_convs.1.conv.conv_offset.weight"] = torch.zeros(36, 256, 3, 3)
+    with pytest.raises(ConversionError, match=r"bbox_head\.kernel_convs\.1\.conv\.conv_offset\.weight has 36 output channels"):
         convert_solo_official(s)
 
 

@@ -9,6 +9,11 @@ missing, zero unexpected keys, equal shapes) before anything is written. The las
 the output is that config's path relative to the repository root, so scripts can read it:
 
     cfg=$(python tools/convert_checkpoint.py --from mmdet in.pth out.pth | tail -n 1)
+
+A checkpoint the converter cannot place (it says so) is converted to a config you name:
+
+    python tools/convert_checkpoint.py --from solo-official \\
+        --config-file configs/Converted/SOLO-official/SOLOv2_R50.yaml in.pth out.pth MODEL.SOLO.INS_CHANNELS 256
 """
 import argparse
 import os
@@ -28,7 +33,15 @@ def main(argv=None) -> int:
     parser.add_argument("--from", dest="source", required=True, choices=sorted(CONVERTERS), help="source layout")
     parser.add_argument("input", help="checkpoint of the source implementation")
     parser.add_argument("output", help="converted checkpoint to write (.pth; .pkl for torchvision-resnet)")
-    parser.add_argument("--config-file", default=None, help="verify against this config instead of the one the converter names")
+    parser.add_argument(
+        "--config-file",
+        default=None,
+        help="(before the two paths) the solo_d2 config to convert to, instead of the one the converter names; for "
+        "solo-official / mmdet the checkpoint is checked against it (with the overrides given after "
+        "the paths) and every value that differs is listed. Needed for a checkpoint whose variant "
+        "the converter cannot tell (e.g. a SOLOv2 without meta config text whose towers match no "
+        "official model)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides used for the verification (KEY VALUE ...)")
     args = parser.parse_args(argv)
     try:

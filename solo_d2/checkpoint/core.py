@@ -7,6 +7,7 @@ computes. :func:`convert_checkpoint` then builds that model, checks that the con
 weights load with zero missing and zero unexpected keys (and equal shapes), and only then
 writes a Detectron2 checkpoint ``{"model": state_dict, ...}``; nothing is written on failure.
 """
+import inspect
 import os
 import pickle
 import re
@@ -24,6 +25,7 @@ __all__ = [
     "CONVERTERS",
     "register_converter",
     "load_checkpoint_file",
+    "load_checkpoint_with_meta",
     "rename_keys",
     "expected_state_shapes",
     "verify_state_dict",
@@ -74,7 +76,12 @@ CONVERTERS: Dict[str, _Converter] = {}
 
 
 def register_converter(name: str, description: str):
-    """Decorator: register ``fn(state_dict) -> Conversion`` as source ``name``."""
+    """Decorator: register ``fn(state_dict) -> Conversion`` as source ``name``.
+
+    A converter may also take keyword arguments ``config`` and ``opts`` (the config named with
+    ``--config-file`` and the overrides given with it, which it then checks the checkpoint
+    against) and ``meta`` (the checkpoint's ``meta`` dict, e.g. mmcv's training config text);
+    :func:`convert_checkpoint` passes those it accepts."""
 
     def deco(fn):
         if name in CONVERTERS:
@@ -102,7 +109,14 @@ def _to_tensors(obj, path: str, prefix: str = "") -> StateDict:
 
 
 def load_checkpoint_file(path: str) -> StateDict:
-    """Read a checkpoint file as a flat ``{key: tensor}`` dict.
+    """Read a checkpoint file as a flat ``{key: tensor}`` dict (see :func:`load_checkpoint_with_meta`)."""
+    return load_checkpoint_with_meta(path)[0]
+
+
+def load_checkpoint_with_meta(path: str) -> Tuple[StateDict, Dict]:
+    """Read a checkpoint file as a flat ``{key: tensor}`` dict and its ``meta`` dict (mmcv
+    checkpoints: ``{"meta": {"config": <config file text>, ...}, "state_dict": ...}``; ``{}``
+    when there is none).
 
     ``.pth``/``.pt``/``.tar``: ``torch.load(..., weights_only=True)``; a checkpoint whose
     pickle holds other objects (e.g. mmcv's ``meta`` with numpy scalars or an optimizer
@@ -130,15 +144,18 @@ def load_checkpoint_file(path: str) -> StateDict:
             obj = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(obj, dict):
         raise ConversionError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
     for key in ("state_dict", "model"):
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
+    else:
+        meta = {}  # a flat state dict: a "meta" entry would be a tensor name
     state = _to_tensors(obj, path)
     # checkpoints saved from DataParallel / DDP wrappers
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    return state, meta
 
 
 # ----------------------------------------------------------------------------- renaming
@@ -293,7 +310,10 @@ def convert_checkpoint(
 
     Args:
         source: a key of :data:`CONVERTERS`.
-        config: override the config the converter names (its ``opts`` still apply).
+        config: the config to convert to instead of the one the converter names. A converter
+            that takes ``config`` (``solo-official``, ``mmdet``) checks the checkpoint against
+            it and ``opts``; for the others it replaces the named config (their ``opts`` still
+            apply).
         opts: further config overrides (e.g. the shrinking keys of a test model).
 
     Returns:
@@ -303,8 +323,14 @@ def convert_checkpoint(
 
     if source not in CONVERTERS:
         raise ConversionError(f"unknown checkpoint source {source!r}; known: {', '.join(sorted(CONVERTERS))}")
-    state = load_checkpoint_file(in_path)
-    result = CONVERTERS[source].fn(state)
+    state, meta = load_checkpoint_with_meta(in_path)
+    fn = CONVERTERS[source].fn
+    accepts = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in (("config", config), ("opts", list(opts)), ("meta", meta)) if k in accepts}
+    try:
+        result = fn(state, **kwargs)
+    except ConversionError as e:
+        raise ConversionError(f"{in_path}: {e}") from None
     if config is not None:
         result.config = config
     result.opts = list(result.opts) + list(opts)
