@@ -15,9 +15,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.cityscapes import load_cityscapes_instances
 
-from solo_d2.data import check_dataset, generate_synthetic_cityscapes, generate_synthetic_coco
+from solo_d2.data import check_dataset, generate_synthetic_cityscapes, generate_synthetic_coco, load_cityscapes_instances
 from solo_d2.data.synthetic import STAMP_FILE, stamp_ok
 
 
@@ -143,7 +142,8 @@ def test_cityscapes_tree_uses_cityscapes_ids(synthetic_cityscapes):
 
 
 def test_cityscapes_loaders_agree_with_label_images(synthetic_cityscapes):
-    """Detectron2's json loader reproduces the instanceIds masks; semantic loader finds train ids."""
+    """The json loader (Detectron2's algorithm, solo_d2.data.cityscapes) reproduces the
+    instanceIds masks; the semantic loader finds train ids."""
     from cityscapesscripts.helpers.labels import name2label
 
     dicts = DatasetCatalog.get("synthetic_cityscapes_fine_instance_seg_val")

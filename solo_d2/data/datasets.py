@@ -12,6 +12,10 @@ name                                        evaluator_type          content
 ==========================================  ======================  =====================
 
 (the Cityscapes names take a ``_train`` or ``_val`` suffix).
+
+Importing this module also points Detectron2's builtin ``cityscapes_fine_*`` names at
+solo_d2's Cityscapes loaders (:mod:`.cityscapes`; Detectron2 main's own cannot import
+their Cityscapes API).
 """
 import glob
 import logging
@@ -21,8 +25,8 @@ import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
-from detectron2.data.datasets.cityscapes import load_cityscapes_instances, load_cityscapes_semantic
 
+from .cityscapes import load_cityscapes_instances, load_cityscapes_semantic, register_builtin_cityscapes
 from .synthetic import COCO_CLASSES, generate_synthetic_cityscapes, generate_synthetic_coco
 
 __all__ = [
@@ -212,3 +216,4 @@ def check_dataset(name, check_images="sample", sample_size=IMAGE_SAMPLE_SIZE):
 
 
 register_synthetic_datasets()
+register_builtin_cityscapes()
