@@ -9,8 +9,8 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
+from solo_d2.benchmark import baselines as bl
 from solo_d2.checkpoint.core import build_cfg
-from tools import benchmark_baselines as bl
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""The baselines of ``tools/benchmark.py`` (in ``tools/benchmark_baselines.py``) compute what
+"""The baselines of ``tools/benchmark.py`` (in ``solo_d2/benchmark/baselines.py``) compute what
 solo_d2 computes (so its ratios compare equal work), the report merges partial runs, and
 ``--quick`` keeps the tool running. No test here asserts a time."""
 import os
@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
+from solo_d2.benchmark import baselines as bl
+from solo_d2.benchmark import report
 from solo_d2.modeling.solo.matrix_nms import mask_iou_matrix, matrix_nms
 from solo_d2.modeling.solo.postprocess import _paste, masks_to_boxes
 from solo_d2.modeling.solo.targets import solo_targets
-from tools import benchmark_baselines as bl
-from tools import benchmark_report as report
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,10 +98,17 @@ def test_matrix_nms_and_paste_baselines_match():
 
 
 def test_benchmark_quick_runs(tmp_path):
+    """``tools/benchmark.py --quick`` (with its training children), also with another top-level
+    ``tools`` package first on the path (detectron2 main installs one)."""
     out = tmp_path / "bench.md"
+    shadow = tmp_path / "shadow" / "tools"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    (shadow / "benchmark_baselines.py").write_text("raise ImportError('the foreign tools package was imported')\n")
+    path = os.pathsep.join(p for p in (str(shadow.parent), os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--quick", "--write", str(out)],
-        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900,
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path), timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
@@ -141,7 +148,7 @@ def test_partial_benchmark_run_replaces_only_its_sections():
 
 
 def test_cudnn_flags_are_restored_after_the_block_even_when_it_raises():
-    from tools.benchmark_cuda import cudnn_flags
+    from solo_d2.benchmark.cuda import cudnn_flags
 
     cudnn = torch.backends.cudnn
     before = (cudnn.allow_tf32, cudnn.benchmark)

@@ -1,4 +1,4 @@
-"""Baselines and inputs of ``tools/benchmark.py``.
+"""Baselines and inputs of the benchmarks (``tools/benchmark.py``, :mod:`solo_d2.benchmark.runner`).
 
 The baselines are the public implementations' algorithms re-implemented (AdelaiDet's SOLOv2
 post-processing and target loops, the references' one-matmul Matrix NMS, solo_d2's previous
@@ -7,21 +7,15 @@ outputs shaped like SOLOv2 R50's, random disc instances, training batches).
 ``tests/test_benchmark_baselines.py`` checks that each baseline computes what solo_d2 computes.
 """
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-import solo_d2  # noqa: E402,F401
-from solo_d2.modeling.solo.losses import indexed_dice_loss  # noqa: E402
-from solo_d2.modeling.solo.postprocess import masks_to_boxes, point_nms  # noqa: E402
-from solo_d2.modeling.solo.matrix_nms import mask_iou_matrix  # noqa: E402
-from solo_d2.modeling.solo.targets import solo_targets  # noqa: E402
+import solo_d2  # noqa: F401  (registration of the models)
+from solo_d2.modeling.solo.losses import indexed_dice_loss
+from solo_d2.modeling.solo.matrix_nms import mask_iou_matrix
+from solo_d2.modeling.solo.postprocess import masks_to_boxes, point_nms
+from solo_d2.modeling.solo.targets import solo_targets
 
 GRIDS = [40, 36, 24, 16, 12]
 RANGES = [(1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)]
@@ -120,9 +114,10 @@ def build_solov2_model(quick):
     from detectron2.modeling import build_model
 
     from solo_d2.checkpoint.core import build_cfg
+    from solo_d2.model_zoo import get_config_file
 
     opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"] if quick else []
-    cfg = build_cfg(os.path.join(REPO, "configs/SOLOv2/R50_3x.yaml"), opts)
+    cfg = build_cfg(get_config_file("SOLOv2/R50_3x.yaml"), opts)
     return build_model(cfg).eval()
 
 

@@ -1,4 +1,5 @@
-"""CUDA sections of ``tools/benchmark.py`` (run only where ``torch.cuda.is_available()``).
+"""CUDA sections of the benchmarks (``tools/benchmark.py``), run only where
+``torch.cuda.is_available()``.
 
 - ``cuda_training``: step time and peak memory of every recipe config at batch 2, fp32 through
   detectron2's ``SimpleTrainer`` and AMP through its ``AMPTrainer`` (the trainers
@@ -17,8 +18,8 @@ import os
 
 import torch
 
-from tools import benchmark_baselines as bl
-from tools import benchmark as bm
+from solo_d2.benchmark import baselines as bl
+from solo_d2.benchmark import runner as bm
 from solo_d2.checkpoint.core import build_cfg
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.targets import solo_targets
@@ -27,7 +28,7 @@ DEVICE = "cuda"
 
 
 def cuda_timeit(fn, repeats=5, warmup=2):
-    """:func:`tools.benchmark.timeit` of ``fn`` followed by a device synchronize, so that each
+    """:func:`solo_d2.benchmark.runner.timeit` of ``fn`` followed by a device synchronize, so that each
     call's time includes its kernels; the queue is drained before the first call."""
     def synced():
         fn()
@@ -102,10 +103,10 @@ def bench_cuda_training(quick):
         return no_cuda()
     configs = bm.recipe_configs()
     if quick:
-        configs = [os.path.join(bm.REPO, "configs/SOLOv2/Light448_R18_3x.yaml")]
+        configs = [os.path.join(bm.configs_dir(), "SOLOv2", "Light448_R18_3x.yaml")]
     rows, results = [], {}
     for config in configs:
-        name = os.path.relpath(config, os.path.join(bm.REPO, "configs"))
+        name = os.path.relpath(config, bm.configs_dir())
         print(f"  cuda training {name} ...", flush=True)
         cfg = build_cfg(config, device=DEVICE)
         h, w = _train_size(cfg, quick)

@@ -1,6 +1,6 @@
-"""The markdown report of ``tools/benchmark.py``: the goals of issues 10 and 12 with a verdict
-from the run's figures, the tables, the notes, and the merge of a partial run (``--only``) into
-an earlier report."""
+"""The markdown report of the benchmarks (``tools/benchmark.py``): the goals of issues 10 and
+12 with a verdict from the run's figures, the tables, the notes, and the merge of a partial run
+(``--only``) into an earlier report."""
 
 NOTES = """## Notes
 
@@ -83,7 +83,7 @@ NOTES = """## Notes
   random labels (BiSeNet), one torch thread, one warm-up step, median of 2 steps, each config
   in its own process. 800x1216 with R50 on this CPU is too slow for a routine run; these rows
   show relative cost and memory, not production figures.
-- CUDA sections (`tools/benchmark_cuda.py`, run only where CUDA is available): medians with a
+- CUDA sections (`solo_d2/benchmark/cuda.py`, run only where CUDA is available): medians with a
   device synchronize after each call. Post-processing outputs are compared with cuDNN's TF32 off
   (by default cuDNN runs the AdelaiDet algorithm's `F.conv2d` dynamic conv in TF32, while
   solo_d2's `torch.mm` is float32, so their masks differ at the threshold) and timed with the
