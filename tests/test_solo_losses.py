@@ -157,3 +157,46 @@ def test_dice_and_label_shape_mismatches_raise():
     tgts = _targets_from_labels([torch.full((1, 2, 2), C)])
     with pytest.raises(ValueError, match="do not match labels"):
         solo_loss([torch.randn(1, C, 3, 3)], tgts, [torch.zeros(0, 4, 4)], num_classes=C)
+
+
+def test_dice_normalizer_cells_divides_by_positive_cells_targets_by_mask_targets():
+    # two levels with 5 and 3 positive cells; 2 extra targets on a doubly claimed cell per level
+    g = torch.Generator().manual_seed(1)
+    labels = [torch.full((2, 4, 4), C), torch.full((2, 3, 3), C)]
+    labels[0][0, 1, 1:4] = 0
+    labels[0][1, 2, 2:4] = 2
+    labels[1][1, 0, :3] = 1
+    tgts = _targets_from_labels(labels, mask_size=(4, 6), extra=2)
+    logits = [torch.randn(2, C, 4, 4, generator=g), torch.randn(2, C, 3, 3, generator=g)]
+    probs = [torch.rand(t.num_targets, 4, 6, generator=g) for t in tgts]
+    num_pos, num_targets = 8, sum(t.num_targets for t in tgts)
+    assert num_targets == 12
+    by_targets = solo_loss(logits, tgts, probs, num_classes=C)
+    by_cells = solo_loss(logits, tgts, probs, num_classes=C, dice_normalizer="cells")
+    dice_sum = sum(float(dice_loss(p, t.mask_targets).sum()) for p, t in zip(probs, tgts))
+    assert float(by_targets["loss_mask"]) == pytest.approx(3.0 * dice_sum / num_targets, rel=1e-6)
+    assert float(by_cells["loss_mask"]) == pytest.approx(3.0 * dice_sum / num_pos, rel=1e-6)
+    assert float(by_cells["loss_cate"]) == float(by_targets["loss_cate"])
+    with pytest.raises(ValueError, match="dice_normalizer"):
+        solo_loss(logits, tgts, probs, num_classes=C, dice_normalizer="images")
+
+
+def test_float64_inputs_stay_float64():
+    labels = torch.tensor([[[1, C]]])
+    tgts = _targets_from_labels([labels], mask_size=(2, 2))
+    logits = torch.randn(1, C, 1, 2, dtype=torch.float64)
+    out = solo_loss([logits], tgts, [torch.full((1, 2, 2), 0.3, dtype=torch.float64)], num_classes=C)
+    assert out["loss_cate"].dtype == out["loss_mask"].dtype == torch.float64
+
+
+def test_focal_loss_sum_is_fvcores_bit_for_bit_in_float32():
+    from fvcore.nn import sigmoid_focal_loss
+
+    from solo_d2.modeling.solo.losses import sigmoid_focal_loss_sum
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(50, 7, generator=g) * 3
+    targets = (torch.rand(50, 7, generator=g) > 0.8).float()
+    for alpha, gamma in [(0.25, 2.0), (-1, 1.5)]:
+        ref = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="sum")
+        assert torch.equal(sigmoid_focal_loss_sum(logits, targets, alpha, gamma), ref)

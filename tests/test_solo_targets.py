@@ -114,6 +114,26 @@ def test_conflict_last_instance_labels_and_every_claimant_gets_a_mask_target(sma
     assert (out[1].labels[0][out[1].labels[0] != NUM_CLASSES] == 2).all()
 
 
+@pytest.mark.parametrize("small_first", [True, False])
+def test_conflict_one_target_per_cell_keeps_the_last_claimants_mask(small_first):
+    # The official SOLO / Decoupled SOLO rule: ins_label[cell] = seg_mask overwrites, so each of
+    # the 9 shared cells keeps one target, the last claimant's; its class is the last one's too.
+    small, big = square(105, 105, 40), square(80, 80, 90)
+    masks = torch.stack([small, big] if small_first else [big, small])
+    classes = torch.tensor([0, 2]) if small_first else torch.tensor([2, 0])
+    out = run([masks], [classes], one_target_per_cell=True)
+    expected = {i * 40 + j for i in range(18, 21) for j in range(18, 21)}
+    assert positive_cells(out[0]) == expected
+    assert out[0].num_targets == int(out[0].pos_mask.sum()) == 9
+    assert out[0].instance_ids.tolist() == [1] * 9 and out[0].target_cell.tolist() == sorted(expected)
+    assert torch.equal(out[0].mask_targets, resize_masks(masks, (64, 64))[1].expand(9, 64, 64))
+    assert (out[0].labels[0][out[0].labels[0] != NUM_CLASSES] == int(classes[1])).all()
+    # a level with one claimant per cell is unchanged by the rule
+    per_claimant = run([masks], [classes])
+    assert torch.equal(out[1].target_cell, per_claimant[1].target_cell)
+    assert torch.equal(out[1].instance_ids, per_claimant[1].instance_ids)
+
+
 def test_mask_targets_equal_downsampled_masks_and_batch_order():
     # image 0: one square (aligned to 4 px), image 1: two squares
     a = square(100, 40, 40)
@@ -170,11 +190,29 @@ def test_cell_index_uses_the_references_float32_floor_division():
     assert grid_cell(torch.tensor([200.0]), 800, 36).tolist() == [8]  # floor(9.0) would be 9
 
 
-def reference_targets(masks, classes, boxes, s, lo, hi, sigma, h, w):
+def test_cell_index_trunc_rounding_is_mmdetections_and_differs_only_on_grid_lines():
+    # mmdetection truncates the float32 quotient: 0.125 / float32(1 / 40) rounds to 5.0 -> cell 5
+    coords = torch.tensor([32.0, 31.0, 33.0, 0.0, 255.9])
+    assert grid_cell(coords, 256, 40, "trunc").tolist() == [5, 4, 5, 0, 39]
+    assert grid_cell(coords, 256, 40, "floor").tolist() == [4, 4, 5, 0, 39]
+    with pytest.raises(ValueError, match="rounding"):
+        grid_cell(coords, 256, 40, "round")
+
+
+def reference_targets(masks, classes, boxes, s, lo, hi, sigma, h, w, per_cell=False, rounding="floor"):
     """Loop-based reference following AdelaiDet's SOLOv2 (one image, one level): instances in
-    annotation order, later ones overwrite a cell's class, one mask target per (instance, cell)."""
+    annotation order, later ones overwrite a cell's class, one mask target per (instance, cell);
+    ``per_cell``: the official SOLO head, whose later instances overwrite a cell's mask target too;
+    ``rounding="trunc"``: mmdetection's cell index."""
     labels = torch.full((s, s), NUM_CLASSES, dtype=torch.long)
     targets = []  # (instance, cell) in append order
+
+    def cell_of(v, extent):
+        q = v / extent
+        if rounding == "trunc":
+            return int(torch.div(q, torch.tensor(1.0 / s, dtype=torch.float32), rounding_mode="trunc"))
+        return int(q // (1.0 / s))
+
     for n in range(masks.shape[0]):
         m = masks[n].float()
         if m.sum() == 0:
@@ -185,22 +223,26 @@ def reference_targets(masks, classes, boxes, s, lo, hi, sigma, h, w):
         cy = (m * torch.arange(h, dtype=torch.float32)[:, None]).sum() / m.sum()
         cx = (m * torch.arange(w, dtype=torch.float32)).sum() / m.sum()
         hh, hw = 0.5 * bh * sigma, 0.5 * bw * sigma
-        coord_w, coord_h = int((cx / w) // (1.0 / s)), int((cy / h) // (1.0 / s))
-        top = max(0, int(((cy - hh) / h) // (1.0 / s)))
-        down = min(s - 1, int(((cy + hh) / h) // (1.0 / s)))
-        left = max(0, int(((cx - hw) / w) // (1.0 / s)))
-        right = min(s - 1, int(((cx + hw) / w) // (1.0 / s)))
+        coord_w, coord_h = cell_of(cx, w), cell_of(cy, h)
+        top = max(0, cell_of(cy - hh, h))
+        down = min(s - 1, cell_of(cy + hh, h))
+        left = max(0, cell_of(cx - hw, w))
+        right = min(s - 1, cell_of(cx + hw, w))
         top, down = max(top, coord_h - 1), min(down, coord_h + 1)
         left, right = max(coord_w - 1, left), min(right, coord_w + 1)
         labels[top : down + 1, left : right + 1] = classes[n]
         for i in range(top, down + 1):
             for j in range(left, right + 1):
                 targets.append((n, i * s + j))
+    if per_cell:  # the last claimant of each cell; solo_d2 orders them by instance, then cell
+        last = {cell: n for n, cell in targets}
+        targets = [(n, cell) for n, cell in targets if last[cell] == n]
     return labels, targets
 
 
+@pytest.mark.parametrize("per_cell, rounding", [(False, "floor"), (True, "floor"), (False, "trunc")])
 @pytest.mark.parametrize("hw", [(256, 256), (192, 320)])
-def test_random_matches_loop_reference(hw):
+def test_random_matches_loop_reference(hw, per_cell, rounding):
     h, w = hw
     g = torch.Generator().manual_seed(0)
     masks_list, classes_list, boxes_list = [], [], []
@@ -219,12 +261,13 @@ def test_random_matches_loop_reference(hw):
         masks_list.append(masks)
         classes_list.append(torch.randint(0, NUM_CLASSES, (n,), generator=g))
         boxes_list.append(boxes)
-    out = run(masks_list, classes_list, gt_boxes=boxes_list, mask_sizes=[(h // 4, w // 4)] * 5)
+    out = run(masks_list, classes_list, gt_boxes=boxes_list, mask_sizes=[(h // 4, w // 4)] * 5,
+              one_target_per_cell=per_cell, grid_rounding=rounding)
     n_targets = 0
     for lvl, (s, (lo, hi)) in enumerate(zip(GRIDS, RANGES)):
         for b in range(2):
             ref_labels, ref_targets = reference_targets(
-                masks_list[b], classes_list[b], boxes_list[b], s, lo, hi, 0.2, h, w
+                masks_list[b], classes_list[b], boxes_list[b], s, lo, hi, 0.2, h, w, per_cell, rounding
             )
             assert torch.equal(out[lvl].labels[b], ref_labels), (lvl, b)
             assert torch.equal(out[lvl].pos_mask[b], (ref_labels != NUM_CLASSES).flatten())
@@ -334,3 +377,34 @@ def test_mismatched_shapes_raise_errors_naming_the_image():
         run([square(0, 0, 10)], [torch.tensor([0])])
     with pytest.raises(ValueError, match=r"image 1: gt_boxes shape \(2, 4\), expected \(1, 4\)"):
         run([m, m], [torch.tensor([0])] * 2, gt_boxes=[torch.zeros(1, 4), torch.zeros(2, 4)])
+
+
+@pytest.mark.parametrize("image_hw", [(233, 310), (232, 308)])
+def test_unpadded_resize_is_adelaidets_cv2_resize_pasted_top_left(image_hw):
+    # AdelaiDet resizes the unpadded mask by cv2.resize to (int(w / 4 + 0.5), int(h / 4 + 0.5)); the
+    # official rule resizes the padded mask by exactly 4. Equal iff both sides are multiples of 4.
+    import cv2
+
+    h, w = image_hw
+    g = torch.Generator().manual_seed(3)
+    masks = torch.zeros(3, 256, 320, dtype=torch.bool)
+    for k, (y0, x0, side) in enumerate([(10, 20, 60), (120, 200, 90), (200, 280, 33)]):
+        masks[k, y0 : y0 + side, x0 : x0 + side] = torch.rand(side, side, generator=g) > 0.2
+    masks[:, h:] = False
+    masks[:, :, w:] = False
+    kw = dict(mask_sizes=[(64, 80)] * 5, num_classes=3)
+    classes = [torch.tensor([0, 1, 2])]
+    adelaidet = run([masks], classes, mask_resize="unpadded", image_sizes=[(h, w)], **kw)
+    official = run([masks], classes, **kw)
+    differ = 0
+    for a, o in zip(adelaidet, official):
+        assert torch.equal(a.target_cell, o.target_cell) and torch.equal(a.labels, o.labels)
+        for k, row in zip(a.instance_ids.tolist(), a.mask_targets):
+            small = cv2.resize(masks[k, :h, :w].numpy().astype("uint8"), (int(w / 4 + 0.5), int(h / 4 + 0.5)))
+            want = torch.zeros(64, 80)
+            want[: small.shape[0], : small.shape[1]] = torch.from_numpy(small).float()
+            assert torch.equal(row, want)
+        differ += int((a.mask_targets != o.mask_targets).any())
+    assert (differ > 0) == (h % 4 != 0 or w % 4 != 0)
+    with pytest.raises(ValueError, match="image_sizes"):
+        run([masks], classes, mask_resize="unpadded", **kw)

@@ -16,6 +16,15 @@ Architecture
     - ``NUM_GRIDS``: grid size S per level.
     - ``SCALE_RANGES``: ``[lo, hi]`` on sqrt(box area) per level (ranges overlap).
     - ``SIGMA``: center-region scale for positive cells.
+    - ``MASK_TARGETS``: ``"auto"`` (the head's official rule), ``"per_cell"`` (one mask target
+      per positive cell, the last claimant's: official SOLO / Decoupled SOLO, mmdetection) or
+      ``"per_instance"`` (one per (cell, claiming instance): official SOLOv2, AdelaiDet,
+      mmdetection's SOLOv2).
+    - ``GRID_ROUNDING``: ``"floor"`` (official SOLO, AdelaiDet: float32 floor division) or
+      ``"trunc"`` (mmdetection's ``floordiv``); they differ for a centre exactly on a grid line.
+    - ``MASK_TARGET_RESIZE``: ``"padded"`` (official SOLO, mmdetection: the masks padded to the
+      batch, resized by the exact stride factor) or ``"unpadded"`` (AdelaiDet: the unpadded mask
+      resized by ``cv2.resize`` to ``int(side / f + 0.5)`` and pasted top-left).
     - ``INS_CHANNELS``: channels of the head towers (SOLOv2: 512, light/SOLO: 256).
     - ``NUM_CONVS``: convs per tower (SOLO: 7, SOLOv2: 4, SOLOv2-light: 2 (448) or 3
       (512-DCN), Decoupled-SOLO-light: 4).
@@ -38,6 +47,14 @@ SOLOv2 mask-feature branch
 Loss (``LOSS.*``)
     - ``FOCAL_ALPHA``, ``FOCAL_GAMMA``, ``CATE_WEIGHT``: sigmoid focal loss on categories.
     - ``DICE_WEIGHT``: weight of the dice mask loss (3.0).
+    - ``DICE_NORMALIZER``: ``"targets"`` (sum / mask targets: official SOLO, AdelaiDet) or
+      ``"cells"`` (sum / positive cells: mmdetection 3.x); equal unless a cell has two targets.
+Backbone
+    - ``MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE``: with ``MODEL.RESNETS.NORM "FrozenBN"``, the BN
+      weights and biases of the stages after ``FREEZE_AT`` train while the statistics stay
+      frozen (:class:`~solo_d2.modeling.backbone.FrozenStatsBatchNorm2d`), as the official SOLO code and
+      mmdetection train them (``norm_eval=True``, ``frozen_stages=1``). False: Detectron2's
+      FrozenBN, never trained (AdelaiDet). No effect on a backbone without FrozenBN layers.
 Inference
     - ``SCORE_THR``: category score threshold (after point NMS).
     - ``MASK_THR``: soft-mask binarization threshold.
@@ -66,6 +83,9 @@ def add_solo_config(cfg):
     _C.NUM_GRIDS = [40, 36, 24, 16, 12]
     _C.SCALE_RANGES = [[1, 96], [48, 192], [96, 384], [192, 768], [384, 2048]]
     _C.SIGMA = 0.2
+    _C.MASK_TARGETS = "auto"
+    _C.GRID_ROUNDING = "floor"
+    _C.MASK_TARGET_RESIZE = "padded"
     _C.INS_CHANNELS = 512
     _C.NUM_CONVS = 4
     _C.NORM = "GN"
@@ -85,6 +105,7 @@ def add_solo_config(cfg):
     _C.LOSS.FOCAL_GAMMA = 2.0
     _C.LOSS.CATE_WEIGHT = 1.0
     _C.LOSS.DICE_WEIGHT = 3.0
+    _C.LOSS.DICE_NORMALIZER = "targets"
 
     _C.SCORE_THR = 0.1
     _C.MASK_THR = 0.5
@@ -95,6 +116,8 @@ def add_solo_config(cfg):
     _C.NMS_KERNEL = "gaussian"
     _C.NMS_SIGMA = 2.0
     cfg.MODEL.SOLO = _C
+    if "FROZEN_BN_TRAIN_AFFINE" not in cfg.MODEL.RESNETS:
+        cfg.MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE = False
     return cfg
 
 
@@ -125,6 +148,15 @@ def validate_solo_config(c) -> None:
     for key in ("NMS_PRE", "MAX_PER_IMG"):
         if int(c[key]) <= 0:
             bad(key, c[key], "must be positive")
+    for key, allowed in (
+        ("MASK_TARGETS", ("auto", "per_cell", "per_instance")),
+        ("GRID_ROUNDING", ("floor", "trunc")),
+        ("MASK_TARGET_RESIZE", ("padded", "unpadded")),
+    ):
+        if c[key] not in allowed:
+            bad(key, c[key], f"must be one of {', '.join(map(repr, allowed))}")
+    if c.LOSS.DICE_NORMALIZER not in ("targets", "cells"):
+        bad("LOSS.DICE_NORMALIZER", c.LOSS.DICE_NORMALIZER, "must be 'targets' or 'cells'")
     for key in ("PRIOR_PROB", "MASK_PRIOR_PROB"):
         if not 0.0 < float(c[key]) < 1.0:
             bad(key, c[key], "must lie in (0, 1)")

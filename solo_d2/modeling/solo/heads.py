@@ -140,9 +140,13 @@ class SOLOHeadBase(nn.Module):
         num_classes (int), num_grids (List[int]).
         needs_mask_features (bool): True if :meth:`forward` needs the unified mask
             features of :class:`~.mask_branch.SOLOv2MaskBranch`.
+        one_target_per_cell (bool): the official code's mask-target rule for this head
+            (``MODEL.SOLO.MASK_TARGETS: "auto"``): one target per positive cell, the last
+            claimant's (SOLO, Decoupled SOLO), or one per (cell, claimant) (SOLOv2).
     """
 
     needs_mask_features = False
+    one_target_per_cell = False
 
     def forward(
         self, features: List[torch.Tensor], mask_features: Optional[torch.Tensor] = None

@@ -35,6 +35,9 @@ from .heads import (
 class _GridHeadBase(SOLOHeadBase):
     """Category branch and config shared by the SOLO and decoupled heads."""
 
+    # official solo_head.py / decoupled_solo*_head.py: a cell's last claimant overwrites its mask
+    one_target_per_cell = True
+
     @configurable
     def __init__(
         self,

@@ -1,28 +1,38 @@
 """Losses of the SOLO family: sigmoid focal loss on the category grid, dice loss on masks.
 
-As in both public implementations, the focal loss is summed over all cells and divided by
-``N + 1`` (``N`` = positive cells) and the dice loss is the mean over all mask targets (a cell
-claimed by two instances has two). The counts are averaged over workers before use, so the
-loss of N workers equals that of one process on the whole batch (the references normalize
-per GPU; the two agree on one GPU and whenever workers see equal counts).
+As in every public implementation, the focal loss is summed over all cells and divided by
+``N + 1`` (``N`` = positive cells). The dice loss is summed over the mask targets and divided by
+their number (``dice_normalizer="targets"``: the official SOLO code and AdelaiDet, a mean over
+the targets) or by ``N`` (``"cells"``: mmdetection 3.x). The two agree for SOLO and Decoupled
+SOLO, which keep one target per positive cell, and differ for SOLOv2 when a cell has two
+claimants. The counts are averaged over workers before use, so the loss of N workers equals
+that of one process on the whole batch (the references normalize per GPU; the two agree on one
+GPU and whenever workers see equal counts).
 """
 from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from detectron2.utils import comm
-from fvcore.nn import sigmoid_focal_loss
 from torch import Tensor
 
 from .targets import LevelTargets
 
-__all__ = ["dice_loss", "indexed_dice_loss", "solo_loss", "reduce_num_pos"]
+__all__ = ["dice_loss", "indexed_dice_loss", "sigmoid_focal_loss_sum", "solo_loss", "reduce_num_pos", "DICE_NORMALIZERS"]
+
+DICE_NORMALIZERS = ("targets", "cells")
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """``x`` as float32, or float64 when it is float64 (half precision is promoted)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
     """Dice loss per mask.
 
-    ``1 - 2 * sum(p * q) / (sum(p^2) + sum(q^2) + 2e-3)``, computed in float32.
+    ``1 - 2 * sum(p * q) / (sum(p^2) + sum(q^2) + 2e-3)``, computed in float32 (float64 for
+    float64 ``probs``).
 
     Args:
         probs: [P, h, w] probabilities.
@@ -33,8 +43,8 @@ def dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
     """
     if probs.shape != targets.shape:
         raise ValueError(f"dice_loss: probs {tuple(probs.shape)} vs targets {tuple(targets.shape)}")
-    p = probs.float().flatten(1)
-    q = targets.float().flatten(1)
+    p = _at_least_float32(probs).flatten(1)
+    q = targets.to(p.dtype).flatten(1)
     inter = (p * q).sum(dim=1)
     denom = (p * p).sum(dim=1) + 0.001 + (q * q).sum(dim=1) + 0.001
     return 1.0 - 2.0 * inter / denom
@@ -64,12 +74,34 @@ def indexed_dice_loss(probs: Tensor, masks: Tensor, rows: Tensor) -> Tensor:
     masks = masks.flatten(1)
     if masks.dtype != torch.bool:
         masks = masks != 0
-    p = probs.float().flatten(1)
+    p = _at_least_float32(probs).flatten(1)
     q = masks[rows]  # [P, h*w] bool
     inter = torch.where(q, p, p.new_zeros(())).sum(dim=1)
-    area = masks.sum(dim=1, dtype=torch.float32)[rows]  # exact: sum(q * q) of a 0/1 mask
+    area = masks.sum(dim=1, dtype=p.dtype)[rows]  # exact: sum(q * q) of a 0/1 mask
     denom = (p * p).sum(dim=1) + 0.001 + area + 0.001
     return 1.0 - 2.0 * inter / denom
+
+
+def sigmoid_focal_loss_sum(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Summed sigmoid focal loss, the operations of fvcore's ``sigmoid_focal_loss`` (which
+    AdelaiDet uses) in the same order, at the precision of ``logits`` (at least float32; fvcore
+    always computes in float32).
+
+    Args:
+        logits, targets: [M, C] logits and 0/1 targets.
+
+    Returns:
+        scalar, the loss summed over all elements.
+    """
+    logits = _at_least_float32(logits)
+    targets = targets.to(logits.dtype)
+    p = torch.sigmoid(logits)
+    ce_loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.sum()
 
 
 def reduce_num_pos(num_pos: Tensor) -> Tensor:
@@ -91,7 +123,8 @@ def reduce_num_pos(num_pos: Tensor) -> Tensor:
 
 
 def _flatten_cate(cate_logits: Sequence[Tensor], targets: Sequence[LevelTargets], num_classes: int):
-    """Concatenate all levels: logits [M, C] and one-hot float targets [M, C], M = sum B*S*S."""
+    """Concatenate all levels: logits [M, C] and one-hot float targets [M, C] (float32, or
+    float64 for float64 logits), M = sum B*S*S."""
     logits, onehot = [], []
     for lvl, (logit, tgt) in enumerate(zip(cate_logits, targets)):
         b, c, s1, s2 = logit.shape
@@ -105,7 +138,8 @@ def _flatten_cate(cate_logits: Sequence[Tensor], targets: Sequence[LevelTargets]
         logits.append(logit.permute(0, 2, 3, 1).reshape(-1, c))
         # background (= num_classes) becomes an all-zero row
         onehot.append(F.one_hot(tgt.labels.reshape(-1), num_classes + 1)[:, :num_classes])
-    return torch.cat(logits), torch.cat(onehot).to(torch.float32)
+    logits = torch.cat(logits)
+    return logits, torch.cat(onehot).to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def solo_loss(
@@ -118,6 +152,7 @@ def solo_loss(
     focal_gamma: float = 2.0,
     cate_weight: float = 1.0,
     mask_weight: float = 3.0,
+    dice_normalizer: str = "targets",
 ) -> Dict[str, Tensor]:
     """SOLO category + mask losses.
 
@@ -130,12 +165,14 @@ def solo_loss(
         num_classes: C.
         focal_alpha, focal_gamma: sigmoid focal loss parameters.
         cate_weight, mask_weight: loss weights.
+        dice_normalizer: ``"targets"`` or ``"cells"`` (see the module docstring).
 
     Returns:
         ``{"loss_cate": scalar, "loss_mask": scalar}``. ``loss_cate`` is the summed focal
         loss over all cells of all levels divided by ``N + 1`` (``N`` the worker-averaged
         number of positive cells), ``loss_mask`` the summed dice loss over all mask targets
-        divided by their worker-averaged number (at least 1).
+        divided by their worker-averaged number (``"cells"``: by that of the positive cells;
+        at least 1).
         With no positives anywhere, ``loss_mask`` is 0 but still connected to
         ``mask_probs`` so that backward / DDP work.
     """
@@ -144,6 +181,8 @@ def solo_loss(
             f"solo_loss: got {len(cate_logits)} cate_logits, {len(targets)} targets and "
             f"{len(mask_probs)} mask_probs levels"
         )
+    if dice_normalizer not in DICE_NORMALIZERS:
+        raise ValueError(f"solo_loss: dice_normalizer must be one of {DICE_NORMALIZERS}, got {dice_normalizer!r}")
     logits, onehot = _flatten_cate(cate_logits, targets, num_classes)
     counts = torch.tensor(
         [float(sum(int(t.pos_mask.sum()) for t in targets)), float(sum(t.num_targets for t in targets))],
@@ -154,7 +193,7 @@ def solo_loss(
     # the loss of one process on the whole batch (N + 1 on one process, as the references)
     world = float(comm.get_world_size())
 
-    focal = sigmoid_focal_loss(logits, onehot, alpha=focal_alpha, gamma=focal_gamma, reduction="sum")
+    focal = sigmoid_focal_loss_sum(logits, onehot, alpha=focal_alpha, gamma=focal_gamma)
     loss_cate = cate_weight * focal / (num_pos + 1.0 / world)
 
     dice_terms = []
@@ -168,5 +207,6 @@ def solo_loss(
         # `probs.sum() * 0` keeps empty levels in the graph (DDP needs every output used)
         dice = indexed_dice_loss(probs, tgt.target_masks, tgt.target_rows)
         dice_terms.append(dice.sum() + probs.float().sum() * 0.0)
-    loss_mask = mask_weight * torch.stack(dice_terms).sum() / num_masks.clamp(min=1.0 / world)
+    divisor = num_masks if dice_normalizer == "targets" else num_pos
+    loss_mask = mask_weight * torch.stack(dice_terms).sum() / divisor.clamp(min=1.0 / world)
     return {"loss_cate": loss_cate, "loss_mask": loss_mask}

@@ -21,9 +21,10 @@ from ...utils.inputs import check_model_image
 from .config import validate_solo_config
 from .heads import SOLOHeadBase, build_solo_head
 from .losses import solo_loss
+from ..backbone.frozen_stats_bn import train_frozen_bn_affine
 from .mask_branch import SOLOv2MaskBranch
 from .postprocess import mask_area_maskness, point_nms, solo_postprocess_cells
-from .targets import solo_targets
+from .targets import LevelTargets, solo_targets
 
 __all__ = ["SOLO", "gt_bitmasks"]
 
@@ -76,6 +77,7 @@ class SOLO(nn.Module):
         strides: List[int],
         scale_ranges: List[Tuple[float, float]],
         sigma: float,
+        target_cfg: Optional[Dict] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         loss_cfg: Dict[str, float],
@@ -88,8 +90,12 @@ class SOLO(nn.Module):
             in_features, strides: backbone features of the head levels and the strides
                 the head sees (features are resized to ``padded_size / stride``).
             scale_ranges, sigma: target assignment (see :func:`solo_targets`).
+            target_cfg: further keyword arguments of :func:`solo_targets`
+                (``one_target_per_cell``, ``grid_rounding``, ``mask_resize``); default: the
+                head's official mask-target rule, floor rounding, padded resize.
             pixel_mean, pixel_std: input normalization.
-            loss_cfg: ``focal_alpha``, ``focal_gamma``, ``cate_weight``, ``mask_weight``.
+            loss_cfg: ``focal_alpha``, ``focal_gamma``, ``cate_weight``, ``mask_weight``,
+                optionally ``dice_normalizer``.
             test_cfg: ``score_thr``, ``nms_pre`` and the keyword arguments of
                 :func:`solo_postprocess` (``mask_thr``, ``update_thr``, ``max_per_img``,
                 ``nms_method``, ``kernel``, ``sigma``).
@@ -110,6 +116,7 @@ class SOLO(nn.Module):
         self.strides = list(strides)
         self.scale_ranges = [tuple(r) for r in scale_ranges]
         self.sigma = sigma
+        self.target_cfg = {"one_target_per_cell": head.one_target_per_cell, **(target_cfg or {})}
         self.loss_cfg = dict(loss_cfg)
         self.test_cfg = dict(test_cfg)
         num_grids = head.num_grids
@@ -125,6 +132,8 @@ class SOLO(nn.Module):
         c = cfg.MODEL.SOLO
         validate_solo_config(c)
         backbone = build_backbone(cfg)
+        if cfg.MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE:  # no-op for a backbone without FrozenBN
+            train_frozen_bn_affine(backbone)
         shapes = backbone.output_shape()
         missing = [f for f in c.IN_FEATURES if f not in shapes]
         if missing:
@@ -143,6 +152,11 @@ class SOLO(nn.Module):
             "strides": c.FPN_STRIDES,
             "scale_ranges": c.SCALE_RANGES,
             "sigma": c.SIGMA,
+            "target_cfg": {
+                "grid_rounding": c.GRID_ROUNDING,
+                "mask_resize": c.MASK_TARGET_RESIZE,
+                **({} if c.MASK_TARGETS == "auto" else {"one_target_per_cell": c.MASK_TARGETS == "per_cell"}),
+            },
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "loss_cfg": {
@@ -150,6 +164,7 @@ class SOLO(nn.Module):
                 "focal_gamma": c.LOSS.FOCAL_GAMMA,
                 "cate_weight": c.LOSS.CATE_WEIGHT,
                 "mask_weight": c.LOSS.DICE_WEIGHT,
+                "dice_normalizer": c.LOSS.DICE_NORMALIZER,
             },
             "test_cfg": {
                 "score_thr": c.SCORE_THR,
@@ -200,25 +215,29 @@ class SOLO(nn.Module):
         return self.inference(batched_inputs, images, cate_logits, mask_outputs)
 
     # ------------------------------------------------------------------ training
-    def losses(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> Dict[str, torch.Tensor]:
+    def targets(self, batched_inputs, images: ImageList, mask_outputs) -> List[LevelTargets]:
+        """The :class:`~.targets.LevelTargets` of each level for the ground truth of
+        ``batched_inputs`` (their ``instances``), as :meth:`losses` uses them."""
         if any("instances" not in x for x in batched_inputs):
             raise ValueError("SOLO training needs 'instances' in every input dict")
         padded = tuple(images.tensor.shape[-2:])
         gt = [x["instances"] for x in batched_inputs]
-        gt_masks = [gt_bitmasks(g, padded, self.device) for g in gt]
-        gt_classes = [g.gt_classes.to(self.device) for g in gt]
         gt_boxes = [g.gt_boxes.tensor.to(self.device) for g in gt] if all(g.has("gt_boxes") for g in gt) else None
-        mask_sizes = [self.ins_head.mask_size(m) for m in mask_outputs]
-        targets = solo_targets(
-            gt_masks,
-            gt_classes,
+        return solo_targets(
+            [gt_bitmasks(g, padded, self.device) for g in gt],
+            [g.gt_classes.to(self.device) for g in gt],
             num_grids=self.ins_head.num_grids,
             scale_ranges=self.scale_ranges,
-            mask_sizes=mask_sizes,
+            mask_sizes=[self.ins_head.mask_size(m) for m in mask_outputs],
             sigma=self.sigma,
             num_classes=self.num_classes,
             gt_boxes=gt_boxes,
+            image_sizes=[tuple(s) for s in images.image_sizes],
+            **self.target_cfg,
         )
+
+    def losses(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> Dict[str, torch.Tensor]:
+        targets = self.targets(batched_inputs, images, mask_outputs)
         mask_probs = [
             self.ins_head.soft_masks(out, level, t.target_img, t.target_cell)
             for level, (t, out) in enumerate(zip(targets, mask_outputs))

@@ -2,20 +2,32 @@
 
 Every ground-truth instance is assigned to the pyramid levels whose scale range contains its
 scale ``sqrt(w * h)`` of its box (the annotation box when given, else the box around the
-mask). On such a level the mask's center of mass falls into one cell of the ``S x S`` grid;
-the positive cells are those covered by the central ``sigma`` part of the box, clipped to at
-most the 3x3 cells around that center cell. Cell coordinates are computed exactly as the
-detectron2 SOLOv2 port (AdelaiDet) computes them: ``(c / extent) // (1 / S)`` in float32 with
-Python floor-division semantics, which differs from ``floor(c / extent * S)`` at cell borders.
+mask). On such a level the mask's center of mass (float32 sums, as the official
+``solo_head.py`` computes it) falls into one cell of the ``S x S`` grid; the positive cells are
+those covered by the central ``sigma`` part of the box, clipped to at most the 3x3 cells around
+that center cell. Cell coordinates are ``(c / extent) // (1 / S)`` in float32 with Python
+floor-division semantics, as the official code and AdelaiDet compute them (``grid_rounding
+"floor"``; this differs from ``floor(c / extent * S)`` on cell borders); mmdetection truncates
+the rounded quotient instead (``"trunc"``), which differs exactly on grid lines.
 
-Overlaps follow both public implementations: a cell claimed by several instances takes the
-class of the *last* claiming instance (in annotation order), and it gets *one mask target per
-claiming instance* (the loss sees every (cell, instance) pair). Mask targets are the
-instance masks at the level's mask size (bilinear, ``>= 0.5``, i.e. OpenCV's rounding of a
-uint8 0/1 mask), computed from the padded masks (official SOLO; AdelaiDet resizes the
-unpadded mask, which only differs when the image size is not a multiple of 4). Each instance
-mask is resized once per mask size and the targets index it (:class:`LevelTargets`): the
-references copy one full mask per (cell, instance), which dominated the time of this step.
+Overlaps: a cell claimed by several instances takes the class of the *last* claiming instance
+(in annotation order), in every reference. Its mask targets differ by head in the official
+code (WXinlong/SOLO, commit f4cd03b), and mmdetection 3.3.0 follows it:
+
+- SOLO, Decoupled SOLO and Decoupled-light keep **one mask target per positive cell**, the last
+  claimant's mask (``ins_label[label] = seg_mask`` overwrites in ``solo_target_single``):
+  ``one_target_per_cell=True``;
+- SOLOv2 (and AdelaiDet's port) keeps **one mask target per (cell, claiming instance)**:
+  ``one_target_per_cell=False``.
+
+Mask targets are the instance masks at the level's mask size (bilinear, ``>= 0.5``, i.e.
+OpenCV's rounding of a uint8 0/1 mask), computed from the padded masks by an exact integer
+factor (``mask_resize="padded"``, official SOLO and mmdetection). AdelaiDet resizes each
+*unpadded* mask with ``cv2.resize`` to ``(int(w / f + 0.5), int(h / f + 0.5))`` and pastes it
+into the top-left corner (``mask_resize="unpadded"``); the two agree only when both image sides
+are multiples of the factor. Each instance mask is resized once per mask size and the targets
+index it (:class:`LevelTargets`): the references copy one full mask per (cell, instance), which
+dominated the time of this step.
 
 Cells, levels and images are handled together in a few tensor ops; Python loops run over the
 distinct mask sizes and, in :class:`~.mask_geometry.InstanceMasks`, over the mask windows.
@@ -46,7 +58,7 @@ class LevelTargets(NamedTuple):
         pos_mask: [B, S*S] bool, positive cells; cell index ``i * S + j`` with ``i`` the
             row (y) and ``j`` the column (x).
         target_img: [M] long, image of each mask target (``M >= pos_mask.sum()``: a cell
-            claimed by k instances has k mask targets).
+            claimed by k instances has k mask targets, or one with ``one_target_per_cell``).
         target_cell: [M] long, cell index of each mask target.
         target_masks: [R, h, w] bool, the resized masks of the instances with mask targets,
             ``(h, w)`` the level's mask size (levels of equal mask size share this tensor).
@@ -82,30 +94,41 @@ def _div(x: Tensor, divisor: Union[float, Tensor]) -> Tensor:
     return x / torch.as_tensor(divisor, dtype=x.dtype, device=x.device)
 
 
-def grid_cell(coord: Tensor, extent: Union[int, Tensor], num_grid: Union[int, Tensor]) -> Tensor:
+GRID_ROUNDINGS = ("floor", "trunc")
+MASK_RESIZES = ("padded", "unpadded")
+
+
+def grid_cell(
+    coord: Tensor, extent: Union[int, Tensor], num_grid: Union[int, Tensor], rounding: str = "floor"
+) -> Tensor:
     """Grid index of input-pixel coordinates along one axis, as the references compute it:
-    ``(coord / extent) // (1 / S)`` in float32 (Python floor-division semantics), as long;
-    the same on CPU and CUDA. ``extent``: the image extent along the axis, or a tensor of
-    extents broadcast against ``coord`` (several axes at once). ``num_grid``: S, or a long
-    tensor of one S per coordinate (broadcast against ``coord``); ``1 / S`` is rounded to
-    float32 either way."""
+    ``(coord / extent) // (1 / S)`` in float32 (Python floor-division semantics, official SOLO
+    and AdelaiDet; ``rounding="floor"``) or ``trunc((coord / extent) / (1 / S))`` with the
+    quotient rounded to float32 (mmdetection's ``floordiv``; ``"trunc"``), as long; the same on
+    CPU and CUDA. The two differ when the quotient rounds onto an integer (a grid line).
+    ``extent``: the image extent along the axis, or a tensor of extents broadcast against
+    ``coord`` (several axes at once). ``num_grid``: S, or a long tensor of one S per coordinate
+    (broadcast against ``coord``); ``1 / S`` is rounded to float32 either way."""
+    if rounding not in GRID_ROUNDINGS:
+        raise ValueError(f"grid_cell: rounding must be one of {GRID_ROUNDINGS}, got {rounding!r}")
     if isinstance(num_grid, Tensor):
         inv = (1.0 / num_grid.to(torch.float64)).to(torch.float32)
     else:
         inv = torch.tensor(1.0 / num_grid, dtype=torch.float32, device=coord.device)
     extent = extent if isinstance(extent, Tensor) else float(extent)
-    return torch.div(_div(coord.to(torch.float32), extent), inv, rounding_mode="floor").long()
+    return torch.div(_div(coord.to(torch.float32), extent), inv, rounding_mode=rounding).long()
 
 
 def _claimed_cells(
     box_h: Tensor, box_w: Tensor, center_y: Tensor, center_x: Tensor, num_grid: Tensor,
-    image_hw: Tuple[int, int], sigma: float,
+    image_hw: Tuple[int, int], sigma: float, rounding: str = "floor",
 ) -> Tuple[Tensor, Tensor]:
     """The cells claimed by P (level, instance) pairs, each on its own grid.
 
     Args:
         box_h, box_w, center_y, center_x: [P] float32 geometry of each pair's instance.
         num_grid: [P] long, S of each pair's level.
+        rounding: see :func:`grid_cell`.
 
     Returns:
         ``(pair, cell)``, each [Q] long: pair index and cell index ``i * S + j``, ordered by
@@ -116,7 +139,8 @@ def _claimed_cells(
     half = 0.5 * sigma * torch.stack([box_h, box_w])
     extent = torch.tensor([[float(image_hw[0])], [float(image_hw[1])]], device=device)  # [2, 1]
     # the cells of the center and of both ends of the central box, both axes at once: [3, 2, P]
-    cell, lo, hi = grid_cell(torch.stack([center, center - half, center + half]), extent, num_grid).unbind(0)
+    corners = torch.stack([center, center - half, center + half])
+    cell, lo, hi = grid_cell(corners, extent, num_grid, rounding).unbind(0)
     lo = torch.maximum(lo.clamp(min=0), cell - 1)  # [2, P]: (top, left)
     hi = torch.minimum(torch.minimum(hi, num_grid - 1), cell + 1)  # [2, P]: (down, right)
     (top, left), (down, right) = lo, hi
@@ -161,6 +185,36 @@ def _check_class_range(classes: Tensor, counts: List[int], num_classes: int) -> 
     )
 
 
+def _resize_unpadded(
+    gt_masks: List[Tensor], img: Tensor, local: Tensor, image_sizes: Sequence[Tuple[int, int]], size: Tuple[int, int]
+) -> Tensor:
+    """AdelaiDet's mask targets: each instance's *unpadded* mask resized by ``cv2.resize``
+    (``INTER_LINEAR`` on uint8) to ``(int(w / f + 0.5), int(h / f + 0.5))``, ``f`` the integer
+    factor from the padded size to ``size``, and pasted into the top-left corner.
+
+    Args:
+        gt_masks: per image, [N_b, H, W] padded masks; img, local: [R] long, image and index
+            within it of each instance to resize.
+        image_sizes: per image ``(h, w)``; size: ``(h_m, w_m)`` with ``H = f * h_m``, ``W = f * w_m``.
+
+    Returns:
+        [R, h_m, w_m] bool, on the masks' device.
+    """
+    import cv2
+
+    pad_h, pad_w = gt_masks[0].shape[-2:]
+    f = pad_h // size[0]
+    if size[0] * f != pad_h or size[1] * f != pad_w:
+        raise ValueError(f"solo_targets: mask_resize='unpadded' needs one integer factor from {(pad_h, pad_w)} to {size}")
+    out = torch.zeros((img.numel(), *size), dtype=torch.bool)
+    for row, (b, i) in enumerate(zip(img.tolist(), local.tolist())):
+        h, w = (int(v) for v in image_sizes[b])
+        mask = gt_masks[b][i, :h, :w].to(device="cpu", dtype=torch.uint8).numpy()
+        small = cv2.resize(mask, (int(w / f + 0.5), int(h / f + 0.5)), interpolation=cv2.INTER_LINEAR)
+        out[row, : small.shape[0], : small.shape[1]] = torch.from_numpy(small) != 0
+    return out.to(gt_masks[0].device)
+
+
 def solo_targets(
     gt_masks: List[Tensor],
     gt_classes: List[Tensor],
@@ -171,6 +225,10 @@ def solo_targets(
     sigma: float,
     num_classes: int,
     gt_boxes: Optional[List[Tensor]] = None,
+    one_target_per_cell: bool = False,
+    grid_rounding: str = "floor",
+    mask_resize: str = "padded",
+    image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
 ) -> List[LevelTargets]:
     """Compute SOLO targets for a batch.
 
@@ -186,6 +244,13 @@ def solo_targets(
         num_classes: number of classes; also the background label.
         gt_boxes: optional, per image [N_b, 4] ``(x0, y0, x1, y1)`` boxes (the annotation
             boxes, as both references use); default: the boxes around the masks.
+        one_target_per_cell: keep one mask target per positive cell, the last claimant's
+            (official SOLO / Decoupled SOLO); default one per (cell, claimant) (SOLOv2).
+        grid_rounding: ``"floor"`` (official, AdelaiDet) or ``"trunc"`` (mmdetection), see
+            :func:`grid_cell`.
+        mask_resize: ``"padded"`` (official, mmdetection) or ``"unpadded"`` (AdelaiDet, needs
+            ``image_sizes``), see the module docstring.
+        image_sizes: per image ``(h, w)`` of the unpadded image inside the padded masks.
 
     Returns:
         One :class:`LevelTargets` per level. Instances with empty masks are ignored.
@@ -200,6 +265,10 @@ def solo_targets(
         raise ValueError("solo_targets: gt_masks, gt_classes (and gt_boxes) need one entry per image")
     if len(gt_masks) == 0:
         raise ValueError("solo_targets: empty batch (no images)")
+    if mask_resize not in MASK_RESIZES:
+        raise ValueError(f"solo_targets: mask_resize must be one of {MASK_RESIZES}, got {mask_resize!r}")
+    if mask_resize == "unpadded" and (image_sizes is None or len(image_sizes) != len(gt_masks)):
+        raise ValueError("solo_targets: mask_resize='unpadded' needs image_sizes, one (h, w) per image")
     image_hw = tuple(gt_masks[0].shape[-2:])
     device = gt_masks[0].device
     _check_inputs(gt_masks, gt_classes, gt_boxes, image_hw)
@@ -231,7 +300,7 @@ def solo_targets(
     pair_level, pair_k = hit.nonzero(as_tuple=True)  # level-major, then image, then instance
     grids = torch.tensor([int(g) for g in num_grids], device=device)
     pair, cell = _claimed_cells(
-        box_h[pair_k], box_w[pair_k], cy[pair_k], cx[pair_k], grids[pair_level], image_hw, sigma
+        box_h[pair_k], box_w[pair_k], cy[pair_k], cx[pair_k], grids[pair_level], image_hw, sigma, grid_rounding
     )
     level, k = pair_level[pair], pair_k[pair]  # per mask target, in the references' order
 
@@ -244,6 +313,9 @@ def solo_targets(
     last.scatter_reduce_(0, flat, k, reduce="amax")
     classes = torch.cat([classes, classes.new_full((1,), num_classes)])  # index K (and -1): background
     labels, positive = classes[last], last >= 0  # cells nobody claims (-1) index the background
+    if one_target_per_cell:  # the last claimant's mask overwrites the others' (official SOLO)
+        sel = last[flat] == k
+        level, k, cell = level[sel], k[sel], cell[sel]
 
     # 4. mask targets: each instance resized once per mask size, the targets index it
     rows = torch.zeros_like(k)
@@ -253,7 +325,10 @@ def solo_targets(
         # targets of levels of this size (None: all targets)
         of_size = None if one_size else torch.tensor([sz == size for sz in sizes], device=device)[level]
         needed = torch.unique(k if of_size is None else k[of_size])  # ascending
-        target_masks[size] = instances.resized(needed, size)
+        if mask_resize == "unpadded":
+            target_masks[size] = _resize_unpadded(gt_masks, img[needed], local[needed], image_sizes, size)
+        else:
+            target_masks[size] = instances.resized(needed, size)
         found = torch.searchsorted(needed, k)
         rows = found if of_size is None else torch.where(of_size, found, rows)
 
