@@ -16,35 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+from tests.parity_solo import adelaidet_shrink_opts, match_order
 from tests.parity_utils import DATA_DIR, load_manifest, rule_state_dict
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 NAME = "adelaidet_solov2_tiny"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# AdelaiDet key -> solo_d2 key for the manifest's shrinking overrides
-KEY_MAP = {
-    "MODEL.RESNETS.STEM_OUT_CHANNELS": "MODEL.RESNETS.STEM_OUT_CHANNELS",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS": "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    "MODEL.RESNETS.WIDTH_PER_GROUP": "MODEL.RESNETS.WIDTH_PER_GROUP",
-    "MODEL.FPN.OUT_CHANNELS": "MODEL.FPN.OUT_CHANNELS",
-    "MODEL.SOLOV2.INSTANCE_CHANNELS": "MODEL.SOLO.INS_CHANNELS",
-    "MODEL.SOLOV2.NUM_INSTANCE_CONVS": "MODEL.SOLO.NUM_CONVS",
-    "MODEL.SOLOV2.MASK_CHANNELS": "MODEL.SOLO.MASK_MID_CHANNELS",
-    "MODEL.SOLOV2.NUM_MASKS": "MODEL.SOLO.MASK_FEAT_CHANNELS",
-}
-IMPLIED = {"MODEL.SOLOV2.INSTANCE_IN_CHANNELS", "MODEL.SOLOV2.MASK_IN_CHANNELS", "MODEL.SOLOV2.NUM_KERNELS",
-           "MODEL.DEVICE", "INPUT.MIN_SIZE_TEST"}  # equal FPN channels / equal NUM_MASKS / not model shape
-
-
 def shrink_opts(manifest):
-    opts = []
-    for key, value in manifest["reference"]["config_overrides"].items():
-        if key in KEY_MAP:
-            opts += [KEY_MAP[key], str(value)]
-        else:
-            assert key in IMPLIED, f"unmapped override {key}"
-    return opts
+    return adelaidet_shrink_opts(manifest)
 
 
 def run_convert(source, src, dst, *opts):
@@ -118,16 +98,6 @@ def test_padded_input_and_head_outputs_match(manifest, model_outputs):
     np.testing.assert_allclose(model_outputs["mask_out"][0][1].numpy(), exp["mask_feats"], atol=atol, rtol=0)
 
 
-def _match_order(scores, ref_scores, tol):
-    """Permutation of our detections onto the reference's: adjacent reference scores closer
-    than ``tol`` may come out swapped (see the manifest's ordering note)."""
-    order = list(range(len(ref_scores)))
-    for i in range(len(ref_scores) - 1):
-        if abs(ref_scores[i] - ref_scores[i + 1]) < tol and abs(scores[i] - ref_scores[i]) > abs(scores[i] - ref_scores[i + 1]):
-            order[i], order[i + 1] = order[i + 1], order[i]
-    return order
-
-
 @pytest.mark.parametrize("image", [0, 1])
 def test_final_detections_match(manifest, model_outputs, image):
     exp = np.load(os.path.join(DATA_DIR, NAME, "expected.npz"))
@@ -138,7 +108,7 @@ def test_final_detections_match(manifest, model_outputs, image):
     ref_scores = exp[f"scores_{image}"]
     assert len(ins) == len(ref_scores) == manifest["detections_per_image"][image]
     scores = ins.scores.numpy()
-    order = _match_order(scores, ref_scores, 1e-5)
+    order = match_order(scores, ref_scores, 1e-5)
     np.testing.assert_allclose(scores, ref_scores[order], atol=tol["scores_atol"], rtol=0)
     assert ins.pred_classes.tolist() == exp[f"pred_classes_{image}"][order].tolist()
     shape = tuple(exp[f"pred_masks_shape_{image}"])

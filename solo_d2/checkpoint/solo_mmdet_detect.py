@@ -226,13 +226,16 @@ def detect_variant(state, layout, facts: Optional[Dict] = None) -> Dict:
 
     depth = resnet_depth(state, "backbone.", source=src)
     # ResNeXt (e.g. the official X101-64x4d): grouped 3x3 convs, weight [width, width / groups, 3, 3]
+    # widths from the shapes (a ResNet built with another base_channels, e.g. mmdet's, too)
     width, per_group = (int(c) for c in state["backbone.layer1.0.conv2.weight"].shape[:2])
     conv_groups = width // per_group
+    bottleneck = "backbone.layer1.0.conv3.weight" in state
     settings: Dict[str, object] = {
         "MODEL.RESNETS.DEPTH": depth,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS": 64 if depth < 50 else 256,
+        "MODEL.RESNETS.STEM_OUT_CHANNELS": int(state["backbone.conv1.weight"].shape[0]),
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": int(state[f"backbone.layer1.0.conv{3 if bottleneck else 2}.weight"].shape[0]),
         "MODEL.RESNETS.NUM_GROUPS": conv_groups,
-        "MODEL.RESNETS.WIDTH_PER_GROUP": per_group if conv_groups > 1 else 64,
+        "MODEL.RESNETS.WIDTH_PER_GROUP": width // conv_groups if bottleneck else 64,
     }
     cate_w = state[f"{h}.{layout.cate_pred[head]}.weight"]
     settings["MODEL.SOLO.NUM_CLASSES"] = int(cate_w.shape[0])
