@@ -56,8 +56,11 @@ def _step(fx, case, opts, dtype=torch.float32):
     return model, loss_dict, batch
 
 
-def test_tool_names_the_recipe_config(fx):
+def test_tool_names_the_recipe_config_and_the_adelaidet_training_options(fx):
     assert fx.tool.stdout.strip().splitlines()[-1] == fx.config
+    notes = [line for line in fx.tool.stdout.splitlines() if line.startswith("note:")]
+    pairs = [f"{k} {v}" for k, v in zip(ADELAIDET[::2], ADELAIDET[1::2])]
+    assert any(all(p in line for p in pairs) for line in notes), notes
 
 
 @pytest.mark.parametrize("case", ["main", "aligned"])

@@ -59,4 +59,10 @@ def convert_adelaidet_solov2(state) -> Conversion:
         "AdelaiDet upsamples final masks by ceil(h / f_h) of the unpadded height, which is 3 instead of 4 "
         "for a batch image shorter than 3/4 of the padded batch; solo_d2 always uses 4 (the official SOLO)."
     )
+    notes.append(
+        "The config trains as the official SOLO code (the recipe). To train as AdelaiDet does, add "
+        "MODEL.SOLO.MASK_TARGET_RESIZE unpadded (AdelaiDet resizes each unpadded mask by cv2 to "
+        "int(side / 4 + 0.5) and pastes it top-left; the official code resizes the padded mask by exactly 4) "
+        "and MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE False (AdelaiDet never trains the BN weights and biases)."
+    )
     return Conversion(out, f"configs/SOLOv2/R{depth}_3x.yaml", opts, notes)
