@@ -193,9 +193,11 @@ class SOLO(nn.Module):
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
-    def _head_outputs(self, images: ImageList):
-        """Category logits and mask outputs per level (see :class:`~.heads.SOLOHeadBase`)."""
-        feats = self.backbone(images.tensor)
+    def _head_outputs(self, images: ImageList, feats: Optional[Dict[str, torch.Tensor]] = None):
+        """Category logits and mask outputs per level (see :class:`~.heads.SOLOHeadBase`);
+        ``feats``: the backbone's features of ``images`` when already computed."""
+        if feats is None:
+            feats = self.backbone(images.tensor)
         h, w = images.tensor.shape[-2:]
         level_feats = []
         for name, stride in zip(self.in_features, self.strides):
