@@ -62,7 +62,7 @@ def test_recipe_trains_bn_affine_of_res3_to_res5_only():
 
 RECIPES = sorted(
     os.path.relpath(p, REPO)
-    for d in ("SOLO", "DecoupledSOLO", "SOLOv2", "Cityscapes", "Converted/SOLO-official", "Converted/mmdet")
+    for d in ("SOLO", "DecoupledSOLO", "SOLOv2", "Cityscapes", "Panoptic", "Converted/SOLO-official", "Converted/mmdet")
     for p in glob.glob(os.path.join(REPO, "configs", d, "*.yaml"))
 )
 
@@ -70,7 +70,7 @@ RECIPES = sorted(
 @pytest.mark.parametrize("config", RECIPES)
 def test_every_solo_family_recipe_and_converted_config_trains_the_bn_affine(config):
     cfg = build_cfg(config)
-    assert cfg.MODEL.META_ARCHITECTURE == "SOLO" and cfg.MODEL.RESNETS.NORM == "FrozenBN", config
+    assert cfg.MODEL.META_ARCHITECTURE in ("SOLO", "SOLOPanoptic") and cfg.MODEL.RESNETS.NORM == "FrozenBN", config
     assert cfg.MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE, config
     assert cfg.SOLVER.WEIGHT_DECAY_NORM == cfg.SOLVER.WEIGHT_DECAY == 1e-4, config  # official: decay on all
     assert cfg.SOLVER.WARMUP_ITERS == 500, config

@@ -56,6 +56,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.augmentation import build_augmentation
 from ..data.mapper import FileNamingDatasetMapper
+from ..data.panoptic import PanopticDatasetMapper
 from ..utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,15 @@ def check_num_classes(cfg) -> None:
     the config value, the dataset and its count.
     """
     arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "SOLOPanoptic":  # thing and stuff counts from the panoptic metadata, names the dataset
+        from ..modeling.solo.panoptic import panoptic_dataset_maps
+
+        for name in cfg.DATASETS.TRAIN:
+            one = cfg.clone()
+            one.defrost()
+            one.DATASETS.TRAIN, one.DATASETS.TEST = (name,), ()
+            panoptic_dataset_maps(one)
+        return
     if "SOLO" in arch.upper():
         key, value, attr = "MODEL.SOLO.NUM_CLASSES", cfg.MODEL.SOLO.NUM_CLASSES, "thing_classes"
     elif "SEGMENTOR" in arch.upper():
@@ -328,7 +338,8 @@ class Trainer(DefaultTrainer):
         """detectron2's train loader with solo_d2's augmentation and mapper. With
         ``SEED >= 0`` the sampler is seeded with it; ``start_iter`` skips the samples of
         iterations ``0 .. start_iter - 1`` (resume)."""
-        mapper = FileNamingDatasetMapper(cfg, is_train=True, augmentations=build_augmentation(cfg, True))
+        mapper_cls = PanopticDatasetMapper if cfg.MODEL.META_ARCHITECTURE == "SOLOPanoptic" else FileNamingDatasetMapper
+        mapper = mapper_cls(cfg, is_train=True, augmentations=build_augmentation(cfg, True))
         kwargs = _train_loader_from_config(cfg, mapper=mapper)
         sampler = kwargs["sampler"]
         if cfg.SEED >= 0 and hasattr(sampler, "_seed"):
