@@ -109,3 +109,19 @@ def test_semantic_head_class_count_must_match_the_dataset(tmp_path):
     assert model.combine_cfg["thing_ids"] == [0, 1, 2] and model.combine_cfg["stuff_ids"] == [-1, 1, 2]
     with pytest.raises(ValueError, match=r"MODEL.SOLO.NUM_CLASSES = 2"):
         build_model(_cfg("DATASETS.TEST", f"('{name}',)", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3", "MODEL.SOLO.NUM_CLASSES", "2"))
+
+
+def test_trainer_refuses_a_dataset_without_panoptic_annotations_before_training():
+    from solo_d2.engine.trainer import check_num_classes
+
+    cfg = _cfg("DATASETS.TRAIN", "('synthetic_coco_train',)")
+    with pytest.raises(ValueError, match="synthetic_coco_train.*no panoptic metadata"):
+        check_num_classes(cfg)
+    cfg = _cfg("DATASETS.TRAIN", "('coco_2017_train_panoptic',)")  # builtin: 80 things, 53 stuff
+    with pytest.raises(ValueError, match="MODEL.SOLO.NUM_CLASSES = 3.*coco_2017_train_panoptic.*80 thing"):
+        check_num_classes(cfg)
+    cfg = _cfg("DATASETS.TRAIN", "('coco_2017_train_panoptic',)", "MODEL.SOLO.NUM_CLASSES", "80")
+    with pytest.raises(ValueError, match="MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4.*53 stuff classes.*needs 54"):
+        check_num_classes(cfg)
+    check_num_classes(_cfg("DATASETS.TRAIN", "('coco_2017_train_panoptic',)", "MODEL.SOLO.NUM_CLASSES", "80",
+                           "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "54"))

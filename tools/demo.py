@@ -113,7 +113,8 @@ def run_images(demo, paths, output) -> int:
         start = time.perf_counter()
         preds, vis = demo(img)
         what = (
-            f"{len(preds['instances'])} instances" if "instances" in preds else "semantic map"
+            f"{len(preds['panoptic_seg'][1])} panoptic segments" if "panoptic_seg" in preds
+            else f"{len(preds['instances'])} instances" if "instances" in preds else "semantic map"
         )
         logger.info("%s: %s in %.2fs", path, what, time.perf_counter() - start)
         if output:

@@ -16,6 +16,7 @@ import copy
 from typing import Dict, List, Tuple
 
 import numpy as np
+import pycocotools.mask as mask_util
 import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
@@ -89,7 +90,7 @@ class PanopticDatasetMapper(FileNamingDatasetMapper):
                         "bbox": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)],
                         "bbox_mode": BoxMode.XYXY_ABS,
                         "category_id": self._thing_index[cid],
-                        "segmentation": mask.astype(np.uint8),
+                        "segmentation": mask_util.encode(np.asfortranarray(mask.astype(np.uint8))),
                         "iscrowd": 0,
                     }
                 )
@@ -111,9 +112,11 @@ class PanopticDatasetMapper(FileNamingDatasetMapper):
         try:
             image = utils.read_image(d["file_name"], format=self.image_format)
             utils.check_image_size(d, image)
+            mask_format = self.instance_mask_format
             if "pan_seg_file_name" in d:
                 pan = rgb2id(utils.read_image(d.pop("pan_seg_file_name"), "RGB"))
                 sem, annos = self._from_panoptic(pan, d.pop("segments_info"))
+                mask_format = "bitmask"  # the thing masks come as RLE
             else:
                 sem = utils.read_image(d.pop("sem_seg_file_name")).astype("uint8")
                 annos = d.pop("annotations", [])
@@ -133,6 +136,6 @@ class PanopticDatasetMapper(FileNamingDatasetMapper):
             for obj in annos
             if obj.get("iscrowd", 0) == 0
         ]
-        instances = utils.annotations_to_instances(annos, shape, mask_format=self.instance_mask_format)
+        instances = utils.annotations_to_instances(annos, shape, mask_format=mask_format)
         d["instances"] = utils.filter_empty_instances(instances)
         return d

@@ -11,8 +11,10 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 class DemoPredictor:
     """Run ``DefaultPredictor`` and draw its output.
 
-    Instances (SOLO family) are filtered by ``confidence_threshold`` and drawn with
-    masks, class names and scores; semantic logits (BiSeNet) are drawn as a label map.
+    Panoptic output (``SOLOPanoptic``) is drawn with ``Visualizer.draw_panoptic_seg`` (the
+    model's ``MODEL.PANOPTIC_FPN.COMBINE`` thresholds chose its segments); instances (SOLO
+    family) are filtered by ``confidence_threshold`` and drawn with masks, class names and
+    scores; semantic logits (BiSeNet) are drawn as a label map.
     """
 
     def __init__(self, cfg, confidence_threshold: float = 0.3):
@@ -27,7 +29,10 @@ class DemoPredictor:
         """image_bgr: HxWx3 uint8 (OpenCV order). Returns (predictions, visualization HxWx3 RGB uint8)."""
         predictions = self.predictor(image_bgr)
         vis = Visualizer(image_bgr[:, :, ::-1], self.metadata, instance_mode=ColorMode.IMAGE)
-        if "instances" in predictions:
+        if "panoptic_seg" in predictions:
+            seg, segments_info = predictions["panoptic_seg"]
+            out = vis.draw_panoptic_seg(seg.to("cpu"), segments_info)
+        elif "instances" in predictions:
             inst = predictions["instances"].to("cpu")
             inst = inst[inst.scores >= self.confidence_threshold]
             predictions["instances"] = inst
