@@ -260,3 +260,37 @@ def run_crashing_train_net(argv):
         args=(args,),
         num_cpu_workers=args.num_cpu_workers,
     )
+
+
+# ---------------------------------------------------------------- panoptic (SOLOPanoptic)
+PANOPTIC_OPTS = [
+    "MODEL.META_ARCHITECTURE", "SOLOPanoptic", "MODEL.SEM_SEG_HEAD.NAME", "SOLOv2StuffHead",
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+    "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+]
+
+
+def make_panoptic_input(index: int, size: int = IMAGE_SIZE):
+    """:func:`make_input` plus ``sem_seg`` [H, W] long: 0 on the things, stuff 1 / 2 above and
+    below the middle, and a void band whose height differs per image (different numbers of
+    labelled pixels per worker)."""
+    d = make_input(index, size)
+    sem = torch.ones((size, size), dtype=torch.long)
+    sem[size // 2 :] = 2
+    if len(d["instances"]):
+        sem[d["instances"].gt_masks.tensor.any(0)] = 0
+    sem[: 8 + 20 * index] = 255
+    d["sem_seg"] = sem
+    return d
+
+
+def panoptic_grads_worker(state_path, out_dir, split):
+    """Rank r: one forward/backward of the tiny SOLOPanoptic on image ``split[r]`` through the
+    trainer's DDP wrapper; saves losses and averaged gradients to ``panoptic_rank{r}.pt``."""
+    rank = comm.get_rank()
+    model = build_model(tiny_cfg(*PANOPTIC_OPTS))
+    model.load_state_dict(torch.load(state_path, map_location="cpu"))
+    model = _create_ddp_model(model.train())
+    with native_conv():
+        result = loss_and_grads(model, [make_panoptic_input(split[rank])])
+    torch.save(result, os.path.join(out_dir, f"panoptic_rank{rank}.pt"))

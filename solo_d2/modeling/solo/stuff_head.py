@@ -5,7 +5,7 @@ It is built like SOLOv2's unified mask-feature branch (:class:`~.mask_branch.SOL
 P2..P5 fused at 1/4 scale, CoordConv on the coarsest level), followed by a 1x1 conv to
 ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` (stuff classes + one "things" class), upsampled by
 ``COMMON_STRIDE`` to the input and trained with cross-entropy (``IGNORE_VALUE`` ignored,
-``LOSS_WEIGHT``), the interface of Detectron2's ``SemSegFPNHead`` (Panoptic FPN's head, the
+``LOSS_WEIGHT``; averaged over the labelled pixels of all workers), the interface of Detectron2's ``SemSegFPNHead`` (Panoptic FPN's head, the
 alternative: ``MODEL.SEM_SEG_HEAD.NAME: "SemSegFPNHead"``).
 
 Keys: ``MODEL.SEM_SEG_HEAD.{IN_FEATURES, CONVS_DIM, NORM, NUM_CLASSES, IGNORE_VALUE,
@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from detectron2.utils import comm
 from torch import nn
 
+from .losses import reduce_num_pos
 from .mask_branch import SOLOv2MaskBranch
 
 __all__ = ["SOLOv2StuffHead"]
@@ -83,8 +85,10 @@ class SOLOv2StuffHead(nn.Module):
         inference: ``(logits [B, num_classes, H, W], {})``."""
         x = F.interpolate(self.layers(features), scale_factor=self.common_stride, mode="bilinear", align_corners=False)
         if self.training:
-            if not bool((targets != self.ignore_value).any()):  # nothing labelled: zero, still in the graph
-                return None, {"loss_sem_seg": x.sum() * 0.0}
-            loss = F.cross_entropy(x.float(), targets, reduction="mean", ignore_index=self.ignore_value)
-            return None, {"loss_sem_seg": loss * self.loss_weight}
+            # the mean over the labelled pixels of all workers (their count all-reduced, as SOLO's
+            # positives), so N workers give the loss of one process on the whole batch
+            valid = reduce_num_pos((targets != self.ignore_value).sum().float())
+            loss = F.cross_entropy(x.float(), targets, reduction="sum", ignore_index=self.ignore_value)
+            world = float(comm.get_world_size())
+            return None, {"loss_sem_seg": loss / valid.clamp(min=1.0 / world) * self.loss_weight}
         return x, {}
