@@ -125,3 +125,10 @@ def test_trainer_refuses_a_dataset_without_panoptic_annotations_before_training(
         check_num_classes(cfg)
     check_num_classes(_cfg("DATASETS.TRAIN", "('coco_2017_train_panoptic',)", "MODEL.SOLO.NUM_CLASSES", "80",
                            "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "54"))
+
+
+def test_export_refuses_the_panoptic_model_with_a_message():
+    from solo_d2.export import export_wrapper
+
+    with pytest.raises(TypeError, match="SOLOPanoptic is not exported"):
+        export_wrapper(build_model(_cfg()))

@@ -26,7 +26,13 @@ def export_wrapper(model, *, argmax: bool = False):
     """The export wrapper of a built solo_d2 model (``SOLO`` or ``BiSeNetSegmentor``), in eval mode."""
     from ..modeling.bisenet.segmentor import BiSeNetSegmentor
     from ..modeling.solo.meta_arch import SOLO
+    from ..modeling.solo.panoptic import SOLOPanoptic
 
+    if isinstance(model, SOLOPanoptic):  # a SOLO subclass: its graph would silently drop the stuff
+        raise TypeError(
+            "SOLOPanoptic is not exported: the panoptic merge pastes a data-dependent set of instances "
+            "(docs/EXPORT.md); export the instance model (its SOLO config) or run it in PyTorch"
+        )
     if isinstance(model, SOLO):
         return SOLOExportWrapper(model).eval()
     if isinstance(model, BiSeNetSegmentor):
