@@ -3,19 +3,24 @@
 Registered names (generated on first use under ``$DETECTRON2_DATASETS``, default
 ``datasets/``, read once at import time like Detectron2's builtin datasets):
 
-==========================================  ======================  =====================
-name                                        evaluator_type          content
-==========================================  ======================  =====================
-``synthetic_coco_{train,val}``              ``coco``                3 shape classes
-``synthetic_cityscapes_fine_instance_seg``  ``cityscapes_instance`` 8 Cityscapes things
-``synthetic_cityscapes_fine_sem_seg``       ``cityscapes_sem_seg``  19 train ids, 255 void
-==========================================  ======================  =====================
+=================================================  ===========================  ===============================
+name                                               evaluator_type               content
+=================================================  ===========================  ===============================
+``synthetic_coco_{train,val}``                     ``coco``                     3 shape classes
+``synthetic_coco_panoptic_{train,val}``            ``coco_panoptic_seg``        3 things + 3 stuff, standard
+``synthetic_coco_panoptic_{train,val}_separated``  ``coco_panoptic_seg``        same, separated (Panoptic FPN)
+``synthetic_cityscapes_fine_instance_seg``         ``cityscapes_instance``      8 Cityscapes things
+``synthetic_cityscapes_fine_sem_seg``              ``cityscapes_sem_seg``       19 train ids, 255 void
+``synthetic_cityscapes_fine_panoptic``             ``cityscapes_panoptic_seg``  8 things + 11 stuff (train ids)
+=================================================  ===========================  ===============================
 
-(the Cityscapes names take a ``_train`` or ``_val`` suffix).
+(the Cityscapes names take a ``_train`` or ``_val`` suffix; the panoptic names and their metadata
+conventions: :mod:`.panoptic_datasets`).
 
 Importing this module also points Detectron2's builtin ``cityscapes_fine_*`` names at
 solo_d2's Cityscapes loaders (:mod:`.cityscapes`; Detectron2 main's own cannot import
-their Cityscapes API).
+their Cityscapes API) and its ``cityscapes_fine_panoptic_*`` names at solo_d2's panoptic
+loader (:func:`.panoptic_datasets.load_cityscapes_panoptic`: Detectron2's, right for paths with dots).
 """
 import glob
 import logging
@@ -27,7 +32,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 
 from .cityscapes import load_cityscapes_instances, load_cityscapes_semantic, register_builtin_cityscapes
+from .panoptic_datasets import SYNTHETIC_PANOPTIC_DATASETS, register_builtin_cityscapes_panoptic, register_synthetic_panoptic
 from .synthetic import COCO_CLASSES, generate_synthetic_cityscapes, generate_synthetic_coco
+from .synthetic_panoptic import generate_synthetic_coco_panoptic
 
 __all__ = [
     "get_dataset_root",
@@ -46,8 +53,10 @@ for _split in ("train", "val"):
     SYNTHETIC_DATASETS["synthetic_coco_" + _split] = ("coco", _split, "instance")
     SYNTHETIC_DATASETS["synthetic_cityscapes_fine_instance_seg_" + _split] = ("cityscapes", _split, "instance")
     SYNTHETIC_DATASETS["synthetic_cityscapes_fine_sem_seg_" + _split] = ("cityscapes", _split, "sem_seg")
+SYNTHETIC_DATASETS.update(SYNTHETIC_PANOPTIC_DATASETS)  # (kind, split, panoptic variant)
 
-_GENERATORS = {"coco": generate_synthetic_coco, "cityscapes": generate_synthetic_cityscapes}
+_GENERATORS = {"coco": generate_synthetic_coco, "cityscapes": generate_synthetic_cityscapes,
+               "coco_panoptic": generate_synthetic_coco_panoptic}
 _COCO_CMD = (
     "mkdir -p $DETECTRON2_DATASETS/coco && cd $DETECTRON2_DATASETS/coco && "
     "wget http://images.cocodataset.org/zips/{split}.zip "
@@ -58,6 +67,16 @@ _CITYSCAPES_CMD = (
     "download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip from "
     "https://www.cityscapes-dataset.com/downloads/ into $DETECTRON2_DATASETS/cityscapes, unzip them, then run "
     "`python datasets/prepare_cityscapes.py`  (see datasets/README.md)"
+)
+
+_COCO_PANOPTIC_CMD = (
+    "; then, in $DETECTRON2_DATASETS/coco, wget http://images.cocodataset.org/annotations/"
+    "panoptic_annotations_trainval2017.zip, unzip it and the panoptic_{train,val}2017.zip inside "
+    "annotations/ into coco/, and run detectron2's datasets/prepare_panoptic_fpn.py"
+)
+_CITYSCAPES_PANOPTIC_CMD = (
+    "; then `python -m cityscapesscripts.preparation.createPanopticImgs --dataset-folder "
+    "$DETECTRON2_DATASETS/cityscapes/gtFine`"
 )
 
 
@@ -98,6 +117,7 @@ def _cityscapes_meta():
 def register_synthetic_datasets(root=None):
     """Register every synthetic dataset under ``root`` (default: :func:`get_dataset_root`)."""
     root = _ROOT if root is None else root
+    register_synthetic_panoptic(root)
     for name, (kind, split, task) in SYNTHETIC_DATASETS.items():
         if name in DatasetCatalog.list():
             continue
@@ -128,9 +148,9 @@ def ensure_dataset(name):
 def _prepare_command(name):
     if name.startswith("coco_") or name.startswith("keypoints_coco_"):
         split = "train2017" if "train" in name else "test2017" if "test" in name else "val2017"
-        return _COCO_CMD.format(split=split)
+        return _COCO_CMD.format(split=split) + (_COCO_PANOPTIC_CMD if "panoptic" in name else "")
     if name.startswith("cityscapes_"):
-        return _CITYSCAPES_CMD
+        return _CITYSCAPES_CMD + (_CITYSCAPES_PANOPTIC_CMD if "panoptic" in name else "")
     return "see datasets/README.md"
 
 
@@ -139,8 +159,8 @@ IMAGE_SAMPLE_SIZE = 500
 
 
 def check_image_files(name, mode="sample", sample_size=IMAGE_SAMPLE_SIZE, seed=0):
-    """Check that the image files of dataset ``name`` exist (``file_name`` and
-    ``sem_seg_file_name`` of its dicts).
+    """Check that the image files of dataset ``name`` exist (``file_name``,
+    ``sem_seg_file_name`` and ``pan_seg_file_name`` of its dicts).
 
     ``mode``: ``"all"`` checks every item; ``"sample"`` a fixed random subset of
     ``sample_size`` items (all of a smaller dataset); ``"none"`` nothing. Loads the
@@ -155,7 +175,8 @@ def check_image_files(name, mode="sample", sample_size=IMAGE_SAMPLE_SIZE, seed=0
     index = np.arange(len(dicts))
     if mode == "sample" and len(dicts) > sample_size:
         index = np.sort(np.random.RandomState(seed).choice(len(dicts), sample_size, replace=False))
-    paths = [dicts[i][k] for i in index for k in ("file_name", "sem_seg_file_name") if dicts[i].get(k)]
+    keys = ("file_name", "sem_seg_file_name", "pan_seg_file_name")
+    paths = [dicts[i][k] for i in index for k in keys if dicts[i].get(k)]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         checked = "all {}".format(len(dicts)) if len(index) == len(dicts) else "a sample of {} of {}".format(
@@ -217,3 +238,4 @@ def check_dataset(name, check_images="sample", sample_size=IMAGE_SAMPLE_SIZE):
 
 register_synthetic_datasets()
 register_builtin_cityscapes()
+register_builtin_cityscapes_panoptic()

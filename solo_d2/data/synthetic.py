@@ -13,7 +13,10 @@ exercise every format path of the real datasets:
   ``gtFine`` with ``_polygons.json``, ``_labelIds.png``, ``_instanceIds.png`` and
   ``_labelTrainIds.png``) of 256x512 street-like scenes using Cityscapes' own label
   ids. The label images are rasterized from the polygon json by cityscapesscripts
-  itself, so the json, the pngs and the evaluation scripts agree exactly.
+  itself, so the json, the pngs and the evaluation scripts agree exactly. Its panoptic
+  ground truth (``gtFine/cityscapes_panoptic_{split}/*_gtFine_panoptic.png`` and
+  ``gtFine/cityscapes_panoptic_{split}.json``) is made by cityscapesscripts'
+  ``createPanopticImgs.convert2panoptic`` from the ``_instanceIds.png``.
 
 Generation is seeded (same seed -> same bytes) and atomic: a split tree is written
 into a temporary directory next to the target and renamed into place, with a stamp
@@ -21,6 +24,8 @@ file (written last) that names the generator version and seed. A tree without a
 matching stamp is stale and is replaced, so concurrent processes (pytest-xdist
 workers, several trainers) never see partial data.
 """
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -44,6 +49,8 @@ __all__ = [
 ]
 
 SYNTHETIC_VERSION = 1
+# a kind whose files changed since SYNTHETIC_VERSION 1 (cityscapes 2: + gtFine panoptic)
+_KIND_VERSIONS = {"cityscapes": 2}
 STAMP_FILE = ".solo_d2_synthetic_stamp"
 COCO_CLASSES = ("square", "circle", "triangle")
 COCO_SPLITS = {"train": 48, "val": 16}
@@ -55,7 +62,8 @@ CITYSCAPES_SIZE = (256, 512)  # (height, width)
 
 
 def _stamp_text(kind, seed):
-    return json.dumps({"kind": kind, "version": SYNTHETIC_VERSION, "seed": int(seed)}, sort_keys=True)
+    version = _KIND_VERSIONS.get(kind, SYNTHETIC_VERSION)
+    return json.dumps({"kind": kind, "version": version, "seed": int(seed)}, sort_keys=True)
 
 
 def stamp_ok(target, kind, seed=0):
@@ -400,6 +408,11 @@ def _write_cityscapes(out_dir, seed):
             _save_png16(instance_ids, os.path.join(gt_dir, stem + "_gtFine_instanceIds.png"))
             image = _cityscapes_image(rng, np.asarray(label_ids), np.asarray(instance_ids))
             _save_png(image, os.path.join(img_dir, stem + "_leftImg8bit.png"))
+    # gtFine/cityscapes_panoptic_{split}/ + .json, by cityscapesscripts' own converter
+    from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        convert2panoptic(os.path.join(out_dir, "gtFine"), setNames=list(CITYSCAPES_SPLITS))
 
 
 def generate_synthetic_cityscapes(root, seed=0):
