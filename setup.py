@@ -31,6 +31,9 @@ setup(
     python_requires=">=3.8",
     # detectron2 is deliberately not listed: it is not on the package index
     # (tools/bootstrap.sh installs it); torch/torchvision come first for the same reason.
+    # panopticapi-lite (panoptic evaluation) is not listed either: its metadata requires
+    # Pillow>=10.4 and numpy<2, which no detectron2 v0.6 (Pillow<10) or main (numpy 2) stack can
+    # satisfy, so pip would refuse the install; tools/bootstrap.sh installs it with --no-deps.
     install_requires=[
         "fvcore>=0.1.5",
         "pycocotools>=2.0.2",

@@ -21,6 +21,9 @@ else
     cloudpickle "tqdm>4.29.0" tensorboard fvcore iopath "omegaconf>=2.1" "hydra-core>=1.1" setuptools
   "$PY" tools/install_detectron2_offline.py
 fi
+# panopticapi (COCOPanopticEvaluator): --no-deps, its declared Pillow>=10.4 / numpy<2 contradict
+# detectron2 v0.6's Pillow<10 (and numpy 2 on detectron2 main); the code needs only numpy + Pillow.
+"${PIP[@]}" --no-deps panopticapi-lite
 "${PIP[@]}" -e ".[dev,export]"
 "$PY" -c "import detectron2, solo_d2; print('[bootstrap] detectron2', detectron2.__version__, '| solo_d2', solo_d2.__version__)"
 echo "[bootstrap] set-up took $(( $(date +%s) - start )) s"

@@ -6,10 +6,13 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvalua
 
 from ..utils.env import has_compiled_ops
 from .cityscapes import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
+from .panoptic import CityscapesPanopticEvaluator, COCOPanopticEvaluator
 
 __all__ = ["build_evaluator", "coco_tasks_from_config"]
 
-_EVALUATOR_TYPES = ("coco", "cityscapes_instance", "cityscapes_sem_seg", "sem_seg")
+_EVALUATOR_TYPES = (
+    "coco", "cityscapes_instance", "cityscapes_sem_seg", "sem_seg", "coco_panoptic_seg", "cityscapes_panoptic_seg"
+)
 
 
 def coco_tasks_from_config(cfg):
@@ -30,7 +33,9 @@ def build_evaluator(cfg, dataset_name, output_folder=None, distributed=True):
     Args:
         cfg (CfgNode): the model config (selects COCO tasks).
         dataset_name (str): a registered dataset; its metadata ``evaluator_type`` is one of
-            "coco", "cityscapes_instance", "cityscapes_sem_seg", "sem_seg".
+            "coco", "cityscapes_instance", "cityscapes_sem_seg", "sem_seg", "coco_panoptic_seg"
+            (:class:`COCOPanopticEvaluator`), "cityscapes_panoptic_seg" (COCO panoptic PQ on
+            its COCO-format json/PNGs and cityscapesscripts' panoptic PQ).
         output_folder (str): where evaluators write results (default ``OUTPUT_DIR/inference``).
         distributed (bool): gather results of all ranks before evaluating.
 
@@ -60,6 +65,12 @@ def build_evaluator(cfg, dataset_name, output_folder=None, distributed=True):
         )
     if evaluator_type == "cityscapes_instance":
         return CityscapesInstanceEvaluator(dataset_name)
+    if evaluator_type == "coco_panoptic_seg":
+        return COCOPanopticEvaluator(dataset_name, output_dir=output_folder)
+    if evaluator_type == "cityscapes_panoptic_seg":
+        return DatasetEvaluators(
+            [COCOPanopticEvaluator(dataset_name, output_dir=output_folder), CityscapesPanopticEvaluator(dataset_name)]
+        )
     # SemSegEvaluator(name, distributed, output_dir) is positional-compatible on v0.6 and main
     # (main adds keyword-only sem_seg_loading_fn; both take keyword-only num_classes/ignore_label).
     sem_seg = SemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_folder)
