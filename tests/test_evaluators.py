@@ -25,6 +25,7 @@ from solo_d2.evaluation import (
     build_evaluator,
     coco_tasks_from_config,
 )
+from solo_d2.evaluation import SemSegEvaluator as SoloSemSegEvaluator
 from solo_d2.utils.env import has_compiled_ops
 
 COCO_VAL = "synthetic_coco_val"
@@ -154,14 +155,15 @@ def _sem_seg_predictions(dicts, wrong=False):
     return outputs
 
 
-@pytest.mark.parametrize("which", ["cityscapes", "sem_seg"])
+@pytest.mark.parametrize("which", ["cityscapes", "sem_seg", "solo_d2_sem_seg"])
 def test_sem_seg_evaluators_gt_is_perfect_and_wrong_is_worse(synthetic_cityscapes, tmp_path, which):
     dicts = DatasetCatalog.get(CS_SEM_VAL)
     inputs = [{"file_name": d["file_name"], "sem_seg_file_name": d["sem_seg_file_name"]} for d in dicts]
     if which == "cityscapes":
         evaluator, key, metric = CityscapesSemSegEvaluator(CS_SEM_VAL), "cityscapes_sem_seg", "IoU"
     else:
-        evaluator, key, metric = SemSegEvaluator(CS_SEM_VAL, distributed=False, output_dir=str(tmp_path)), "sem_seg", "mIoU"
+        cls = SemSegEvaluator if which == "sem_seg" else SoloSemSegEvaluator
+        evaluator, key, metric = cls(CS_SEM_VAL, distributed=False, output_dir=str(tmp_path)), "sem_seg", "mIoU"
     perfect = _run(evaluator, inputs, _sem_seg_predictions(dicts))
     assert perfect[key][metric] == pytest.approx(100.0, abs=0.01)
     if which == "cityscapes":  # category-level IoU as well (every reported number is in percent)
@@ -203,14 +205,14 @@ def test_build_evaluator_by_evaluator_type(synthetic_coco, synthetic_cityscapes,
     assert isinstance(build_evaluator(cfg, CS_INST_VAL), CityscapesInstanceEvaluator)
     both = build_evaluator(cfg, CS_SEM_VAL)
     assert isinstance(both, DatasetEvaluators)
-    assert [type(e) for e in both._evaluators] == [CityscapesSemSegEvaluator, SemSegEvaluator]
+    assert [type(e) for e in both._evaluators] == [CityscapesSemSegEvaluator, SoloSemSegEvaluator]
 
     name = "solo_d2_test_plain_sem_seg"
     if name not in DatasetCatalog.list():
         DatasetCatalog.register(name, lambda: DatasetCatalog.get(CS_SEM_VAL))
         meta = MetadataCatalog.get(CS_SEM_VAL)
         MetadataCatalog.get(name).set(evaluator_type="sem_seg", stuff_classes=meta.stuff_classes, ignore_label=255)
-    assert type(build_evaluator(cfg, name)) is SemSegEvaluator
+    assert type(build_evaluator(cfg, name)) is SoloSemSegEvaluator  # Detectron2's, v0.6's metrics on main too
     sem = build_evaluator(cfg, name, str(tmp_path / "sem"), distributed=False)
     assert sem._output_dir == str(tmp_path / "sem") and sem._distributed is False
 

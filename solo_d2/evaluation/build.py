@@ -2,11 +2,12 @@
 import os
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..utils.env import has_compiled_ops
 from .cityscapes import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
 from .panoptic import CityscapesPanopticEvaluator, COCOPanopticEvaluator
+from .sem_seg import SemSegEvaluator
 
 __all__ = ["build_evaluator", "coco_tasks_from_config"]
 
@@ -71,8 +72,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None, distributed=True):
         return DatasetEvaluators(
             [COCOPanopticEvaluator(dataset_name, output_dir=output_folder), CityscapesPanopticEvaluator(dataset_name)]
         )
-    # SemSegEvaluator(name, distributed, output_dir) is positional-compatible on v0.6 and main
-    # (main adds keyword-only sem_seg_loading_fn; both take keyword-only num_classes/ignore_label).
+    # solo_d2's SemSegEvaluator: Detectron2's, with v0.6's metrics on v0.6 and main (main changed mIoU)
     sem_seg = SemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_folder)
     if evaluator_type == "cityscapes_sem_seg":
         return DatasetEvaluators([CityscapesSemSegEvaluator(dataset_name), sem_seg])
