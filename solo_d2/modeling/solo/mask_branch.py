@@ -16,6 +16,18 @@ from torch import nn
 from .heads import conv_norm_relu, coord_features, init_head_weights
 
 
+def fused_channels(names: List[str], input_shape: Dict[str, ShapeSpec], key: str) -> int:
+    """The common channel count of the backbone features ``names``; raises naming ``key`` when
+    one is missing or their channels differ."""
+    missing = [f for f in names if f not in input_shape]
+    if missing:
+        raise ValueError(f"{key} {missing} not produced by the backbone (it gives {sorted(input_shape)})")
+    channels = {input_shape[f].channels for f in names}
+    if len(channels) != 1:
+        raise ValueError(f"{key} need equal channels, got {sorted(channels)}")
+    return channels.pop()
+
+
 class SOLOv2MaskBranch(nn.Module):
     """Unified mask features: ``Dict[name, [B, C, H_l, W_l]]`` -> ``[B, D, H_0, W_0]``."""
 
@@ -58,18 +70,9 @@ class SOLOv2MaskBranch(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         c = cfg.MODEL.SOLO
-        missing = [f for f in c.MASK_IN_FEATURES if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"MODEL.SOLO.MASK_IN_FEATURES {missing} not produced by the backbone "
-                f"(it gives {sorted(input_shape)})"
-            )
-        channels = {input_shape[f].channels for f in c.MASK_IN_FEATURES}
-        if len(channels) != 1:
-            raise ValueError(f"MODEL.SOLO.MASK_IN_FEATURES need equal channels, got {channels}")
         return {
             "in_features": c.MASK_IN_FEATURES,
-            "in_channels": channels.pop(),
+            "in_channels": fused_channels(c.MASK_IN_FEATURES, input_shape, "MODEL.SOLO.MASK_IN_FEATURES"),
             "mid_channels": c.MASK_MID_CHANNELS,
             "out_channels": c.MASK_FEAT_CHANNELS,
             "norm": c.NORM,

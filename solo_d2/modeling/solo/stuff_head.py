@@ -22,7 +22,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from .losses import reduce_num_pos
-from .mask_branch import SOLOv2MaskBranch
+from .mask_branch import SOLOv2MaskBranch, fused_channels
 
 __all__ = ["SOLOv2StuffHead"]
 
@@ -59,15 +59,9 @@ class SOLOv2StuffHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         c = cfg.MODEL.SEM_SEG_HEAD
-        missing = [f for f in c.IN_FEATURES if f not in input_shape]
-        if missing:
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} not produced by the backbone ({sorted(input_shape)})")
-        channels = {input_shape[f].channels for f in c.IN_FEATURES}
-        if len(channels) != 1:
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.IN_FEATURES need equal channels, got {sorted(channels)}")
         return {
             "in_features": c.IN_FEATURES,
-            "in_channels": channels.pop(),
+            "in_channels": fused_channels(c.IN_FEATURES, input_shape, "MODEL.SEM_SEG_HEAD.IN_FEATURES"),
             "num_classes": c.NUM_CLASSES,
             "conv_dims": c.CONVS_DIM,
             "norm": c.NORM,
