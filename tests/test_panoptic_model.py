@@ -132,3 +132,34 @@ def test_export_refuses_the_panoptic_model_with_a_message():
 
     with pytest.raises(TypeError, match="SOLOPanoptic is not exported"):
         export_wrapper(build_model(_cfg()))
+
+
+@pytest.mark.parametrize("name", ["synthetic_coco_panoptic_train", "synthetic_coco_panoptic_train_separated"])
+def test_both_dataset_formats_train_and_predict_in_their_ids(name, synthetic_coco):
+    """Real dataset dicts of each format through PanopticDatasetMapper into a training step, and
+    predictions whose category ids the dataset's metadata accepts (the evaluator's own check)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data import transforms as T
+
+    from solo_d2.data.panoptic import PanopticDatasetMapper
+    from solo_d2.evaluation.panoptic import panoptic_prediction
+
+    cfg = _cfg("DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)", "MODEL.SOLO.SCORE_THR", "0.0",
+               "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", "1", "MODEL.SOLO.NUM_CLASSES", "3")
+    dicts = DatasetCatalog.get(name)[:3]
+    mapper = PanopticDatasetMapper(cfg, is_train=True, augmentations=[T.ResizeShortestEdge(128, 160)])
+    batch = [mapper(d) for d in dicts]
+    assert all(b["sem_seg"].shape == b["image"].shape[-2:] for b in batch)
+    assert sum(len(b["instances"]) for b in batch) > 0 and any((b["sem_seg"] > 0).any() for b in batch)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": b["image"], "height": b["image"].shape[1], "width": b["image"].shape[2]} for b in batch])
+    meta = MetadataCatalog.get(name)
+    for k, res in enumerate(out):
+        ids, segments = panoptic_prediction(res["panoptic_seg"], meta, name, str(k))
+        assert any(not s["isthing"] for s in segments)
