@@ -5,6 +5,11 @@ Everything goes through the paths users run: ``tools/train_net.py`` (training wi
 progress/ETA, COCO and Cityscapes/SemSeg evaluation), ``tools/demo.py`` (DefaultPredictor
 + Visualizer on held-out images) and ``tools/plot_metrics.py``. Outputs land in
 ``--output`` (default ``output/demo``); the summary at the end names them.
+
+The demo configs fix ``SEED``, so two runs on one machine print the same numbers. The
+numbers also depend on the number of torch threads (it changes the order of float
+reductions); ``--threads N`` fixes it for the training and demo processes (torch's default
+is the machine's core count).
 """
 import argparse
 import glob
@@ -25,9 +30,9 @@ JOBS = [
 ]
 
 
-def run(cmd):
+def run(cmd, env=None):
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
 
 
 def final_metrics(metrics_json, keys):
@@ -52,7 +57,12 @@ def main():
     ap.add_argument("--output", default=os.path.join(ROOT, "output", "demo"))
     ap.add_argument("--num-images", type=int, default=4, help="held-out images to visualize per model")
     ap.add_argument("--only", choices=[j[0] for j in JOBS], help="run one model only")
+    ap.add_argument("--threads", type=int, help="torch threads of the training and demo processes "
+                    "(OMP_NUM_THREADS; default: torch's, the machine's cores). The metrics depend on it")
     args = ap.parse_args()
+    if args.threads is not None and args.threads < 1:
+        ap.error("--threads must be at least 1")
+    env = None if args.threads is None else dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     py = sys.executable
     start = time.time()
     summary = []
@@ -61,14 +71,14 @@ def main():
             continue
         out = os.path.join(args.output, name)
         t0 = time.time()
-        run([py, "tools/train_net.py", "--config-file", config, "--num-gpus", "0", "OUTPUT_DIR", out])
+        run([py, "tools/train_net.py", "--config-file", config, "--num-gpus", "0", "OUTPUT_DIR", out], env)
         train_s = time.time() - t0
         metrics = final_metrics(os.path.join(out, "metrics.json"), keys)
         run([py, "tools/plot_metrics.py", os.path.join(out, "metrics.json"), "-o", os.path.join(out, "losses.png")])
         vis_dir = os.path.join(out, "vis")
         run([py, "tools/demo.py", "--config-file", config, "--output", vis_dir, "--input",
              *held_out_images(val_set, args.num_images),
-             "--opts", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")])
+             "--opts", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")], env)
         summary.append((name, config, train_s, metrics, vis_dir, sorted(glob.glob(os.path.join(vis_dir, "*.png")))))
     print("\n===== solo_d2 demo summary =====")
     for name, config, train_s, metrics, vis_dir, pngs in summary:
