@@ -24,8 +24,13 @@ from tests.parity_solo import SoloFixture, dataset_dicts, match_order, unpack_ma
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-VARIANTS = ["solo", "decoupled", "decoupled_light", "solov2", "solov2_light"]
-NAMES = [f"{kind}_{v}_tiny" for kind in ("official", "mmdet") for v in VARIANTS]
+# every SOLO-family fixture folder of tests/data (copied from shared/parity), by name
+NAMES = [
+    "official_solo_tiny", "official_decoupled_tiny", "official_decoupled_light_tiny",
+    "official_solov2_tiny", "official_solov2_light_tiny",
+    "mmdet_solo_tiny", "mmdet_decoupled_tiny", "mmdet_decoupled_light_tiny",
+    "mmdet_solov2_tiny", "mmdet_solov2_light_tiny",
+]
 LOSS_NAMES = {"official": {"loss_mask": "loss_ins", "loss_cate": "loss_cate"},
               "mmdet": {"loss_mask": "loss_mask", "loss_cate": "loss_cls"}}
 
