@@ -28,11 +28,19 @@ def _cfg(name="Synthetic/SOLOv2_R18.yaml"):
         ("SCORE_THR", 1.5),
         ("NMS_PRE", 0),
         ("MASK_PRIOR_PROB", 0.0),
+        ("MASK_TARGETS", "per_image"),
+        ("GRID_ROUNDING", "round"),
+        ("MASK_TARGET_RESIZE", "cropped"),
+        ("LOSS.DICE_NORMALIZER", "images"),
     ],
 )
 def test_invalid_values_fail_at_build_time_naming_the_key(key, value):
     cfg = _cfg()
-    cfg.MODEL.SOLO[key] = value
+    node, leaf = cfg.MODEL.SOLO, key
+    if "." in key:
+        parent, leaf = key.split(".")
+        node = node[parent]
+    node[leaf] = value
     with pytest.raises(ValueError, match=f"MODEL.SOLO.{key}"):
         build_model(cfg)
 

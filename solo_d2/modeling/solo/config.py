@@ -148,15 +148,20 @@ def validate_solo_config(c) -> None:
     for key in ("NMS_PRE", "MAX_PER_IMG"):
         if int(c[key]) <= 0:
             bad(key, c[key], "must be positive")
+    from .losses import DICE_NORMALIZERS
+    from .targets import GRID_ROUNDINGS, MASK_RESIZES
+
     for key, allowed in (
         ("MASK_TARGETS", ("auto", "per_cell", "per_instance")),
-        ("GRID_ROUNDING", ("floor", "trunc")),
-        ("MASK_TARGET_RESIZE", ("padded", "unpadded")),
+        ("GRID_ROUNDING", GRID_ROUNDINGS),
+        ("MASK_TARGET_RESIZE", MASK_RESIZES),
+        ("LOSS.DICE_NORMALIZER", DICE_NORMALIZERS),
     ):
-        if c[key] not in allowed:
-            bad(key, c[key], f"must be one of {', '.join(map(repr, allowed))}")
-    if c.LOSS.DICE_NORMALIZER not in ("targets", "cells"):
-        bad("LOSS.DICE_NORMALIZER", c.LOSS.DICE_NORMALIZER, "must be 'targets' or 'cells'")
+        value = c
+        for part in key.split("."):
+            value = value[part]
+        if value not in allowed:
+            bad(key, value, f"must be one of {', '.join(map(repr, allowed))}")
     for key in ("PRIOR_PROB", "MASK_PRIOR_PROB"):
         if not 0.0 < float(c[key]) < 1.0:
             bad(key, c[key], "must lie in (0, 1)")
