@@ -42,7 +42,7 @@ from typing import Any, Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.layers import NaiveSyncBatchNorm
@@ -181,13 +181,12 @@ def check_num_classes(cfg) -> None:
     """
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch == "SOLOPanoptic":  # thing and stuff counts from the panoptic metadata, names the dataset
-        from ..modeling.solo.panoptic import panoptic_dataset_maps
+        from ..modeling.solo.panoptic import panoptic_class_counts_checked
 
+        registered = set(DatasetCatalog.list())
         for name in cfg.DATASETS.TRAIN:
-            one = cfg.clone()
-            one.defrost()
-            one.DATASETS.TRAIN, one.DATASETS.TEST = (name,), ()
-            panoptic_dataset_maps(one)
+            if name in registered:
+                panoptic_class_counts_checked(cfg, name)
         return
     if "SOLO" in arch.upper():
         key, value, attr = "MODEL.SOLO.NUM_CLASSES", cfg.MODEL.SOLO.NUM_CLASSES, "thing_classes"

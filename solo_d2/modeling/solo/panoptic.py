@@ -25,31 +25,38 @@ from ...data.panoptic import panoptic_class_maps
 from .meta_arch import SOLO
 from .panoptic_merge import combine_panoptic
 
-__all__ = ["SOLOPanoptic", "panoptic_dataset_maps"]
+__all__ = ["SOLOPanoptic", "panoptic_class_counts_checked", "panoptic_dataset_maps"]
+
+
+def panoptic_class_counts_checked(cfg, name: str):
+    """``(thing_ids, stuff_ids)`` of dataset ``name`` (:func:`panoptic_class_maps`), raising
+    ``ValueError`` naming the key and the dataset unless ``MODEL.SOLO.NUM_CLASSES`` and
+    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` (stuff + 1 "things") fit its thing and stuff counts."""
+    thing_ids, stuff_ids = panoptic_class_maps(MetadataCatalog.get(name))
+    if len(thing_ids) != cfg.MODEL.SOLO.NUM_CLASSES:
+        raise ValueError(
+            f"MODEL.SOLO.NUM_CLASSES = {cfg.MODEL.SOLO.NUM_CLASSES}, but dataset {name!r} has "
+            f"{len(thing_ids)} thing classes"
+        )
+    if len(stuff_ids) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}, but dataset {name!r} has "
+            f"{len(stuff_ids) - 1} stuff classes: the semantic head needs {len(stuff_ids)} (stuff + 1 'things')"
+        )
+    return thing_ids, stuff_ids
 
 
 def panoptic_dataset_maps(cfg):
     """``(thing_ids, stuff_ids, dataset name)`` of the first registered dataset of
-    ``DATASETS.TEST`` or ``DATASETS.TRAIN`` with panoptic metadata, checked against
-    ``MODEL.SOLO.NUM_CLASSES`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``; ``(None, None, None)``
-    when no dataset is named (e.g. a predictor of a custom dataset: ids are the model's)."""
+    ``DATASETS.TEST`` or ``DATASETS.TRAIN``, checked by :func:`panoptic_class_counts_checked`;
+    ``(None, None, None)`` when no dataset is named (e.g. a predictor of a custom dataset: ids
+    are the model's)."""
     from detectron2.data import DatasetCatalog
 
+    registered = set(DatasetCatalog.list())
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
-        if name not in DatasetCatalog.list():
-            continue
-        thing_ids, stuff_ids = panoptic_class_maps(MetadataCatalog.get(name))
-        if len(thing_ids) != cfg.MODEL.SOLO.NUM_CLASSES:
-            raise ValueError(
-                f"MODEL.SOLO.NUM_CLASSES = {cfg.MODEL.SOLO.NUM_CLASSES}, but dataset {name!r} has "
-                f"{len(thing_ids)} thing classes"
-            )
-        if len(stuff_ids) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}, but dataset {name!r} has "
-                f"{len(stuff_ids) - 1} stuff classes: the semantic head needs {len(stuff_ids)} (stuff + 1 'things')"
-            )
-        return thing_ids, stuff_ids, name
+        if name in registered:
+            return (*panoptic_class_counts_checked(cfg, name), name)
     return None, None, None
 
 
