@@ -205,3 +205,19 @@ def match_order(scores, ref_scores, tol: float) -> List[int]:
         if abs(ref_scores[i] - ref_scores[i + 1]) < tol and abs(scores[i] - ref_scores[i]) > abs(scores[i] - ref_scores[i + 1]):
             order[i], order[i + 1] = order[i + 1], order[i]
     return order
+
+
+def grad_norm_gap_allowed(ref32: float, ours32: float, ours64: float, ref64=None, rel: float = 1e-4) -> float:
+    """How far our float32 gradient norm may lie from the reference's float32 one.
+
+    ``rel`` of the value (the fixtures' suggested tolerance) plus the float32 error of both sides:
+    ours is ``|ours32 - ours64|``, measured in the same test; the reference's is ``|ref32 - ref64|``
+    where the fixture holds a float64 rerun, else taken equal to ours (same arithmetic). The float32
+    error depends on the CPU's kernels: on the AMD EPYC (AVX2) CI machine oneDNN's convolutions put
+    SOLOv2's head gradient norms 3.9e-4 (relative) off float64, against 1.2e-5 in the reference's
+    own run; Decoupled SOLO's mask branch is 4e-4 off float64 with any kernel (docs/TESTING.md).
+    A departure of the implementation moves the float64 result as well, so it stays outside this.
+    """
+    ours_error = abs(ours32 - ours64)
+    ref_error = ours_error if ref64 is None else abs(ref32 - ref64)
+    return rel * abs(ref32) + ours_error + ref_error

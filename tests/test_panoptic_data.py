@@ -217,7 +217,7 @@ def test_metadata_builders_match_detectron2_builtin_rules():
     assert coco_panoptic_standard_metadata(COCO_CATEGORIES) == _get_builtin_metadata("coco_panoptic_standard")
 
 
-def test_cityscapes_panoptic_names_as_detectron2_registers_them(synthetic_cityscapes):
+def test_cityscapes_panoptic_names_as_detectron2_registers_them(synthetic_cityscapes, tmp_path):
     builtin = MetadataCatalog.get("cityscapes_fine_panoptic_val").as_dict()
     meta = MetadataCatalog.get("synthetic_cityscapes_fine_panoptic_val").as_dict()
     path_keys = {"name", "panoptic_root", "image_root", "panoptic_json", "gt_dir", "synthetic_root"}
@@ -226,9 +226,18 @@ def test_cityscapes_panoptic_names_as_detectron2_registers_them(synthetic_citysc
     assert meta["gt_dir"] == os.path.join(synthetic_cityscapes, "gtFine", "val")
     assert meta["panoptic_json"] == meta["panoptic_root"] + ".json"
     dicts = DatasetCatalog.get("synthetic_cityscapes_fine_panoptic_val")
-    args = (meta["image_root"], meta["panoptic_root"], meta["panoptic_json"],
-            {k: builtin[k] for k in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")})
-    assert dicts == d2_load_cityscapes_panoptic(*args)  # the same dicts as Detectron2's loader
+    # Detectron2's loader cuts the image path at its first dot (next test), and a checkout may
+    # lie below one (mktemp's tmp.XXXX): it reads the same files through a dot-free link.
+    link = str(tmp_path / "cityscapes")
+    os.symlink(synthetic_cityscapes, link)
+    assert "." not in link
+    args = [meta[k].replace(synthetic_cityscapes, link, 1) for k in ("image_root", "panoptic_root", "panoptic_json")]
+    maps = {k: builtin[k] for k in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")}
+    theirs = d2_load_cityscapes_panoptic(*args, maps)
+    for d in theirs:
+        for key in ("file_name", "sem_seg_file_name", "pan_seg_file_name"):
+            d[key] = d[key].replace(link, synthetic_cityscapes, 1)
+    assert dicts == theirs  # the same dicts as Detectron2's loader
     for d in dicts:
         assert os.path.isfile(d["sem_seg_file_name"]) and os.path.isfile(d["pan_seg_file_name"])
         assert {s["category_id"] for s in d["segments_info"]} <= set(range(19))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.parity_solo import SoloFixture, dataset_dicts, unpack_masks
+from tests.parity_solo import SoloFixture, dataset_dicts, grad_norm_gap_allowed, unpack_masks
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -70,8 +70,12 @@ def test_losses_and_gradients_with_the_adelaidet_options(fx, case):
     assert float(loss_dict["loss_mask"]) == pytest.approx(float(exp[f"{case}__loss_ins"]), rel=1e-5)
     assert float(loss_dict["loss_cate"]) == pytest.approx(float(exp[f"{case}__loss_cate"]), rel=1e-5)
     params = dict(model.named_parameters())
+    params64 = dict(_step(fx, case, ADELAIDET, torch.float64)[0].named_parameters())
+    ref64 = fx.manifest["cases"][case]["float64_rerun"]["grad_norms"]
     for key, value in zip(fx.manifest["grad_norm_keys"], exp[f"{case}__grad_norms"].tolist()):
-        assert float(params[fx.names[key]].grad.double().norm()) == pytest.approx(value, rel=1e-4), key
+        ours = float(params[fx.names[key]].grad.double().norm())
+        allowed = grad_norm_gap_allowed(value, ours, float(params64[fx.names[key]].grad.norm()), ref64[key])
+        assert abs(ours - value) <= allowed, (key, ours, value, allowed)  # 1e-4 beyond both float32 errors
     assert ref["grad_norms"][fx.manifest["grad_norm_keys"][0]] == pytest.approx(exp[f"{case}__grad_norms"][0])
     for array, key in fx.manifest["grad_arrays"].items():
         want = exp[f"{case}__{array}"]
