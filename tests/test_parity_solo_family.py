@@ -159,12 +159,24 @@ def _grad_norm(params, name):
     return 0.0 if g is None else float(g.double().norm())
 
 
-def _float64_grad_norms(fx):
-    """{our parameter: gradient norm} of the same step with the model cast to float64."""
-    if not hasattr(fx, "grad_norms64"):
-        model, _, _ = _train_step(fx, torch.float64)
-        fx.grad_norms64 = {k: _grad_norm(dict(model.named_parameters()), k) for k, _ in model.named_parameters()}
-    return fx.grad_norms64
+_FLOAT64 = {}
+
+
+def _float64_step(fx):
+    """(losses {name: value}, gradient norms {our parameter: value}) of the training step with the
+    model cast to float64, run once per fixture: the float64 test checks it, the float32 test
+    takes its float32 error from it."""
+    if fx.name not in _FLOAT64:
+        model, loss_dict, _ = _train_step(fx, torch.float64)
+        params = dict(model.named_parameters())
+        _FLOAT64[fx.name] = ({k: float(v) for k, v in loss_dict.items()}, {k: _grad_norm(params, k) for k in params})
+    return _FLOAT64[fx.name]
+
+
+def _reference_float64_grad_norms(fx):
+    """{reference param: gradient norm} of mmdetection's float64 rerun."""
+    training = fx.manifest["training"]
+    return dict(zip(training["grad_norm_keys"], training["float64_rerun"]["grad_norms"]))
 
 
 def test_training_losses_and_head_gradients(fx):
@@ -176,9 +188,8 @@ def test_training_losses_and_head_gradients(fx):
     params = dict(model.named_parameters())
     head = [k for k in ref_grads if k.startswith(("bbox_head.", "mask_head.", "mask_feat_head."))]
     assert len(head) >= 3
-    ours64 = _float64_grad_norms(fx)
-    ref64 = (dict(zip(fx.manifest["training"]["grad_norm_keys"], fx.manifest["training"]["float64_rerun"]["grad_norms"]))
-             if fx.kind == "mmdet" else {})
+    ours64 = _float64_step(fx)[1]
+    ref64 = _reference_float64_grad_norms(fx) if fx.kind == "mmdet" else {}
     for key in head:  # the verdicts: the head's gradient norms, 1e-4 beyond both sides' float32 error
         ours = _grad_norm(params, fx.names[key])
         allowed = grad_norm_gap_allowed(ref_grads[key], ours, ours64[fx.names[key]], ref64.get(key))
@@ -219,10 +230,9 @@ def test_training_targets(fx):
 
 def test_training_float64_against_the_reference_float64_rerun(fx_mmdet):
     fx = fx_mmdet
-    model, loss_dict, _ = _train_step(fx, torch.float64)
+    losses, norms = _float64_step(fx)
     rerun = fx.manifest["training"]["float64_rerun"]
     for ours, ref in LOSS_NAMES["mmdet"].items():
-        assert float(loss_dict[ours]) == pytest.approx(rerun["losses"][ref], rel=1e-6), ours
-    params = dict(model.named_parameters())
-    for key, value in zip(fx.manifest["training"]["grad_norm_keys"], rerun["grad_norms"]):
-        assert _grad_norm(params, fx.names[key]) == pytest.approx(value, rel=1e-6, abs=1e-12), key
+        assert losses[ours] == pytest.approx(rerun["losses"][ref], rel=1e-6), ours
+    for key, value in _reference_float64_grad_norms(fx).items():
+        assert norms[fx.names[key]] == pytest.approx(value, rel=1e-6, abs=1e-12), key
