@@ -17,7 +17,7 @@ import torch
 
 from solo_d2.benchmark import baselines as bl
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
-from solo_d2.modeling.solo.mask_geometry import instance_geometry
+from solo_d2.modeling.solo.targets import instance_geometry
 from solo_d2.modeling.solo.targets import grid_cell, solo_targets
 from tests.test_autocast import _model
 from tests.test_tools import ROOT, run_tool

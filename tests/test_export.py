@@ -14,7 +14,7 @@ Models:
 - SOLOv2-light, Decoupled SOLO and SOLO use their initial weights (seeded) with
   ``SCORE_THR = UPDATE_THR = 0`` (and ``MASK_PRIOR_PROB = 0.8``, so the initial masks
   pass ``MASK_THR``): every (cell, class) is a candidate, far more than
-  ``NMS_PRE``, which exercises the ranking by score x maskness of ``SOLO._rank_candidates``
+  ``NMS_PRE``, which exercises the ranking by score x maskness of ``rank_candidates``
   and fills all ``MAX_PER_IMG`` outputs. Training them too would cost minutes on one core.
 - BiSeNet V1 R18 and V2 use their initial weights (seeded; eval-mode BN): the logits are
   compared directly.
@@ -196,7 +196,7 @@ def test_solo_export_with_no_detections(trained_solov2, coco_dicts, tmp_path):
     import copy
 
     model = copy.deepcopy(trained_solov2[1])
-    model.test_cfg["score_thr"] = 1.0
+    model.score_thresh = 1.0
     wrapper = export_wrapper(model)
     ts, sess = _export_both(wrapper, _sample(coco_dicts), tmp_path)
     blank = torch.full((3, 100, 140), 128.0)

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.structures import BitMasks, Instances
 
 from solo_d2.modeling.solo.postprocess import mask_area_maskness, masks_to_boxes, point_nms, solo_postprocess
@@ -130,14 +131,24 @@ def test_empty_inputs_give_valid_empty_instances():
     assert set(res.get_fields()) == {"pred_masks", "scores", "pred_classes", "pred_boxes"}
 
 
+def reference_paste(soft, image_size, output_size, thr=0.5):
+    """The references' paste, one mask at a time: x4, crop to the input, resize, threshold."""
+    out = []
+    for m in soft:
+        up = F.interpolate(m[None, None], scale_factor=4.0, mode="bilinear", align_corners=False)
+        up = up[:, :, : image_size[0], : image_size[1]]
+        out.append(F.interpolate(up, size=output_size, mode="bilinear", align_corners=False)[0, 0] > thr)
+    return torch.stack(out)
+
+
 @pytest.mark.parametrize(
     "mask_hw, image_size",
-    [((50, 77), (197, 305)), ((38, 29), (150, 113)), ((64, 90), (256, 358)), ((21, 40), (81, 158))],
+    [((50, 77), (197, 305)), ((38, 29), (150, 113)), ((21, 40), (81, 158))],
 )
-def test_box_region_paste_equals_full_paste(mask_hw, image_size):
+def test_paste_equals_the_references_paste_in_one_pass_or_chunks(mask_hw, image_size, monkeypatch):
     # random soft masks: blobs plus noise, values near the threshold, empty and full masks;
     # non-square images and sizes not multiples of 4 (the last padded rows are cropped)
-    from solo_d2.modeling.solo.postprocess import _paste, _paste_full
+    from solo_d2.modeling.solo import postprocess
 
     g = torch.Generator().manual_seed(sum(mask_hw))
     mh, mw = mask_hw
@@ -150,34 +161,40 @@ def test_box_region_paste_equals_full_paste(mask_hw, image_size):
     soft[0] = 0.02  # empty
     soft[1] = 0.97  # everything
     soft[2] = 0.5 + 1e-4 * torch.randn(mh, mw, generator=g)  # all near the threshold
-    soft[3, : mh // 2] = 0.0
-    soft[3, mh // 2 :, mw - 1] = 0.9  # a thin column at the border
-    full = _paste_full(soft, image_size, image_size, 0.5, 32)
-    boxed, boxes = _paste(soft, image_size, image_size, 0.5, 32)
-    assert boxed.shape == (k, *image_size) and boxed.dtype == torch.bool
-    assert torch.equal(boxed, full)
-    assert torch.equal(boxes, masks_to_boxes(full))
-    # the chunk size (memory bound) never changes the result when resizing to another size
-    out_size = (image_size[0] * 2 + 3, image_size[1] + 7)
-    assert torch.equal(_paste_full(soft, image_size, out_size, 0.5, 1), _paste_full(soft, image_size, out_size, 0.5, 32))
+    for out_size in (image_size, (image_size[0] * 2 + 3, image_size[1] + 7)):
+        ref = reference_paste(soft, image_size, out_size)
+        got = postprocess.paste_masks(soft, image_size, out_size, 0.5)
+        assert got.dtype == torch.bool and torch.equal(got, ref), out_size
+        # the memory bound (chunks of a few masks) never changes the result
+        monkeypatch.setattr(postprocess, "_PASTE_MAX_ELEMENTS", 3 * 16 * mh * mw + 3 * out_size[0] * out_size[1])
+        assert torch.equal(postprocess.paste_masks(soft, image_size, out_size, 0.5), ref), out_size
+        monkeypatch.undo()
+    assert postprocess.paste_masks(soft[:0], image_size, image_size, 0.5).shape == (0, *image_size)
 
 
-def test_postprocess_cells_equals_postprocess_on_gathered_masks():
-    from solo_d2.modeling.solo.postprocess import solo_postprocess_cells
+def test_ranking_through_a_mask_index_equals_ranking_gathered_masks():
+    # several candidates (classes) of one cell share its mask; invalid candidates (area filter)
+    # come last with score -1, whatever their category score
+    from solo_d2.modeling.solo.postprocess import rank_candidates
 
     g = torch.Generator().manual_seed(3)
     cells = torch.rand(9, MH, MW, generator=g)
     cells[:, :4] = 0.01
+    cells[4] = 0.01  # an empty mask: its candidates are invalid
     index = torch.tensor([0, 1, 1, 2, 3, 4, 4, 4, 5, 6, 7, 8, 8])
-    labels = torch.randint(0, 3, (13,), generator=g)
     scores = torch.rand(13, generator=g) * 0.8 + 0.1
     strides = torch.full((13,), 8.0)
-    kw = dict(image_size=IMAGE_SIZE, output_size=OUTPUT_SIZE, nms_pre=7, max_per_img=5, update_thr=0.0)
-    a = solo_postprocess_cells(cells, index, labels, scores, strides, **kw)
-    b = solo_postprocess(cells[index], labels, scores, strides, **kw)
-    assert len(a) == len(b) > 0
-    assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_classes, b.pred_classes)
-    assert torch.equal(a.pred_masks, b.pred_masks)
+    area, maskness = mask_area_maskness(cells, 0.5)
+    a = rank_candidates(area, maskness, index, scores, strides, nms_pre=20)
+    b = rank_candidates(area[index], maskness[index], torch.arange(13), scores, strides, nms_pre=20)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    top, ranked, valid = a
+    assert valid.tolist() == [True] * 10 + [False] * 3 and set(top[-3:].tolist()) == {5, 6, 7}
+    assert torch.equal(ranked[:10], (scores * maskness[index])[top[:10]]) and (ranked[10:] == -1).all()
+    assert (ranked[:-1] >= ranked[1:]).all()
+    top7 = rank_candidates(area, maskness, index, scores, strides, nms_pre=7)
+    assert torch.equal(top7[0], top[:7])
 
 
 @pytest.mark.parametrize("image_size", [(4 * MH + 1, 72), (60, 4 * MW + 1)])

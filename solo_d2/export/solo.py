@@ -11,7 +11,7 @@ the graph, as :meth:`SOLO.inference` computes it:
 4. the candidates' soft masks at 1/4 of the padded input; candidates whose binary mask
    (``> MASK_THR``) is not larger than their level's stride are invalid; the valid ones
    are ranked by category score x maskness and the top ``NMS_PRE`` kept (the eager model
-   ranks them the same way, in :meth:`SOLO._rank_candidates` or in ``solo_postprocess``);
+   ranks them the same way, in :func:`~solo_d2.modeling.solo.postprocess.rank_candidates`);
 5. Matrix NMS (gaussian or linear kernel, same-class decay), ``UPDATE_THR``, top
    ``MAX_PER_IMG`` by decayed score;
 6. the survivors' masks upsampled x4 (bilinear), cropped to the image, ``> MASK_THR``;
@@ -47,8 +47,7 @@ SOLO_OUTPUT_NAMES = ("masks", "scores", "classes", "boxes", "num_detections")
 
 def matrix_nms_traceable(binary: Tensor, labels: Tensor, scores: Tensor, areas: Tensor, kernel: str, sigma: float) -> Tensor:
     """Matrix NMS of ``N >= 1`` candidates sorted by score, as
-    :func:`~solo_d2.modeling.solo.matrix_nms.matrix_nms` computes it but with one IoU matmul
-    (no per-class blocks, whose sizes depend on the data) and without size checks."""
+    :func:`~solo_d2.modeling.solo.matrix_nms.matrix_nms` computes it, without size checks."""
     same = (labels[:, None] == labels[None, :]).to(torch.float32)
     decay_iou = (mask_iou_matrix(binary, areas) * same).triu(diagonal=1)
     return scores * matrix_nms_decay(decay_iou, kernel, sigma)
@@ -60,8 +59,7 @@ class SOLOExportWrapper(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        cfg = model.test_cfg
-        if cfg["nms_method"] != "matrix":
+        if model.nms_method != "matrix":
             raise ValueError("export supports MODEL.SOLO.NMS_METHOD 'matrix' only (mask NMS is a sequential loop)")
         head = model.ins_head
         if isinstance(head, SOLOv2Head):
@@ -85,13 +83,13 @@ class SOLOExportWrapper(nn.Module):
                 raise ValueError(f"head stride {s} does not divide the size divisibility {self.size_divisibility}")
         self.num_classes = int(head.num_classes)
         self.num_grids = [int(g) for g in head.num_grids]
-        self.score_thr = float(cfg["score_thr"])
-        self.mask_thr = float(cfg["mask_thr"])
-        self.update_thr = float(cfg["update_thr"])
-        self.nms_pre = int(cfg["nms_pre"])
-        self.max_per_img = int(cfg["max_per_img"])
-        self.kernel = cfg["kernel"]
-        self.sigma = float(cfg["sigma"])
+        self.score_thr = float(model.score_thresh)
+        self.mask_thr = float(model.mask_thresh)
+        self.update_thr = float(model.update_thresh)
+        self.nms_pre = int(model.nms_pre)
+        self.max_per_img = int(model.max_per_img)
+        self.kernel = model.nms_kernel
+        self.sigma = float(model.nms_sigma)
         self.register_buffer("pixel_mean", model.pixel_mean.clone(), False)
         self.register_buffer("pixel_std", model.pixel_std.clone(), False)
         self.register_buffer("max_det", torch.tensor(self.max_per_img, dtype=torch.long), False)

@@ -161,11 +161,25 @@ class SOLOHeadBase(nn.Module):
         """
         raise NotImplementedError
 
-    def soft_masks(self, mask_output: Any, level: int, img_idx: torch.Tensor, cell_idx: torch.Tensor, size=None):
-        """Mask probabilities ``[P, h_l, w_l]`` of cells ``cell_idx [P]`` in images ``img_idx [P]``.
+    def soft_masks(
+        self, mask_output: Any, level: int, img_idx: torch.Tensor, cell_idx: torch.Tensor, size=None,
+        image_counts: Optional[Sequence[int]] = None,
+    ) -> torch.Tensor:
+        """Mask probabilities ``[P, h_l, w_l]`` of cells ``cell_idx [P]`` (cell index within the
+        level) in images ``img_idx [P]`` (training: the mask targets of one level).
 
-        With ``size = (h, w)`` (inference) the probabilities are bilinearly resized to it the
-        way the reference implementation does for that head (after the sigmoid)."""
+        With ``size = (h, w)`` the probabilities are bilinearly resized to it the way the
+        reference implementation does for that head (after the sigmoid). ``image_counts``:
+        optional number of cells of each image when ``img_idx`` is ascending (the targets'
+        order), which saves heads that need it a read-back."""
+        raise NotImplementedError
+
+    def inference_masks(self, mask_outputs: List[Any], image: int, cells: torch.Tensor, size) -> torch.Tensor:
+        """Mask probabilities ``[U, *size]`` (1/4 of the padded input) of image ``image``'s
+        global cells ``cells [U]`` (ascending; level after level, ``i * S + j`` within a level).
+
+        Heads with per-level masks split the cells by level (one read-back); SOLOv2 takes one
+        matmul for all levels."""
         raise NotImplementedError
 
     def mask_size(self, mask_output: Any) -> Tuple[int, int]:
@@ -256,34 +270,35 @@ class SOLOv2Head(SOLOHeadBase):
             cate_logits.append(self.cate_pred(self.cate_tower(x[:, :-2])))
         return cate_logits, mask_outputs
 
-    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None, out=None):
-        """As :meth:`SOLOHeadBase.soft_masks`; ``out``: optional contiguous ``[P, h, w]``
-        tensor the masks are written to (inference, one image), which is returned."""
+    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None, image_counts=None):
+        """As :meth:`SOLOHeadBase.soft_masks`: one dynamic 1x1 conv (a matmul) per image."""
         kernels, feats = mask_output
+        self._check_size(feats, size)
+        b, d, h, w = feats.shape
+        if image_counts is None:  # any order: sort by image, read the counts back once
+            order = torch.argsort(img_idx, stable=True)
+            counts = torch.bincount(img_idx, minlength=b).tolist()
+            probs = self.soft_masks(mask_output, level, img_idx[order], cell_idx[order], size, counts)
+            return torch.empty_like(probs).index_copy_(0, order, probs)
+        k = kernels.flatten(2)[img_idx, :, cell_idx]  # [P, D]
+        parts = [part @ feats[i].reshape(d, h * w) for i, part in enumerate(k.split(list(image_counts))) if len(part)]
+        if not parts:  # the matmul's dtype: under autocast it differs from the features'
+            return (k @ feats.new_zeros(d, h * w)).view(0, h, w)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)).sigmoid().view(-1, h, w)
+
+    def inference_masks(self, mask_outputs, image, cells, size):
+        """All levels at once: the kernels of ``cells`` gathered from every level's grid,
+        one matmul with the image's mask features, sigmoid."""
+        feats = mask_outputs[0][1][image]  # [D, h, w], shared by the levels
+        self._check_size(feats, size)
+        d, h, w = feats.shape
+        kernels = torch.cat([k[image].flatten(1) for k, _ in mask_outputs], dim=1)  # [D, sum S^2]
+        return torch.mm(kernels.index_select(1, cells).t(), feats.reshape(d, h * w)).sigmoid_().view(-1, h, w)
+
+    @staticmethod
+    def _check_size(feats, size):
         if size is not None and tuple(size) != tuple(feats.shape[-2:]):
             raise ValueError(f"SOLOv2 masks are {tuple(feats.shape[-2:])}, asked for {tuple(size)}")
-        b, d, h, w = feats.shape
-        kernels = kernels.flatten(2)  # [B, D, S*S]
-        if img_idx.numel() and (b == 1 or bool((img_idx == img_idx[0]).all())):
-            # one image (inference): one dynamic 1x1 conv (a matmul), sigmoid in place
-            i = int(img_idx[0])
-            k = kernels[i][:, cell_idx].t()  # [P, D]
-            if out is not None:
-                torch.mm(k, feats[i].reshape(d, h * w), out=out.view(-1, h * w))
-                return out.sigmoid_()
-            return torch.mm(k, feats[i].reshape(d, h * w)).sigmoid_().view(-1, h, w)
-        if out is not None:
-            raise ValueError("SOLOv2Head.soft_masks: out= needs the cells of one image")
-        for i in range(b):  # one dynamic 1x1 conv (a matmul) per image
-            sel = (img_idx == i).nonzero(as_tuple=True)[0]
-            if sel.numel() == 0:
-                continue
-            k = kernels[i][:, cell_idx[sel]].t()  # [P_i, D]
-            probs = (k @ feats[i].reshape(d, h * w)).view(-1, h, w).sigmoid()
-            if out is None:  # the matmul's dtype: under autocast it differs from the features'
-                out = probs.new_zeros(img_idx.numel(), h, w)
-            out[sel] = probs
-        return feats.new_zeros(0, h, w) if out is None else out
 
     def mask_size(self, mask_output):
         return tuple(mask_output[1].shape[-2:])

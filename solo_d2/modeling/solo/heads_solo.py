@@ -78,6 +78,9 @@ class _GridHeadBase(SOLOHeadBase):
         self._build_mask_layers(in_channels, channels, tower)
         init_head_weights(self)
         nn.init.constant_(self.cate_pred.bias, prior_bias(prior_prob))
+        # first global cell of levels 1.. (for inference_masks' split of the cells by level)
+        starts = torch.tensor([s * s for s in self.num_grids[:-1]]).cumsum(0)
+        self.register_buffer("_level_starts", starts, persistent=False)
         for m in self.modules():
             if getattr(m, "_mask_output", False):
                 nn.init.constant_(m.bias, prior_bias(mask_prior_prob))
@@ -96,6 +99,26 @@ class _GridHeadBase(SOLOHeadBase):
             "prior_prob": c.PRIOR_PROB,
             "mask_prior_prob": c.MASK_PRIOR_PROB,
         }
+
+    def inference_masks(self, mask_outputs, image, cells, size):
+        """The cells of each level (one read-back of the level bounds) through
+        :meth:`soft_masks`, resized to ``size``."""
+        bounds = [0, *torch.searchsorted(cells, self._level_starts).tolist(), cells.numel()]
+        parts = []
+        for level, start in enumerate(self._level_offsets()):
+            local = cells[bounds[level] : bounds[level + 1]] - start
+            if local.numel():
+                parts.append(self.soft_masks(mask_outputs[level], level, torch.full_like(local, image), local, size))
+        if not parts:
+            return torch.zeros((0, *size), device=cells.device)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _level_offsets(self):
+        """First global cell of each level (Python ints)."""
+        offsets = [0]
+        for s in self.num_grids[:-1]:
+            offsets.append(offsets[-1] + s * s)
+        return offsets
 
     def _build_mask_layers(self, in_channels, channels, tower):
         """Mask towers (``tower(cin)`` builds one) and output convs of the head."""
@@ -136,7 +159,7 @@ class SOLOHead(_GridHeadBase):
         x = self.mask_tower(torch.cat([x, coord_features(x)], dim=1))
         return self.mask_preds[level](_up2(x))
 
-    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None):
+    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None, image_counts=None):
         return resize_probs(mask_output[img_idx, cell_idx].sigmoid(), size)
 
     def mask_size(self, mask_output):
@@ -150,7 +173,7 @@ class _DecoupledBase(_GridHeadBase):
         self.mask_preds_x = nn.ModuleList([_mask_output_conv(channels, s, 3) for s in self.num_grids])
         self.mask_preds_y = nn.ModuleList([_mask_output_conv(channels, s, 3) for s in self.num_grids])
 
-    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None):
+    def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None, image_counts=None):
         # the official code resizes the X and Y probability maps, then multiplies them
         x_logits, y_logits = mask_output
         s = self.num_grids[level]

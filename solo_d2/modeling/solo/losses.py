@@ -136,8 +136,9 @@ def _flatten_cate(cate_logits: Sequence[Tensor], targets: Sequence[LevelTargets]
                 f"{tuple(tgt.labels.shape)}"
             )
         logits.append(logit.permute(0, 2, 3, 1).reshape(-1, c))
-        # background (= num_classes) becomes an all-zero row
-        onehot.append(F.one_hot(tgt.labels.reshape(-1), num_classes + 1)[:, :num_classes])
+        # background (= num_classes) becomes an all-zero row (a comparison: F.one_hot checks the
+        # label range with a read-back on the CPU)
+        onehot.append(tgt.labels.reshape(-1, 1) == torch.arange(num_classes, device=logit.device))
     logits = torch.cat(logits)
     return logits, torch.cat(onehot).to(torch.promote_types(logits.dtype, torch.float32))
 
@@ -184,11 +185,9 @@ def solo_loss(
     if dice_normalizer not in DICE_NORMALIZERS:
         raise ValueError(f"solo_loss: dice_normalizer must be one of {DICE_NORMALIZERS}, got {dice_normalizer!r}")
     logits, onehot = _flatten_cate(cate_logits, targets, num_classes)
-    counts = torch.tensor(
-        [float(sum(int(t.pos_mask.sum()) for t in targets)), float(sum(t.num_targets for t in targets))],
-        device=logits.device,
-    )
-    num_pos, num_masks = reduce_num_pos(counts).unbind(0)
+    # positive cells (a device sum, never read back) and mask targets (known on the host)
+    num_pos = torch.stack([t.pos_mask.sum() for t in targets]).sum().float()
+    num_pos, num_masks = reduce_num_pos(torch.stack([num_pos, torch.full_like(num_pos, sum(t.num_targets for t in targets))])).unbind(0)
     # worker-averaged counts: (N_total + 1) / W makes the average of the workers' losses equal
     # the loss of one process on the whole batch (N + 1 on one process, as the references)
     world = float(comm.get_world_size())

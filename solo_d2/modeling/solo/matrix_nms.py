@@ -12,7 +12,7 @@ runs over all rows (as in the official code); rows that do not suppress ``j``
 contribute ``f(0) / f(compensate_i) >= 1`` and row 0 contributes exactly ``1``,
 so ``decay_j <= 1``.
 """
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -35,34 +35,12 @@ def mask_iou_matrix(masks: Tensor, mask_area: Optional[Tensor] = None) -> Tensor
     inter = flat @ flat.t()  # [N, N]
     area = flat.sum(dim=1) if mask_area is None else mask_area.to(flat.dtype)
     union = area[:, None] + area[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-6), torch.zeros_like(inter))
-
-
-# Classes are grouped into blocks of at least this many masks (a class is never split), so
-# that many small classes cost a few matmuls rather than one call each.
-_MIN_BLOCK = 48
-
-
-def _class_blocks(labels: Tensor) -> List[int]:
-    """Sizes of blocks of consecutive classes (in ascending order), each of at least
-    ``_MIN_BLOCK`` masks except perhaps the last; a class is never split."""
-    sizes, size = [], 0
-    for k in torch.unique(labels, return_counts=True)[1].tolist():
-        size += k
-        if size >= _MIN_BLOCK:
-            sizes.append(size)
-            size = 0
-    return sizes + [size] if size else sizes
+    return inter / union.clamp(min=1e-6)  # an empty union has inter 0: IoU 0
 
 
 def same_class_iou_matrix(masks: Tensor, labels: Tensor, mask_area: Optional[Tensor] = None) -> Tensor:
-    """Pairwise IoU of binary masks for pairs of the same class, 0 for pairs of different classes.
-
-    Only same-class pairs matter to Matrix NMS and mask NMS, so when the classes split the
-    masks into blocks the intersections are computed per block of classes (about
-    ``sum n_block^2`` instead of ``n^2`` dot products) on the CPU; on GPUs one matmul over all
-    pairs is faster. The IoU of a same-class pair is bit-identical to :func:`mask_iou_matrix`'s:
-    intersections of 0/1 masks are exact integers either way.
+    """:func:`mask_iou_matrix` with pairs of different classes set to 0 (one IoU matmul over
+    all pairs, as the references compute it).
 
     Args:
         masks: [N, H, W] bool or float binary masks.
@@ -70,31 +48,10 @@ def same_class_iou_matrix(masks: Tensor, labels: Tensor, mask_area: Optional[Ten
         mask_area: optional [N] precomputed areas (pixel counts).
 
     Returns:
-        [N, N] float IoU matrix, zero across classes (the diagonal is unspecified for classes
-        with a single mask; both NMS variants ignore it).
+        [N, N] float IoU matrix, zero across classes.
     """
-    n = masks.shape[0]
-    blocks = _class_blocks(labels) if n and masks.device.type == "cpu" else None
-    if blocks is None or 2 * sum(k * k for k in blocks) > n * n:  # GPUs, or little to gain: one matmul
-        iou = mask_iou_matrix(masks, mask_area)
-        return iou * (labels[:, None] == labels[None, :]).to(iou.dtype)
-    flat = masks.reshape(n, -1)
-    dtype = flat.dtype if flat.is_floating_point() else torch.float32
-    area = flat.sum(dim=1, dtype=dtype) if mask_area is None else mask_area.to(dtype)
-    iou = torch.zeros((n, n), dtype=dtype, device=masks.device)
-    order = torch.argsort(labels, stable=True)  # masks grouped by class
-    start = 0
-    for k in blocks:
-        idx = order[start : start + k]
-        start += k
-        block = flat[idx].to(dtype)  # (index_select is much slower here on CPU)
-        inter = block @ block.t()
-        a = area[idx]
-        union = a[:, None] + a[None, :] - inter
-        block_iou = torch.where(union > 0, inter / union.clamp(min=1e-6), torch.zeros_like(inter))
-        lab = labels[idx]
-        iou[idx[:, None], idx[None, :]] = block_iou * (lab[:, None] == lab[None, :]).to(dtype)
-    return iou
+    iou = mask_iou_matrix(masks, mask_area)
+    return iou * (labels[:, None] == labels[None, :])
 
 
 def matrix_nms(

@@ -3,11 +3,12 @@
 Pipeline: normalize + pad images -> backbone (ResNet+FPN, P2..P6) -> resize the head
 levels to ``MODEL.SOLO.FPN_STRIDES`` (P2 halved, P6 to P5's size) -> optional SOLOv2
 mask branch -> head (``MODEL.SOLO.HEAD_NAME``). Training: :func:`solo_targets` +
-:func:`solo_loss`. Inference: point NMS, score threshold, top ``NMS_PRE``, soft masks of
-the candidates only, :func:`solo_postprocess` (Matrix/mask NMS, resize to the input size).
-The variant only shows up in the head's :meth:`~.heads.SOLOHeadBase.soft_masks`.
+:func:`solo_loss`. Inference, per image and the same on every device: point NMS and the
+score threshold on the category grids -> the soft masks of the candidate cells
+(:meth:`~.heads.SOLOHeadBase.inference_masks`: one gather and one matmul for SOLOv2) ->
+area and maskness -> top ``NMS_PRE`` (:func:`rank_candidates`) -> Matrix NMS -> top
+``MAX_PER_IMG`` -> one paste (:func:`select_and_paste`).
 """
-import inspect
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -18,12 +19,12 @@ from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from torch import nn
 
 from ...utils.inputs import check_model_image
+from ..backbone.frozen_stats_bn import train_frozen_bn_affine
 from .config import validate_solo_config
 from .heads import SOLOHeadBase, build_solo_head
 from .losses import solo_loss
-from ..backbone.frozen_stats_bn import train_frozen_bn_affine
 from .mask_branch import SOLOv2MaskBranch
-from .postprocess import mask_area_maskness, point_nms, solo_postprocess_cells
+from .postprocess import check_image_size, mask_area_maskness, point_nms, rank_candidates, select_and_paste
 from .targets import LevelTargets, solo_targets
 
 __all__ = ["SOLO", "gt_bitmasks"]
@@ -76,12 +77,25 @@ class SOLO(nn.Module):
         in_features: List[str],
         strides: List[int],
         scale_ranges: List[Tuple[float, float]],
-        sigma: float,
-        target_cfg: Optional[Dict] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
-        loss_cfg: Dict[str, float],
-        test_cfg: Dict,
+        sigma: float = 0.2,
+        one_target_per_cell: Optional[bool] = None,
+        grid_rounding: str = "floor",
+        mask_target_resize: str = "padded",
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        cate_loss_weight: float = 1.0,
+        dice_loss_weight: float = 3.0,
+        dice_normalizer: str = "targets",
+        score_thresh: float = 0.1,
+        mask_thresh: float = 0.5,
+        nms_pre: int = 500,
+        update_thresh: float = 0.05,
+        max_per_img: int = 100,
+        nms_method: str = "matrix",
+        nms_kernel: str = "gaussian",
+        nms_sigma: float = 2.0,
     ):
         """
         Args:
@@ -90,15 +104,16 @@ class SOLO(nn.Module):
             in_features, strides: backbone features of the head levels and the strides
                 the head sees (features are resized to ``padded_size / stride``).
             scale_ranges, sigma: target assignment (see :func:`solo_targets`).
-            target_cfg: further keyword arguments of :func:`solo_targets`
-                (``one_target_per_cell``, ``grid_rounding``, ``mask_resize``); default: the
-                head's official mask-target rule, floor rounding, padded resize.
             pixel_mean, pixel_std: input normalization.
-            loss_cfg: ``focal_alpha``, ``focal_gamma``, ``cate_weight``, ``mask_weight``,
-                optionally ``dice_normalizer``.
-            test_cfg: ``score_thr``, ``nms_pre`` and the keyword arguments of
-                :func:`solo_postprocess` (``mask_thr``, ``update_thr``, ``max_per_img``,
-                ``nms_method``, ``kernel``, ``sigma``).
+            one_target_per_cell: mask targets per positive cell (True) or per (cell,
+                claimant) (False); None: the head's official rule (``MODEL.SOLO.MASK_TARGETS``).
+            grid_rounding, mask_target_resize: see :func:`solo_targets` (``GRID_ROUNDING``,
+                ``MASK_TARGET_RESIZE``).
+            focal_loss_alpha, focal_loss_gamma, cate_loss_weight, dice_loss_weight,
+                dice_normalizer: see :func:`solo_loss` (``MODEL.SOLO.LOSS.*``).
+            score_thresh, mask_thresh, nms_pre, update_thresh, max_per_img, nms_method,
+                nms_kernel, nms_sigma: inference (``SCORE_THR``, ``MASK_THR``, ``NMS_PRE``,
+                ``UPDATE_THR``, ``MAX_PER_IMG``, ``NMS_METHOD``, ``NMS_KERNEL``, ``NMS_SIGMA``).
         """
         super().__init__()
         n = len(head.num_grids)
@@ -107,23 +122,38 @@ class SOLO(nn.Module):
                 raise ValueError(f"MODEL.SOLO.{name} has {len(value)} levels but MODEL.SOLO.NUM_GRIDS has {n}")
         if head.needs_mask_features and mask_branch is None:
             raise ValueError(f"{type(head).__name__} needs a mask branch")
+        if nms_method not in ("matrix", "mask"):
+            raise ValueError(f"MODEL.SOLO.NMS_METHOD must be 'matrix' or 'mask', got {nms_method!r}")
+        if nms_kernel not in ("gaussian", "linear"):
+            raise ValueError(f"MODEL.SOLO.NMS_KERNEL must be 'gaussian' or 'linear', got {nms_kernel!r}")
         self.backbone = backbone
         self.ins_head = head
-        # heads whose soft_masks take ``out=`` (SOLOv2) write each level's run in place
-        self._soft_masks_write_out = "out" in inspect.signature(head.soft_masks).parameters
         self.mask_head = mask_branch
         self.in_features = list(in_features)
         self.strides = list(strides)
         self.scale_ranges = [tuple(r) for r in scale_ranges]
         self.sigma = sigma
-        self.target_cfg = {"one_target_per_cell": head.one_target_per_cell, **(target_cfg or {})}
-        self.loss_cfg = dict(loss_cfg)
-        self.test_cfg = dict(test_cfg)
-        num_grids = head.num_grids
-        level_of_cell = torch.cat([torch.full((g * g,), l, dtype=torch.long) for l, g in enumerate(num_grids)])
+        self.one_target_per_cell = head.one_target_per_cell if one_target_per_cell is None else one_target_per_cell
+        self.grid_rounding = grid_rounding
+        self.mask_target_resize = mask_target_resize
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+        self.cate_loss_weight = cate_loss_weight
+        self.dice_loss_weight = dice_loss_weight
+        self.dice_normalizer = dice_normalizer
+        self.score_thresh = score_thresh
+        self.mask_thresh = mask_thresh
+        self.nms_pre = nms_pre
+        self.update_thresh = update_thresh
+        self.max_per_img = max_per_img
+        self.nms_method = nms_method
+        self.nms_kernel = nms_kernel
+        self.nms_sigma = nms_sigma
+        level_of_cell = torch.cat([torch.full((g * g,), l, dtype=torch.long) for l, g in enumerate(head.num_grids)])
         self.register_buffer("_level_of_cell", level_of_cell, False)  # [sum S^2] level of a global cell
-        self.register_buffer("_cell_offsets", torch.tensor([0] + [g * g for g in num_grids]).cumsum(0), False)
+        self.register_buffer("_cell_offsets", torch.tensor([0] + [g * g for g in head.num_grids]).cumsum(0), False)
         self.register_buffer("_stride_of_level", torch.tensor(strides, dtype=torch.float32), False)
+        self.register_buffer("_stride_of_cell", self._stride_of_level[level_of_cell], False)  # [sum S^2]
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -140,10 +170,6 @@ class SOLO(nn.Module):
             raise ValueError(f"MODEL.SOLO.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})")
         head = build_solo_head(cfg, [shapes[f] for f in c.IN_FEATURES])
         mask_branch = SOLOv2MaskBranch(cfg, shapes) if head.needs_mask_features else None
-        if c.NMS_METHOD not in ("matrix", "mask"):
-            raise ValueError(f"MODEL.SOLO.NMS_METHOD must be 'matrix' or 'mask', got {c.NMS_METHOD!r}")
-        if c.NMS_KERNEL not in ("gaussian", "linear"):
-            raise ValueError(f"MODEL.SOLO.NMS_KERNEL must be 'gaussian' or 'linear', got {c.NMS_KERNEL!r}")
         return {
             "backbone": backbone,
             "head": head,
@@ -151,31 +177,25 @@ class SOLO(nn.Module):
             "in_features": c.IN_FEATURES,
             "strides": c.FPN_STRIDES,
             "scale_ranges": c.SCALE_RANGES,
-            "sigma": c.SIGMA,
-            "target_cfg": {
-                "grid_rounding": c.GRID_ROUNDING,
-                "mask_resize": c.MASK_TARGET_RESIZE,
-                **({} if c.MASK_TARGETS == "auto" else {"one_target_per_cell": c.MASK_TARGETS == "per_cell"}),
-            },
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "loss_cfg": {
-                "focal_alpha": c.LOSS.FOCAL_ALPHA,
-                "focal_gamma": c.LOSS.FOCAL_GAMMA,
-                "cate_weight": c.LOSS.CATE_WEIGHT,
-                "mask_weight": c.LOSS.DICE_WEIGHT,
-                "dice_normalizer": c.LOSS.DICE_NORMALIZER,
-            },
-            "test_cfg": {
-                "score_thr": c.SCORE_THR,
-                "nms_pre": c.NMS_PRE,
-                "mask_thr": c.MASK_THR,
-                "update_thr": c.UPDATE_THR,
-                "max_per_img": c.MAX_PER_IMG,
-                "nms_method": c.NMS_METHOD,
-                "kernel": c.NMS_KERNEL,
-                "sigma": c.NMS_SIGMA,
-            },
+            "sigma": c.SIGMA,
+            "one_target_per_cell": None if c.MASK_TARGETS == "auto" else c.MASK_TARGETS == "per_cell",
+            "grid_rounding": c.GRID_ROUNDING,
+            "mask_target_resize": c.MASK_TARGET_RESIZE,
+            "focal_loss_alpha": c.LOSS.FOCAL_ALPHA,
+            "focal_loss_gamma": c.LOSS.FOCAL_GAMMA,
+            "cate_loss_weight": c.LOSS.CATE_WEIGHT,
+            "dice_loss_weight": c.LOSS.DICE_WEIGHT,
+            "dice_normalizer": c.LOSS.DICE_NORMALIZER,
+            "score_thresh": c.SCORE_THR,
+            "mask_thresh": c.MASK_THR,
+            "nms_pre": c.NMS_PRE,
+            "update_thresh": c.UPDATE_THR,
+            "max_per_img": c.MAX_PER_IMG,
+            "nms_method": c.NMS_METHOD,
+            "nms_kernel": c.NMS_KERNEL,
+            "nms_sigma": c.NMS_SIGMA,
         }
 
     @property
@@ -235,16 +255,28 @@ class SOLO(nn.Module):
             num_classes=self.num_classes,
             gt_boxes=gt_boxes,
             image_sizes=[tuple(s) for s in images.image_sizes],
-            **self.target_cfg,
+            one_target_per_cell=self.one_target_per_cell,
+            grid_rounding=self.grid_rounding,
+            mask_resize=self.mask_target_resize,
         )
 
     def losses(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> Dict[str, torch.Tensor]:
         targets = self.targets(batched_inputs, images, mask_outputs)
         mask_probs = [
-            self.ins_head.soft_masks(out, level, t.target_img, t.target_cell)
+            self.ins_head.soft_masks(out, level, t.target_img, t.target_cell, image_counts=t.image_counts)
             for level, (t, out) in enumerate(zip(targets, mask_outputs))
         ]
-        losses = solo_loss(cate_logits, targets, mask_probs, num_classes=self.num_classes, **self.loss_cfg)
+        losses = solo_loss(
+            cate_logits,
+            targets,
+            mask_probs,
+            num_classes=self.num_classes,
+            focal_alpha=self.focal_loss_alpha,
+            focal_gamma=self.focal_loss_gamma,
+            cate_weight=self.cate_loss_weight,
+            mask_weight=self.dice_loss_weight,
+            dice_normalizer=self.dice_normalizer,
+        )
         # Keep every mask output in the graph (zero gradient), also on levels or batches without
         # positives, so that DDP sees all head parameters used on every worker.
         outs = [t for out in mask_outputs for t in (out if isinstance(out, (tuple, list)) else (out,))]
@@ -252,102 +284,81 @@ class SOLO(nn.Module):
         return losses
 
     # ------------------------------------------------------------------ inference
-    # Masks of all distinct candidate cells are kept in memory up to this many elements
-    # (float32: 512 MiB); beyond it they are ranked in chunks and only the top ``nms_pre``
-    # candidates' masks are computed again.
-    _MAX_CELL_MASK_ELEMENTS = 1 << 27
-
-    def _cell_masks(self, mask_outputs, b: int, cells: torch.Tensor, size) -> torch.Tensor:
-        """Soft masks ``[U, h, w]`` (``size`` = 1/4 of the padded input) of image ``b``'s
-        global cell indices ``cells [U]``, sorted ascending (so each level is one run)."""
-        if cells.numel() == 0:
-            return torch.zeros((0, *size), device=cells.device)
-        levels = self._level_of_cell[cells]
-        bounds = torch.searchsorted(levels, torch.arange(len(self.strides) + 1, device=cells.device)).tolist()
-        out, parts = None, []
-        for level in range(len(self.strides)):
-            lo, hi = bounds[level], bounds[level + 1]
-            if hi == lo:
-                continue
-            local = cells[lo:hi] - self._cell_offsets[level]
-            img_idx = torch.full_like(local, b)
-            if self._soft_masks_write_out and (lo, hi) != (0, cells.numel()):
-                if out is None:
-                    out = torch.empty((cells.numel(), *size), device=cells.device)
-                self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local, size=size, out=out[lo:hi])
-            else:
-                parts.append(self.ins_head.soft_masks(mask_outputs[level], level, img_idx, local, size=size))
-        if out is not None:
-            return out
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def _rank_candidates(self, mask_outputs, b, cells, labels, cand_scores, size) -> torch.Tensor:
-        """Indices of the top ``nms_pre`` candidates by category score x maskness among those
-        whose mask is larger than their level's stride, as both references rank them (they
-        compute the masks of every candidate above the score threshold). Masks are computed
-        once per distinct cell, in chunks, and not kept."""
-        uniq, inverse = torch.unique(cells, return_inverse=True)
-        chunk = max(1, (1 << 24) // max(1, size[0] * size[1]))
-        area = cand_scores.new_empty(uniq.numel())
-        maskness = cand_scores.new_empty(uniq.numel())
-        for start in range(0, uniq.numel(), chunk):
-            soft = self._cell_masks(mask_outputs, b, uniq[start : start + chunk], size)
-            area[start : start + chunk], maskness[start : start + chunk] = mask_area_maskness(
-                soft, self.test_cfg["mask_thr"]
-            )
-        area, maskness = area[inverse], maskness[inverse]
-        valid = area > self._stride_of_level[self._level_of_cell[cells]]
-        ranked = torch.where(valid, cand_scores * maskness, torch.full_like(cand_scores, -1.0))
-        order = torch.argsort(ranked, descending=True)[: self.test_cfg["nms_pre"]]
-        return order[valid[order]]
+    # Soft masks of all candidate cells of an image are held at once up to this many elements
+    # (float32: 512 MiB; 800x1216 inputs: about 2200 cells). Crowded images beyond it (say,
+    # random weights with 80 classes above the threshold) compute area and maskness in chunks
+    # of cells and then only the masks of the top ``nms_pre`` candidates.
+    _MAX_MASK_ELEMENTS = 1 << 27
 
     @torch.no_grad()
     def inference(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> List[Dict]:
-        """:meth:`_inference` in float32, also under autocast (AMP): the head outputs are cast,
-        so thresholds, maskness and Matrix NMS run at the precision of the references and the
-        in-place writes of the masks keep one dtype."""
+        """Per image, ``{"instances": Instances}`` at its ``height x width`` (see
+        :meth:`inference_single_image`). Runs in float32, also under autocast (AMP): the head
+        outputs are cast, so thresholds, maskness and Matrix NMS run at the precision of the
+        references."""
         with torch.autocast(cate_logits[0].device.type, enabled=False):
-            return self._inference(batched_inputs, images, _to_float32(cate_logits), _to_float32(mask_outputs))
+            cate_logits, mask_outputs = _to_float32(cate_logits), _to_float32(mask_outputs)
+            scores = torch.cat(
+                [point_nms(c.sigmoid()).flatten(2) for c in cate_logits], dim=2
+            ).transpose(1, 2)  # [B, sum S^2, C]
+            results = []
+            for b, (inp, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
+                out_size = (inp.get("height", image_size[0]), inp.get("width", image_size[1]))
+                instances = self.inference_single_image(
+                    scores[b], mask_outputs, b, tuple(images.tensor.shape[-2:]), tuple(image_size), tuple(out_size)
+                )
+                results.append({"instances": instances})
+            return results
 
-    def _inference(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> List[Dict]:
-        """Per image: candidates = (cell, class) pairs above ``score_thr`` after point NMS;
-        the soft mask of each distinct candidate cell at 1/4 of the padded input, computed
-        once; then :func:`solo_postprocess_cells` (area filter, score x maskness, top
-        ``nms_pre``, NMS, paste). When the masks of all distinct cells would not fit in
-        ``_MAX_CELL_MASK_ELEMENTS``, the top ``nms_pre`` by score x maskness are chosen first
-        (:meth:`_rank_candidates`, masks in chunks) and only their masks are kept."""
-        scores = torch.cat(
-            [point_nms(c.sigmoid()).flatten(2).transpose(1, 2) for c in cate_logits], dim=1
-        )  # [B, sum S^2, C]
-        quarter = tuple(-(-d // 4) for d in images.tensor.shape[-2:])
-        results = []
-        for b, (inp, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            keep = scores[b] > self.test_cfg["score_thr"]
-            cand_scores = scores[b][keep]
-            cells, labels = keep.nonzero(as_tuple=True)  # cell-major, as the references order them
-            uniq, inverse = torch.unique(cells, return_inverse=True)
-            too_many = uniq.numel() * quarter[0] * quarter[1] > self._MAX_CELL_MASK_ELEMENTS
-            if cand_scores.numel() > self.test_cfg["nms_pre"] and too_many:
-                sel = self._rank_candidates(mask_outputs, b, cells, labels, cand_scores, quarter)
-                cells, labels, cand_scores = cells[sel], labels[sel], cand_scores[sel]
-                uniq, inverse = torch.unique(cells, return_inverse=True)
-            soft = self._cell_masks(mask_outputs, b, uniq, quarter)  # each distinct cell once
-            out_size = (inp.get("height", image_size[0]), inp.get("width", image_size[1]))
-            instances = solo_postprocess_cells(
-                soft,
-                inverse,
-                labels,
-                cand_scores,
-                self._stride_of_level[self._level_of_cell[cells]],
-                image_size=tuple(image_size),
-                output_size=tuple(out_size),
-                mask_thr=self.test_cfg["mask_thr"],
-                update_thr=self.test_cfg["update_thr"],
-                max_per_img=self.test_cfg["max_per_img"],
-                nms_pre=self.test_cfg["nms_pre"],
-                nms_method=self.test_cfg["nms_method"],
-                kernel=self.test_cfg["kernel"],
-                sigma=self.test_cfg["sigma"],
-            )
-            results.append({"instances": instances})
-        return results
+    def inference_single_image(self, scores, mask_outputs, b: int, padded_size, image_size, output_size) -> Instances:
+        """Detections of image ``b`` from its category scores after point NMS ``[sum S^2, C]``
+        (global cells, level after level) and the head's mask outputs, as the references
+        compute them: every (cell, class) above ``score_thresh`` is a candidate, ordered
+        cell-major; its soft mask is its cell's (computed once per cell, at 1/4 of the
+        padded input). Host read-backs: the candidate cells, the candidates, the number of
+        detections (and, for heads with per-level masks, the cells per level)."""
+        size = (-(-padded_size[0] // 4), -(-padded_size[1] // 4))
+        check_image_size(size, image_size)
+        keep = scores > self.score_thresh  # [sum S^2, C]
+        cells = keep.any(dim=1).nonzero()[:, 0]  # [U] candidate cells, ascending
+        row, labels = keep[cells].nonzero(as_tuple=True)  # [K] candidate -> its cell's row, class
+        cand_cells = cells[row]
+        cand_scores, strides = scores[cand_cells, labels], self._stride_of_cell[cand_cells]
+        if cells.numel() * size[0] * size[1] <= self._MAX_MASK_ELEMENTS:
+            soft = self.ins_head.inference_masks(mask_outputs, b, cells, size)  # [U, h, w]
+            area, maskness = mask_area_maskness(soft, self.mask_thresh)
+            top, ranked, valid = rank_candidates(area, maskness, row, cand_scores, strides, self.nms_pre)
+            top_rows = row[top]
+            soft = soft[top_rows]
+        else:
+            area, maskness = self._chunked_area_maskness(mask_outputs, b, cells, size)
+            top, ranked, valid = rank_candidates(area, maskness, row, cand_scores, strides, self.nms_pre)
+            top_rows = row[top]
+            cell_order, perm = torch.sort(cells[top_rows])  # the heads take ascending cells
+            soft = torch.empty((top.numel(), *size), device=scores.device)
+            soft[perm] = self.ins_head.inference_masks(mask_outputs, b, cell_order, size)
+        return select_and_paste(
+            soft,
+            labels[top],
+            ranked,
+            valid,
+            area[top_rows],
+            image_size=image_size,
+            output_size=output_size,
+            mask_thr=self.mask_thresh,
+            update_thr=self.update_thresh,
+            max_per_img=self.max_per_img,
+            nms_method=self.nms_method,
+            kernel=self.nms_kernel,
+            sigma=self.nms_sigma,
+        )
+
+    def _chunked_area_maskness(self, mask_outputs, b, cells, size):
+        """:func:`mask_area_maskness` of the soft masks of ``cells``, computed in chunks of
+        ``_MAX_MASK_ELEMENTS`` (crowded images only)."""
+        chunk = max(1, self._MAX_MASK_ELEMENTS // (size[0] * size[1]))
+        parts = [
+            mask_area_maskness(self.ins_head.inference_masks(mask_outputs, b, cells[i : i + chunk], size), self.mask_thresh)
+            for i in range(0, cells.numel(), chunk)
+        ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -1,10 +1,16 @@
 """Inference post-processing shared by SOLO, Decoupled SOLO and SOLOv2.
 
-The caller turns head outputs into candidates (point NMS on the category grid,
-score threshold, masks of the selected cells at 1/4 of the padded input); this
-module scores them by maskness, runs Matrix NMS (or hard mask NMS) and pastes
-only the survivors at the original image resolution, in chunks, so memory stays
-bounded by ``max_per_img`` full-resolution masks.
+The caller turns head outputs into candidates (point NMS on the category grid, score
+threshold, soft masks of the candidate cells at 1/4 of the padded input); this module ranks
+them by category score x maskness (:func:`rank_candidates`), runs Matrix NMS (or hard mask
+NMS) on the top ``nms_pre`` and pastes the top ``max_per_img`` at the output resolution
+(:func:`select_and_paste`), as the references do.
+
+Every step is a fixed sequence of tensor ops for any number of candidates: candidates that
+the references drop (mask not larger than the level's stride) are ranked last with score -1
+instead of being removed, so they never decay a valid one in Matrix NMS, and the number of
+detections is read back once, at the end. Only :func:`paste_masks` may loop, over chunks,
+when the float temporaries of all masks at once would pass ``_PASTE_MAX_ELEMENTS``.
 """
 from typing import Tuple
 
@@ -16,7 +22,14 @@ from torch import Tensor
 from .matrix_nms import mask_nms, matrix_nms
 
 __all__ = [
-    "point_nms", "masks_to_boxes", "mask_area_maskness", "solo_postprocess", "solo_postprocess_cells", "empty_instances",
+    "point_nms",
+    "masks_to_boxes",
+    "mask_area_maskness",
+    "rank_candidates",
+    "select_and_paste",
+    "paste_masks",
+    "solo_postprocess",
+    "empty_instances",
 ]
 
 
@@ -40,7 +53,7 @@ def point_nms(heat: Tensor, kernel: int = 2) -> Tensor:
         hmax = F.max_pool2d(heat, kernel, stride=1, padding=(kernel - 1) // 2)
     else:
         raise ValueError(f"point_nms: kernel must be 2 or odd, got {kernel}")
-    return heat * (hmax == heat).to(heat.dtype)
+    return heat * (hmax == heat)
 
 
 def masks_to_boxes(masks: Tensor) -> Tensor:
@@ -58,18 +71,20 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     h, w = masks.shape[-2], masks.shape[-1]
     rows = masks.any(dim=2)  # [K, H]
     cols = masks.any(dim=1)  # [K, W]
-    # sizes only through tensors, and a finite sentinel for empty masks, so that traced
-    # export graphs (dynamic H, W) use this too
-    ys = torch.arange(h, device=masks.device).to(torch.float32)
-    xs = torch.arange(w, device=masks.device).to(torch.float32)
-    big = torch.full((), 1e9, device=masks.device)
-    zero = torch.zeros((), device=masks.device)
-    x0 = torch.where(cols, xs[None], big).min(dim=1).values
-    y0 = torch.where(rows, ys[None], big).min(dim=1).values
-    x1 = torch.where(cols, xs[None] + 1, zero).max(dim=1).values
-    y1 = torch.where(rows, ys[None] + 1, zero).max(dim=1).values
-    boxes = torch.stack([x0, y0, x1, y1], dim=1)
-    return boxes * cols.any(dim=1)[:, None].to(boxes.dtype)
+    # with positions counted from 1 on both sides, the farthest filled position is a max (0 for
+    # an empty mask); sizes only through tensors, so that traced export graphs use this too
+    x0, x1 = _first_and_end(cols, w)
+    y0, y1 = _first_and_end(rows, h)
+    return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def _first_and_end(filled: Tensor, size: int) -> Tuple[Tensor, Tensor]:
+    """First filled position and last + 1 of each row of ``filled`` [K, L] (float32; 0, 0 for
+    an empty row)."""
+    pos = torch.arange(1, size + 1, dtype=torch.float32, device=filled.device)  # 1 .. L
+    end = (filled * pos).amax(dim=1)  # last + 1
+    first = torch.remainder(size - (filled * pos.flip(0)).amax(dim=1), size)  # L - (L - first)
+    return first, end
 
 
 def mask_area_maskness(soft_masks: Tensor, mask_thr: float) -> Tuple[Tensor, Tensor]:
@@ -107,92 +122,119 @@ def empty_instances(output_size: Tuple[int, int], device) -> Instances:
     return result
 
 
-# Soft values at most this far below the threshold cannot produce a pixel above it after
-# bilinear resizing (a convex combination, up to float rounding of ~1e-7), so the region
-# around them bounds every foreground pixel of the pasted mask.
-_BOX_MARGIN = 1e-3
+# Float elements of the two resize stages of :func:`paste_masks` at once (1 GiB of float32):
+# 100 masks at 800x1216 take 0.2 Gi elements, one pass; a 4000x6000 output is pasted in chunks.
+_PASTE_MAX_ELEMENTS = 1 << 28
 
 
-def _paste_full(soft_masks: Tensor, image_size, output_size, threshold: float, chunk: int) -> Tensor:
-    """The references' paste: upsample x4, crop to the input, resize to the output size.
+def paste_masks(soft_masks: Tensor, image_size, output_size, threshold: float) -> Tensor:
+    """The references' paste: upsample x4 (bilinear), crop to the input, resize to the output
+    size (skipped when it equals the input size: a bilinear resize to the same size is the
+    identity), ``> threshold``.
 
-    ``chunk`` masks at a time; the float temporaries stay below ~0.4x the boolean output."""
+    Args:
+        soft_masks: [K, h, w] probabilities at 1/4 of the padded input.
+        image_size: ``(h_in, w_in)`` of the unpadded input, at most ``(4 h, 4 w)``.
+        output_size: ``(H, W)`` of the result.
+
+    Returns:
+        [K, H, W] bool. All masks in one pass unless the float temporaries would exceed
+        ``_PASTE_MAX_ELEMENTS``; then in chunks (same pixels).
+    """
     k, mh, mw = soft_masks.shape
     img_h, img_w = int(image_size[0]), int(image_size[1])
     out_h, out_w = int(output_size[0]), int(output_size[1])
-    out = torch.zeros(k, out_h, out_w, dtype=torch.bool, device=soft_masks.device)
-    per_mask = 64 * mh * mw + 5 * out_h * out_w  # bytes: float x4 stage, float + bool output stage
-    chunk = max(1, min(chunk, (2 * k * out_h * out_w) // (5 * per_mask)))
-    for start in range(0, k, chunk):
-        part = soft_masks[start : start + chunk, None].float()
-        part = F.interpolate(part, size=(mh * 4, mw * 4), mode="bilinear", align_corners=False)
-        part = part[:, :, :img_h, :img_w]
-        part = F.interpolate(part, size=(out_h, out_w), mode="bilinear", align_corners=False)
-        out[start : start + chunk] = part[:, 0] > threshold
-    return out
+    same_size = (out_h, out_w) == (img_h, img_w)
+    per_mask = 16 * mh * mw + (0 if same_size else out_h * out_w)
+    chunk = max(1, _PASTE_MAX_ELEMENTS // max(per_mask, 1))
+    parts = []
+    for start in range(0, max(k, 1), chunk):
+        x = soft_masks[start : start + chunk, None].float()
+        x = F.interpolate(x, size=(4 * mh, 4 * mw), mode="bilinear", align_corners=False)[:, :, :img_h, :img_w]
+        if not same_size:
+            x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
+        parts.append(x[:, 0] > threshold)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _paste_boxes(soft_masks: Tensor, image_size, threshold: float) -> Tuple[Tensor, Tensor]:
-    """Paste at the input size (the output size equals it): each mask is upsampled x4 only
-    inside the region that can exceed ``threshold``, with the same pixels as :func:`_paste_full`.
+def rank_candidates(
+    cell_area: Tensor,
+    cell_maskness: Tensor,
+    mask_index: Tensor,
+    scores: Tensor,
+    strides: Tensor,
+    nms_pre: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The top ``nms_pre`` candidates by category score x maskness, among those whose mask is
+    larger than their level's stride (the references' area filter).
 
-    Rows/columns of the 1/4 mask with a value above ``threshold - _BOX_MARGIN`` span
-    ``[r0, r1)``; every other output pixel interpolates values below the threshold. An
-    x4 bilinear output row ``y`` reads input rows ``floor((y + 0.5) / 4 - 0.5)`` and the next,
-    so the candidate rows are ``[4 r0 - 2, 4 r1 + 2)``; upsampling the crop ``[r0 - 1, r1 + 1)``
-    gives them exactly (same weights, multiples of 1/8, and the same neighbours), since a crop
-    only differs from the full upsampling in its first and last two rows where it does not
-    start or end at the mask border. Returns the masks and their tight boxes (as
-    :func:`masks_to_boxes`), found inside each region."""
-    k, mh, mw = soft_masks.shape
-    img_h, img_w = int(image_size[0]), int(image_size[1])
-    out = torch.zeros(k, img_h, img_w, dtype=torch.bool, device=soft_masks.device)
-    boxes = torch.zeros(k, 4, dtype=torch.float32, device=soft_masks.device)
-    near = soft_masks > threshold - _BOX_MARGIN
-    rows, cols = near.any(dim=2), near.any(dim=1)  # [K, mh], [K, mw]
-    has = rows.any(dim=1)
-    r_idx = torch.arange(mh, device=soft_masks.device)
-    c_idx = torch.arange(mw, device=soft_masks.device)
-    r0 = torch.where(rows, r_idx, mh).min(dim=1).values.tolist()
-    r1 = (torch.where(rows, r_idx, -1).max(dim=1).values + 1).tolist()
-    c0 = torch.where(cols, c_idx, mw).min(dim=1).values.tolist()
-    c1 = (torch.where(cols, c_idx, -1).max(dim=1).values + 1).tolist()
-    for i in torch.nonzero(has).flatten().tolist():
-        y0, y1 = max(4 * r0[i] - 2, 0), min(4 * r1[i] + 2, img_h)
-        x0, x1 = max(4 * c0[i] - 2, 0), min(4 * c1[i] + 2, img_w)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        a0, a1 = max(r0[i] - 1, 0), min(r1[i] + 1, mh)
-        b0, b1 = max(c0[i] - 1, 0), min(c1[i] + 1, mw)
-        # keep the crop's output above 128 rows + columns: PyTorch resizes smaller outputs
-        # with another (separable) CPU kernel, whose rounding may differ
-        while 4 * (a1 - a0 + b1 - b0) <= 128 and (a0 > 0 or b0 > 0 or a1 < mh or b1 < mw):
-            a0, a1, b0, b1 = max(a0 - 1, 0), min(a1 + 1, mh), max(b0 - 1, 0), min(b1 + 1, mw)
-        crop = soft_masks[i, a0:a1, b0:b1][None, None].float()
-        up = F.interpolate(crop, size=(4 * (a1 - a0), 4 * (b1 - b0)), mode="bilinear", align_corners=False)[0, 0]
-        region = up[y0 - 4 * a0 : y1 - 4 * a0, x0 - 4 * b0 : x1 - 4 * b0] > threshold
-        out[i, y0:y1, x0:x1] = region
-        box = masks_to_boxes(region[None])[0]
-        if box[2] > 0:  # non-empty
-            boxes[i] = box + torch.tensor([x0, y0, x0, y0], dtype=box.dtype, device=box.device)
-    return out, boxes
+    Args:
+        cell_area, cell_maskness: [U] of each distinct mask (:func:`mask_area_maskness`).
+        mask_index: [K] long, the mask of each candidate.
+        scores: [K] category scores; strides: [K] the stride of each candidate's level.
+
+    Returns:
+        ``(top [N], ranked [N], valid [N])``, ``N = min(K, nms_pre)``: candidate indices by
+        descending ranked score, their score x maskness, and whether they pass the area
+        filter. Invalid candidates have score -1 and come last (a stable sort, so equal
+        scores keep the candidates' order).
+    """
+    area = cell_area[mask_index]
+    valid = area > strides.to(area.dtype)
+    ranked = torch.where(valid, scores.float() * cell_maskness[mask_index], -1.0)
+    ranked, top = torch.sort(ranked, descending=True, stable=True)
+    return top[:nms_pre], ranked[:nms_pre], valid[top[:nms_pre]]
 
 
-def _paste(soft_masks: Tensor, image_size, output_size, threshold: float, chunk: int) -> Tuple[Tensor, Tensor]:
-    """[K, h, w] soft masks at 1/4 padded size -> ([K, H, W] bool at the output size, [K, 4] boxes).
+def select_and_paste(
+    soft_masks: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    valid: Tensor,
+    areas: Tensor,
+    *,
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    mask_thr: float = 0.5,
+    update_thr: float = 0.05,
+    max_per_img: int = 100,
+    nms_method: str = "matrix",
+    kernel: str = "gaussian",
+    sigma: float = 2.0,
+    nms_iou_thr: float = 0.5,
+) -> Instances:
+    """NMS of ranked candidates, the top ``max_per_img`` above ``update_thr``, pasted.
 
-    Pixel for pixel what the references compute (``F.interpolate`` x4, crop to the input,
-    ``F.interpolate`` to the output size, ``> threshold``). On the CPU, when the output size
-    is the input size the second resize is the identity and each mask is upsampled only around
-    its foreground (:func:`_paste_boxes`); otherwise, and on GPUs (where the per-mask loop
-    would cost more kernel launches than it saves work), in chunks sized so that the float
-    temporaries stay below ~0.4x the boolean result. The boxes are :func:`masks_to_boxes`'s."""
-    k, mh, mw = soft_masks.shape
-    same_size = tuple(int(v) for v in output_size) == tuple(int(v) for v in image_size)
-    if k and soft_masks.device.type == "cpu" and same_size and 4 * (mh + mw) > 128:
-        return _paste_boxes(soft_masks, image_size, threshold)
-    masks = _paste_full(soft_masks, image_size, output_size, threshold, chunk)
-    return masks, masks_to_boxes(masks)
+    Args:
+        soft_masks: [N, h, w] probabilities at 1/4 of the padded input, by descending score.
+        labels, scores, valid, areas: [N] class, ranked score (:func:`rank_candidates`),
+            area filter and binary-mask area of each candidate; invalid ones come last.
+        image_size, output_size, mask_thr, update_thr, max_per_img, nms_method, kernel,
+            sigma, nms_iou_thr: see :func:`solo_postprocess`.
+
+    Returns:
+        ``Instances(output_size)`` sorted by score. The only host read-back is the number of
+        detections.
+    """
+    if nms_method not in ("matrix", "mask"):
+        raise ValueError(f"solo_postprocess: nms_method must be 'matrix' or 'mask', got {nms_method!r}")
+    binary = soft_masks > mask_thr
+    if nms_method == "matrix":
+        scores = matrix_nms(binary, labels, scores, kernel=kernel, sigma=sigma, mask_area=areas)
+        keep = valid & (scores >= update_thr)
+    else:
+        kept = torch.zeros_like(valid)
+        kept[mask_nms(binary, labels, scores, iou_threshold=nms_iou_thr)] = True
+        keep = valid & kept & (scores >= update_thr)
+    final, order = torch.sort(torch.where(keep, scores, -1.0), descending=True, stable=True)
+    num = min(int(keep.sum()), max_per_img)  # the one read-back: the number of detections
+    order, final = order[:num], final[:num]
+    result = Instances((int(output_size[0]), int(output_size[1])))
+    result.pred_masks = paste_masks(soft_masks[order], image_size, output_size, mask_thr)
+    result.scores = final
+    result.pred_classes = labels[order].long()
+    result.pred_boxes = Boxes(masks_to_boxes(result.pred_masks))
+    return result
 
 
 def solo_postprocess(
@@ -203,7 +245,14 @@ def solo_postprocess(
     *,
     image_size: Tuple[int, int],
     output_size: Tuple[int, int],
-    **options,
+    mask_thr: float = 0.5,
+    update_thr: float = 0.05,
+    max_per_img: int = 100,
+    nms_pre: int = 500,
+    nms_method: str = "matrix",
+    kernel: str = "gaussian",
+    sigma: float = 2.0,
+    nms_iou_thr: float = 0.5,
 ) -> Instances:
     """Turn one image's mask candidates into final detections.
 
@@ -221,100 +270,32 @@ def solo_postprocess(
         nms_method: ``"matrix"`` (Matrix NMS) or ``"mask"`` (hard mask NMS).
         kernel, sigma: Matrix NMS kernel.
         nms_iou_thr: IoU threshold of hard mask NMS.
-        paste_chunk: at most this many masks are resized at once at the output size.
-
-    The options (``mask_thr`` .. ``paste_chunk``) and their defaults are those of
-    :func:`solo_postprocess_cells`, which this calls with one mask per candidate.
 
     Returns:
         ``Instances(output_size)`` with ``pred_masks`` [K', H, W] bool, ``scores`` [K'],
         ``pred_classes`` [K'] and ``pred_boxes`` (from the masks), sorted by score.
     """
-    index = torch.arange(soft_masks.shape[0], device=soft_masks.device)
-    return solo_postprocess_cells(
-        soft_masks, index, labels, scores, strides, image_size=image_size, output_size=output_size, **options
-    )
-
-
-def solo_postprocess_cells(
-    cell_masks: Tensor,
-    mask_index: Tensor,
-    labels: Tensor,
-    scores: Tensor,
-    strides: Tensor,
-    *,
-    image_size: Tuple[int, int],
-    output_size: Tuple[int, int],
-    mask_thr: float = 0.5,
-    update_thr: float = 0.05,
-    max_per_img: int = 100,
-    nms_pre: int = 500,
-    nms_method: str = "matrix",
-    kernel: str = "gaussian",
-    sigma: float = 2.0,
-    nms_iou_thr: float = 0.5,
-    paste_chunk: int = 32,
-) -> Instances:
-    """:func:`solo_postprocess` where candidate ``i`` has the mask ``cell_masks[mask_index[i]]``.
-
-    Several candidates (classes) of one grid cell share its mask: the masks, their areas and
-    maskness are computed once per cell, and only the ``nms_pre`` best candidates' binary
-    masks (per class block, see :func:`~.matrix_nms.same_class_iou_matrix`) and the kept
-    detections' soft masks are gathered. The result equals :func:`solo_postprocess` on
-    ``cell_masks[mask_index]``.
-
-    Args:
-        cell_masks: [U, h, w] mask probabilities at 1/4 of the padded input size.
-        mask_index: [K] long, row of ``cell_masks`` of each candidate.
-        labels, scores, strides: [K] per candidate; other arguments as :func:`solo_postprocess`.
-    """
-    if nms_method not in ("matrix", "mask"):
-        raise ValueError(f"solo_postprocess: nms_method must be 'matrix' or 'mask', got {nms_method!r}")
-    k = mask_index.shape[0]
+    k = soft_masks.shape[0]
     if not (labels.shape[0] == scores.shape[0] == strides.shape[0] == k):
         raise ValueError(
             f"solo_postprocess: {k} masks, {labels.shape[0]} labels, {scores.shape[0]} scores, "
             f"{strides.shape[0]} strides"
         )
-    mh, mw = cell_masks.shape[-2:]
+    check_image_size(soft_masks.shape[-2:], image_size)
+    area, maskness = mask_area_maskness(soft_masks, mask_thr)
+    top, ranked, valid = rank_candidates(area, maskness, torch.arange(k, device=soft_masks.device), scores, strides, nms_pre)
+    return select_and_paste(
+        soft_masks[top], labels[top], ranked, valid, area[top],
+        image_size=image_size, output_size=output_size, mask_thr=mask_thr, update_thr=update_thr,
+        max_per_img=max_per_img, nms_method=nms_method, kernel=kernel, sigma=sigma, nms_iou_thr=nms_iou_thr,
+    )
+
+
+def check_image_size(mask_hw, image_size) -> None:
+    """Raise unless ``image_size`` fits in the padded size ``4 x mask_hw``."""
+    mh, mw = int(mask_hw[0]), int(mask_hw[1])
     if image_size[0] > 4 * mh or image_size[1] > 4 * mw:
         raise ValueError(
             f"solo_postprocess: image_size {tuple(image_size)} exceeds the padded size "
             f"{(4 * mh, 4 * mw)} implied by masks of size {(mh, mw)}"
         )
-    device = cell_masks.device
-    if k == 0:
-        return empty_instances(output_size, device)
-
-    cell_area, cell_maskness = mask_area_maskness(cell_masks, mask_thr)
-    areas = cell_area[mask_index]
-    cand = torch.nonzero(areas > strides.to(areas.dtype)).flatten()  # area filter, order kept
-    if cand.shape[0] == 0:
-        return empty_instances(output_size, device)
-    scores = scores[cand].float() * cell_maskness[mask_index[cand]]
-    order = torch.argsort(scores, descending=True)[:nms_pre]
-    cand, scores = cand[order], scores[order]
-    labels, cells, areas = labels[cand], mask_index[cand], areas[cand]
-
-    binary = cell_masks[cells] > mask_thr
-    if nms_method == "matrix":
-        scores = matrix_nms(binary, labels, scores, kernel=kernel, sigma=sigma, mask_area=areas)
-        keep = scores >= update_thr
-    else:
-        keep = torch.zeros_like(scores, dtype=torch.bool)
-        keep[mask_nms(binary, labels, scores, iou_threshold=nms_iou_thr)] = True
-        keep &= scores >= update_thr
-    del binary
-    cells, labels, scores = cells[keep], labels[keep], scores[keep]
-    if scores.shape[0] == 0:
-        return empty_instances(output_size, device)
-    order = torch.argsort(scores, descending=True)[:max_per_img]
-    cells, labels, scores = cells[order], labels[order], scores[order]
-
-    masks, boxes = _paste(cell_masks[cells], image_size, output_size, mask_thr, max(1, int(paste_chunk)))
-    result = Instances((int(output_size[0]), int(output_size[1])))
-    result.pred_masks = masks
-    result.scores = scores
-    result.pred_classes = labels.long()
-    result.pred_boxes = Boxes(boxes)
-    return result

@@ -26,21 +26,18 @@ factor (``mask_resize="padded"``, official SOLO and mmdetection). AdelaiDet resi
 *unpadded* mask with ``cv2.resize`` to ``(int(w / f + 0.5), int(h / f + 0.5))`` and pastes it
 into the top-left corner (``mask_resize="unpadded"``); the two agree only when both image sides
 are multiples of the factor. Each instance mask is resized once per mask size and the targets
-index it (:class:`LevelTargets`): the references copy one full mask per (cell, instance), which
-dominated the time of this step.
+index it (:class:`LevelTargets`): the references copy one full mask per (cell, instance).
 
-Cells, levels and images are handled together in a few tensor ops; Python loops run over the
-distinct mask sizes and, in :class:`~.mask_geometry.InstanceMasks`, over the mask windows.
+Cells, levels, instances and images are handled together in a fixed number of tensor ops; the
+host reads back a constant number of values (the (level, instance) pairs, the claimed cells,
+the class range, the targets per level and image), whatever the number of instances. Python
+loops run over images (to concatenate them) and distinct mask sizes only.
 """
-import bisect
-import itertools
-import math
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-
-from .mask_geometry import InstanceMasks, instance_geometry, resize_masks
 
 __all__ = ["LevelTargets", "solo_targets", "instance_geometry", "resize_masks", "grid_cell"]
 
@@ -65,6 +62,8 @@ class LevelTargets(NamedTuple):
         target_rows: [M] long, row of ``target_masks`` of each mask target; targets are
             ordered by image, then instance, then cell (the references' order).
         instance_ids: [M] long, index (within its image) of the gt instance of each target.
+        image_counts: the number of mask targets of each image (Python ints; None when not
+            known), so that heads can split the targets by image without a read-back.
     """
 
     labels: Tensor
@@ -74,6 +73,7 @@ class LevelTargets(NamedTuple):
     target_masks: Tensor
     target_rows: Tensor
     instance_ids: Tensor
+    image_counts: Optional[Tuple[int, ...]] = None
 
     @property
     def num_targets(self) -> int:
@@ -85,6 +85,77 @@ class LevelTargets(NamedTuple):
         """[M, h, w] float32 in {0, 1}: the mask targets expanded (for inspection and tests;
         the loss never builds this)."""
         return self.target_masks[self.target_rows].to(torch.float32)
+
+
+def instance_geometry(masks: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Box size, center of mass and area of binary masks.
+
+    Args:
+        masks: [N, H, W] bool / uint8 / float binary masks (nonzero is foreground).
+
+    Returns:
+        ``(box_h, box_w, center_y, center_x, area)``, each [N] float32: the box extents (last -
+        first + 1 pixels), the center of mass in pixel-index coordinates (like
+        ``scipy.ndimage.center_of_mass``) and the pixel count; empty masks give zeros. The
+        center is the exact first moment (an integer sum) rounded once to float32 and divided
+        by the area in float32: the references' float32 ``sum(m * coords) / sum(m)`` up to the
+        rounding of their float32 sums (exact below 2**24).
+    """
+    m = masks if masks.dtype == torch.bool else masks != 0
+    n, h, w = m.shape
+    if h == 0 or w == 0:
+        return tuple(torch.zeros(n, device=m.device) for _ in range(5))  # type: ignore[return-value]
+    rows, cols = m.sum(dim=2), m.sum(dim=1)  # [N, H], [N, W] int64 pixel counts
+    area = rows.sum(dim=1)
+    ys, xs = torch.arange(h, device=m.device), torch.arange(w, device=m.device)
+    safe_area = area.to(torch.float32).clamp(min=1e-6)
+    center_y = (rows * ys).sum(dim=1).to(torch.float32) / safe_area
+    center_x = (cols * xs).sum(dim=1).to(torch.float32) / safe_area
+
+    def extent(counts, pos):  # last filled position + 1 - first, 0 when empty
+        filled = counts > 0
+        first = torch.where(filled, pos, pos.numel()).amin(dim=1)
+        last = torch.where(filled, pos, -1).amax(dim=1)
+        return (last + 1 - first).clamp(min=0).to(torch.float32)
+
+    return extent(rows, ys), extent(cols, xs), center_y, center_x, area.to(torch.float32)
+
+
+def resize_masks(masks: Tensor, size: Tuple[int, int], dtype: torch.dtype = torch.float32) -> Tensor:
+    """Resize binary masks: bilinear (``align_corners=False``) on floats, then ``>= 0.5``.
+
+    Shrinking by integer factors (the mask targets from the padded input) reads only the
+    pixels that bilinear interpolation weighs: output row ``y`` of a factor ``f`` reads input
+    rows ``f y + f/2 - 1`` and ``f y + f/2`` with weights 1/2 (``f`` even) or row
+    ``f y + (f - 1)/2`` alone (``f`` odd), and the same for columns; on 0/1 masks the result is
+    ``>= 0.5`` exactly when at least half of those 1, 2 or 4 samples are set.
+
+    Args:
+        masks: [N, H, W] binary masks (any dtype).
+        size: target ``(h, w)``.
+        dtype: of the result (``torch.bool`` for the compact mask targets).
+
+    Returns:
+        [N, h, w] masks in {0, 1}.
+    """
+    oh, ow = int(size[0]), int(size[1])
+    n, h, w = masks.shape
+    if n == 0 or oh <= 0 or ow <= 0:
+        return torch.zeros((n, oh, ow), dtype=dtype, device=masks.device)
+    if h % oh or w % ow:
+        small = F.interpolate(masks[:, None].to(torch.float32), size=(oh, ow), mode="bilinear", align_corners=False)
+        return (small[:, 0] >= 0.5).to(dtype)
+    m = (masks if masks.dtype == torch.bool else masks != 0).view(torch.uint8)
+    fy, fx = h // oh, w // ow
+    ty, tx = _taps(fy), _taps(fx)
+    rows = m[:, ty[0] :: fy] if len(ty) == 1 else m[:, ty[0] :: fy] + m[:, ty[1] :: fy]  # [N, oh, W]
+    count = rows[:, :, tx[0] :: fx] if len(tx) == 1 else rows[:, :, tx[0] :: fx] + rows[:, :, tx[1] :: fx]
+    return (2 * count >= len(ty) * len(tx)).to(dtype)
+
+
+def _taps(f: int) -> List[int]:
+    """The input positions (within a group of ``f``) that a bilinear shrink by ``f`` weighs."""
+    return [f // 2 - 1, f // 2] if f % 2 == 0 else [(f - 1) // 2]
 
 
 def _div(x: Tensor, divisor: Union[float, Tensor]) -> Tensor:
@@ -121,13 +192,14 @@ def grid_cell(
 
 def _claimed_cells(
     box_h: Tensor, box_w: Tensor, center_y: Tensor, center_x: Tensor, num_grid: Tensor,
-    image_hw: Tuple[int, int], sigma: float, rounding: str = "floor",
+    extent: Tensor, sigma: float, rounding: str = "floor",
 ) -> Tuple[Tensor, Tensor]:
     """The cells claimed by P (level, instance) pairs, each on its own grid.
 
     Args:
         box_h, box_w, center_y, center_x: [P] float32 geometry of each pair's instance.
         num_grid: [P] long, S of each pair's level.
+        extent: [2, 1] float32, the padded image's height and width.
         rounding: see :func:`grid_cell`.
 
     Returns:
@@ -137,7 +209,6 @@ def _claimed_cells(
     device = box_h.device
     center = torch.stack([center_y, center_x])  # [2, P]: (y, x)
     half = 0.5 * sigma * torch.stack([box_h, box_w])
-    extent = torch.tensor([[float(image_hw[0])], [float(image_hw[1])]], device=device)  # [2, 1]
     # the cells of the center and of both ends of the central box, both axes at once: [3, 2, P]
     corners = torch.stack([center, center - half, center + half])
     cell, lo, hi = grid_cell(corners, extent, num_grid, rounding).unbind(0)
@@ -167,21 +238,20 @@ def _check_inputs(gt_masks, gt_classes, gt_boxes, image_hw):
             raise ValueError(f"solo_targets: image {b}: gt_boxes shape {tuple(gt_boxes[b].shape)}, expected ({masks.shape[0]}, 4)")
 
 
-def _check_class_range(classes: Tensor, counts: List[int], num_classes: int) -> None:
-    """Raise if a class of the batch (``classes`` [K], the images' ``counts`` concatenated) lies
-    outside ``[0, num_classes)``, naming the first such image and its range."""
+def _check_class_range(classes: Tensor, img: Tensor, num_classes: int) -> None:
+    """Raise if a class of the batch (``classes`` [K], ``img`` [K] the image of each) lies
+    outside ``[0, num_classes)``, naming the first such image and its classes (one read-back)."""
     if classes.numel() == 0:
         return
-    lo, hi = (int(v) for v in torch.aminmax(classes))
+    bad = (classes < 0) | (classes >= num_classes)
+    first_bad = torch.where(bad, img, img.numel() + 1).min()
+    lo, hi, b = torch.stack([classes.min(), classes.max(), first_bad]).tolist()
     if lo >= 0 and hi < num_classes:
         return
-    start = [0, *itertools.accumulate(counts)]
-    bad = int(((classes < 0) | (classes >= num_classes)).nonzero()[0, 0])
-    b = bisect.bisect_right(start, bad) - 1
-    part = classes[start[b] : start[b + 1]]
+    part = classes[img == b].tolist()
     raise ValueError(
         f"solo_targets: gt_classes must lie in [0, {num_classes}) (MODEL.SOLO.NUM_CLASSES); "
-        f"image {b} has range [{int(part.min())}, {int(part.max())}]"
+        f"image {b} has range [{min(part)}, {max(part)}]"
     )
 
 
@@ -272,82 +342,74 @@ def solo_targets(
     image_hw = tuple(gt_masks[0].shape[-2:])
     device = gt_masks[0].device
     _check_inputs(gt_masks, gt_classes, gt_boxes, image_hw)
+    num_images, num_levels = len(gt_masks), len(num_grids)
     classes = torch.cat([c.to(device=device, dtype=torch.long) for c in gt_classes])  # [K]
-    _check_class_range(classes, [m.shape[0] for m in gt_masks], num_classes)
+    img = torch.cat([torch.full((m.shape[0],), b, dtype=torch.long, device=device) for b, m in enumerate(gt_masks)])
+    local = torch.cat([torch.arange(m.shape[0], device=device) for m in gt_masks])  # index within its image
+    _check_class_range(classes, img, num_classes)
+    # host constants in one copy: scale ranges [L, 2], grids [L], first cell of each level [L],
+    # the padded extent [2]
+    cells_per_level = [num_images * int(g) ** 2 for g in num_grids]
+    starts = [sum(cells_per_level[:lvl]) for lvl in range(num_levels)]
+    host = [float(v) for r in scale_ranges for v in r] + [float(g) for g in num_grids] + [float(v) for v in starts]
+    consts = torch.tensor(host + [float(image_hw[0]), float(image_hw[1])], dtype=torch.float64).to(device)
+    ranges = consts[: 2 * num_levels].view(num_levels, 2).to(torch.float32)
+    grids = consts[2 * num_levels : 3 * num_levels].long()
+    level_start = consts[3 * num_levels : 4 * num_levels].long()
+    extent = consts[4 * num_levels :].view(2, 1).to(torch.float32)
 
-    sizes = [(int(sz[0]), int(sz[1])) for sz in mask_sizes]
-    # windows around the boxes are aligned to the integer factors of the mask sizes
-    align = [1, 1]
-    for size in sizes:
-        for ax in (0, 1):
-            if size[ax] > 0 and image_hw[ax] % size[ax] == 0:
-                f = image_hw[ax] // size[ax]
-                align[ax] = align[ax] * f // math.gcd(align[ax], f)
-
-    # 1. geometry of every instance, the images together (windows grouped across images)
-    boxes = None if gt_boxes is None else torch.cat(gt_boxes).to(device=device, dtype=torch.float32)
-    instances = InstanceMasks(gt_masks, boxes, align=(align[0], align[1]))
-    box_h, box_w, cy, cx, area = instances.geometry(extents=boxes is None)  # extents: of the mask
-    if boxes is not None:  # the annotation boxes give the scale, as in both references
+    # 1. geometry of every instance (all images at once)
+    masks = torch.cat([m.to(torch.bool) for m in gt_masks])  # [K, H, W]
+    box_h, box_w, cy, cx, area = instance_geometry(masks)
+    if gt_boxes is not None:  # the annotation boxes give the scale, as in both references
+        boxes = torch.cat(gt_boxes).to(device=device, dtype=torch.float32)
         box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    img = instances.image.to(device)  # [K] image of each instance
-    local = torch.tensor([i for m in gt_masks for i in range(m.shape[0])], dtype=torch.long, device=device)
 
     # 2. (level, instance) pairs: an instance goes to every level whose range holds its scale
     scale = torch.sqrt(box_h * box_w)
-    ranges = torch.tensor([[float(lo), float(hi)] for lo, hi in scale_ranges], device=device)
     hit = (area > 0)[None] & (scale[None] >= ranges[:, :1]) & (scale[None] <= ranges[:, 1:])  # [L, K]
     pair_level, pair_k = hit.nonzero(as_tuple=True)  # level-major, then image, then instance
-    grids = torch.tensor([int(g) for g in num_grids], device=device)
     pair, cell = _claimed_cells(
-        box_h[pair_k], box_w[pair_k], cy[pair_k], cx[pair_k], grids[pair_level], image_hw, sigma, grid_rounding
+        box_h[pair_k], box_w[pair_k], cy[pair_k], cx[pair_k], grids[pair_level], extent, sigma, grid_rounding
     )
     level, k = pair_level[pair], pair_k[pair]  # per mask target, in the references' order
 
     # 3. labels: the last claiming instance (highest index) sets a cell's class
-    num_images = len(gt_masks)
-    cells_per_level = [num_images * int(g) ** 2 for g in num_grids]
-    starts = torch.tensor([0] + cells_per_level[:-1], device=device).cumsum(0)
-    flat = starts[level] + img[k] * grids[level] ** 2 + cell
+    flat = level_start[level] + img[k] * grids[level] ** 2 + cell
     last = torch.full((sum(cells_per_level),), -1, dtype=torch.long, device=device)
     last.scatter_reduce_(0, flat, k, reduce="amax")
     classes = torch.cat([classes, classes.new_full((1,), num_classes)])  # index K (and -1): background
     labels, positive = classes[last], last >= 0  # cells nobody claims (-1) index the background
     if one_target_per_cell:  # the last claimant's mask overwrites the others' (official SOLO)
-        sel = last[flat] == k
+        sel = (last[flat] == k).nonzero()[:, 0]
         level, k, cell = level[sel], k[sel], cell[sel]
 
-    # 4. mask targets: each instance resized once per mask size, the targets index it
-    rows = torch.zeros_like(k)
+    # 4. mask targets: every instance resized once per mask size; the targets index it by k
     target_masks: Dict[Tuple[int, int], Tensor] = {}
-    one_size = len(set(sizes)) == 1  # all levels share one mask size, as in SOLOv2
-    for size in dict.fromkeys(sizes):
-        # targets of levels of this size (None: all targets)
-        of_size = None if one_size else torch.tensor([sz == size for sz in sizes], device=device)[level]
-        needed = torch.unique(k if of_size is None else k[of_size])  # ascending
+    for size in dict.fromkeys((int(sz[0]), int(sz[1])) for sz in mask_sizes):
         if mask_resize == "unpadded":
-            target_masks[size] = _resize_unpadded(gt_masks, img[needed], local[needed], image_sizes, size)
+            target_masks[size] = _resize_unpadded(gt_masks, img, local, image_sizes, size)
         else:
-            target_masks[size] = instances.resized(needed, size)
-        found = torch.searchsorted(needed, k)
-        rows = found if of_size is None else torch.where(of_size, found, rows)
+            target_masks[size] = resize_masks(masks, size, dtype=torch.bool)
 
+    # targets per (level, image), read back once: split by level here, by image in the heads
+    counts = torch.bincount(level * num_images + img[k], minlength=num_levels * num_images).tolist()
+    per_level = [sum(counts[lvl * num_images : (lvl + 1) * num_images]) for lvl in range(num_levels)]
+    splits = [t.split(per_level) for t in (img[k], cell, k, local[k])]
     out = []
-    per_level = torch.bincount(level, minlength=num_levels).tolist()
-    splits = [t.split(per_level) for t in (img[k], cell, rows, local[k])]
-    start = 0
-    for lvl, (g, size) in enumerate(zip(num_grids, sizes)):
-        g, stop = int(g), start + cells_per_level[lvl]
+    for lvl, (g, size) in enumerate(zip(num_grids, mask_sizes)):
+        g, start = int(g), starts[lvl]
+        stop = start + cells_per_level[lvl]
         out.append(
             LevelTargets(
                 labels=labels[start:stop].view(num_images, g, g),
                 pos_mask=positive[start:stop].view(num_images, g * g),
                 target_img=splits[0][lvl],
                 target_cell=splits[1][lvl],
-                target_masks=target_masks[size],
+                target_masks=target_masks[(int(size[0]), int(size[1]))],
                 target_rows=splits[2][lvl],
                 instance_ids=splits[3][lvl],
+                image_counts=tuple(counts[lvl * num_images : (lvl + 1) * num_images]),
             )
         )
-        start = stop
     return out
