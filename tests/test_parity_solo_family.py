@@ -99,9 +99,15 @@ def test_tool_converts_into_the_named_config(fx):
     assert "solo_d2_config" in (fx.manifest.get("reference") or fx.manifest)
 
 
-def test_inference_head_outputs_and_detections(fx):
+@pytest.mark.parametrize("crowded", [False, True])
+def test_inference_head_outputs_and_detections(fx, crowded, monkeypatch):
+    """``crowded``: the path of images whose candidate cells' masks would not fit in
+    ``SOLO._MAX_MASK_ELEMENTS`` (area and maskness in chunks of a few cells, then the masks of the
+    top ``NMS_PRE`` candidates only) gives the reference's detections too."""
     cfg, model = fx.build(fx.weights)
     model.eval()
+    if crowded:
+        monkeypatch.setattr(type(model), "_MAX_MASK_ELEMENTS", 3 * 64 * 64)
     batch = _batch(fx, cfg, with_gt=False)
     with torch.no_grad():
         images = model.preprocess_image(batch)
