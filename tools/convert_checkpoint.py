@@ -22,7 +22,6 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from solo_d2.checkpoint import CONVERTERS, ConversionError, convert_checkpoint  # noqa: E402
-from solo_d2.checkpoint import converters  # noqa: E402,F401  (registers the sources)
 
 
 def main(argv=None) -> int:

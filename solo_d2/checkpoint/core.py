@@ -7,17 +7,19 @@ computes. :func:`convert_checkpoint` then builds that model, checks that the con
 weights load with zero missing and zero unexpected keys (and equal shapes), and only then
 writes a Detectron2 checkpoint ``{"model": state_dict, ...}``; nothing is written on failure.
 """
-import inspect
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from detectron2.modeling import build_model
 
-from ..utils.io import atomic_write
+from ..config import get_cfg
+from ..model_zoo import get_config_file
 
 __all__ = [
     "Conversion",
@@ -29,7 +31,6 @@ __all__ = [
     "rename_keys",
     "expected_state_shapes",
     "verify_state_dict",
-    "convert_checkpoint",
     "config_file_of",
 ]
 
@@ -135,8 +136,6 @@ def load_checkpoint_with_meta(path: str) -> Tuple[StateDict, Dict]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            import warnings
-
             warnings.warn(
                 f"{path}: torch.load(weights_only=True) refused it ({str(e).splitlines()[0]}); "
                 "loading with weights_only=False, which can execute code from the file"
@@ -224,8 +223,6 @@ def require_keys(state: StateDict, keys: Iterable[str], *, source: str) -> None:
 def config_file_of(config: str) -> str:
     """Absolute path of a config named relative to the repository root (``configs/...``)
     or to the configs folder, in a checkout or an installed package."""
-    from ..model_zoo import get_config_file
-
     if os.path.isfile(config):
         return config
     rel = config[len("configs/") :] if config.startswith("configs/") else config
@@ -236,8 +233,6 @@ def build_cfg(config: str, opts: Sequence[str] = (), *, device: str = "cpu"):
     """The full config of ``config`` (see :func:`config_file_of`) merged with ``opts``, for a
     model of random weights on ``device``: ``MODEL.DEVICE`` and ``MODEL.WEIGHTS`` are set
     after ``opts`` (conversion and its checks build on the CPU)."""
-    from ..config import get_cfg
-
     cfg = get_cfg()
     cfg.merge_from_file(config_file_of(config))
     cfg.merge_from_list(list(opts))
@@ -249,8 +244,6 @@ def build_cfg(config: str, opts: Sequence[str] = (), *, device: str = "cpu"):
 def expected_state_shapes(config: str, opts: Sequence[str] = (), prefix: str = "") -> Dict[str, Tuple[int, ...]]:
     """``{key: shape}`` of the state dict of the model that ``config`` (+ ``opts``) builds
     (only the keys starting with ``prefix``)."""
-    from detectron2.modeling import build_model
-
     model = build_model(build_cfg(config, opts))
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(prefix)}
 
@@ -295,61 +288,3 @@ def _match_bn_counters(state: StateDict, expected: Dict[str, Tuple[int, ...]]) -
         if k.endswith("num_batches_tracked") and k not in out:
             out[k] = torch.tensor(0, dtype=torch.int64)
     return out
-
-
-# ----------------------------------------------------------------------------- driver
-def convert_checkpoint(
-    source: str,
-    in_path: str,
-    out_path: str,
-    *,
-    config: Optional[str] = None,
-    opts: Sequence[str] = (),
-) -> Conversion:
-    """Convert ``in_path`` from layout ``source``, verify it strictly, write ``out_path``.
-
-    Args:
-        source: a key of :data:`CONVERTERS`.
-        config: the config to convert to instead of the one the converter names. A converter
-            that takes ``config`` (``solo-official``, ``mmdet``) checks the checkpoint against
-            it and ``opts``; for the others it replaces the named config (their ``opts`` still
-            apply).
-        opts: further config overrides (e.g. the shrinking keys of a test model).
-
-    Returns:
-        The :class:`Conversion` (with the config and opts actually verified).
-    """
-    from . import converters  # noqa: F401  (registers the sources)
-
-    if source not in CONVERTERS:
-        raise ConversionError(f"unknown checkpoint source {source!r}; known: {', '.join(sorted(CONVERTERS))}")
-    state, meta = load_checkpoint_with_meta(in_path)
-    fn = CONVERTERS[source].fn
-    accepts = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in (("config", config), ("opts", list(opts)), ("meta", meta)) if k in accepts}
-    try:
-        result = fn(state, **kwargs)
-    except ConversionError as e:
-        raise ConversionError(f"{in_path}: {e}") from None
-    if config is not None:
-        result.config = config
-    result.opts = list(result.opts) + list(opts)
-    if result.backbone_only:
-        from .torchvision_resnet import finish_backbone_conversion
-
-        return finish_backbone_conversion(result, out_path, source=source)
-    expected = expected_state_shapes(result.config, result.opts, result.prefix)
-    result.state_dict = _match_bn_counters(result.state_dict, expected)
-    verify_state_dict(
-        result.state_dict, result.config, result.opts, source=source, prefix=result.prefix, expected=expected
-    )
-    with atomic_write(out_path) as f:
-        torch.save(
-            {
-                "model": {k: v.contiguous() for k, v in result.state_dict.items()},
-                "__author__": f"solo_d2 convert_checkpoint --from {source}",
-                "matching_heuristics": False,
-            },
-            f,
-        )
-    return result

@@ -50,7 +50,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .core import Conversion, ConversionError, register_converter, rename_keys
+from .core import Conversion, ConversionError, build_cfg, register_converter, rename_keys
 from .mmcv_config import config_text_of, head_facts
 from .resnet import torchvision_resnet_rules
 from .solo_mmdet_detect import PRED_LISTS, TOWERS, detect_variant, resnet_depth
@@ -251,8 +251,6 @@ def _config_for(layout: Layout, variant: Dict, config: Optional[str] = None, opt
     With ``config`` (``--config-file``), that config merged with ``opts`` must already hold
     every value read from the checkpoint: ConversionError lists those it does not, and no
     opts are added."""
-    from .core import build_cfg
-
     settings = {**_CONVENTION, **variant["settings"]}
     if config is not None:
         wrong = _differences(build_cfg(config, opts), settings)

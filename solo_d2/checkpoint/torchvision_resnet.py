@@ -23,10 +23,18 @@ import re
 from typing import Dict, Sequence
 
 import torch
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from detectron2.modeling import build_model
 
 from ..utils.io import atomic_write
-
-from .core import Conversion, ConversionError, _short_list, build_cfg, register_converter, rename_keys
+from .core import (
+    Conversion,
+    ConversionError,
+    _short_list,
+    build_cfg,
+    register_converter,
+    rename_keys,
+)
 from .resnet import torchvision_resnet_rules
 from .solo_mmdet import resnet_depth
 
@@ -92,9 +100,6 @@ def verify_backbone_init(state: Dict[str, torch.Tensor], config: str, opts: Sequ
 
     Returns ``{model_key: checkpoint_key}`` of the matches.
     """
-    from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
-    from detectron2.modeling import build_model
-
     model_state = build_model(build_cfg(config, opts)).state_dict()
     ckpt = {k: torch.as_tensor(v) for k, v in state.items()}
     aligned = align_and_update_state_dicts(model_state, dict(ckpt), c2_conversion=False)

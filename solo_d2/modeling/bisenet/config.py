@@ -5,10 +5,8 @@ so it can run after, before or twice with the other solo_d2 adders.
 """
 from detectron2.config import CfgNode as CN
 
-
-def _add(node, key, value):
-    if key not in node:
-        node[key] = value
+from ...common_config import add_common_config
+from ...common_config import add_key as _add
 
 
 def add_bisenet_config(cfg):
@@ -37,8 +35,6 @@ def add_bisenet_config(cfg):
       - ``MODE``: "whole" (the padded full image) or "slide" (crop windows).
       - ``CROP_SIZE`` / ``STRIDE``: [h, w] of the sliding window and its step.
     """
-    from ...config import add_common_config
-
     add_common_config(cfg)
 
     _add(cfg.MODEL, "BISENET", CN())

@@ -67,11 +67,13 @@ Inference
 """
 from detectron2.config import CfgNode as CN
 
+from ...common_config import add_common_config
+from .losses import DICE_NORMALIZERS
+from .targets import GRID_ROUNDINGS, MASK_RESIZES
+
 
 def add_solo_config(cfg):
     """Add ``MODEL.SOLO.*`` (and the keys shared by all solo_d2 methods) to ``cfg``."""
-    from ...config import add_common_config
-
     add_common_config(cfg)
     if "SOLO" in cfg.MODEL:
         return cfg
@@ -148,9 +150,6 @@ def validate_solo_config(c) -> None:
     for key in ("NMS_PRE", "MAX_PER_IMG"):
         if int(c[key]) <= 0:
             bad(key, c[key], "must be positive")
-    from .losses import DICE_NORMALIZERS
-    from .targets import GRID_ROUNDINGS, MASK_RESIZES
-
     for key, allowed in (
         ("MASK_TARGETS", ("auto", "per_cell", "per_instance")),
         ("GRID_ROUNDING", GRID_ROUNDINGS),

@@ -1,2 +1,0 @@
-"""Imports every converter module so that their sources are registered."""
-from . import adelaidet, bisenet, solo_mmdet, torchvision_resnet  # noqa: F401
