@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from solo_d2.modeling.solo.losses import dice_loss, reduce_num_pos, solo_loss
+from solo_d2.modeling.solo.losses import dice_loss, solo_loss
 from solo_d2.modeling.solo.targets import LevelTargets, solo_targets
+from solo_d2.utils.comm import reduce_mean
 
 C = 3
 
@@ -104,8 +105,8 @@ def test_normalized_like_the_references():
 
 
 def test_reduce_num_pos_single_process_is_identity():
-    assert reduce_num_pos(torch.tensor(0.0)).item() == 0.0
-    assert reduce_num_pos(torch.tensor([7.0, 9.0])).tolist() == [7.0, 9.0]
+    assert reduce_mean(torch.tensor(0.0)).item() == 0.0
+    assert reduce_mean(torch.tensor([7.0, 9.0])).tolist() == [7.0, 9.0]
 
 
 def test_backward_with_every_image_empty():

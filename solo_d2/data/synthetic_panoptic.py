@@ -36,7 +36,16 @@ import os
 import numpy as np
 from PIL import Image
 
-from .synthetic import COCO_CLASSES, _coco_annotations, _coco_scene, _ensure, _save_png, _texture, _visible_masks
+from .panoptic import rgb2id
+from .synthetic import (
+    COCO_CLASSES,
+    _coco_annotations,
+    _coco_scene,
+    _ensure,
+    _save_png,
+    _texture,
+    _visible_masks,
+)
 
 __all__ = [
     "PANOPTIC_CATEGORIES",
@@ -62,12 +71,6 @@ PANOPTIC_CATEGORIES = [
 ]
 _STUFF = [c for c in PANOPTIC_CATEGORIES if not c["isthing"]]
 _SKY, _GROUND, _WALL = 1, 2, 3  # stuff layout labels (index into _STUFF plus one); 0 = void
-
-
-def rgb2id(color):
-    """COCO panoptic id ``R + 256 G + 256^2 B`` of an ``[H, W, 3]`` image (int64), as panopticapi."""
-    color = np.asarray(color).astype(np.int64)
-    return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
 
 
 def id2rgb(ids):

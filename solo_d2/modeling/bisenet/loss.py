@@ -13,8 +13,9 @@ exactly.
 import math
 
 import torch
-import torch.distributed as dist
 from torch.nn import functional as F
+
+from ...utils.comm import reduce_mean
 
 __all__ = [
     "ohem_cross_entropy",
@@ -22,7 +23,6 @@ __all__ = [
     "pixel_losses",
     "cross_entropy",
     "seg_loss",
-    "reduce_normalizer",
     "head_loss_config",
 ]
 
@@ -40,16 +40,6 @@ def head_loss_config(cfg) -> dict:
         "ohem_thresh": b.OHEM_THRESH,
         "ohem_min_kept_divisor": b.OHEM_MIN_KEPT_DIVISOR,
     }
-
-
-def reduce_normalizer(count: torch.Tensor) -> torch.Tensor:
-    """Mean of ``count`` over distributed workers (identity without distributed)."""
-    count = count.detach().float()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        count = count.clone()
-        dist.all_reduce(count)
-        count = count / dist.get_world_size()
-    return count.clamp(min=1.0)
 
 
 def pixel_losses(logits, targets, ignore_value=255):
@@ -105,14 +95,14 @@ def ohem_cross_entropy(logits, targets, ignore_value=255, thresh=0.7, min_kept_d
     loss, valid = pixel_losses(logits, targets, ignore_value)
     kept, counts = ohem_selection(loss, valid, thresh, min_kept_divisor)
     kept_sum = torch.where(kept, loss, torch.zeros_like(loss)).sum()
-    normalizer = reduce_normalizer(torch.tensor(float(counts["n_kept"]), device=loss.device))
+    normalizer = reduce_mean(torch.tensor(float(counts["n_kept"]), device=loss.device)).clamp(min=1.0)
     return kept_sum / normalizer
 
 
 def cross_entropy(logits, targets, ignore_value=255):
     """Plain cross entropy averaged over valid pixels (normalizer reduced over workers)."""
     loss, valid = pixel_losses(logits, targets, ignore_value)
-    normalizer = reduce_normalizer(valid.sum())
+    normalizer = reduce_mean(valid.sum()).clamp(min=1.0)
     return (loss * valid).sum() / normalizer
 
 

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from detectron2.utils import comm
 from torch import Tensor
 
+from ...utils.comm import reduce_mean
 from .targets import LevelTargets
 
-__all__ = ["dice_loss", "indexed_dice_loss", "sigmoid_focal_loss_sum", "solo_loss", "reduce_num_pos", "DICE_NORMALIZERS"]
+__all__ = ["dice_loss", "indexed_dice_loss", "sigmoid_focal_loss_sum", "solo_loss", "DICE_NORMALIZERS"]
 
 DICE_NORMALIZERS = ("targets", "cells")
 
@@ -104,24 +105,6 @@ def sigmoid_focal_loss_sum(logits: Tensor, targets: Tensor, alpha: float = 0.25,
     return loss.sum()
 
 
-def reduce_num_pos(num_pos: Tensor) -> Tensor:
-    """Average a count over workers (all_reduce when distributed).
-
-    Args:
-        num_pos: scalar float tensor, this worker's count.
-
-    Returns:
-        scalar float tensor, ``sum over workers / world size``.
-    """
-    num_pos = num_pos.detach().float()
-    world = comm.get_world_size()
-    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        num_pos = num_pos.clone()
-        torch.distributed.all_reduce(num_pos)
-        num_pos = num_pos / world
-    return num_pos
-
-
 def _flatten_cate(cate_logits: Sequence[Tensor], targets: Sequence[LevelTargets], num_classes: int):
     """Concatenate all levels: logits [M, C] and one-hot float targets [M, C] (float32, or
     float64 for float64 logits), M = sum B*S*S."""
@@ -187,7 +170,7 @@ def solo_loss(
     logits, onehot = _flatten_cate(cate_logits, targets, num_classes)
     # positive cells (a device sum, never read back) and mask targets (known on the host)
     num_pos = torch.stack([t.pos_mask.sum() for t in targets]).sum().float()
-    num_pos, num_masks = reduce_num_pos(torch.stack([num_pos, torch.full_like(num_pos, sum(t.num_targets for t in targets))])).unbind(0)
+    num_pos, num_masks = reduce_mean(torch.stack([num_pos, torch.full_like(num_pos, sum(t.num_targets for t in targets))])).unbind(0)
     # worker-averaged counts: (N_total + 1) / W makes the average of the workers' losses equal
     # the loss of one process on the whole batch (N + 1 on one process, as the references)
     world = float(comm.get_world_size())
@@ -203,9 +186,7 @@ def solo_loss(
                 f"solo_loss: level {lvl} mask_probs {tuple(probs.shape)} do not match its "
                 f"{tgt.num_targets} mask targets of size {tuple(tgt.target_masks.shape[-2:])}"
             )
-        # `probs.sum() * 0` keeps empty levels in the graph (DDP needs every output used)
-        dice = indexed_dice_loss(probs, tgt.target_masks, tgt.target_rows)
-        dice_terms.append(dice.sum() + probs.float().sum() * 0.0)
+        dice_terms.append(indexed_dice_loss(probs, tgt.target_masks, tgt.target_rows).sum())
     divisor = num_masks if dice_normalizer == "targets" else num_pos
     loss_mask = mask_weight * torch.stack(dice_terms).sum() / divisor.clamp(min=1.0 / world)
     return {"loss_cate": loss_cate, "loss_mask": loss_mask}

@@ -21,7 +21,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.utils import comm
 from torch import nn
 
-from .losses import reduce_num_pos
+from ...utils.comm import reduce_mean
 from .mask_branch import SOLOv2MaskBranch, fused_channels
 
 __all__ = ["SOLOv2StuffHead"]
@@ -81,7 +81,7 @@ class SOLOv2StuffHead(nn.Module):
         if self.training:
             # the mean over the labelled pixels of all workers (their count all-reduced, as SOLO's
             # positives), so N workers give the loss of one process on the whole batch
-            valid = reduce_num_pos((targets != self.ignore_value).sum().float())
+            valid = reduce_mean((targets != self.ignore_value).sum().float())
             loss = F.cross_entropy(x.float(), targets, reduction="sum", ignore_index=self.ignore_value)
             world = float(comm.get_world_size())
             return None, {"loss_sem_seg": loss / valid.clamp(min=1.0 / world) * self.loss_weight}
