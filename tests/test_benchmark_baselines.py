@@ -1,6 +1,8 @@
 """The baselines of ``tools/benchmark.py`` (in ``solo_d2/benchmark/baselines.py``) compute what
-solo_d2 computes (so its ratios compare equal work), the report merges partial runs, and
-``--quick`` keeps the tool running. No test here asserts a time."""
+solo_d2 computes (so its ratios compare equal work) and, where ``ADELAIDET_ROOT`` names an
+AdelaiDet checkout, what the port's own code computes (the re-implementations serve only
+``--quick`` runs); the report merges partial runs, and ``--quick`` keeps the tool running. No
+test here asserts a time. The module needs no ``tests/conftest.py`` fixture."""
 import os
 import subprocess
 import sys
@@ -8,14 +10,34 @@ import sys
 import pytest
 import torch
 
+from solo_d2.benchmark import adelaidet_port
 from solo_d2.benchmark import baselines as bl
 from solo_d2.benchmark import report
 from solo_d2.modeling.solo.matrix_nms import mask_iou_matrix, matrix_nms
-from solo_d2.modeling.solo.postprocess import _paste, masks_to_boxes
+from solo_d2.modeling.solo.postprocess import paste_masks
 from solo_d2.modeling.solo.targets import solo_targets
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_port = pytest.mark.skipif(not os.environ.get(adelaidet_port.ENV),
+                                reason=f"set {adelaidet_port.ENV} to a checkout of aim-uofa/AdelaiDet")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread (as ``tests/conftest.py``'s fixture of that name; defined here so that
+    the module runs without it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def port():
+    """The AdelaiDet port's SOLOv2 modules and its R50 model, loaded from ``ADELAIDET_ROOT``."""
+    mods = adelaidet_port.load_adelaidet_solov2()
+    return mods, adelaidet_port.build_port_model(mods)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +51,7 @@ def test_adelaidet_postprocess_baseline_matches_solo_d2(small_solov2, output_siz
     out = output_size or padded
     with torch.no_grad():
         ours = bl.solo_d2_postprocess(small_solov2, cate, mask_out, padded, output_size)
-        masks, scores, labels = bl.adelaidet_postprocess(cate, mask_out, padded, out, small_solov2.test_cfg)
+        masks, scores, labels = bl.adelaidet_postprocess(cate, mask_out, padded, out, bl.test_cfg_of(small_solov2))
     assert len(ours) > 3 and ours.image_size == tuple(out)
     assert torch.equal(ours.pred_classes, labels)
     torch.testing.assert_close(ours.scores, scores, atol=1e-6, rtol=0)
@@ -38,15 +60,14 @@ def test_adelaidet_postprocess_baseline_matches_solo_d2(small_solov2, output_siz
 
 def test_adelaidet_postprocess_baseline_with_more_candidates_than_nms_pre(small_solov2):
     cate, mask_out, padded = bl.synthetic_solov2_outputs(150, size=(128, 192), num_objects=12, seed=2)
-    cfg = dict(small_solov2.test_cfg)
-    small_solov2.test_cfg["nms_pre"] = 40
+    nms_pre = small_solov2.nms_pre
+    small_solov2.nms_pre = 40
     try:
         with torch.no_grad():
             ours = bl.solo_d2_postprocess(small_solov2, cate, mask_out, padded)
-            masks, scores, labels = bl.adelaidet_postprocess(cate, mask_out, padded, padded, small_solov2.test_cfg)
+            masks, scores, labels = bl.adelaidet_postprocess(cate, mask_out, padded, padded, bl.test_cfg_of(small_solov2))
     finally:
-        small_solov2.test_cfg.clear()
-        small_solov2.test_cfg.update(cfg)
+        small_solov2.nms_pre = nms_pre
     assert torch.equal(ours.pred_classes, labels) and torch.equal(ours.pred_masks, masks)
     torch.testing.assert_close(ours.scores, scores, atol=1e-6, rtol=0)
 
@@ -92,9 +113,7 @@ def test_matrix_nms_and_paste_baselines_match():
     assert torch.equal(matrix_nms(masks, labels, scores), ref)
     soft = bl.paste_inputs(9, (70, 101))
     for out in [(70, 101), (97, 203)]:
-        masks_new, boxes = _paste(soft, (70, 101), out, 0.5, 32)
-        assert torch.equal(masks_new, bl.old_paste(soft, (70, 101), out))
-        assert torch.equal(boxes, masks_to_boxes(masks_new))
+        assert torch.equal(paste_masks(soft, (70, 101), out, 0.5), bl.old_paste(soft, (70, 101), out))
 
 
 def test_benchmark_quick_runs(tmp_path):
@@ -112,7 +131,7 @@ def test_benchmark_quick_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
-    for section in ("postprocess", "nms", "paste", "targets", "bisenet", "training"):
+    for section in ("postprocess", "nms", "paste", "targets", "bisenet", "training", "counts"):
         assert f"## {section}" in text
     assert "DIFFERENT" not in text and "failed" not in text
     assert "torch " in text and "detectron2 " in text
@@ -144,7 +163,14 @@ def test_partial_benchmark_run_replaces_only_its_sections():
     assert "- Goal one: **met** (1x)." in merged and "- Goal two: **met** (30x)." in merged
     assert "Goal two: **not met**" not in merged
     assert merged.count("## alpha") == merged.count("## beta") == merged.count("## Notes") == 1
-    assert "machine: B" in merged and "Sections beta from this run" in merged
+    assert "machine: A" in merged.split("## ")[0] and "Section beta: machine: B (this run" in merged
+    gamma = report.render("machine: D", [], [("gamma", [("g", "4 ms", "", "")])], quick=False)
+    with_gamma = report.merge(merged, gamma, "machine: D", order=["alpha", "gamma", "beta"])
+    assert with_gamma.index("## alpha") < with_gamma.index("## gamma") < with_gamma.index("## beta")
+    assert report.merge(merged, gamma, "machine: D").index("## gamma") < with_gamma.index("## Notes")
+    again = report.merge(merged, new, "machine: C")  # a later run of the same section replaces that paragraph
+    assert "Section beta: machine: C" in again and "Section beta: machine: B" not in again
+    assert "machine: A" in again.split("## ")[0] and again.count("## beta") == 1
 
 
 def test_cudnn_flags_are_restored_after_the_block_even_when_it_raises():
@@ -159,3 +185,90 @@ def test_cudnn_flags_are_restored_after_the_block_even_when_it_raises():
         with cudnn_flags(benchmark=not before[1]):
             raise RuntimeError("inside")
     assert (cudnn.allow_tf32, cudnn.benchmark) == before
+
+
+# ----------------------------------------------------------------------------- the port itself
+@needs_port
+def test_adelaidet_postprocess_baseline_equals_the_port(port):
+    mods, model = port
+    cate, mask_out, padded = bl.synthetic_solov2_outputs(120, size=(128, 192), num_objects=12, seed=1)
+    with torch.no_grad():
+        ref = adelaidet_port.postprocess(mods, model, cate, mask_out, padded)
+        cfg = {"score_thr": model.score_threshold, "mask_thr": model.mask_threshold, "nms_pre": model.max_before_nms,
+               "update_thr": model.update_threshold, "max_per_img": model.max_per_img, "sigma": model.nms_sigma}
+        masks, scores, labels = bl.adelaidet_postprocess(cate, mask_out, padded, padded, cfg)
+    assert len(ref) > 10
+    assert torch.equal(ref.pred_masks, masks) and torch.equal(ref.scores, scores) and torch.equal(ref.pred_classes, labels)
+
+
+@needs_port
+def test_adelaidet_target_loops_baseline_equals_the_port(port):
+    """Equal where the image sides are multiples of 4 (every benchmark size): there the port's
+    cv2 resize of the mask and the baseline's bilinear resize give the same pixels."""
+    mods, model = port
+    h, w = 96, 160
+    masks, classes = bl.random_instances(2, 7, h, w, seed=5)
+    masks[1][3] = False  # an empty instance
+    boxes = bl.boxes_of(masks)
+    ranges = [(1, 24), (12, 48), (24, 96), (48, 192), (96, 2048)]
+    size = (h // 4, w // 4)
+    ref = bl.adelaidet_targets(masks, classes, boxes, [size] * 5, ranges=ranges)
+    scale_ranges, model.scale_ranges = model.scale_ranges, ranges
+    try:
+        ins, cate, _, order = adelaidet_port.targets(
+            model, [adelaidet_port.gt_instances(m, c, b) for m, c, b in zip(masks, classes, boxes)], size)
+    finally:
+        model.scale_ranges = scale_ranges
+    n = 0
+    for level, (labels, entries, mask_targets) in enumerate(ref):
+        assert torch.equal(labels, torch.stack([cate[b][level] for b in range(2)]))
+        assert [e[2] for e in entries] == [c for b in range(2) for c in order[b][level]]
+        assert torch.equal(mask_targets, torch.cat([ins[b][level] for b in range(2)]).float())
+        n += len(entries)
+    assert n > 10
+
+
+@needs_port
+def test_one_matmul_nms_baseline_equals_the_port(port):
+    mods, _ = port
+    g = torch.Generator().manual_seed(0)
+    masks = bl.random_instances(1, 40, 30, 44, seed=4)[0][0]
+    labels = torch.randint(0, 6, (40,), generator=g)
+    scores = torch.rand(40, generator=g).sort(descending=True).values
+    ref = mods.utils.matrix_nms(labels, masks, masks.flatten(1).sum(1).float(), scores, sigma=2.0, kernel="gaussian")
+    torch.testing.assert_close(bl.one_matmul_nms(masks, labels, scores), ref, atol=1e-6, rtol=0)
+
+
+@needs_port
+def test_solo_d2_twin_of_the_port_has_the_same_head_outputs(port):
+    """The counts section's two models: the port's weights converted into solo_d2's recipe
+    config give the same head outputs."""
+    _, model = port
+    ours = adelaidet_port.solo_d2_twin(model)
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = model.backbone(model.preprocess_image([{"image": image}]).tensor)
+        cate, kernels = model.ins_head(model.split_feats([feats[f] for f in model.instance_in_features]))
+        mask = model.mask_head([feats[f] for f in model.mask_in_features])
+        cate2, mask_outputs = ours._head_outputs(ours.preprocess_image([{"image": image}]))
+    for a, b in zip(cate, cate2):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for k, (k2, m2) in zip(kernels, mask_outputs):
+        torch.testing.assert_close(k, k2, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mask, m2, atol=1e-5, rtol=1e-5)
+
+
+def test_port_loader_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.delenv(adelaidet_port.ENV, raising=False)
+    with pytest.raises(adelaidet_port.PortNotFound, match=adelaidet_port.ENV):
+        adelaidet_port.adelaidet_root()
+    with pytest.raises(adelaidet_port.PortNotFound, match="not an AdelaiDet checkout"):
+        adelaidet_port.adelaidet_root(str(tmp_path))
+
+
+def test_counts_section_without_a_checkout_says_not_measured(monkeypatch):
+    from solo_d2.benchmark.runner import bench_counts
+
+    monkeypatch.delenv(adelaidet_port.ENV, raising=False)
+    rows, results = bench_counts(quick=True)
+    assert rows == [("op and sync counts", f"not measured: set {adelaidet_port.ENV}", "", "")] and results == {}

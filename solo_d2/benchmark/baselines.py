@@ -1,10 +1,12 @@
 """Baselines and inputs of the benchmarks (``tools/benchmark.py``, :mod:`solo_d2.benchmark.runner`).
 
-The baselines are the public implementations' algorithms re-implemented (AdelaiDet's SOLOv2
-post-processing and target loops, the references' one-matmul Matrix NMS, solo_d2's previous
-paste), next to the solo_d2 calls they are compared with; the inputs are synthetic (head
-outputs shaped like SOLOv2 R50's, random disc instances, training batches).
-``tests/test_benchmark_baselines.py`` checks that each baseline computes what solo_d2 computes.
+The full runs compare solo_d2 with AdelaiDet's own code, loaded at run time from the checkout
+named by ``ADELAIDET_ROOT`` (:mod:`solo_d2.benchmark.adelaidet_port`). The re-implementations
+here (AdelaiDet's SOLOv2 post-processing and target loops, the references' one-matmul Matrix
+NMS) serve ``--quick`` runs (CI has no checkout); ``tests/test_benchmark_baselines.py`` checks
+them equal to the port once (when ``ADELAIDET_ROOT`` is set) and to solo_d2. solo_d2's previous
+paste is a baseline of the paste section. The inputs are synthetic (head outputs shaped like
+SOLOv2 R50's, random disc instances, training batches).
 """
 import math
 
@@ -22,13 +24,14 @@ RANGES = [(1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)]
 STRIDES = [8, 8, 16, 32, 32]
 
 
-def synthetic_solov2_outputs(num_candidates, size=(800, 1216), dim=256, num_objects=60, seed=0):
+def synthetic_solov2_outputs(num_candidates, size=(800, 1216), dim=256, num_objects=60, seed=0, scores=(0.12, 0.97)):
     """Head outputs of one image shaped like SOLOv2 R50's, with object-like masks.
 
     Mask features are ``dim - 1`` Gaussian blobs and a constant channel; the kernel of a
     candidate cell selects one object's blob (``mask = sigmoid(12 blob - 6 + noise)``), so
     several cells predict each object (duplicates for the NMS). About ``num_candidates``
-    (cell, class) pairs pass the 0.1 score threshold after point NMS, one class per cell.
+    (cell, class) pairs pass the 0.1 score threshold after point NMS, one class per cell, with
+    category scores uniform in ``scores``.
 
     Returns ``(cate_logits, mask_outputs, padded_hw)`` as ``SOLOv2Head`` returns them.
     """
@@ -51,7 +54,7 @@ def synthetic_solov2_outputs(num_candidates, size=(800, 1216), dim=256, num_obje
     kernels_flat[cells, obj] += 12.0
     kernels_flat[:, dim - 1] = -6.0
     cate_flat = torch.full((total, 80), -8.0)
-    probs = 0.12 + 0.85 * torch.rand(num_candidates, generator=g)
+    probs = scores[0] + (scores[1] - scores[0]) * torch.rand(num_candidates, generator=g)
     cate_flat[cells, obj_class[obj]] = torch.log(probs / (1 - probs))
     cate_logits, mask_outputs, start = [], [], 0
     for s in GRIDS:
@@ -62,8 +65,17 @@ def synthetic_solov2_outputs(num_candidates, size=(800, 1216), dim=256, num_obje
     return cate_logits, mask_outputs, size
 
 
+def test_cfg_of(model):
+    """The inference hyperparameters of a solo_d2 ``SOLO`` model as :func:`adelaidet_postprocess`
+    reads them."""
+    return {"score_thr": model.score_thresh, "mask_thr": model.mask_thresh, "nms_pre": model.nms_pre,
+            "update_thr": model.update_thresh, "max_per_img": model.max_per_img, "sigma": model.nms_sigma}
+
+
 def adelaidet_postprocess(cate_logits, mask_outputs, image_size, output_size, test_cfg, strides=STRIDES):
-    """Baseline: AdelaiDet's SOLOv2 ``inference_single_image`` (one image, Matrix NMS)."""
+    """Baseline of ``--quick`` runs: AdelaiDet's SOLOv2 ``inference_single_image`` (one image,
+    Matrix NMS) re-implemented; ``tests/test_benchmark_baselines.py`` checks it equal to the
+    port's own code (:mod:`solo_d2.benchmark.adelaidet_port`), which the full runs time."""
     cate = torch.cat([point_nms(c.sigmoid()).permute(0, 2, 3, 1).reshape(-1, c.shape[1]) for c in cate_logits])
     kernels = torch.cat([k.permute(0, 2, 3, 1).reshape(-1, k.shape[1]) for k, _ in mask_outputs])
     seg = mask_outputs[0][1]
@@ -171,7 +183,8 @@ def random_instances(batch, n, h, w, seed=0):
 
 def adelaidet_targets(gt_masks, gt_classes, gt_boxes, mask_sizes, sigma=0.2, num_classes=80,
                       grids=GRIDS, ranges=RANGES):
-    """Baseline: AdelaiDet's SOLOv2 target loops (``get_ground_truth_single``), per image, level,
+    """Baseline of ``--quick`` runs (the full runs time the port's own ``get_ground_truth``):
+    AdelaiDet's SOLOv2 target loops (``get_ground_truth_single``), per image, level,
     instance and cell: center of mass of the full mask, float32 floor-division cells, the last
     claimant's label, the mask resized per (level, instance) and copied into a new uint8 target
     per claimed cell, stacked per image; targets of the images concatenated and made float as

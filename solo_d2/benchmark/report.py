@@ -1,6 +1,6 @@
-"""The markdown report of the benchmarks (``tools/benchmark.py``): the goals of issues 10 and
-12 with a verdict from the run's figures, the tables, the notes, and the merge of a partial run
-(``--only``) into an earlier report."""
+"""The markdown report of the benchmarks (``tools/benchmark.py``): the goals of issues 10, 12
+and 29 with a verdict from the run's figures, the tables, the notes, and the merge of a partial
+run (``--only``) into an earlier report."""
 
 NOTES = """## Notes
 
@@ -8,29 +8,56 @@ NOTES = """## Notes
   warm-up, the two interleaved where the machine's load drifts). The absolute times depend on
   the machine and its load; the ratios are what to compare. The project's build machine is a
   2-core CPU shared with other jobs, so the published run uses one torch thread.
-- Baselines, each checked by `tests/test_benchmark_baselines.py` to compute the same result as
-  solo_d2 on small cases:
-  - post-processing: AdelaiDet's SOLOv2 `inference_single_image` (masks of every candidate above
-    the score threshold by one 1x1 conv over all candidate kernels, area filter, maskness, sort,
-    top `nms_pre`, Matrix NMS with one IoU matmul, top `max_per_img`, upsampling of the kept
-    masks). The head outputs are synthetic but shaped like SOLOv2 R50's at 800x1216 (256 mask
-    feature channels, grids 40/36/24/16/12) with object-like masks, so that the kept masks and
-    the NMS work are realistic; the "same output" flag compares masks exactly and scores to 1e-6.
-  - target assignment: AdelaiDet's `get_ground_truth_single` loops (per image, level, instance
-    and claimed cell, a new uint8 target per cell, made float as its loss does).
+- Baselines: every ratio that names AdelaiDet compares with AdelaiDet's own code
+  (`adet/modeling/solov2/{utils,loss,solov2}.py` and its config defaults), loaded at run time
+  from the checkout that `ADELAIDET_ROOT` names by `solo_d2/benchmark/adelaidet_port.py` (never
+  copied into this repository; without the variable those columns say "not measured").
+  `--quick` runs (CI, no checkout) use re-implementations in `solo_d2/benchmark/baselines.py`,
+  which `tests/test_benchmark_baselines.py` checks equal to the port (when `ADELAIDET_ROOT` is
+  set) and to solo_d2:
+  - post-processing: the port's `point_nms` of the sigmoid per level, as its `forward` does, then
+    its `SOLOv2.inference` (`inference_single_image`: masks of every candidate above the score
+    threshold by one 1x1 conv over all candidate kernels, area filter, maskness, sort, top
+    `nms_pre`, Matrix NMS with one IoU matmul, top `max_per_img`, upsampling of the kept masks).
+    The head outputs are synthetic but shaped like SOLOv2 R50's at 800x1216 (256 mask feature
+    channels, grids 40/36/24/16/12) with object-like masks, so that the kept masks and the NMS
+    work are realistic; the "same output" flag compares masks exactly and scores to 1e-6.
+  - Matrix NMS: the port's `matrix_nms` (gaussian, sigma 2).
+  - target assignment: the port's `get_ground_truth` (per image `get_ground_truth_single`: loops
+    per level, instance and claimed cell, a new uint8 target per cell; masks resized by cv2 on
+    the host); with the dice loss: its targets concatenated per level as its `loss` does, then
+    its `dice_loss`. Its target rule (unpadded masks resized by cv2) is not solo_d2's recipe
+    rule, so the two may make a few different mask targets (the row says so when the counts
+    differ).
   - paste: solo_d2's previous paste (chunks of 32 masks resized in float at the output size).
-- solo_d2's post-processing computes each distinct candidate cell's mask once (one matmul per
-  level, written in place), area and maskness in one fused pass, Matrix NMS IoUs per block of
-  classes, and pastes each kept mask only around its foreground (same pixels as resizing the
-  whole mask, see `_paste_boxes`) when the output size is the input size; otherwise whole
-  masks in chunks bounded to ~0.4x the boolean output.
+- Op and sync counts (section `counts`): `solo_d2/benchmark/counting.py`'s `OpCounter`, a
+  `TorchDispatchMode` that counts the ATen operations that launch a kernel on a GPU (views,
+  metadata, allocations and operations with empty outputs launch none) and the operations that
+  make the host wait for the device (`nonzero`, `.item()`/`int()`/`float()`/`bool()`, bool-mask
+  indexing, `unique`, `bincount`, `repeat_interleave` without `output_size`, `.tolist()`,
+  `.cpu()`, copies of host data to the device, indexing with a Python list); its docstring gives
+  every rule. Counts are exact: each is taken twice after a warm-up call and must agree. Both
+  models are built on the CPU in float32, eval mode: the port's own `SOLOv2` of its
+  `configs/SOLOv2/R50_3x.yaml` (its initialization under `torch.manual_seed(0)`) and solo_d2's
+  `configs/SOLOv2/R50_3x.yaml` with those weights converted by the `adelaidet-solov2` converter
+  of `tools/convert_checkpoint.py` (their head outputs are identical). Post-processing rows
+  start from head outputs made as in the `postprocess` section (two of them with 8 objects and
+  scores 0.12-0.3, so that fewer detections are kept); whole-model inference starts from a
+  uint8 image on the host (one host-to-device copy each), with the category bias of both models
+  shifted so that about 300 candidates pass the score threshold (random weights put every score
+  near the prior, 0.01); training rows count targets, losses and backward from head outputs
+  that require gradients, ground truth already on the device: the port's `get_ground_truth` +
+  `loss`, solo_d2's `SOLO.losses` with the recipe's target rule. The port's focal loss is
+  fvcore's TorchScript `sigmoid_focal_loss_jit`, counted op by op as the CPU runs it (a GPU's
+  TorchScript fuser may merge some of its elementwise kernels).
 - Paste memory is the resident-set high-water mark above the memory in use before the call
   (Linux `VmHWM`, reset through `/proc/self/clear_refs`); "kept bool masks" is K x H x W bytes.
 - Target assignment returns compact mask targets: each instance mask resized once per mask
   size (bool) and a row index per (cell, instance) target; the dice loss reads them through the
   index (`indexed_dice_loss`, bit-identical to the dense loss), so the "targets + dice loss"
-  row compares the whole work against the loops plus AdelaiDet's dice on float targets. With
-  annotation boxes, masks are read in windows around the boxes after one integer pass over all
+  row compares the whole work against the loops plus AdelaiDet's dice on float targets. The
+  rest of this note records the measurements of the target assignment before issue 29 (up to
+  6333609, `mask_geometry.py`, since removed): with annotation boxes, masks were read in windows around the boxes after one integer pass over all
   masks (row counts; it also proves every window holds its whole mask); that pass is the
   floor reported under the row. The random instances here are discs of radius up to a third of
   the image height: the windows hold 7.8% of the pixels (3.0 of 38.9 MB), and the stacks they
@@ -98,8 +125,15 @@ NOTES = """## Notes
 """
 
 
+# column titles of the sections' tables (None: every other section)
+HEADERS = {
+    None: ("what", "solo_d2", "baseline", "ratio"),
+    "counts": ("per image / step", "solo_d2", "AdelaiDet port (its own `adet/modeling/solov2`)", "solo_d2 / port"),
+}
+
+
 def goals(results):
-    """Issue 10 / 12 goals with a verdict computed from this run's figures."""
+    """Issue 10 / 12 / 29 goals with a verdict computed from this run's figures."""
     lines = []
 
     def verdict(ok):
@@ -122,11 +156,27 @@ def goals(results):
         lines.append(f"- Target assignment at least 20x faster than the loops: {verdict(min(r1, r2) >= 20)} "
                      f"({r1:.2f}x with 1 thread, {r2:.2f}x with 2 threads as in the issue, medians of the "
                      f"rounds' ratios; rounds with 2 threads: {results['targets_rounds_2'][0]:.1f}-"
-                     f"{results['targets_rounds_2'][-1]:.1f}x; one integer pass over "
-                     f"all masks, which exactness needs, is {results['targets_pass_s_1'] / results['targets_vec_s_1']:.0%} "
-                     f"of solo_d2's time with 1 thread). With the dice loss forward and backward: "
+                     f"{results['targets_rounds_2'][-1]:.1f}x). With the dice loss forward and backward: "
                      f"{results['targets_loss_speedup']:.1f}x. Linear in instances: "
                      f"{results['slope_s'] * 1e3:.2f} ms per instance per image.")
+    post = {k[len("count_post_"):]: v for k, v in results.items() if k.startswith("count_post_")}
+    if post:  # (solo_d2 ops, syncs, port ops, syncs)
+        ok = all(o <= po and s <= 4 for o, s, po, _ in post.values()) and len({v[1] for v in post.values()}) == 1
+        lines.append(f"- Post-processing at most the port's kernel ops and at most 4 syncs per image, the same syncs "
+                     f"for every number of candidates (issue 29): {verdict(ok)} ("
+                     + "; ".join(f"{k}: {o} ops against {po}, {s} syncs against {ps}" for k, (o, s, po, ps) in post.items())
+                     + ").")
+    if "count_model" in results:
+        o, s, po, ps = results["count_model"]
+        lines.append(f"- Whole-model inference in fewer kernel ops than the port (issue 29): {verdict(o < po)} "
+                     f"({o} ops against {po}, {s} syncs against {ps}).")
+    train = {k[len("count_train_"):]: v for k, v in results.items() if k.startswith("count_train_")}
+    if train:
+        syncs = {v[1] for v in train.values()}
+        lines.append(f"- Training step syncs constant in the number of instances and at most 20 (issue 29): "
+                     f"{verdict(len(syncs) == 1 and max(syncs) <= 20)} ("
+                     + "; ".join(f"{k} instances per image: {s} syncs against the port's {ps}, {o} ops against {po}"
+                                 for k, (o, s, po, ps) in train.items()) + ").")
     bis = {k: v for k, v in results.items() if k.startswith("BiSeNet")}
     if bis:
         lines.append("- BiSeNet in-place activations: " + ", ".join(f"{k} {v:.2f}x" for k, v in bis.items())
@@ -149,9 +199,9 @@ def render(header, goal_lines, rows, quick):
     """The markdown of one run."""
     out = [f"# Benchmarks\n\nGenerated by `python tools/benchmark.py --write docs/BENCHMARKS.md`"
            f"{' --quick' if quick else ''}.\n\n{header}\n\n",
-           "## Goals (issues 10 and 12), from this run\n\n" + "\n".join(goal_lines) + "\n\n"]
+           "## Goals (issues 10, 12 and 29), from this run\n\n" + "\n".join(goal_lines) + "\n\n"]
     for name, section_rows in rows:
-        out.append(f"## {name}\n\n| what | solo_d2 | baseline | ratio |\n|---|---|---|---|\n")
+        out.append(f"## {name}\n\n| {' | '.join(HEADERS.get(name, HEADERS[None]))} |\n|---|---|---|---|\n")
         out.extend("| " + " | ".join(row) + " |\n" for row in section_rows)
         out.append("\n")
     out.append(NOTES)
@@ -164,26 +214,46 @@ def _sections(text):
     return parts[0], {p.split("\n", 1)[0]: p for p in parts[1:]}
 
 
-def merge(old, new, header):
+def merge(old, new, header, order=()):
     """``old`` with the sections (and goal lines) of the partial run ``new`` put in; the other
-    sections keep their figures, and the header says which machine ran which sections."""
+    sections keep their figures, and the head keeps its paragraphs and gains one on the machine
+    (``header``) that ran the new sections. A section that ``old`` lacks goes after the last
+    section of ``old`` that precedes it in ``order`` (the benchmark's sections in their order),
+    else before the notes."""
     _, old_secs = _sections(old)
     new_head, new_secs = _sections(new)
     goal_key = next((k for k in old_secs if k.startswith("Goals")), None)
     new_goal_key = next(k for k in new_secs if k.startswith("Goals"))
     merged = dict(old_secs)
     for k, v in new_secs.items():
-        if k not in (new_goal_key, "Notes"):
+        if k in (new_goal_key, "Notes"):
+            continue
+        if k in merged:
             merged[k] = v
+            continue
+        before = [s for s in list(order)[: list(order).index(k)] if s in merged] if k in order else []
+        keys = list(merged)
+        at = keys.index(before[-1]) + 1 if before else (keys.index("Notes") if "Notes" in keys else len(keys))
+        merged = dict([*list(merged.items())[:at], (k, v), *list(merged.items())[at:]])
     if goal_key:  # a goal line is replaced by the new one on the same goal (text before ':')
         new_lines = {line.split(":", 1)[0]: line for line in new_secs[new_goal_key].splitlines() if line.startswith("- ")}
         lines = [new_lines.pop(line.split(":", 1)[0], line) if line.startswith("- ") else line
                  for line in old_secs[goal_key].splitlines()]
         merged[goal_key] = "\n".join(lines).rstrip("\n") + "\n" + "".join(v + "\n" for v in new_lines.values())
         merged[goal_key] = merged[goal_key].replace("from this run", "from the runs below", 1)
+        # the goal section under the new run's title (the issues it names), in its place
+        title = new_goal_key.replace("from this run", "from the runs below", 1)
+        body = merged[goal_key].split("\n", 1)[1] if "\n" in merged[goal_key] else ""
+        merged = {(title if k == goal_key else k): (title + "\n" + body if k == goal_key else v) for k, v in merged.items()}
     ran = [k for k in new_secs if k not in (new_goal_key, "Notes")]
-    head = new_head.rstrip("\n") + f"\n\nSections {', '.join(ran)} from this run; the others from an earlier run " \
-        "(see git history of this file for its machine line).\n"
+    # the old head (its machine line and its paragraphs on which run made which sections), with
+    # one paragraph for this run's sections in place of an earlier one on exactly those sections
+    label = ("Section " if len(ran) == 1 else "Sections ") + ", ".join(ran) + ":"
+    old_head = _sections(old)[0] if old_secs else new_head
+    paras = [p for p in old_head.strip("\n").split("\n\n") if not p.startswith(label)]
+    paras.append(f"{label} {header} (this run; the other sections from the runs above, see the git "
+                 "history of this file).")
+    head = "\n\n".join(paras) + "\n"
     if "Notes" in new_secs:
         merged["Notes"] = new_secs["Notes"]
     return head + "".join("\n## " + v for v in merged.values())

@@ -1,24 +1,29 @@
 """solo_d2 benchmarks, every comparison a ratio of medians measured in the same run.
 
-Baselines are the public implementations' algorithms re-implemented in
-:mod:`solo_d2.benchmark.baselines` (a test, ``tests/test_benchmark_baselines.py``, checks that
-each computes what solo_d2 computes); the report (goals, tables, notes) is written by
+AdelaiDet's SOLOv2 baselines are the port's own code, loaded at run time from the checkout that
+``ADELAIDET_ROOT`` names (:mod:`solo_d2.benchmark.adelaidet_port`; without it the AdelaiDet
+columns say "not measured"). ``--quick`` runs (CI, no checkout) use the re-implementations in
+:mod:`solo_d2.benchmark.baselines`, which ``tests/test_benchmark_baselines.py`` checks equal to
+the port and to solo_d2. The report (goals, tables, notes) is written by
 :mod:`solo_d2.benchmark.report`; the CUDA sections are in :mod:`solo_d2.benchmark.cuda`. Sections:
 
-1. SOLOv2 post-processing (R50 shapes, 800x1216, 300 and 1500 candidates above the score
-   threshold) against AdelaiDet's ``inference_single_image`` (masks of every candidate by one
-   1x1 conv over all candidate kernels, area filter, maskness, sort, top ``nms_pre``, Matrix NMS,
-   top ``max_per_img``, upsampling of the kept masks), and against the R50-FPN backbone time.
-2. Matrix NMS of 500 masks: IoUs per class block against one IoU matmul.
-3. Mask pasting: time at 800x1216 and peak memory (the resident-set high-water mark, reset
-   before each call) for a 4000x6000 image with 100 detections, against solo_d2's previous
-   paste (chunks of 32 float masks).
-4. Target assignment: ``solo_targets`` against AdelaiDet's per-image, per-instance,
-   per-cell loops on 2 images x 20 instances at 800x1216 (1 and 2 threads), also with the
-   dice loss forward and backward; time per instance from 1 to 500.
-5. BiSeNet V1 R18 / V2 inference with in-place ReLUs against the same modules with
+1. ``postprocess``: SOLOv2 post-processing (R50 shapes, 800x1216, 300 and 1500 candidates above
+   the score threshold) against the port's ``point_nms`` + ``SOLOv2.inference``, and against
+   the R50-FPN backbone time.
+2. ``nms``: Matrix NMS of 500 masks against the port's ``matrix_nms``.
+3. ``paste``: ``paste_masks`` time at 800x1216 and peak memory (the resident-set high-water
+   mark, reset before each call) for a 4000x6000 image with 100 detections, against solo_d2's
+   previous paste (chunks of 32 float masks).
+4. ``targets``: ``solo_targets`` against the port's ``get_ground_truth`` loops on 2 images x 20
+   instances at 800x1216 (1 and 2 threads), also with the dice loss forward and backward; time
+   per instance from 1 to 500.
+5. ``bisenet``: BiSeNet V1 R18 / V2 inference with in-place ReLUs against the same modules with
    out-of-place ReLUs (512x1024 and 1024x2048).
-6. Training step time and peak memory of every recipe config at batch 2 (subprocesses).
+6. ``training``: training step time and peak memory of every recipe config at batch 2
+   (subprocesses).
+7. ``counts``: kernel ops and host-device syncs (:mod:`solo_d2.benchmark.counting`) of
+   post-processing, whole-model inference and a training step's targets + loss + backward,
+   solo_d2 against the port, same weights and inputs, 800x1216.
 
     python tools/benchmark.py [--quick] [--only SECTION ...] [--write docs/BENCHMARKS.md]
 """
@@ -34,17 +39,19 @@ import time
 
 import torch
 
+from solo_d2.benchmark import adelaidet_port as port_lib
 from solo_d2.benchmark.baselines import (
     GRIDS, RANGES, adelaidet_postprocess, adelaidet_targets, adelaidet_targets_and_dice, boxes_of,
     build_solov2_model, old_paste, one_matmul_nms, paste_inputs, random_instances, solo_d2_postprocess,
-    synthetic_solov2_outputs, targets_and_dice, training_batch,
+    synthetic_solov2_outputs, targets_and_dice, test_cfg_of, training_batch,
 )
 from solo_d2.benchmark.report import goals, merge, render
 from solo_d2.model_zoo import configs_root
-from solo_d2.modeling.solo.mask_geometry import _row_sums
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
-from solo_d2.modeling.solo.postprocess import _paste, masks_to_boxes, point_nms
+from solo_d2.modeling.solo.postprocess import masks_to_boxes, paste_masks, point_nms
 from solo_d2.modeling.solo.targets import solo_targets
+
+NOT_MEASURED = f"not measured: set {port_lib.ENV}"
 
 
 def timeit(fn, repeats=3, warmup=1):
@@ -63,10 +70,62 @@ def ms(t):
     return f"{t * 1e3:.0f} ms" if t >= 0.01 else f"{t * 1e3:.1f} ms"
 
 
+def load_port(quick=False):
+    """The AdelaiDet port (:func:`~solo_d2.benchmark.adelaidet_port.load_adelaidet_solov2`), or
+    ``None`` in ``--quick`` runs and where ``ADELAIDET_ROOT`` is unset."""
+    if quick:
+        return None
+    try:
+        return port_lib.load_adelaidet_solov2()
+    except port_lib.PortNotFound as e:
+        print(f"  AdelaiDet port: {e}", flush=True)
+        return None
+
+
+def compare_instances(ours, masks, scores, labels):
+    """"same output" or what differs between solo_d2's ``Instances`` and a reference's masks,
+    scores and classes (same criteria as :func:`same_instances`)."""
+    if same_instances(ours, masks, scores, labels):
+        return "same output"
+    if len(ours) != len(labels):
+        return f"DIFFERENT: {len(ours)} against {len(labels)} detections"
+    parts = []
+    if not torch.equal(ours.pred_classes, labels):
+        parts.append(f"{int((ours.pred_classes != labels).sum())} classes")
+    if ours.pred_masks.shape == masks.shape:
+        diff = ours.pred_masks != masks
+        if diff.any():
+            parts.append(f"{int(diff.sum())} mask pixels in {int(diff.flatten(1).any(1).sum())} masks")
+    if len(labels):
+        parts.append(f"scores within {float((ours.scores - scores).abs().max()):.1e}")
+    return "DIFFERENT: " + ", ".join(parts)
+
+
+def same_instances(ours, masks, scores, labels):
+    """solo_d2's ``Instances`` against a reference's masks, scores and classes: masks exactly,
+    scores to 1e-6."""
+    return (ours.pred_masks.shape == masks.shape and torch.equal(ours.pred_masks, masks)
+            and torch.allclose(ours.scores, scores, atol=1e-6, rtol=0) and torch.equal(ours.pred_classes, labels))
+
+
 # ----------------------------------------------------------------------------- post-processing
 def bench_postprocess(quick):
     size = (256, 384) if quick else (800, 1216)
     model = build_solov2_model(quick)
+    port = load_port(quick)
+    if port is not None:
+        port_model = port_lib.build_port_model(port)
+
+        def reference(cate, mask_out, padded):
+            r = port_lib.postprocess(port, port_model, cate, mask_out, padded)
+            return r.pred_masks, r.scores, r.pred_classes
+        ref_name = "AdelaiDet port"
+    else:
+        cfg = test_cfg_of(model)
+
+        def reference(cate, mask_out, padded):
+            return adelaidet_postprocess(cate, mask_out, padded, padded, cfg)
+        ref_name = "AdelaiDet algorithm re-implemented, quick mode" if quick else None
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
         t_backbone = timeit(lambda: model.backbone(x), repeats=1 if quick else 3)
@@ -77,20 +136,22 @@ def bench_postprocess(quick):
         n_cand = int(sum((point_nms(c.sigmoid()) > 0.1).sum() for c in cate))
         with torch.no_grad():
             ours = solo_d2_postprocess(model, cate, mask_out, padded)
-            ref = adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg)
-            same = (ours.pred_masks.shape == ref[0].shape and torch.equal(ours.pred_masks, ref[0])
-                    and torch.allclose(ours.scores, ref[1], atol=1e-6, rtol=0)
-                    and torch.equal(ours.pred_classes, ref[2]))
+            if ref_name is None:
+                t_ours = statistics.median(
+                    timeit(lambda: solo_d2_postprocess(model, cate, mask_out, padded), 1, 0) for _ in range(5))
+                rows.append((f"post-processing, {n_cand} candidates, {len(ours)} kept", ms(t_ours), NOT_MEASURED, ""))
+                continue
+            same = compare_instances(ours, *reference(cate, mask_out, padded))
             times = {"ours": [], "ref": []}
             solo_d2_postprocess(model, cate, mask_out, padded)  # warm-up
-            adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg)
+            reference(cate, mask_out, padded)
             for _ in range(3 if quick else 5):  # interleaved, so load changes hit both
                 times["ours"].append(timeit(lambda: solo_d2_postprocess(model, cate, mask_out, padded), 1, 0))
-                times["ref"].append(timeit(lambda: adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg), 1, 0))
+                times["ref"].append(timeit(lambda: reference(cate, mask_out, padded), 1, 0))
             t_ours, t_ref = statistics.median(times["ours"]), statistics.median(times["ref"])
         results[f"post_{target}"] = (t_ours, t_ref)
-        rows.append((f"post-processing, {n_cand} candidates, {len(ours)} kept ({'same' if same else 'DIFFERENT'} output)",
-                     ms(t_ours), f"{ms(t_ref)} (AdelaiDet algorithm)",
+        rows.append((f"post-processing, {n_cand} candidates, {len(ours)} kept ({same})",
+                     ms(t_ours), f"{ms(t_ref)} ({ref_name})",
                      f"{t_ref / t_ours:.2f}x; {t_ours / t_backbone:.0%} of backbone+FPN"))
     return rows, results
 
@@ -102,12 +163,26 @@ def bench_nms(quick):
     masks = masks[0]
     labels = torch.randint(0, 80, (n,), generator=g)
     scores = torch.rand(n, generator=g).sort(descending=True).values
+    port = load_port(quick)
+    if port is not None:
+        areas = masks.flatten(1).sum(1).float()
 
-    same = torch.equal(matrix_nms(masks, labels, scores), one_matmul_nms(masks, labels, scores))
+        def ref():
+            return port.utils.matrix_nms(labels, masks, areas, scores, sigma=2.0, kernel="gaussian")
+        ref_name = "AdelaiDet port's matrix_nms"
+    elif quick:
+        def ref():
+            return one_matmul_nms(masks, labels, scores)
+        ref_name = "one IoU matmul, re-implemented, quick mode"
+    else:
+        t_ours = timeit(lambda: matrix_nms(masks, labels, scores))
+        return [(f"Matrix NMS, {n} masks {h}x{w}, 80 classes", ms(t_ours), NOT_MEASURED, "")], {}
+    out, expected = matrix_nms(masks, labels, scores), ref()
+    same = out.shape == expected.shape and torch.allclose(out, expected, atol=1e-6, rtol=0)
     t_ours = timeit(lambda: matrix_nms(masks, labels, scores))
-    t_ref = timeit(lambda: one_matmul_nms(masks, labels, scores))
+    t_ref = timeit(ref)
     return [(f"Matrix NMS, {n} masks {h}x{w}, 80 classes ({'same' if same else 'DIFFERENT'} scores)",
-             ms(t_ours), f"{ms(t_ref)} (one {n}x{n} IoU matmul)", f"{t_ref / t_ours:.1f}x")], {}
+             ms(t_ours), f"{ms(t_ref)} ({ref_name})", f"{t_ref / t_ours:.1f}x")], {}
 
 
 # ----------------------------------------------------------------------------- paste
@@ -134,7 +209,7 @@ def paste_peak(k, image_size, output_size, which):
     if which == "old":
         out, peak = peak_memory(lambda: old_paste(soft, image_size, output_size))
     else:
-        out, peak = peak_memory(lambda: _paste(soft, image_size, output_size, 0.5, 32)[0])
+        out, peak = peak_memory(lambda: paste_masks(soft, image_size, output_size, 0.5))
     kept = out.numel()
     del out
     return {"delta_bytes": peak, "kept_bytes": kept}
@@ -144,13 +219,12 @@ def bench_paste(quick):
     rows = []
     k, size = (30, (200, 304)) if quick else (100, (800, 1216))
     soft = paste_inputs(k, size)
-    new_masks, new_boxes = _paste(soft, size, size, 0.5, 32)
-    old_masks = old_paste(soft, size, size)
-    same = torch.equal(new_masks, old_masks) and torch.equal(new_boxes, masks_to_boxes(old_masks))
-    t_new = timeit(lambda: _paste(soft, size, size, 0.5, 32))
+    same = torch.equal(paste_masks(soft, size, size, 0.5), old_paste(soft, size, size))
+    t_new = timeit(lambda: masks_to_boxes(paste_masks(soft, size, size, 0.5)))
     t_old = timeit(lambda: masks_to_boxes(old_paste(soft, size, size)))
-    rows.append((f"paste {k} masks at {size[0]}x{size[1]} (output = input size; {'same' if same else 'DIFFERENT'} masks)",
-                 ms(t_new), f"{ms(t_old)} (whole masks, chunks of 32; boxes from the full masks)", f"{t_old / t_new:.1f}x"))
+    rows.append((f"paste {k} masks at {size[0]}x{size[1]} and their boxes (output = input size; "
+                 f"{'same' if same else 'DIFFERENT'} masks)",
+                 ms(t_new), f"{ms(t_old)} (whole masks, chunks of 32)", f"{t_old / t_new:.1f}x"))
     k, image, out = (20, (200, 300), (1000, 1500)) if quick else (100, (800, 1200), (4000, 6000))
     new = paste_peak(k, image, out, "new")
     old = paste_peak(k, image, out, "old")
@@ -172,38 +246,63 @@ def bench_targets(quick):
     out = solo_targets(masks, classes, **kw)
     m_total = sum(t.num_targets for t in out)
     rows, results = [], {}
+    port = load_port(quick)
+    if port is not None:
+        port_model = port_lib.build_port_model(port)
+        instances = [port_lib.gt_instances(m, c, b) for m, c, b in zip(masks, classes, boxes)]
+        m_port = port_lib.num_mask_targets(port_model, instances, sizes[0])
+
+        def ref_targets():
+            return port_lib.targets(port_model, instances, sizes[0])
+
+        def ref_targets_and_dice(logits):
+            return port_lib.targets_and_dice(port, port_model, instances, sizes[0], logits)
+        ref_name, ref_loss_name = "AdelaiDet port's get_ground_truth", "AdelaiDet port: get_ground_truth + its dice_loss"
+    elif quick:
+        m_port = m_total
+
+        def ref_targets():
+            return adelaidet_targets(masks, classes, boxes, sizes)
+
+        def ref_targets_and_dice(logits):
+            return adelaidet_targets_and_dice(masks, classes, boxes, sizes, logits)
+        ref_name = ref_loss_name = "AdelaiDet loops re-implemented, quick mode"
+    else:
+        ref_name = None
     threads = torch.get_num_threads()
     for nt in (1, 2):  # the issue measured with 2 threads
         torch.set_num_threads(nt)
-        times = {"vec": [], "loop": [], "pass": []}
-        for _ in range(1 if quick else 5):  # interleaved rounds, so load changes hit all three
+        label = (f"target assignment, 2 images x {n} instances, {h}x{w} ({m_total} mask targets), "
+                 f"{nt} thread{'s' if nt > 1 else ''}")
+        if ref_name is None:
+            rows.append((label, ms(timeit(lambda: solo_targets(masks, classes, **kw), repeats=5)), NOT_MEASURED, ""))
+            continue
+        times = {"vec": [], "loop": []}
+        for _ in range(1 if quick else 5):  # interleaved rounds, so load changes hit both
             times["vec"].append(timeit(lambda: solo_targets(masks, classes, **kw), repeats=5))
-            times["loop"].append(timeit(lambda: adelaidet_targets(masks, classes, boxes, sizes), repeats=1, warmup=0))
-            # the floor: one integer pass over all masks (the row counts)
-            times["pass"].append(timeit(lambda: [_row_sums(m) for m in masks], repeats=5))
-        t_vec, t_loop, t_pass = (statistics.median(times[k]) for k in ("vec", "loop", "pass"))
+            times["loop"].append(timeit(ref_targets, repeats=1, warmup=0))
+        t_vec, t_loop = (statistics.median(times[k]) for k in ("vec", "loop"))
         # the ratio of each round (both measured within seconds of each other), median and range
         ratios = sorted(lo / v for lo, v in zip(times["loop"], times["vec"]))
         spread = f" (rounds {ratios[0]:.1f}-{ratios[-1]:.1f}x)" if len(ratios) > 1 else ""
-        rows.append((f"target assignment, 2 images x {n} instances, {h}x{w} ({m_total} mask targets), "
-                     f"{nt} thread{'s' if nt > 1 else ''}", ms(t_vec), f"{ms(t_loop)} (AdelaiDet loops)",
+        rows.append((label, ms(t_vec), f"{ms(t_loop)} ({ref_name}{', ' + str(m_port) + ' mask targets' if m_port != m_total else ''})",
                      f"{statistics.median(ratios):.1f}x{spread}"))
-        rows.append((f"of which one pass over all masks (row counts), {nt} thread{'s' if nt > 1 else ''}",
-                     ms(t_pass), "", ""))
-        results.update({f"targets_speedup_{nt}": statistics.median(ratios), f"targets_pass_s_{nt}": t_pass,
-                        f"targets_vec_s_{nt}": t_vec, f"targets_loop_s_{nt}": t_loop,
-                        f"targets_rounds_{nt}": ratios})
+        results.update({f"targets_speedup_{nt}": statistics.median(ratios), f"targets_vec_s_{nt}": t_vec,
+                        f"targets_loop_s_{nt}": t_loop, f"targets_rounds_{nt}": ratios})
     torch.set_num_threads(threads)
     # targets + mask loss, forward and backward: the compact targets must not move the cost into the loss
-    logits = torch.randn(m_total, *sizes[0], generator=torch.Generator().manual_seed(0)).requires_grad_()
-    times = {"vec": [], "loop": []}
-    for _ in range(1 if quick else 3):
-        times["vec"].append(timeit(lambda: targets_and_dice(masks, classes, kw, logits), repeats=3))
-        times["loop"].append(timeit(lambda: adelaidet_targets_and_dice(masks, classes, boxes, sizes, logits), repeats=1))
-    t_vec, t_loop = (statistics.median(times[k]) for k in ("vec", "loop"))
-    rows.append((f"targets + dice loss forward and backward ({m_total} mask targets, 1 thread)",
-                 ms(t_vec), f"{ms(t_loop)} (AdelaiDet loops + dice on float targets)", f"{t_loop / t_vec:.1f}x"))
-    results["targets_loss_speedup"] = t_loop / t_vec
+    if ref_name is not None:
+        g = torch.Generator().manual_seed(0)
+        logits = torch.randn(m_total, *sizes[0], generator=g).requires_grad_()
+        ref_logits = torch.randn(m_port, *sizes[0], generator=g).requires_grad_()
+        times = {"vec": [], "loop": []}
+        for _ in range(1 if quick else 3):
+            times["vec"].append(timeit(lambda: targets_and_dice(masks, classes, kw, logits), repeats=3))
+            times["loop"].append(timeit(lambda: ref_targets_and_dice(ref_logits), repeats=1))
+        t_vec, t_loop = (statistics.median(times[k]) for k in ("vec", "loop"))
+        rows.append((f"targets + dice loss forward and backward ({m_total} mask targets, 1 thread)",
+                     ms(t_vec), f"{ms(t_loop)} ({ref_loss_name})", f"{t_loop / t_vec:.1f}x"))
+        results["targets_loss_speedup"] = t_loop / t_vec
     counts = (1, 10, 50) if quick else (1, 10, 50, 100, 250, 500)
     times = []
     for c in counts:
@@ -334,6 +433,161 @@ def bench_cuda_inference(quick):
     return run(quick)
 
 
+# ----------------------------------------------------------------------------- op / sync counts
+def _counted(fn, repeats=2, host=(), setup=None):
+    """``(result, OpCounter)`` of ``fn(*setup())`` after one uncounted warm-up call; counted
+    ``repeats`` times, and an error if the counts differ (they are exact: a difference is a
+    bug). ``setup`` (uncounted) makes fresh arguments for each call."""
+    from solo_d2.benchmark.counting import OpCounter
+
+    fn(*(setup() if setup else ()))
+    counters = []
+    for _ in range(repeats):
+        args = setup() if setup else ()
+        with OpCounter(host=host) as c:
+            out = fn(*args)
+        counters.append(c)
+    first = counters[0]
+    for c in counters[1:]:
+        if (c.by_op, c.sync_ops) != (first.by_op, first.sync_ops):
+            raise RuntimeError(f"op counts differ between two identical calls: {first} vs {c}")
+    return out, first
+
+
+def _ops(c):
+    return f"{c.kernel_ops} kernel ops, {c.syncs} syncs"
+
+
+def _count_ratio(ours, ref):
+    def r(a, b):
+        return f"{a / b:.2f}x" if b else ("=" if a == b else "inf")
+    return f"ops {r(ours.kernel_ops, ref.kernel_ops)}, syncs {r(ours.syncs, ref.syncs)}"
+
+
+def _print_causes(name, c):
+    print(f"    {name}: {_ops(c)}; syncs: {dict(c.sync_ops)}", flush=True)
+
+
+def calibrate_cate_bias(port, model, images, candidates, score_thr):
+    """Shift ``model``'s (the port's) category bias so that ``candidates`` (cell, class) pairs of
+    ``images`` pass ``score_thr`` after point NMS (random weights give none: the prior bias puts
+    every score near 0.01). Point NMS keeps the local maxima of each class map, which a shift
+    of every logit does not move, so the shift is read off the sorted maxima."""
+    import math
+
+    with torch.no_grad():
+        feats = model.backbone(model.preprocess_image(images).tensor)
+        cate, _ = model.ins_head(model.split_feats([feats[f] for f in model.instance_in_features]))
+        maxima = []
+        for c in cate:
+            keep = port.utils.point_nms(c.sigmoid(), kernel=2) > 0
+            maxima.append(c[keep])
+        logits = torch.cat(maxima).double().sort(descending=True).values
+        k = min(candidates, logits.numel() - 1)
+        target = 0.5 * (logits[k - 1] + logits[k])  # between the k-th and the next maximum
+        shift = math.log(score_thr / (1 - score_thr)) - float(target)
+        model.ins_head.cate_pred.bias += shift
+    return shift
+
+
+def bench_counts(quick):
+    """Kernel ops and syncs (see :mod:`solo_d2.benchmark.counting`) per image or step, solo_d2
+    against the AdelaiDet port, same weights and inputs."""
+    from detectron2.structures import ImageList
+
+    port = None
+    try:
+        port = port_lib.load_adelaidet_solov2()
+    except port_lib.PortNotFound as e:
+        print(f"  {e}", flush=True)
+        return [("op and sync counts", NOT_MEASURED, "", "")], {}
+    size = (256, 384) if quick else (800, 1216)
+    port_model = port_lib.build_port_model(port)
+    ours_model = port_lib.solo_d2_twin(port_model)
+    rows, results = [], {}
+    hw = f"{size[0]}x{size[1]}"
+
+    # post-processing: the head outputs of the postprocess section (n candidates, 100 kept) and
+    # fewer objects with lower scores (fewer kept)
+    cases = [("~300 candidates", "~300 candidates", dict(num_candidates=300, num_objects=8, scores=(0.12, 0.3))),
+             ("~1500 candidates", "~1500 candidates", dict(num_candidates=1500, num_objects=8, scores=(0.12, 0.3))),
+             ("100 kept", "100 detections kept (the postprocess section's inputs, ~300 candidates)",
+              dict(num_candidates=300, num_objects=60))]
+    if quick:
+        cases = [(key, label, dict(kw, num_candidates=kw["num_candidates"] // 5)) for key, label, kw in cases]
+    for key, label, kw in cases:
+        cate, mask_out, padded = synthetic_solov2_outputs(size=size, **kw)
+        n_cand = int(sum((point_nms(c.sigmoid()) > ours_model.score_thresh).sum() for c in cate))
+        with torch.no_grad():
+            ref, c_ref = _counted(lambda: port_lib.postprocess(port, port_model, cate, mask_out, padded))
+            ours, c_ours = _counted(lambda: solo_d2_postprocess(ours_model, cate, mask_out, padded))
+        same = compare_instances(ours, ref.pred_masks, ref.scores, ref.pred_classes)
+        rows.append((f"post-processing, {label}: {n_cand} candidates, {len(ours)} kept ({same})",
+                     _ops(c_ours), _ops(c_ref), _count_ratio(c_ours, c_ref)))
+        results[f"count_post_{key}"] = (c_ours.kernel_ops, c_ours.syncs, c_ref.kernel_ops, c_ref.syncs)
+        _print_causes("solo_d2", c_ours)
+        _print_causes("port", c_ref)
+
+    # whole-model inference of one image (uint8 on the host, copied to the device by the model)
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=g)
+    inputs = [{"image": image, "height": size[0], "width": size[1]}]
+    n_cand = 300 if not quick else 60
+    calibrate_cate_bias(port, port_model, inputs, n_cand, ours_model.score_thresh)
+    ours_model = port_lib.solo_d2_twin(port_model)  # the shifted bias, converted again
+    with torch.no_grad():
+        ref, c_ref = _counted(lambda: port_model(inputs)[0]["instances"], host=[image])
+        ours, c_ours = _counted(lambda: ours_model(inputs)[0]["instances"], host=[image])
+    same = len(ours) == len(ref) and torch.allclose(ours.scores, ref.scores, atol=1e-5, rtol=0)
+    rows.append((f"whole-model inference, one {hw} image, ~{n_cand} candidates, {len(ours)} kept "
+                 f"({'same' if same else 'DIFFERENT'} detections)",
+                 _ops(c_ours), _ops(c_ref), _count_ratio(c_ours, c_ref)))
+    results["count_model"] = (c_ours.kernel_ops, c_ours.syncs, c_ref.kernel_ops, c_ref.syncs)
+    _print_causes("solo_d2", c_ours)
+    _print_causes("port", c_ref)
+
+    # training: targets + loss + backward from the head outputs, batch 2
+    h4, w4 = -(-size[0] // 4), -(-size[1] // 4)
+    for n in (5, 20):
+        batch = training_batch(ours_model_cfg(ours_model), *size, num_instances=n, batch=2, seed=n)
+        instances = [b["instances"] for b in batch]
+        g = torch.Generator().manual_seed(n)
+        cate = [torch.randn(2, 80, s, s, generator=g) for s in GRIDS]
+        kernels = [0.1 * torch.randn(2, 256, s, s, generator=g) for s in GRIDS]
+        feats = torch.randn(2, 256, h4, w4, generator=g)
+        images = ImageList(torch.empty(2, 3, *size), [tuple(size)] * 2)
+
+        def leaves():  # fresh head outputs that require gradients (made outside the count)
+            return ([t.clone().requires_grad_() for t in cate], [t.clone().requires_grad_() for t in kernels],
+                    feats.clone().requires_grad_())
+
+        def port_step(c, k, f):
+            losses = port_lib.training_losses(port_model, instances, c, k, f)
+            sum(losses.values()).backward()
+            return losses
+
+        def ours_step(c, k, f):
+            losses = ours_model.losses(batch, images, c, [(kk, f) for kk in k])
+            sum(losses.values()).backward()
+            return losses
+
+        _, c_ref = _counted(port_step, setup=leaves)
+        _, c_ours = _counted(ours_step, setup=leaves)
+        rows.append((f"training step: targets + loss + backward, batch 2, {n} instances per image, {hw}",
+                     _ops(c_ours), _ops(c_ref), _count_ratio(c_ours, c_ref)))
+        results[f"count_train_{n}"] = (c_ours.kernel_ops, c_ours.syncs, c_ref.kernel_ops, c_ref.syncs)
+        _print_causes("solo_d2", c_ours)
+        _print_causes("port", c_ref)
+    return rows, results
+
+
+def ours_model_cfg(model):
+    """The config fields :func:`training_batch` reads, of a solo_d2 ``SOLO`` model."""
+    from detectron2.config import CfgNode
+
+    return CfgNode({"MODEL": {"META_ARCHITECTURE": "SOLO", "SOLO": {"NUM_CLASSES": model.num_classes}}})
+
+
 SECTIONS = {
     "postprocess": bench_postprocess,
     "nms": bench_nms,
@@ -341,10 +595,37 @@ SECTIONS = {
     "targets": bench_targets,
     "bisenet": bench_bisenet,
     "training": bench_training,
+    "counts": bench_counts,  # kernel ops and syncs against the AdelaiDet port (ADELAIDET_ROOT)
     "cuda_inference": bench_cuda_inference,  # solo_d2/benchmark/cuda.py; only where CUDA is available
     "cuda_training": bench_cuda_training,
 }
 CUDA_SECTIONS = ("cuda_inference", "cuda_training")
+
+
+def git_commit(path):
+    """``<short commit>`` of the git checkout at ``path`` (``+ uncommitted changes`` when its
+    tracked files differ from it), or None where ``path`` is not a checkout."""
+    def git(*a):
+        return subprocess.run(["git", "-C", path, *a], capture_output=True, text=True, timeout=60)
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0 or os.path.realpath(git("rev-parse", "--show-toplevel").stdout.strip()) != os.path.realpath(path):
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + (" + uncommitted changes" if dirty else "")
+
+
+def run_stamp():
+    """The date (UTC) and the solo_d2 commit of this run."""
+    import datetime
+
+    import solo_d2
+
+    commit = git_commit(os.path.dirname(os.path.dirname(os.path.abspath(solo_d2.__file__))))
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{date}, solo_d2 {commit or '(not a git checkout)'}"
 
 
 def main(argv=None):
@@ -369,6 +650,7 @@ def main(argv=None):
     header = (f"machine: {cpu}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
               f"Python {platform.python_version()}, torch {torch.__version__}, detectron2 {detectron2.__version__}, "
               f"CUDA {torch.version.cuda + ' on ' + torch.cuda.get_device_name() + ' (allocator ' + torch.cuda.get_allocator_backend() + ')' if torch.cuda.is_available() else 'no'}")
+    header += f"; {run_stamp()}"
     print(header, flush=True)
     torch.manual_seed(0)
     rows, results = [], {}
@@ -386,11 +668,14 @@ def main(argv=None):
         print(f"[{name}: {time.perf_counter() - t:.0f} s]", flush=True)
     for line in goals(results):
         print(line)
+    port = port_lib.loaded_port()
+    if port is not None:  # the AdelaiDet checkout that the AdelaiDet columns ran
+        header += f"; AdelaiDet {git_commit(port.root) or 'checkout without .git'} from {port_lib.ENV}"
     if args.write:
         text = render(header, goals(results), rows, args.quick)
         if args.only and os.path.exists(args.write):  # replace only the sections that ran
             with open(args.write) as f:
-                text = merge(f.read(), text, header)
+                text = merge(f.read(), text, header, order=list(SECTIONS))
         tmp = args.write + ".tmp"
         with open(tmp, "w") as f:
             f.write(text)
