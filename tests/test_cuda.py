@@ -91,7 +91,7 @@ def test_postprocessing_on_cuda_matches_cpu():
         gpu = bl.solo_d2_postprocess(model, [c.to(CUDA) for c in cate],
                                      [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out], padded, output_size=(300, 460))
         ref = bl.adelaidet_postprocess([c.to(CUDA) for c in cate], [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out],
-                                       padded, (300, 460), model.test_cfg)
+                                       padded, (300, 460), bl.test_cfg_of(model))
     assert len(cpu) > 10 and len(set(cpu.pred_classes.tolist())) > 1
     assert len(gpu) == len(cpu) and gpu.pred_masks.device.type == "cuda"
     assert torch.equal(gpu.pred_classes.cpu(), cpu.pred_classes)

@@ -155,11 +155,11 @@ def bench_cuda_inference(quick):
             # by default, solo_d2's matmul is float32 (torch.backends.cuda.matmul's default)
             with cudnn_flags(allow_tf32=False):
                 ours = bl.solo_d2_postprocess(model, cate, mask_out, padded)
-                ref = bl.adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg)
+                ref = bl.adelaidet_postprocess(cate, mask_out, padded, padded, bl.test_cfg_of(model))
             same_masks = ours.pred_masks.shape == ref[0].shape and torch.equal(ours.pred_masks, ref[0])
             score_diff = (ours.scores - ref[1]).abs().max().item() if len(ours) == len(ref[1]) else float("inf")
             t_ours = cuda_timeit(lambda: bl.solo_d2_postprocess(model, cate, mask_out, padded))
-            t_ref = cuda_timeit(lambda: bl.adelaidet_postprocess(cate, mask_out, padded, padded, model.test_cfg))
+            t_ref = cuda_timeit(lambda: bl.adelaidet_postprocess(cate, mask_out, padded, padded, bl.test_cfg_of(model)))
         results[f"cuda_post_{target}"] = (t_ours, t_ref)
         rows.append((f"post-processing, ~{target} candidates, {len(ours)} kept (masks {'same' if same_masks else 'DIFFERENT'}, "
                      f"scores within {score_diff:.1e}, TF32 off; timed with the defaults)", bm.ms(t_ours), f"{bm.ms(t_ref)} (AdelaiDet algorithm)",
