@@ -19,7 +19,7 @@ import os
 import torch
 
 from solo_d2.benchmark import baselines as bl
-from solo_d2.benchmark import runner as bm
+from solo_d2.benchmark import common as bm
 from solo_d2.checkpoint.core import build_cfg
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.targets import solo_targets

@@ -28,7 +28,6 @@ the port and to solo_d2. The report (goals, tables, notes) is written by
     python tools/benchmark.py [--quick] [--only SECTION ...] [--write docs/BENCHMARKS.md]
 """
 import argparse
-import glob
 import json
 import os
 import platform
@@ -46,7 +45,7 @@ from solo_d2.benchmark.baselines import (
     synthetic_solov2_outputs, targets_and_dice, test_cfg_of, training_batch,
 )
 from solo_d2.benchmark.report import goals, merge, render
-from solo_d2.model_zoo import configs_root
+from solo_d2.benchmark.common import configs_dir, ms, recipe_configs, timeit  # noqa: F401
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.postprocess import masks_to_boxes, paste_masks, point_nms
 from solo_d2.modeling.solo.targets import solo_targets
@@ -54,20 +53,7 @@ from solo_d2.modeling.solo.targets import solo_targets
 NOT_MEASURED = f"not measured: set {port_lib.ENV}"
 
 
-def timeit(fn, repeats=3, warmup=1):
-    """Median wall time of ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
-
-def ms(t):
-    return f"{t * 1e3:.0f} ms" if t >= 0.01 else f"{t * 1e3:.1f} ms"
 
 
 def load_port(quick=False):
@@ -376,18 +362,6 @@ def _train_child(args):
     step()  # warm-up (allocations of the first step)
     t, peak = peak_memory(lambda: timeit(step, repeats=steps, warmup=0))
     print(json.dumps({"step_s": t, "peak_mib": _status_kib("VmHWM") / 1024, "delta_mib": peak / 2**20}))
-
-
-def configs_dir():
-    """solo_d2's ``configs/`` (of the checkout, or shipped in the installed package)."""
-    return str(configs_root())
-
-
-def recipe_configs():
-    """Paths of the recipe configs (not the bases, synthetic or converted-checkpoint configs)."""
-    configs = sorted(glob.glob(os.path.join(configs_dir(), "*", "*.yaml")))
-    return [c for c in configs if not os.path.basename(c).startswith("Base")
-            and os.sep + "Synthetic" + os.sep not in c and os.sep + "Converted" + os.sep not in c]
 
 
 def bench_training(quick):

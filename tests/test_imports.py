@@ -1,0 +1,41 @@
+"""Imports run one way (no circle among solo_d2's modules, `tools/check_imports.py`), and
+``import solo_d2.checkpoint`` alone registers every checkpoint converter."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import check_imports  # noqa: E402
+
+
+def test_no_import_circle_in_the_package():
+    mods = check_imports.modules(ROOT, "solo_d2")
+    edges, _ = check_imports.imports(mods, "solo_d2")
+    assert "solo_d2.checkpoint.core" in edges and len(mods) > 50
+    assert check_imports.circles(edges) == []
+
+
+def test_the_checker_finds_a_circle_and_imports_inside_functions(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import x\n")
+    (pkg / "b.py").write_text("x = 1\n\ndef f():\n    from . import a\n    import onnx\n    import json\n")
+    (pkg / "c.py").write_text("from pkg import b\n")
+    mods = check_imports.modules(str(tmp_path), "pkg")
+    edges, local = check_imports.imports(mods, "pkg")
+    assert edges["pkg.c"] == {"pkg.b"}
+    assert check_imports.circles(edges) == [["pkg.a", "pkg.b"]]
+    assert sorted(t for _, _, t in local) == ["json", "onnx", "pkg.a"]
+    assert check_imports.main(["--root", str(tmp_path), "--package", "pkg"]) == 1
+
+
+def test_importing_solo_d2_checkpoint_alone_registers_every_converter():
+    code = "import solo_d2.checkpoint as c; print(','.join(sorted(c.CONVERTERS)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().split(",") == [
+        "adelaidet-solov2", "coincheung-bisenetv1", "coincheung-bisenetv2", "coincheung-bisenetv2-backbone",
+        "mmdet", "solo-official", "torchvision-resnet",
+    ]
