@@ -14,6 +14,8 @@ PIP=("$PY" -m pip install -q -c constraints.txt)
 "${PIP[@]}" torch torchvision numpy
 if "$PY" -c "import detectron2" 2>/dev/null; then
   echo "[bootstrap] using the detectron2 already installed: $("$PY" -c 'import detectron2,os;print(detectron2.__version__, os.path.dirname(detectron2.__file__))')"
+  # an offline install from before the COCOeval_opt fallback: add it (a no-op for any other detectron2)
+  "$PY" tools/install_detectron2_offline.py --patch-installed
 else
   echo "[bootstrap] no importable detectron2: installing v0.6 Python sources offline (pb1-detectron2 sdist)"
   # detectron2 v0.6's own install_requires (black, future and pydot are for caffe2 export only).

@@ -16,7 +16,18 @@ replaced by ``__``: ``a_png.png`` and ``a_jpg.png``; ``x__a_png.png`` and
 The names depend only on the list of inputs, so a rerun overwrites its own outputs.
 
 A config without MODEL.WEIGHTS would run a randomly initialized model and draw
-plausible-looking nonsense: that is refused unless --allow-random-weights is given.
+plausible-looking nonsense: that is refused unless --allow-random-weights is given. Weights
+of another class count than the config's are refused (naming the key to set).
+
+Class names: those saved in the checkpoint by solo_d2's trainer (the training dataset's);
+``--class-names a,b,c`` (or a file, one name a line) overrides them. Without either, the
+names of the config's dataset are used with a warning naming it, else class numbers.
+
+``--confidence-threshold T`` (as Detectron2's demo, which sets
+``MODEL.ROI_HEADS.SCORE_THRESH_TEST``): sets ``MODEL.SOLO.SCORE_THR`` and
+``MODEL.SOLO.UPDATE_THR`` to T for the SOLO family (the scores the model outputs are at most
+the category score, so this keeps exactly the detections scoring >= T) and
+``MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH`` for the panoptic model.
 """
 import argparse
 import glob
@@ -30,6 +41,7 @@ import cv2
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import solo_d2  # noqa: E402,F401
+from solo_d2.data.register import parse_class_names  # noqa: E402
 from solo_d2.engine import setup_cfg  # noqa: E402
 from solo_d2.utils.demo import DemoPredictor  # noqa: E402
 
@@ -45,11 +57,24 @@ def get_parser():
     p.add_argument("--output", help="output folder (or file for a single image/video); images are written "
                    "as <output>/<input name>.png, and inputs sharing a name are all kept: a.png and a.jpg -> "
                    "a_png.png and a_jpg.png, x/a.png and y/a.png -> x__a_png.png and y__a_png.png")
-    p.add_argument("--confidence-threshold", type=float, default=0.3)
+    p.add_argument("--confidence-threshold", type=float, default=0.3,
+                   help="minimum score of the instances drawn: MODEL.SOLO.SCORE_THR and MODEL.SOLO.UPDATE_THR "
+                   "(SOLO family; MODEL.ROI_HEADS.SCORE_THRESH_TEST does not apply), and "
+                   "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH (panoptic) (default 0.3)")
+    p.add_argument("--class-names", metavar="NAMES",
+                   help="class names to draw, 'a,b,c' or a file with one name per line (default: those saved "
+                   "in MODEL.WEIGHTS by solo_d2's trainer)")
     p.add_argument("--allow-random-weights", action="store_true",
                    help="run even without MODEL.WEIGHTS (a randomly initialized model; for testing only)")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
+
+
+def threshold_opts(threshold):
+    """Config overrides of ``--confidence-threshold`` (before the user's ``--opts``, which win)."""
+    t = str(threshold)
+    return ["MODEL.SOLO.SCORE_THR", t, "MODEL.SOLO.UPDATE_THR", t,
+            "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", t]
 
 
 def expand_inputs(patterns):
@@ -112,11 +137,8 @@ def run_images(demo, paths, output) -> int:
             continue
         start = time.perf_counter()
         preds, vis = demo(img)
-        what = (
-            f"{len(preds['panoptic_seg'][1])} panoptic segments" if "panoptic_seg" in preds
-            else f"{len(preds['instances'])} instances" if "instances" in preds else "semantic map"
-        )
-        logger.info("%s: %s in %.2fs", path, what, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        logger.info("%s: %s (%.2fs)", path, demo.describe(preds), elapsed)
         if output:
             out = output_path(output, name, len(paths))
             cv2.imwrite(out, vis[:, :, ::-1])
@@ -155,14 +177,22 @@ def main(argv=None) -> int:
         get_parser().error("give exactly one of --input, --video-input, --webcam")
     if not os.path.isfile(args.config_file):
         get_parser().error(f"--config-file {args.config_file} does not exist")
-    cfg = setup_cfg(args.config_file, args.opts)
+    if not 0.0 <= args.confidence_threshold < 1.0:
+        get_parser().error(f"--confidence-threshold must lie in [0, 1), got {args.confidence_threshold}")
+    cfg = setup_cfg(args.config_file, threshold_opts(args.confidence_threshold) + list(args.opts))
     if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
         get_parser().error(
             "MODEL.WEIGHTS is empty in {}: the demo would run a randomly initialized model. Pass "
             "--opts MODEL.WEIGHTS path/to/model_final.pth, or --allow-random-weights to do it anyway.".format(
                 args.config_file)
         )
-    demo = DemoPredictor(cfg, args.confidence_threshold)
+    class_names = parse_class_names(args.class_names) if args.class_names else None
+    demo = DemoPredictor(cfg, args.confidence_threshold, class_names)
+    names = demo.metadata.get("thing_classes") or demo.metadata.get("stuff_classes")
+    if demo.predictor.class_metadata["source"] == "none":
+        logger.info("no class names: labels are class numbers")
+    else:
+        logger.info("class names from %s: %s", demo.predictor.class_metadata["source"], names)
     if args.input:
         paths = expand_inputs(args.input)
         failed = run_images(demo, paths, args.output)

@@ -7,8 +7,14 @@
 Writes ``<output>/model.ts`` (``torch.jit.trace``) or ``<output>/model.onnx`` (the
 TorchScript-based ``torch.onnx.export``, opset 17 by default, checked with
 ``onnx.checker``), and ``<output>/model.json``: what the graph takes and returns, the
-test resize (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``) and the class names, which
-``tools/onnx_predict.py`` reads.
+test resize (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``), ``num_classes`` and the class names
+(``class_names``, ``class_colors``, ``class_names_source``), which ``tools/onnx_predict.py`` reads.
+
+Class names: those saved in MODEL.WEIGHTS by solo_d2's trainer (the training dataset's), or
+``--class-names a,b,c`` (or a file, one name a line). Without either, the names of the config's
+dataset are used with a warning naming it, else none (a warning: labels are numbers). Names
+whose count differs from the model's classes are not used (a warning names both). Weights of
+another class count than the config's are refused.
 
 Graphs (see :mod:`solo_d2.export`), height and width dynamic:
 
@@ -51,6 +57,9 @@ def get_parser():
     p.add_argument("--sample-image", help="image used for tracing (default: random, at the test size)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: solo_d2.export.DEFAULT_OPSET = 17)")
     p.add_argument("--argmax", action="store_true", help="BiSeNet: output labels [N, H, W] instead of logits")
+    p.add_argument("--class-names", metavar="NAMES",
+                   help="class names for model.json, 'a,b,c' or a file with one name per line (default: those "
+                   "saved in MODEL.WEIGHTS by solo_d2's trainer)")
     p.add_argument("--allow-random-weights", action="store_true",
                    help="export even without MODEL.WEIGHTS (a randomly initialized model; for testing only)")
     p.add_argument("opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -83,16 +92,6 @@ def sample_image(cfg, path=None) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
 
 
-def class_names(cfg, is_solo: bool):
-    from detectron2.data import MetadataCatalog
-
-    if not cfg.DATASETS.TEST:
-        return None, None
-    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-    key = "thing" if is_solo else "stuff"
-    return getattr(meta, key + "_classes", None), getattr(meta, key + "_colors", None)
-
-
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
@@ -106,15 +105,26 @@ def main(argv=None) -> int:
                          "Pass MODEL.WEIGHTS path/to/model_final.pth, or --allow-random-weights.\n")
         return 2
 
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
+    from solo_d2.data.register import parse_class_names
+    from solo_d2.engine.model_metadata import (
+        WeightsMismatchError, class_count_spec, load_weights_for_inference, model_metadata,
+    )
     from solo_d2.export import DEFAULT_OPSET, SOLO_OUTPUT_NAMES, SOLOExportWrapper, export, export_wrapper
 
     model = build_model(cfg).eval()
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    wrapper = export_wrapper(model, argmax=args.argmax)
+    try:
+        saved = load_weights_for_inference(cfg, model)
+        override = parse_class_names(args.class_names) if args.class_names else None
+    except (WeightsMismatchError, ValueError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    try:
+        wrapper = export_wrapper(model, argmax=args.argmax)
+    except TypeError as e:  # e.g. the panoptic model
+        sys.stderr.write(f"error: {e}\n")
+        return 2
     is_solo = isinstance(wrapper, SOLOExportWrapper)
     sample = sample_image(cfg, args.sample_image)
     if not is_solo:
@@ -130,7 +140,15 @@ def main(argv=None) -> int:
         return 2
     logger.info("wrote %s (%s, traced on %s) in %.1f s", path, args.format, tuple(sample.shape), time.perf_counter() - start)
 
-    names, colors = class_names(cfg, is_solo)
+    meta = model_metadata(cfg, saved, override)
+    attr = "thing_classes" if is_solo else "stuff_classes"
+    names, colors = meta.get(attr), meta.get(attr.replace("classes", "colors"))
+    if meta["source"] == "none":
+        names = None  # model.json: no names rather than numbers
+    if names:
+        logger.info("class names from %s: %s", meta["source"], names)
+    else:
+        logger.info("no class names in model.json: labels will be class numbers")
     info = {
         "model": "solo" if is_solo else "bisenet",
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
@@ -143,8 +161,10 @@ def main(argv=None) -> int:
         "inputs": ["image"] if is_solo else ["images"],
         "outputs": list(SOLO_OUTPUT_NAMES) if is_solo else (["labels"] if args.argmax else ["logits"]),
         "max_detections": wrapper.max_per_img if is_solo else None,
+        "num_classes": class_count_spec(cfg)[1],
         "class_names": list(names) if names else None,
         "class_colors": [list(map(int, c)) for c in colors] if colors else None,
+        "class_names_source": meta["source"],
         "weights": cfg.MODEL.WEIGHTS,
         "config_file": os.path.abspath(args.config_file),
     }

@@ -11,7 +11,14 @@ C++ sources, so ``pip`` cannot build it. This script:
    mapping of detectron2's own setup.py) into the target ``site-packages``,
 4. writes ``detectron2-0.6.dist-info`` so ``pip show detectron2`` reports 0.6,
 5. installs ``detectron2/_C.py``: a stand-in for the compiled extension whose
-   import succeeds and whose ops raise a clear error naming the missing op.
+   import succeeds and whose ops raise a clear error naming the missing op;
+6. makes ``detectron2/evaluation/fast_eval_api.py``'s ``COCOeval_opt`` (the C++ COCO
+   evaluation that ``COCOEvaluator`` uses by default, ``use_fast_impl=True``) fall back to
+   pycocotools' Python ``COCOeval`` when ``_C`` is the stand-in, so ``COCOEvaluator(name)``
+   built the standard way works (same AP, the official implementation, slower).
+
+``--patch-installed`` applies steps 5-6 to an offline install made before them (``make setup``
+runs it when it finds one), without downloading anything.
 
 Users with internet access should instead install detectron2 from its official
 repository (``pip install 'git+https://github.com/facebookresearch/detectron2.git'``);
@@ -85,6 +92,18 @@ def __getattr__(name):
 '''
 
 
+FAST_EVAL_MARKER = "# --- solo_d2 offline install: Python fallback of COCOeval_opt ---"
+FAST_EVAL_FALLBACK = FAST_EVAL_MARKER + '''
+# detectron2/_C.py is solo_d2's stand-in (tools/install_detectron2_offline.py): the C++
+# evaluateImg/accumulate above are not available. COCOeval_opt becomes pycocotools' COCOeval
+# (the official implementation: the same AP, slower), so COCOEvaluator(dataset_name), whose
+# default is use_fast_impl=True, works.
+if getattr(_C, "SOLO_D2_STANDIN", False):
+    SOLO_D2_PYTHON_FALLBACK = True
+    COCOeval_opt = COCOeval
+'''
+
+
 def index_url():
     return os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
 
@@ -130,6 +149,7 @@ def install(sdist: Path, site: Path):
         for name, src in PROJECTS.items():
             shutil.copytree(root / src, target / "projects" / name)
         (target / "_C.py").write_text(C_STANDIN)
+        patch_fast_eval(target)
         files = [p.relative_to(site).as_posix() for p in target.rglob("*") if p.is_file()]
     info = site / "detectron2-0.6.dist-info"
     if info.exists():
@@ -147,11 +167,39 @@ def install(sdist: Path, site: Path):
     print(f"installed detectron2 0.6 (Python sources, sha256 verified) into {site}")
 
 
+def patch_fast_eval(package: Path) -> bool:
+    """Append :data:`FAST_EVAL_FALLBACK` to ``package/evaluation/fast_eval_api.py`` (``package``:
+    a detectron2 folder) unless it is there. Returns whether the file changed."""
+    path = Path(package) / "evaluation" / "fast_eval_api.py"
+    text = path.read_text()
+    if FAST_EVAL_MARKER in text:
+        return False
+    path.write_text(text.rstrip("\n") + "\n\n\n" + FAST_EVAL_FALLBACK)
+    return True
+
+
+def patch_installed(site: Path) -> int:
+    """Steps 5-6 on the offline install in ``site`` (only when its ``_C.py`` is the stand-in)."""
+    target = site / "detectron2"
+    c_file = target / "_C.py"
+    if not c_file.is_file() or "SOLO_D2_STANDIN = True" not in c_file.read_text():
+        print(f"{target} is not solo_d2's offline install (no _C.py stand-in): nothing to patch")
+        return 0
+    c_file.write_text(C_STANDIN)
+    changed = patch_fast_eval(target)
+    print(f"{target}: COCOeval_opt falls back to pycocotools' COCOeval ({'patched' if changed else 'already patched'})")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sdist", type=Path, help="use this pb1-detectron2-0.6.tar.gz instead of downloading")
     ap.add_argument("--site", type=Path, default=Path(sysconfig.get_paths()["purelib"]))
+    ap.add_argument("--patch-installed", action="store_true",
+                    help="only update the _C stand-in and the COCOeval_opt fallback of an offline install in --site")
     args = ap.parse_args()
+    if args.patch_installed:
+        return patch_installed(args.site)
     with tempfile.TemporaryDirectory() as tmp:
         sdist = args.sdist or fetch_sdist(Path(tmp))
         install(sdist, args.site)

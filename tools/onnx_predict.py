@@ -6,7 +6,9 @@ onnxruntime, numpy and OpenCV only (no torch, no detectron2), and draw the resul
 
 Reads ``model.json`` next to the model (written by the exporter) for the input colour
 format, the test resize and the class names; without it, give ``--input-format``,
-``--min-size``/``--max-size``. The image is resized as the config's test resize does,
+``--min-size``/``--max-size``. ``--class-names a,b,c`` (or a file, one name a line) overrides
+model.json's names; names missing, or not as many as the model's classes, give a warning naming
+both and the labels are class numbers. The image is resized as the config's test resize does,
 run through the graph, and the outputs are mapped back to the original size:
 
 - SOLO family: each detection above ``--threshold`` is painted with its own colour
@@ -37,7 +39,35 @@ def get_parser():
     p.add_argument("--min-size", type=int, help="override model.json's min_size_test (0: no resize)")
     p.add_argument("--max-size", type=int, help="override model.json's max_size_test")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    p.add_argument("--class-names", metavar="NAMES",
+                   help="class names, 'a,b,c' or a file with one name per line (default: model.json's class_names)")
     return p
+
+
+def read_class_names(spec):
+    """``'a,b,c'`` or a file (one name a line, or a json list) -> list of names."""
+    if os.path.isfile(spec):
+        with open(spec) as f:
+            if spec.endswith(".json"):
+                return [str(n) for n in json.load(f)]
+            return [line.strip() for line in f if line.strip()]
+    return [n.strip() for n in spec.split(",") if n.strip()]
+
+
+def checked_class_names(info, override=None):
+    """The class names to label with, or None (a warning on stderr says why): ``override`` or
+    model.json's ``class_names``, used only when as many as the model's ``num_classes``."""
+    names, source = (override, "--class-names") if override is not None else (info.get("class_names"), "model.json")
+    count = info.get("num_classes")
+    if not names:
+        sys.stderr.write("warning: {} has no class names for the model's {} classes: labels are class numbers; "
+                         "pass --class-names name1,name2,...\n".format(source, count if count is not None else "?"))
+        return None
+    if count is not None and len(names) != count:
+        sys.stderr.write("warning: {} gives {} class names ({}) but the model has {} classes (model.json num_classes): "
+                         "labels are class numbers\n".format(source, len(names), ", ".join(names[:10]), count))
+        return None
+    return list(names)
 
 
 def load_info(args):
@@ -108,6 +138,11 @@ def palette(n, colors=None):
     return rng.randint(40, 256, (max(n, 1), 3)).astype(np.uint8)
 
 
+def class_label(names, c):
+    c = int(c)
+    return names[c] if names and 0 <= c < len(names) else str(c)
+
+
 def draw(bgr, result, info, threshold=0.3):
     """The result painted over the BGR image (a new BGR uint8 array)."""
     out = bgr.copy()
@@ -124,7 +159,7 @@ def draw(bgr, result, info, threshold=0.3):
         out[m] = (0.5 * out[m] + 0.5 * color).astype(np.uint8)
         x0, y0, x1, y1 = [int(round(v)) for v in b]
         cv2.rectangle(out, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), tuple(int(v) for v in color), 1)
-        label = f"{names[c] if names and 0 <= c < len(names) else c} {s:.2f}"
+        label = f"{class_label(names, c)} {s:.2f}"
         cv2.putText(out, label, (x0, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, tuple(int(v) for v in color), 1)
     return out
 
@@ -136,16 +171,19 @@ def main(argv=None) -> int:
         sys.stderr.write(f"error: cannot read image {args.image}\n")
         return 2
     info = load_info(args)
+    info["class_names"] = checked_class_names(info, read_class_names(args.class_names) if args.class_names else None)
+    names = info["class_names"]
     result = predict(make_session(args.model, args.threads), info, bgr)
     if "scores" in result:
         kept = int((result["scores"] >= args.threshold).sum())
         print(f"{len(result['scores'])} detections, {kept} with score >= {args.threshold}")
         for s, c, b in zip(result["scores"], result["classes"], result["boxes"]):
             if s >= args.threshold:
-                print(f"  class {int(c)} score {float(s):.3f} box {[round(float(v), 1) for v in b]}")
+                print(f"  {class_label(names, c)} (class {int(c)}) score {float(s):.3f} "
+                      f"box {[round(float(v), 1) for v in b]}")
     else:
         classes, counts = np.unique(result["labels"], return_counts=True)
-        print("pixels per class:", {int(k): int(v) for k, v in zip(classes, counts)})
+        print("pixels per class:", {class_label(names, k): int(v) for k, v in zip(classes, counts)})
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     if not cv2.imwrite(args.output, draw(bgr, result, info, args.threshold)):
         sys.stderr.write(f"error: cannot write {args.output}\n")

@@ -7,6 +7,18 @@
     tools/train_net.py --config-file configs/Synthetic/SOLOv2_R18.yaml --num-gpus 0
     tools/train_net.py --config-file configs/Synthetic/SOLOv2_R18.yaml --num-gpus 0 --num-cpu-workers 2
 
+Your own data (docs/CUSTOM_DATA.md): register it on the command line, before the options
+that name it; every worker registers it too (repeat the flag for each dataset):
+
+    tools/train_net.py --config-file my_config.yaml --register-coco mydata_train train.json train/ \
+        --register-coco mydata_val val.json val/ DATASETS.TRAIN '("mydata_train",)' ...
+    --register-sem-seg NAME IMAGE_DIR LABEL_DIR CLASSES      # CLASSES: 'a,b,c' or a file, one name a line
+    --register-coco-panoptic NAME IMAGE_DIR PANOPTIC_DIR PANOPTIC_JSON
+
+--eval-only loads MODEL.WEIGHTS refusing weights of another class count (instead of leaving the
+mismatched layers random) and checks the class count of every DATASETS.TEST against the config.
+--check-images all decodes every image before training and names each unreadable one.
+
 One run per OUTPUT_DIR: the launching process holds OUTPUT_DIR/solo_d2.lock (pid, host)
 for the whole run; a second run on a directory a live run holds is refused (a stale
 lock, whose process is gone, is taken over). --eval-only without MODEL.WEIGHTS (a
@@ -27,7 +39,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import solo_d2  # noqa: E402,F401  (registers models and datasets)
 from solo_d2.data import check_dataset  # noqa: E402
 from solo_d2.data.datasets import CHECK_IMAGES_MODES, IMAGE_SAMPLE_SIZE  # noqa: E402
+from solo_d2.data.register import add_register_arguments, register_from_args  # noqa: E402
 from solo_d2.engine import OutputDirLock, OutputDirLockedError, Trainer, launch, setup_cfg  # noqa: E402
+from solo_d2.engine.model_metadata import check_eval_datasets, load_weights_for_inference  # noqa: E402
 
 RANDOM_WEIGHTS_MESSAGE = (
     "--eval-only with an empty MODEL.WEIGHTS would evaluate a randomly initialized model. "
@@ -44,11 +58,16 @@ def setup(args):
 
 def main(args):
     """One worker's run. :func:`run` has checked the datasets and --eval-only's weights
-    before starting the workers."""
+    before starting the workers. The --register-* datasets are registered again here: a
+    spawned worker starts with Detectron2's catalogs as its imports leave them."""
+    register_from_args(args)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        path = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
+        saved = load_weights_for_inference(cfg, model, path)  # weights of another class count: an error
+        check_eval_datasets(cfg, saved)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -71,7 +90,9 @@ def run(args):
     """Launch ``main`` holding the OUTPUT_DIR lock (taken here, in the launching process of
     machine rank 0, never in worker processes). Before any worker starts, this launching
     process (one per machine) refuses --eval-only of a random model and checks the datasets'
-    files once, instead of every worker loading the dataset dicts to check them."""
+    files once, instead of every worker loading the dataset dicts to check them. The
+    --register-* datasets are registered first, before the config is built."""
+    register_from_args(args)
     cfg = setup_cfg(args.config_file, args.opts)
     if args.eval_only:
         check_eval_weights(cfg, args)
@@ -113,14 +134,16 @@ def get_parser():
         "--check-images",
         choices=CHECK_IMAGES_MODES,
         default="sample",
-        help="before starting, check that the image files of the datasets exist: a fixed sample of "
-        f"{IMAGE_SAMPLE_SIZE} per dataset (default), all of them, or none",
+        help="before starting, check the image files of the datasets: that a fixed sample of "
+        f"{IMAGE_SAMPLE_SIZE} per dataset exists (default); 'all': decode every image and label file "
+        "(with a progress bar) and name each missing or unreadable one; 'none'",
     )
     parser.add_argument(
         "--allow-random-weights",
         action="store_true",
         help="allow --eval-only with an empty MODEL.WEIGHTS (evaluates a randomly initialized model)",
     )
+    add_register_arguments(parser)
     return parser
 
 

@@ -25,13 +25,16 @@ loader (:func:`.panoptic_datasets.load_cityscapes_panoptic`: Detectron2's, right
 import glob
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
+from PIL import Image
+from tqdm import tqdm
 
 from .cityscapes import load_cityscapes_instances, load_cityscapes_semantic, register_builtin_cityscapes
+from .mapper import ImageReadError
 from .panoptic_datasets import SYNTHETIC_PANOPTIC_DATASETS, register_builtin_cityscapes_panoptic, register_synthetic_panoptic
 from .synthetic import COCO_CLASSES, generate_synthetic_cityscapes, generate_synthetic_coco
 from .synthetic_panoptic import generate_synthetic_coco_panoptic
@@ -151,21 +154,34 @@ def _prepare_command(name):
         return _COCO_CMD.format(split=split) + (_COCO_PANOPTIC_CMD if "panoptic" in name else "")
     if name.startswith("cityscapes_"):
         return _CITYSCAPES_CMD + (_CITYSCAPES_PANOPTIC_CMD if "panoptic" in name else "")
-    return "see datasets/README.md"
+    return _CUSTOM_HINT
+
+
+_CUSTOM_HINT = (
+    "your own dataset: check the paths it was registered with (docs/CUSTOM_DATA.md: "
+    "tools/train_net.py --register-coco NAME JSON IMAGE_DIR, --register-sem-seg, --register-coco-panoptic); "
+    "the builtin ones: datasets/README.md"
+)
 
 
 CHECK_IMAGES_MODES = ("none", "sample", "all")
 IMAGE_SAMPLE_SIZE = 500
 
 
-def check_image_files(name, mode="sample", sample_size=IMAGE_SAMPLE_SIZE, seed=0):
-    """Check that the image files of dataset ``name`` exist (``file_name``,
-    ``sem_seg_file_name`` and ``pan_seg_file_name`` of its dicts).
+def check_image_files(name, mode="sample", sample_size=IMAGE_SAMPLE_SIZE, seed=0, progress=True):
+    """Check the image files of dataset ``name`` (``file_name``, ``sem_seg_file_name`` and
+    ``pan_seg_file_name`` of its dicts) before training.
 
-    ``mode``: ``"all"`` checks every item; ``"sample"`` a fixed random subset of
-    ``sample_size`` items (all of a smaller dataset); ``"none"`` nothing. Loads the
-    dataset dicts (``DatasetCatalog.get``). Raises ``FileNotFoundError`` with the number of
-    missing files and the first of them. Returns the number of files checked.
+    ``mode``: ``"sample"`` checks that a fixed random subset of ``sample_size`` items (all of a
+    smaller dataset) exists; ``"all"`` *decodes* every file of every item (in threads, with a
+    progress bar when ``progress``), so truncated or corrupt files are found before training,
+    and checks that the label PNGs of ``sem_seg`` datasets hold only class indices
+    (``< len(stuff_classes)``) or ``ignore_label``; ``"none"`` checks nothing. Loads the
+    dataset dicts (``DatasetCatalog.get``).
+
+    Raises ``FileNotFoundError`` when files are missing (with the number of missing files and the
+    first of them; in ``"all"`` mode every one), or :class:`~solo_d2.data.ImageReadError` (an
+    ``OSError``) naming each file that cannot be read and why. Returns the number of files checked.
     """
     if mode not in CHECK_IMAGES_MODES:
         raise ValueError("check_images must be one of {}, got {!r}".format(CHECK_IMAGES_MODES, mode))
@@ -177,20 +193,72 @@ def check_image_files(name, mode="sample", sample_size=IMAGE_SAMPLE_SIZE, seed=0
         index = np.sort(np.random.RandomState(seed).choice(len(dicts), sample_size, replace=False))
     keys = ("file_name", "sem_seg_file_name", "pan_seg_file_name")
     paths = [dicts[i][k] for i in index for k in keys if dicts[i].get(k)]
+    checked = "all {}".format(len(dicts)) if len(index) == len(dicts) else "a sample of {} of {}".format(
+        len(index), len(dicts))
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        checked = "all {}".format(len(dicts)) if len(index) == len(dicts) else "a sample of {} of {}".format(
-            len(index), len(dicts))
+        shown = missing if mode == "all" else missing[:5]
         raise FileNotFoundError(
             "Dataset '{}': {} of {} image files checked ({} items) are missing, e.g. {}. "
             "Prepare the dataset with: {}{}".format(
-                name, len(missing), len(paths), checked, ", ".join("'{}'".format(m) for m in missing[:5]),
+                name, len(missing), len(paths), checked, ", ".join("'{}'".format(m) for m in shown),
                 _prepare_command(name),
                 "" if mode == "all" else " (check_images='all' / --check-images all lists every missing file)",
             )
         )
-    logging.getLogger(__name__).info("Dataset '%s': %d image files checked (%s), all present", name, len(paths), mode)
+    if mode == "all":
+        _decode_all(name, dicts, paths, progress)
+    logging.getLogger(__name__).info("Dataset '%s': %d image files checked (%s)%s", name, len(paths), mode,
+                                     ", all decoded" if mode == "all" else ", all present")
     return len(paths)
+
+
+def _label_range(name):
+    """``(num_classes, ignore_label)`` that label PNGs of ``name`` must respect, or None."""
+    meta = MetadataCatalog.get(name)
+    if meta.get("evaluator_type") != "sem_seg" or not meta.get("stuff_classes"):
+        return None
+    return len(meta.stuff_classes), meta.get("ignore_label", 255)
+
+
+def _decode(path, label_range):
+    """None if ``path`` decodes (and, for a label PNG, holds valid labels), else the reason."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if label_range is None:
+                return None
+            values = np.unique(np.asarray(img))
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated, unidentified, broken PNG
+        return "{}: {}".format(type(e).__name__, e)
+    num_classes, ignore = label_range
+    bad = [int(v) for v in values if v >= num_classes and v != ignore]
+    if bad:
+        return "label values {} are neither a class index (0..{}) nor the ignore label {}".format(
+            bad[:10], num_classes - 1, ignore)
+    return None
+
+
+def _decode_all(name, dicts, paths, progress):
+    labels = set(d["sem_seg_file_name"] for d in dicts if d.get("sem_seg_file_name"))
+    label_range = _label_range(name)
+    unique = list(dict.fromkeys(paths))
+    problems = {}
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, tqdm(
+        total=len(unique), desc="Decoding the images of '{}'".format(name), unit="file",
+        disable=not progress, mininterval=1.0,
+    ) as bar:
+        results = pool.map(lambda p: _decode(p, label_range if p in labels else None), unique)
+        for path, reason in zip(unique, results):
+            bar.update(1)
+            if reason is not None:
+                problems[path] = reason
+    if problems:
+        raise ImageReadError(
+            "Dataset '{}': {} of {} files cannot be read; fix or remove them (or their dataset items) "
+            "before training:\n{}".format(
+                name, len(problems), len(unique), "\n".join("  '{}': {}".format(p, r) for p, r in problems.items()))
+        )
 
 
 def check_dataset(name, check_images="sample", sample_size=IMAGE_SAMPLE_SIZE):
@@ -210,7 +278,10 @@ def check_dataset(name, check_images="sample", sample_size=IMAGE_SAMPLE_SIZE):
     registered = DatasetCatalog.list()
     if name not in registered:
         raise KeyError(
-            "Dataset '{}' is not registered. Registered datasets: {}".format(name, ", ".join(sorted(registered)))
+            "Dataset '{}' is not registered. Register your own data before the config is built: "
+            "tools/train_net.py --register-coco {} JSON IMAGE_DIR (or --register-sem-seg / "
+            "--register-coco-panoptic), or Detectron2's register_coco_instances in Python; see "
+            "docs/CUSTOM_DATA.md. Registered datasets: {}".format(name, name, ", ".join(sorted(registered)))
         )
     ensure_dataset(name)
     meta = MetadataCatalog.get(name)

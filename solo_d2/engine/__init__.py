@@ -1,6 +1,21 @@
 from .launch import launch
 from .output_lock import OutputDirLock, OutputDirLockedError
-from .trainer import Trainer, build_optimizer_param_groups, check_num_classes, setup_cfg, trim_metrics
+from .model_metadata import (
+    Predictor,
+    WeightsMismatchError,
+    check_eval_datasets,
+    load_weights_for_inference,
+    model_metadata,
+    read_checkpoint_metadata,
+)
+from .trainer import (
+    Trainer,
+    build_optimizer_param_groups,
+    check_num_classes,
+    check_training_instances,
+    setup_cfg,
+    trim_metrics,
+)
 
 __all__ = [
     "Trainer",
@@ -8,6 +23,13 @@ __all__ = [
     "setup_cfg",
     "build_optimizer_param_groups",
     "check_num_classes",
+    "check_training_instances",
+    "Predictor",
+    "WeightsMismatchError",
+    "check_eval_datasets",
+    "load_weights_for_inference",
+    "model_metadata",
+    "read_checkpoint_metadata",
     "trim_metrics",
     "OutputDirLock",
     "OutputDirLockedError",

@@ -31,6 +31,13 @@ Differences from ``DefaultTrainer``:
 - non-finite losses stop training with detectron2's ``FloatingPointError``
   ("Loss became infinite or NaN at iteration=k", with the loss dict), raised by
   ``SimpleTrainer``/``AMPTrainer`` before the optimizer step.
+- checkpoints hold the training dataset's class names, colors and id maps (key
+  ``dataset_metadata``, :mod:`.model_metadata`), which evaluation, prediction and export read;
+- a training set without any (non-crowd) instance is refused for instance and panoptic models
+  (:func:`check_training_instances`; ``DATALOADER.ALLOW_NO_INSTANCES True`` allows it);
+- the final evaluation runs only when training reached ``SOLVER.MAX_ITER``: Detectron2's
+  ``EvalHook`` also evaluates after an exception in the last iteration, printing AP tables of
+  a model that never finished (and the crash below them).
 """
 import itertools
 import json
@@ -42,9 +49,10 @@ from typing import Any, Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg as d2_get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -58,6 +66,7 @@ from ..data.augmentation import build_augmentation
 from ..data.mapper import FileNamingDatasetMapper
 from ..data.panoptic import PanopticDatasetMapper
 from ..utils.io import atomic_write
+from .model_metadata import CHECKPOINT_KEY, DatasetMetadataCheckpointable, training_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +217,60 @@ def check_num_classes(cfg) -> None:
             )
 
 
+def _instance_count(d, thing_ids) -> int:
+    """Non-crowd instances of a dataset dict: COCO ``annotations``, or the thing segments of a
+    panoptic dict (``segments_info`` with ``isthing``, or, as Cityscapes panoptic dicts, without
+    it: a ``category_id`` among ``thing_ids``)."""
+    if "annotations" in d:
+        return sum(1 for a in d["annotations"] if not a.get("iscrowd", 0))
+    return sum(
+        1
+        for s in d.get("segments_info", ())
+        if s.get("isthing", s.get("category_id") in thing_ids) and not s.get("iscrowd", 0)
+    )
+
+
+def check_training_instances(cfg, dataset_dicts) -> int:
+    """Refuse to train an instance or panoptic model (SOLO family) on dataset dicts without any
+    non-crowd instance: every loss would say "no object" and the model would learn nothing
+    (``loss_mask`` 0, no predictions at evaluation). Raises ``ValueError`` naming
+    ``DATASETS.TRAIN`` and the fix, unless ``DATALOADER.ALLOW_NO_INSTANCES``. Semantic models are
+    not checked. Returns the number of instances."""
+    if "SOLO" not in cfg.MODEL.META_ARCHITECTURE.upper():
+        return -1
+    thing_ids = set()
+    for name in cfg.DATASETS.TRAIN:
+        thing_ids.update(MetadataCatalog.get(name).get("thing_dataset_id_to_contiguous_id", {}).values())
+    count = sum(_instance_count(d, thing_ids) for d in dataset_dicts)
+    if count == 0 and not cfg.DATALOADER.get("ALLOW_NO_INSTANCES", False):
+        names = ", ".join("'{}'".format(n) for n in cfg.DATASETS.TRAIN)
+        raise ValueError(
+            "The training set {} ({} images) has no instance annotation (no non-crowd object in any image): "
+            "{} would learn nothing but 'no object'. Check the dataset's annotations (json 'annotations' with "
+            "'segmentation', their image_id and category_id; see docs/CUSTOM_DATA.md), or set "
+            "DATALOADER.ALLOW_NO_INSTANCES True to train on it anyway.".format(
+                names, len(dataset_dicts), cfg.MODEL.META_ARCHITECTURE)
+        )
+    return count
+
+
+class _FinishedTrainingEvalHook(hooks.EvalHook):
+    """Detectron2's ``EvalHook``, whose final evaluation runs only when training finished.
+
+    ``TrainerBase.train`` sets ``iter = max_iter`` after the last step; after an exception it is
+    at most ``max_iter - 1``, which ``EvalHook.after_train``'s ``iter + 1 >= max_iter`` accepts
+    for a crash in the last iteration."""
+
+    def after_train(self):
+        if getattr(self, "_eval_after_train", True):  # Detectron2 main's switch
+            if self.trainer.iter >= self.trainer.max_iter:
+                self._do_eval()
+            else:
+                logger.warning("Training stopped at iteration %d of %d: no final evaluation", self.trainer.iter,
+                               self.trainer.max_iter)
+        del self._func
+
+
 class _SkipSampler(torch.utils.data.Sampler):
     """An infinite training sampler without its first ``skip`` indices (those of the
     iterations a resumed run has already done)."""
@@ -261,7 +324,10 @@ class Trainer(DefaultTrainer):
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+            **{CHECKPOINT_KEY: DatasetMetadataCheckpointable(training_metadata(cfg))},
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -319,6 +385,17 @@ class Trainer(DefaultTrainer):
                 w._file_handle.close()
                 w._file_handle = open(name, "a")
 
+    def build_hooks(self):
+        """Detectron2's hooks, with an ``EvalHook`` that skips the final evaluation after a crash."""
+        ret = super().build_hooks()
+        for i, h in enumerate(ret):
+            if type(h) is hooks.EvalHook:
+                new = _FinishedTrainingEvalHook(h._period, h._func)
+                if hasattr(h, "_eval_after_train"):
+                    new._eval_after_train = h._eval_after_train
+                ret[i] = new
+        return ret
+
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
@@ -340,6 +417,7 @@ class Trainer(DefaultTrainer):
         mapper_cls = PanopticDatasetMapper if cfg.MODEL.META_ARCHITECTURE == "SOLOPanoptic" else FileNamingDatasetMapper
         mapper = mapper_cls(cfg, is_train=True, augmentations=build_augmentation(cfg, True))
         kwargs = _train_loader_from_config(cfg, mapper=mapper)
+        check_training_instances(cfg, kwargs["dataset"])
         sampler = kwargs["sampler"]
         if cfg.SEED >= 0 and hasattr(sampler, "_seed"):
             sampler._seed = int(cfg.SEED)  # detectron2's samplers draw from torch.Generator(_seed)
@@ -396,5 +474,24 @@ def setup_cfg(config_file: str, opts=(), *, device=None):
     if not cfg.MODEL.DEVICE.startswith("cuda") and cfg.SOLVER.AMP.ENABLED:
         logger.warning("SOLVER.AMP.ENABLED needs CUDA; training in fp32 on %s", cfg.MODEL.DEVICE)
         cfg.SOLVER.AMP.ENABLED = False
+    warn_unused_score_threshold(cfg)
     cfg.freeze()
     return cfg
+
+
+def warn_unused_score_threshold(cfg) -> bool:
+    """Warn when ``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` (Detectron2's detection score threshold)
+    is changed for a SOLO-family model, which does not read it. Returns whether it warned."""
+    if "SOLO" not in cfg.MODEL.META_ARCHITECTURE.upper():
+        return False
+    default = d2_get_cfg().MODEL.ROI_HEADS.SCORE_THRESH_TEST
+    value = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+    if value == default:
+        return False
+    logger.warning(
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST=%s has no effect on %s models. Their score thresholds are "
+        "MODEL.SOLO.SCORE_THR (category score of a candidate, now %s) and MODEL.SOLO.UPDATE_THR (score after "
+        "Matrix NMS, now %s): set both to %s for detections scoring at least %s (tools/demo.py "
+        "--confidence-threshold %s does that).", value, cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.SOLO.SCORE_THR,
+        cfg.MODEL.SOLO.UPDATE_THR, value, value, value)
+    return True
