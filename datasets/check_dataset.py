@@ -34,7 +34,7 @@ def main(argv=None):
 
     failed = 0
     try:
-        pass
+        register_from_args(args)
     except (OSError, ValueError) as e:
         print("error: {}".format(e), file=sys.stderr)
         return 1

@@ -127,19 +127,25 @@ def test_register_coco_sets_the_classes_before_loading_and_refuses_wrong_input(m
             str(mydata / "val"),
         )
     boxes_only = json.loads((mydata / "val.json").read_text())
-    for a in boxes_only["annotations"]:
-        del a["segmentation"]
+    del boxes_only["annotations"][3]["segmentation"]  # one box without a mask is enough to refuse
     (tmp_path / "boxes.json").write_text(json.dumps(boxes_only))
-    with pytest.raises(ValueError, match=r"none of the \d+ annotations .* has a 'segmentation'"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 of the \d+ annotations of .* have no 'segmentation' \(e.g. id \d+, image_id",
+    ):
         register_coco(
-            _fresh("custom_test_boxes"), str(tmp_path / "boxes.json"), str(mydata / "val")
+            _fresh("custom_test_boxes"),
+            str(tmp_path / "boxes.json"),
+            str(mydata / "val"),
         )
     with pytest.raises(
         FileNotFoundError,
         match=r"--register-coco: image folder '.*nowhere' does not exist.*CUSTOM_DATA",
     ):
         register_coco(
-            _fresh("custom_test_nowhere"), str(mydata / "val.json"), str(mydata / "nowhere")
+            _fresh("custom_test_nowhere"),
+            str(mydata / "val.json"),
+            str(mydata / "nowhere"),
         )
 
 
@@ -177,13 +183,17 @@ def test_register_coco_panoptic_reads_the_image_names_of_the_json(mydata, tmp_pa
     for im in data["images"]:
         new = "img_" + im["file_name"].replace(".jpg", ".png")
         cv2.imwrite(
-            str(tmp_path / "images" / new), cv2.imread(str(mydata / "val" / im["file_name"]))
+            str(tmp_path / "images" / new),
+            cv2.imread(str(mydata / "val" / im["file_name"])),
         )
         im["file_name"] = new
     (tmp_path / "pan.json").write_text(json.dumps(data))
     name = _fresh("custom_test_pan")
     register_coco_panoptic_dataset(
-        name, str(tmp_path / "images"), str(mydata / "panoptic_val"), str(tmp_path / "pan.json")
+        name,
+        str(tmp_path / "images"),
+        str(mydata / "panoptic_val"),
+        str(tmp_path / "pan.json"),
     )
     meta = MetadataCatalog.get(name)
     assert meta.thing_classes == meta.stuff_classes == THINGS + ["wall", "floor"]
@@ -207,7 +217,10 @@ def test_register_coco_panoptic_reads_the_image_names_of_the_json(mydata, tmp_pa
 
     name = _fresh("custom_test_pan_jpg")
     register_coco_panoptic_dataset(
-        name, str(mydata / "val"), str(mydata / "panoptic_val"), str(mydata / "panoptic_val.json")
+        name,
+        str(mydata / "val"),
+        str(mydata / "panoptic_val"),
+        str(mydata / "panoptic_val.json"),
     )
     ours = DatasetCatalog.get(name)
     theirs = load_coco_panoptic_json(
@@ -409,7 +422,10 @@ def test_checkpoints_hold_the_training_set_class_names(mydata, tmp_path):
     assert saved["thing_dataset_id_to_contiguous_id"] == {1: 0, 2: 1, 3: 2}
     # fine-tuning from / resuming a checkpoint of another dataset keeps the names being trained
     other = dict(saved, thing_classes=["a", "b", "c"])
-    torch.save({"model": trainer.model.state_dict(), CHECKPOINT_KEY: other}, tmp_path / "other.pth")
+    torch.save(
+        {"model": trainer.model.state_dict(), CHECKPOINT_KEY: other},
+        tmp_path / "other.pth",
+    )
     trainer.checkpointer.load(str(tmp_path / "other.pth"))
     trainer.checkpointer.save("model_after")
     assert (
@@ -484,7 +500,10 @@ def test_panoptic_predictor_writes_the_category_ids_of_the_saved_dataset(tmp_pat
         "stuff_dataset_id_to_contiguous_id": {4: 3, 5: 4},
         "dataset": "mydata_pan_train",
     }
-    torch.save({"model": build_model(cfg).state_dict(), CHECKPOINT_KEY: meta}, tmp_path / "pan.pth")
+    torch.save(
+        {"model": build_model(cfg).state_dict(), CHECKPOINT_KEY: meta},
+        tmp_path / "pan.pth",
+    )
     predictor = Predictor(cfg)
     assert predictor.model.combine_cfg["thing_ids"] == [0, 1, 2]
     assert predictor.model.combine_cfg["stuff_ids"] == [-1, 3, 4]  # label 0 is "things"
@@ -494,7 +513,9 @@ def test_panoptic_predictor_writes_the_category_ids_of_the_saved_dataset(tmp_pat
         assert s["category_id"] in ((0, 1, 2) if s["isthing"] else (3, 4))
 
 
-def test_class_names_come_from_the_override_the_checkpoint_or_the_dataset_with_warnings(caplog):
+def test_class_names_come_from_the_override_the_checkpoint_or_the_dataset_with_warnings(
+    caplog,
+):
     caplog.set_level(logging.WARNING)
     cfg = _cfg(
         SOLO_CONFIG,
@@ -530,7 +551,11 @@ def test_class_names_come_from_the_override_the_checkpoint_or_the_dataset_with_w
     caplog.clear()
     # a dataset of another class count: not used, both named
     cfg5 = _cfg(
-        SOLO_CONFIG, "MODEL.SOLO.NUM_CLASSES", "5", "DATASETS.TEST", "('synthetic_coco_val',)"
+        SOLO_CONFIG,
+        "MODEL.SOLO.NUM_CLASSES",
+        "5",
+        "DATASETS.TEST",
+        "('synthetic_coco_val',)",
     )
     assert "thing_classes" not in model_metadata(cfg5, None)
     assert (
@@ -560,7 +585,11 @@ def test_class_names_come_from_the_override_the_checkpoint_or_the_dataset_with_w
 
 def test_eval_datasets_must_have_the_config_class_count(caplog):
     cfg = _cfg(
-        SOLO_CONFIG, "MODEL.SOLO.NUM_CLASSES", "5", "DATASETS.TEST", "('synthetic_coco_val',)"
+        SOLO_CONFIG,
+        "MODEL.SOLO.NUM_CLASSES",
+        "5",
+        "DATASETS.TEST",
+        "('synthetic_coco_val',)",
     )
     with pytest.raises(
         ValueError,
@@ -569,7 +598,11 @@ def test_eval_datasets_must_have_the_config_class_count(caplog):
     ):
         check_eval_datasets(cfg)
     cfg = _cfg(
-        SOLO_CONFIG, "MODEL.SOLO.NUM_CLASSES", "3", "DATASETS.TEST", "('synthetic_coco_val',)"
+        SOLO_CONFIG,
+        "MODEL.SOLO.NUM_CLASSES",
+        "3",
+        "DATASETS.TEST",
+        "('synthetic_coco_val',)",
     )
     caplog.set_level(logging.WARNING)
     check_eval_datasets(cfg, {"thing_classes": THINGS, "dataset": "mydata_train"})
@@ -580,7 +613,9 @@ def test_eval_datasets_must_have_the_config_class_count(caplog):
     )
 
 
-def test_roi_heads_score_threshold_warns_for_solo_and_the_demo_threshold_sets_solo_keys(caplog):
+def test_roi_heads_score_threshold_warns_for_solo_and_the_demo_threshold_sets_solo_keys(
+    caplog,
+):
     caplog.set_level(logging.WARNING)
     _cfg(SOLO_CONFIG)
     assert "SCORE_THRESH_TEST" not in caplog.text
@@ -596,7 +631,9 @@ def test_roi_heads_score_threshold_warns_for_solo_and_the_demo_threshold_sets_so
     assert cfg.MODEL.SOLO.SCORE_THR == cfg.MODEL.SOLO.UPDATE_THR == 0.35
     assert cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH == 0.35
     cfg = setup_cfg(
-        SOLO_CONFIG, demo.threshold_opts(0.35) + ["MODEL.SOLO.UPDATE_THR", "0.5"], device="cpu"
+        SOLO_CONFIG,
+        demo.threshold_opts(0.35) + ["MODEL.SOLO.UPDATE_THR", "0.5"],
+        device="cpu",
     )
     assert cfg.MODEL.SOLO.UPDATE_THR == 0.5  # --opts given by the user win
 
@@ -650,7 +687,9 @@ def test_coco_evaluator_built_the_standard_way_works_without_compiled_ops(tmp_pa
     model = build_model(cfg).eval()
     loader = build_detection_test_loader(cfg, "synthetic_coco_val")
     standard = inference_on_dataset(
-        model, loader, COCOEvaluator("synthetic_coco_val", output_dir=str(tmp_path / "a"))
+        model,
+        loader,
+        COCOEvaluator("synthetic_coco_val", output_dir=str(tmp_path / "a")),
     )
     official = inference_on_dataset(
         model,

@@ -17,7 +17,11 @@ import os
 from typing import List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg, register_coco_instances, register_coco_panoptic
+from detectron2.data.datasets import (
+    load_sem_seg,
+    register_coco_instances,
+    register_coco_panoptic,
+)
 
 from .panoptic_datasets import coco_panoptic_standard_metadata
 
@@ -94,21 +98,21 @@ def register_coco(name: str, json_file: str, image_root: str, flag: str = "--reg
                 flag, json_file
             )
         )
-    no_mask = sum(1 for a in anns if not a.get("iscrowd") and not a.get("segmentation"))
-    if anns and no_mask == len(anns):
-        raise ValueError(
-            "{}: none of the {} annotations of '{}' has a 'segmentation': SOLO models learn "
-            "instance "
-            "masks (polygons or RLE), boxes alone are not enough".format(flag, len(anns), json_file)
-        )
+    no_mask = [a for a in anns if not a.get("segmentation")]
     if no_mask:
-        logger.warning(
-            "%s: %d of %d annotations of '%s' have no 'segmentation'; they are dropped by "
-            "Detectron2's loader",
-            flag,
-            no_mask,
-            len(anns),
-            json_file,
+        first = no_mask[0]
+        raise ValueError(
+            "{}: {} of the {} annotations of '{}' have no 'segmentation' (e.g. id {}, "
+            "image_id {}): SOLO models learn instance masks (polygons or RLE), boxes alone are "
+            "not enough, and Detectron2's mapper fails on an image whose annotations mix both. "
+            "Add the masks or remove those annotations.".format(
+                flag,
+                len(no_mask),
+                len(anns),
+                json_file,
+                first.get("id"),
+                first.get("image_id"),
+            )
         )
     cats = sorted(data["categories"], key=lambda c: c["id"])
     register_coco_instances(name, {}, json_file, image_root)
@@ -196,7 +200,10 @@ def register_sem_seg(
         if list(MetadataCatalog.get(name).stuff_classes) != class_names:
             raise ValueError(
                 "{}: dataset '{}' is already registered with classes {}, not {}".format(
-                    flag, name, list(MetadataCatalog.get(name).stuff_classes), class_names
+                    flag,
+                    name,
+                    list(MetadataCatalog.get(name).stuff_classes),
+                    class_names,
                 )
             )
         return
@@ -281,7 +288,11 @@ def register_coco_panoptic_dataset(
     _exists(panoptic_dir, "panoptic PNG folder", flag)
     _exists(panoptic_json, "panoptic json", flag)
     if _registered_same(
-        name, flag, image_root=image_dir, panoptic_root=panoptic_dir, panoptic_json=panoptic_json
+        name,
+        flag,
+        image_root=image_dir,
+        panoptic_root=panoptic_dir,
+        panoptic_json=panoptic_json,
     ):
         return
     data = _read_json(panoptic_json, flag)
@@ -363,7 +374,10 @@ def register_from_args(args) -> List[str]:
         names.append(name)
     for name, image_dir, label_dir, classes in getattr(args, "register_sem_seg", None) or []:
         register_sem_seg(
-            name, image_dir, label_dir, parse_class_names(classes, "--register-sem-seg CLASSES")
+            name,
+            image_dir,
+            label_dir,
+            parse_class_names(classes, "--register-sem-seg CLASSES"),
         )
         names.append(name)
     for name, image_dir, panoptic_dir, panoptic_json in (
