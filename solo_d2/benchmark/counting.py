@@ -69,6 +69,11 @@ kernel (the ``scalar_tensor`` fill a GPU run makes on the device) where it is th
 assignment ``x[i] = 0.5`` / ``x[mask] = 0.5``; a ``lift_fresh`` of more dimensions outside the
 factories is a copy of host data (a sync): indexing with a Python list, ``x[:, [0, 2]]``, is one.
 
+The counter models a GPU run while the counted code runs on the CPU (its purpose: counting
+without a GPU; the counts of this project are taken that way). On CUDA tensors it applies the
+same rules, which are then approximate and have not been checked on a GPU: a tensor on the CPU
+is still a device tensor unless a rule above makes it a host tensor.
+
 What the counter cannot see: kernels launched inside one ATen operation (cuDNN's several
 kernels of a convolution, the ``nonzero`` inside bool indexing: one op each), code that calls
 the factories through names bound before the counter started (``from torch import zeros``),

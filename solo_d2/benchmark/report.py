@@ -57,10 +57,10 @@ NOTES = """## Notes
   index (`indexed_dice_loss`, bit-identical to the dense loss), so the "targets + dice loss"
   row compares the whole work against the loops plus AdelaiDet's dice on float targets. The
   rest of this note records the measurements of the target assignment before issue 29 (up to
-  6333609, `mask_geometry.py`, since removed): with annotation boxes, masks were read in windows around the boxes after one integer pass over all
-  masks (row counts; it also proves every window holds its whole mask); that pass is the
-  floor reported under the row. The random instances here are discs of radius up to a third of
-  the image height: the windows hold 7.8% of the pixels (3.0 of 38.9 MB), and the stacks they
+  6333609, `mask_geometry.py`, since removed): with annotation boxes, masks were read in
+  windows around the boxes after one integer pass over all masks (row counts; it also proved
+  every window held its whole mask); that pass was the floor reported under the row. The
+  random instances here are discs of radius up to a third of the image height: the windows hold 7.8% of the pixels (3.0 of 38.9 MB), and the stacks they
   are grouped into (windows of both images together, padded to a common size per stack) 15%.
   What is left besides the pass is copying the windows into the stacks, their column counts and
   resizing, and the rest of about 390 tensor operations per call (top-level operations in the
