@@ -38,6 +38,7 @@ from .mapper import ImageReadError
 from .panoptic_datasets import SYNTHETIC_PANOPTIC_DATASETS, register_builtin_cityscapes_panoptic, register_synthetic_panoptic
 from .synthetic import COCO_CLASSES, generate_synthetic_cityscapes, generate_synthetic_coco
 from .synthetic_panoptic import generate_synthetic_coco_panoptic
+from .synthetic_panoptic_textured import generate_synthetic_textured_panoptic
 
 __all__ = [
     "get_dataset_root",
@@ -59,7 +60,8 @@ for _split in ("train", "val"):
 SYNTHETIC_DATASETS.update(SYNTHETIC_PANOPTIC_DATASETS)  # (kind, split, panoptic variant)
 
 _GENERATORS = {"coco": generate_synthetic_coco, "cityscapes": generate_synthetic_cityscapes,
-               "coco_panoptic": generate_synthetic_coco_panoptic}
+               "coco_panoptic": generate_synthetic_coco_panoptic,
+               "textured_panoptic": generate_synthetic_textured_panoptic}
 _COCO_CMD = (
     "mkdir -p $DETECTRON2_DATASETS/coco && cd $DETECTRON2_DATASETS/coco && "
     "wget http://images.cocodataset.org/zips/{split}.zip "

@@ -39,6 +39,12 @@ from detectron2.utils.file_io import PathManager
 
 from .synthetic import generate_synthetic_cityscapes
 from .synthetic_panoptic import PANOPTIC_CATEGORIES, coco_panoptic_paths, generate_synthetic_coco_panoptic
+from .synthetic_panoptic_textured import (
+    TEXTURED_PANOPTIC_CATEGORIES,
+    TEXTURED_PANOPTIC_DERIVED_SPLITS,
+    TEXTURED_PANOPTIC_NAME,
+    generate_synthetic_textured_panoptic,
+)
 
 __all__ = [
     "SYNTHETIC_PANOPTIC_DATASETS",
@@ -59,6 +65,9 @@ for _split in ("train", "val"):
     SYNTHETIC_PANOPTIC_DATASETS["synthetic_coco_panoptic_{}_separated".format(_split)] = ("coco_panoptic", _split, "separated")
     SYNTHETIC_PANOPTIC_DATASETS["synthetic_coco_panoptic_{}_stuffonly".format(_split)] = ("coco_panoptic", _split, "stuffonly")
     SYNTHETIC_PANOPTIC_DATASETS["synthetic_cityscapes_fine_panoptic_" + _split] = ("cityscapes", _split, "cityscapes")
+for _split in ("train", "val", *TEXTURED_PANOPTIC_DERIVED_SPLITS):
+    SYNTHETIC_PANOPTIC_DATASETS["synthetic_textured_panoptic_" + _split] = ("textured_panoptic", _split, "standard")
+    SYNTHETIC_PANOPTIC_DATASETS["synthetic_textured_panoptic_{}_separated".format(_split)] = ("textured_panoptic", _split, "separated")
 BUILTIN_CITYSCAPES_PANOPTIC_DATASETS = ("cityscapes_fine_panoptic_train", "cityscapes_fine_panoptic_val")
 
 
@@ -187,6 +196,27 @@ def register_synthetic_panoptic(root):
             )
             _rewrap(name, generate_synthetic_cityscapes, root)
             done.append(name)
+    return done + _register_textured(root, registered)
+
+
+def _register_textured(root, registered):
+    """``synthetic_textured_panoptic_{train,val,fit,holdout}`` and their ``_separated`` names."""
+    done = []
+    for split in ("train", "val", *TEXTURED_PANOPTIC_DERIVED_SPLITS):
+        name = "synthetic_textured_panoptic_" + split
+        if name in registered:
+            continue
+        files = TEXTURED_PANOPTIC_DERIVED_SPLITS.get(split, (split,))[0]
+        p = coco_panoptic_paths(root, split, TEXTURED_PANOPTIC_NAME, files)
+        cats = TEXTURED_PANOPTIC_CATEGORIES
+        register_coco_panoptic(name, coco_panoptic_standard_metadata(cats), p["image_root"],
+                               p["panoptic_root"], p["panoptic_json"], p["instances_json"])
+        register_coco_panoptic_separated(name, coco_panoptic_separated_metadata(cats), p["image_root"],
+                                         p["panoptic_root"], p["panoptic_json"], p["sem_seg_root"],
+                                         p["instances_json"])
+        for n in (name, name + "_separated"):
+            _rewrap(n, generate_synthetic_textured_panoptic, root)
+            done.append(n)
     return done
 
 

@@ -101,15 +101,17 @@ def semantic_from_panoptic(pan_ids, segments_info, categories):
     return out
 
 
-def coco_panoptic_paths(root, split):
-    """Paths of split ``split`` of ``<root>/synthetic_coco_panoptic``: dict with ``image_root``,
-    ``panoptic_root``, ``panoptic_json``, ``sem_seg_root``, ``instances_json``."""
-    base = os.path.join(root, "synthetic_coco_panoptic")
+def coco_panoptic_paths(root, split, name="synthetic_coco_panoptic", image_split=None):
+    """Paths of split ``split`` of ``<root>/<name>``: dict with ``image_root``,
+    ``panoptic_root``, ``panoptic_json``, ``sem_seg_root``, ``instances_json``. The files
+    (images, PNGs) are those of ``image_split`` (default ``split``); the jsons are ``split``'s."""
+    base = os.path.join(root, name)
+    files = split if image_split is None else image_split
     return {
-        "image_root": os.path.join(base, split),
-        "panoptic_root": os.path.join(base, "panoptic_" + split),
+        "image_root": os.path.join(base, files),
+        "panoptic_root": os.path.join(base, "panoptic_" + files),
         "panoptic_json": os.path.join(base, "annotations", "panoptic_{}.json".format(split)),
-        "sem_seg_root": os.path.join(base, "panoptic_stuff_" + split),
+        "sem_seg_root": os.path.join(base, "panoptic_stuff_" + files),
         "instances_json": os.path.join(base, "annotations", "instances_{}.json".format(split)),
     }
 
@@ -160,9 +162,9 @@ class _IdGenerator:
     """Deterministic variant of panopticapi's ``IdGenerator``: stuff segments get their category
     color, the first instance of a thing class its category color, others a jittered one."""
 
-    def __init__(self, rng):
+    def __init__(self, rng, categories=PANOPTIC_CATEGORIES):
         self.rng = rng
-        self.taken = {(0, 0, 0)} | {tuple(c["color"]) for c in _STUFF}
+        self.taken = {(0, 0, 0)} | {tuple(c["color"]) for c in categories if not c["isthing"]}
 
     def __call__(self, category):
         color = tuple(category["color"])
@@ -180,11 +182,13 @@ def _bbox(mask):
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
-def _panoptic_image(rng, index, h, w):
-    """One image: (image uint8, panoptic ids [H, W] int64, segments_info, thing objects)."""
+def _panoptic_image(rng, index, h, w, categories=PANOPTIC_CATEGORIES, layout_fn=_stuff_layout, image_fn=_stuff_image):
+    """One image: (image uint8, panoptic ids [H, W] int64, segments_info, thing objects).
+    ``layout_fn(rng, index, h, w)`` gives the stuff layout (0 void, ``j`` = j-th stuff category
+    of ``categories``), ``image_fn(rng, layout)`` its pixels."""
     objects = [] if index == ONLY_STUFF_INDEX else _coco_scene(rng, index, h, w)
-    layout = _stuff_layout(rng, index, h, w)
-    img = _stuff_image(rng, layout)
+    layout = layout_fn(rng, index, h, w)
+    img = image_fn(rng, layout)
     visible = _visible_masks([o["mask"] for o in objects]) if objects else []
     things = np.zeros((h, w), dtype=bool)
     for obj in objects:
@@ -194,16 +198,16 @@ def _panoptic_image(rng, index, h, w):
     img += rng.normal(0, 5, size=img.shape)
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
 
-    new_id = _IdGenerator(rng)
+    new_id = _IdGenerator(rng, categories)
     pan = np.zeros((h, w), dtype=np.int64)
     segments = []
-    for label, cat in enumerate(_STUFF, start=1):
+    for label, cat in enumerate([c for c in categories if not c["isthing"]], start=1):
         mask = (layout == label) & ~things
         if mask.any():
             segments.append({"id": new_id(cat), "category_id": cat["id"], "iscrowd": 0})
             pan[mask] = segments[-1]["id"]
     for obj, vis in zip(objects, visible):
-        cat = PANOPTIC_CATEGORIES[COCO_CLASSES.index(obj["cls"])]
+        cat = [c for c in categories if c["isthing"]][COCO_CLASSES.index(obj["cls"])]
         segments.append({"id": new_id(cat), "category_id": cat["id"], "iscrowd": int(obj["poly"] is None)})
         pan[vis] = segments[-1]["id"]
     for seg in segments:
@@ -213,9 +217,13 @@ def _panoptic_image(rng, index, h, w):
     return image, pan, segments, objects
 
 
-def _write_coco_panoptic(out_dir, seed):
+def _write_coco_panoptic(out_dir, seed, splits=PANOPTIC_SPLITS, categories=PANOPTIC_CATEGORIES, **scene):
+    """Write the splits ``{split: image count}`` of a synthetic COCO panoptic tree into
+    ``out_dir``; ``scene``: ``layout_fn`` / ``image_fn`` of :func:`_panoptic_image`. Returns
+    ``{split: (panoptic json dict, instances json dict)}``."""
     os.makedirs(os.path.join(out_dir, "annotations"))
-    for split_index, (split, count) in enumerate(PANOPTIC_SPLITS.items()):
+    written = {}
+    for split_index, (split, count) in enumerate(splits.items()):
         paths = coco_panoptic_paths(os.path.dirname(out_dir), split)
         dirs = {k: os.path.join(out_dir, os.path.basename(paths[k])) for k in ("image_root", "panoptic_root", "sem_seg_root")}
         for d in dirs.values():
@@ -225,21 +233,33 @@ def _write_coco_panoptic(out_dir, seed):
             rng = np.random.default_rng([seed, 200 + split_index, i])
             h = 256 + 16 * int(rng.integers(-2, 3))
             w = 320 + 16 * int(rng.integers(-2, 3))
-            image, pan, segments, objects = _panoptic_image(rng, i, h, w)
+            image, pan, segments, objects = _panoptic_image(rng, i, h, w, categories, **scene)
             image_id, stem = i + 1, "{:06d}".format(i)
             Image.fromarray(image).save(os.path.join(dirs["image_root"], stem + ".jpg"), format="JPEG", quality=95)
             _save_png(id2rgb(pan), os.path.join(dirs["panoptic_root"], stem + ".png"))
-            _save_png(semantic_from_panoptic(pan, segments, PANOPTIC_CATEGORIES), os.path.join(dirs["sem_seg_root"], stem + ".png"))
+            _save_png(semantic_from_panoptic(pan, segments, categories), os.path.join(dirs["sem_seg_root"], stem + ".png"))
             images.append({"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w})
             annotations.append({"image_id": image_id, "file_name": stem + ".png", "segments_info": segments})
             instances += _coco_annotations(rng, objects, image_id, len(instances) + 1)
-        info = {"description": "solo_d2 synthetic COCO panoptic dataset", "version": "1"}
-        panoptic = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": PANOPTIC_CATEGORIES}
-        thing_categories = [{k: c[k] for k in ("id", "name", "supercategory")} for c in PANOPTIC_CATEGORIES if c["isthing"]]
-        coco = {"info": info, "licenses": [], "images": images, "annotations": instances, "categories": thing_categories}
-        for key, data in (("panoptic_json", panoptic), ("instances_json", coco)):
-            with open(os.path.join(out_dir, "annotations", os.path.basename(paths[key])), "w") as f:
-                json.dump(data, f, sort_keys=True)
+        written[split] = _panoptic_jsons(images, annotations, instances, categories)
+        write_panoptic_jsons(out_dir, split, *written[split])
+    return written
+
+
+def _panoptic_jsons(images, annotations, instances, categories):
+    """(panoptic json dict, instances json dict) of these images."""
+    info = {"description": "solo_d2 synthetic COCO panoptic dataset", "version": "1"}
+    panoptic = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
+    thing_categories = [{k: c[k] for k in ("id", "name", "supercategory")} for c in categories if c["isthing"]]
+    coco = {"info": info, "licenses": [], "images": images, "annotations": instances, "categories": thing_categories}
+    return panoptic, coco
+
+
+def write_panoptic_jsons(out_dir, split, panoptic, coco):
+    """Write ``annotations/panoptic_{split}.json`` and ``annotations/instances_{split}.json``."""
+    for key, data in (("panoptic", panoptic), ("instances", coco)):
+        with open(os.path.join(out_dir, "annotations", "{}_{}.json".format(key, split)), "w") as f:
+            json.dump(data, f, sort_keys=True)
 
 
 def generate_synthetic_coco_panoptic(root, seed=0):
