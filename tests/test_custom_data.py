@@ -668,7 +668,7 @@ def test_coco_evaluator_built_the_standard_way_works_without_compiled_ops(tmp_pa
     from detectron2.evaluation import COCOEvaluator, inference_on_dataset
     from detectron2.modeling import build_model
 
-    from solo_d2.utils.env import has_compiled_ops
+    from solo_d2.compat import has_compiled_ops
 
     if has_compiled_ops():
         pytest.skip("detectron2 has its compiled ops: COCOeval_opt is the C++ one")

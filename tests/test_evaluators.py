@@ -26,7 +26,7 @@ from solo_d2.evaluation import (
     coco_tasks_from_config,
 )
 from solo_d2.evaluation import SemSegEvaluator as SoloSemSegEvaluator
-from solo_d2.utils.env import has_compiled_ops
+from solo_d2.compat import has_compiled_ops
 
 COCO_VAL = "synthetic_coco_val"
 CS_INST_VAL = "synthetic_cityscapes_fine_instance_seg_val"
@@ -214,7 +214,7 @@ def test_build_evaluator_by_evaluator_type(synthetic_coco, synthetic_cityscapes,
         MetadataCatalog.get(name).set(evaluator_type="sem_seg", stuff_classes=meta.stuff_classes, ignore_label=255)
     assert type(build_evaluator(cfg, name)) is SoloSemSegEvaluator  # Detectron2's, v0.6's metrics on main too
     sem = build_evaluator(cfg, name, str(tmp_path / "sem"), distributed=False)
-    assert sem._output_dir == str(tmp_path / "sem") and sem._distributed is False
+    assert sem.output_dir == str(tmp_path / "sem") and sem.distributed is False
 
     # boxes only for detectors without masks; keypoints when the config predicts them
     cfg.MODEL.META_ARCHITECTURE = "RetinaNet"

@@ -41,7 +41,7 @@ def test_non_editable_install_ships_the_configs(tmp_path):
 
 
 def test_detectron2_compiled_op_stand_in_names_the_op():
-    from solo_d2.utils.env import has_compiled_ops
+    from solo_d2.compat import has_compiled_ops
 
     if has_compiled_ops():
         pytest.skip("a detectron2 with compiled ops is installed")

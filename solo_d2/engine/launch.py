@@ -16,8 +16,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
-from detectron2.engine.launch import _find_free_port
 from detectron2.utils import comm
+
+from ..compat import create_local_process_group, find_free_port
 
 __all__ = ["launch"]
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -54,7 +55,7 @@ def launch(
     if dist_url in (None, "auto"):
         if num_machines > 1:
             raise ValueError("--dist-url auto works on one machine only; pass tcp://HOST:PORT")
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+        dist_url = f"tcp://127.0.0.1:{find_free_port()}"
     mp.start_processes(
         _cpu_worker,
         nprocs=workers,
@@ -64,17 +65,6 @@ def launch(
     )
 
 
-def _setup_local_group(workers_per_machine: int, num_machines: int, machine_rank: int):
-    if hasattr(comm, "create_local_process_group"):  # detectron2 main
-        comm.create_local_process_group(workers_per_machine)
-        return
-    for i in range(num_machines):  # detectron2 v0.6
-        ranks = list(range(i * workers_per_machine, (i + 1) * workers_per_machine))
-        pg = dist.new_group(ranks)
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = pg
-
-
 def _cpu_worker(local_rank, main_func, world_size, workers_per_machine, machine_rank, dist_url, args, timeout):
     rank = machine_rank * workers_per_machine + local_rank
     try:
@@ -82,7 +72,7 @@ def _cpu_worker(local_rank, main_func, world_size, workers_per_machine, machine_
     except Exception:
         logging.getLogger(__name__).error("Process group URL: %s", dist_url)
         raise
-    _setup_local_group(workers_per_machine, world_size // workers_per_machine, machine_rank)
+    create_local_process_group(workers_per_machine, world_size // workers_per_machine, machine_rank)
     # share the cores instead of oversubscribing them
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers_per_machine))
     comm.synchronize()

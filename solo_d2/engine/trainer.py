@@ -43,25 +43,31 @@ import itertools
 import json
 import logging
 import os
-import weakref
 from collections import defaultdict
 from typing import Any, Dict, List
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg as d2_get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.data.build import _train_loader_from_config
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 from torch.nn.parallel import DistributedDataParallel
 
+from ..compat import (
+    FinishedTrainingEvalHook,
+    init_default_trainer,
+    inner_trainer,
+    json_writers,
+    reopen_json_writers,
+    restart_data_loader,
+    seed_sampler,
+    train_loader_from_config,
+)
 from ..data.augmentation import build_augmentation
 from ..data.mapper import FileNamingDatasetMapper
 from ..data.panoptic import PanopticDatasetMapper
@@ -254,23 +260,6 @@ def check_training_instances(cfg, dataset_dicts) -> int:
     return count
 
 
-class _FinishedTrainingEvalHook(hooks.EvalHook):
-    """Detectron2's ``EvalHook``, whose final evaluation runs only when training finished.
-
-    ``TrainerBase.train`` sets ``iter = max_iter`` after the last step; after an exception it is
-    at most ``max_iter - 1``, which ``EvalHook.after_train``'s ``iter + 1 >= max_iter`` accepts
-    for a crash in the last iteration."""
-
-    def after_train(self):
-        if getattr(self, "_eval_after_train", True):  # Detectron2 main's switch
-            if self.trainer.iter >= self.trainer.max_iter:
-                self._do_eval()
-            else:
-                logger.warning("Training stopped at iteration %d of %d: no final evaluation", self.trainer.iter,
-                               self.trainer.max_iter)
-        del self._func
-
-
 class _SkipSampler(torch.utils.data.Sampler):
     """An infinite training sampler without its first ``skip`` indices (those of the
     iterations a resumed run has already done)."""
@@ -310,28 +299,12 @@ def trim_metrics(path: str, start_iter: int) -> int:
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        # Same construction order as DefaultTrainer.__init__ (v0.6 and main), with a
-        # DDP wrapper that also works on CPU workers.
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        check_num_classes(cfg)
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = _create_ddp_model(model)
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_cls(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
-            **{CHECKPOINT_KEY: DatasetMetadataCheckpointable(training_metadata(cfg))},
+        check_num_classes(cfg)  # before anything is built
+        # DefaultTrainer.__init__ with a DDP wrapper that also works on CPU workers (compat)
+        init_default_trainer(
+            self, cfg, wrap_model=_create_ddp_model,
+            checkpointables={CHECKPOINT_KEY: DatasetMetadataCheckpointable(training_metadata(cfg))},
         )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
 
     def state_dict(self):
         """The trainer state saved in checkpoints: iteration, hook states (LR scheduler) and the
@@ -343,13 +316,13 @@ class Trainer(DefaultTrainer):
         optimizer state would be loaded twice, and a checkpoint without it would raise a
         ``KeyError`` instead of the warning below)."""
         ret = TrainerBase.state_dict(self)
-        ret["_trainer"] = self._trainer.state_dict()
+        ret["_trainer"] = inner_trainer(self).state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
         TrainerBase.load_state_dict(self, state_dict)
         if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
+            inner_trainer(self).load_state_dict(state_dict["_trainer"])
         else:
             logger.warning("The checkpoint has no optimizer state (written by detectron2 v0.6's trainer?); "
                            "resuming with a fresh optimizer")
@@ -363,38 +336,21 @@ class Trainer(DefaultTrainer):
             return
         if comm.is_main_process():
             self._trim_metrics(self.start_iter)
-        self._trainer.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
-        if isinstance(getattr(type(self._trainer), "_data_loader_iter", None), property):
-            self._trainer._data_loader_iter_obj = None  # detectron2 main: created lazily
-        else:
-            self._trainer._data_loader_iter = iter(self._trainer.data_loader)  # v0.6
+        restart_data_loader(self, self.build_train_loader(self.cfg, start_iter=self.start_iter))
 
     def _trim_metrics(self, start_iter):
-        from detectron2.utils.events import JSONWriter
-
-        writers = [w for h in self._hooks for w in getattr(h, "_writers", []) if isinstance(w, JSONWriter)]
-        for w in writers:
-            w._file_handle.flush()
+        writers = json_writers(self._hooks)
+        reopen_json_writers(writers, flush_only=True)
         path = os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")
         dropped = trim_metrics(path, start_iter)
         if dropped:
             logger.info("Resuming at iteration %d: dropped %d records of later iterations from %s",
                         start_iter, dropped, path)
-            for w in writers:  # the writer's handle points at the replaced file
-                name = w._file_handle.name
-                w._file_handle.close()
-                w._file_handle = open(name, "a")
+            reopen_json_writers(writers)  # their files were replaced
 
     def build_hooks(self):
         """Detectron2's hooks, with an ``EvalHook`` that skips the final evaluation after a crash."""
-        ret = super().build_hooks()
-        for i, h in enumerate(ret):
-            if type(h) is hooks.EvalHook:
-                new = _FinishedTrainingEvalHook(h._period, h._func)
-                if hasattr(h, "_eval_after_train"):
-                    new._eval_after_train = h._eval_after_train
-                ret[i] = new
-        return ret
+        return [FinishedTrainingEvalHook.replacing(h) if type(h) is hooks.EvalHook else h for h in super().build_hooks()]
 
     @classmethod
     def build_model(cls, cfg):
@@ -416,11 +372,11 @@ class Trainer(DefaultTrainer):
         iterations ``0 .. start_iter - 1`` (resume)."""
         mapper_cls = PanopticDatasetMapper if cfg.MODEL.META_ARCHITECTURE == "SOLOPanoptic" else FileNamingDatasetMapper
         mapper = mapper_cls(cfg, is_train=True, augmentations=build_augmentation(cfg, True))
-        kwargs = _train_loader_from_config(cfg, mapper=mapper)
+        kwargs = train_loader_from_config(cfg, mapper=mapper)
         check_training_instances(cfg, kwargs["dataset"])
         sampler = kwargs["sampler"]
-        if cfg.SEED >= 0 and hasattr(sampler, "_seed"):
-            sampler._seed = int(cfg.SEED)  # detectron2's samplers draw from torch.Generator(_seed)
+        if cfg.SEED >= 0:
+            seed_sampler(sampler, cfg.SEED)
         if start_iter > 0:
             per_worker = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
             kwargs["sampler"] = _SkipSampler(sampler, start_iter * per_worker)

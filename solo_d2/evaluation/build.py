@@ -4,7 +4,7 @@ import os
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
-from ..utils.env import has_compiled_ops
+from ..compat import has_compiled_ops
 from .cityscapes import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
 from .panoptic import CityscapesPanopticEvaluator, COCOPanopticEvaluator
 from .sem_seg import SemSegEvaluator
