@@ -39,3 +39,36 @@ def test_importing_solo_d2_checkpoint_alone_registers_every_converter():
         "adelaidet-solov2", "coincheung-bisenetv1", "coincheung-bisenetv2", "coincheung-bisenetv2-backbone",
         "mmdet", "solo-official", "torchvision-resnet",
     ]
+
+
+# Detectron2's private names solo_d2 needs (tests/test_imports.py guards that only compat uses them)
+_D2_PRIVATE = {"_trainer", "_seed", "_data_loader_iter", "_data_loader_iter_obj", "_file_handle", "_writers",
+               "_period", "_func", "_eval_after_train", "_LOCAL_PROCESS_GROUP", "_do_eval"}
+
+
+def _private_uses(path):
+    """``(line, what)`` of each private Detectron2 name used in the file at ``path``: imports of
+    ``_names`` from detectron2 and attributes in ``_D2_PRIVATE``."""
+    import ast
+
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("detectron2"):
+            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("_")]
+        elif isinstance(node, ast.Attribute) and node.attr in _D2_PRIVATE:
+            out.append((node.lineno, node.attr))
+    return out
+
+
+def test_private_detectron2_state_is_touched_only_in_compat(tmp_path):
+    uses = {}
+    for mod, path in check_imports.modules(ROOT, "solo_d2").items():
+        if mod != "solo_d2.compat" and _private_uses(path):
+            uses[mod] = _private_uses(path)
+    assert uses == {}
+    assert _private_uses(os.path.join(ROOT, "solo_d2", "compat.py"))  # the checker sees them there
+    bad = tmp_path / "bad.py"
+    bad.write_text("from detectron2.engine.launch import _find_free_port\ndef f(s):\n    s._seed = 1\n")
+    assert _private_uses(str(bad)) == [(1, "_find_free_port"), (3, "_seed")]
