@@ -26,7 +26,7 @@ setup(
     name="solo_d2",
     version=version(),
     description="SOLO, Decoupled SOLO, SOLOv2 and BiSeNet for Detectron2",
-    packages=find_packages(exclude=("tests", "tools", "configs", "datasets")),
+    packages=find_packages(exclude=("tests", "tests.*", "tools", "configs", "datasets", "benchmarks", "benchmarks.*")),
     package_data={"solo_d2.model_zoo": model_zoo_configs()},
     python_requires=">=3.8",
     # detectron2 is deliberately not listed: it is not on the package index

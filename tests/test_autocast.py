@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from solo_d2.benchmark import baselines as bl
+from benchmarks import baselines as bl
 from solo_d2.checkpoint.core import build_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")

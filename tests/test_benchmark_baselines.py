@@ -1,4 +1,4 @@
-"""The baselines of ``tools/benchmark.py`` (in ``solo_d2/benchmark/baselines.py``) compute what
+"""The baselines of ``tools/benchmark.py`` (in ``benchmarks/baselines.py``) compute what
 solo_d2 computes (so its ratios compare equal work) and, where ``ADELAIDET_ROOT`` names an
 AdelaiDet checkout, what the port's own code computes (the re-implementations serve only
 ``--quick`` runs); the report merges partial runs, and ``--quick`` keeps the tool running. No
@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from solo_d2.benchmark import adelaidet_port
-from solo_d2.benchmark import baselines as bl
-from solo_d2.benchmark import report
+from benchmarks import adelaidet_port
+from benchmarks import baselines as bl
+from benchmarks import report
 from solo_d2.modeling.solo.matrix_nms import mask_iou_matrix, matrix_nms
 from solo_d2.modeling.solo.postprocess import paste_masks
 from solo_d2.modeling.solo.targets import solo_targets
@@ -174,7 +174,7 @@ def test_partial_benchmark_run_replaces_only_its_sections():
 
 
 def test_cudnn_flags_are_restored_after_the_block_even_when_it_raises():
-    from solo_d2.benchmark.cuda import cudnn_flags
+    from benchmarks.cuda import cudnn_flags
 
     cudnn = torch.backends.cudnn
     before = (cudnn.allow_tf32, cudnn.benchmark)
@@ -267,7 +267,7 @@ def test_port_loader_says_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_counts_section_without_a_checkout_says_not_measured(monkeypatch):
-    from solo_d2.benchmark.runner import bench_counts
+    from benchmarks.runner import bench_counts
 
     monkeypatch.delenv(adelaidet_port.ENV, raising=False)
     rows, results = bench_counts(quick=True)

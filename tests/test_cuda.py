@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from solo_d2.benchmark import baselines as bl
+from benchmarks import baselines as bl
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.targets import instance_geometry
 from solo_d2.modeling.solo.targets import grid_cell, solo_targets

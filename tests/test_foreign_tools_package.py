@@ -1,7 +1,7 @@
 """``tools/`` is a folder of scripts, not a package: with another top-level package named
 ``tools`` first on ``sys.path`` (detectron2 main's ``setup.py`` installs its ``tools/`` as
 one) every script still starts and the test modules still import, because the code they
-import lives in ``solo_d2`` (``solo_d2.benchmark``)."""
+import lives in ``solo_d2`` or in the checkout's ``benchmarks/`` folder."""
 import ast
 import json
 import os
@@ -12,8 +12,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (REPO / "tools").glob("*.py"))
 # test modules that import what used to be in tools/ (and the benchmark package itself)
-MODULES = ["tests.test_benchmark_baselines", "tests.test_autocast", "tests.test_cuda", "solo_d2.benchmark.runner",
-           "solo_d2.benchmark.baselines", "solo_d2.benchmark.cuda", "solo_d2.benchmark.report"]
+MODULES = ["tests.test_benchmark_baselines", "tests.test_autocast", "tests.test_cuda", "benchmarks.runner",
+           "benchmarks.baselines", "benchmarks.cuda", "benchmarks.report"]
 
 # in one fresh process: `tools` must be the foreign package, then every script's --help
 # (run as __main__ by runpy) and every module import

@@ -1,10 +1,10 @@
-"""``solo_d2.benchmark.counting.OpCounter``: each counting rule on small hand-made functions
+"""``benchmarks.counting.OpCounter``: each counting rule on small hand-made functions
 (counts are exact, so every test asserts equality)."""
 import numpy as np
 import pytest
 import torch
 
-from solo_d2.benchmark.counting import OpCounter, count_ops
+from benchmarks.counting import OpCounter, count_ops
 
 
 def counts(fn, host=()):

@@ -1,5 +1,6 @@
 """Packaging: the configs ship with the package; the offline detectron2 stand-in behaves."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,12 @@ def test_get_config_file_and_unknown_name():
 
 
 def test_non_editable_install_ships_the_configs(tmp_path):
-    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    wheel_dir, target, src = tmp_path / "wheel", tmp_path / "site", tmp_path / "src"
+    # a copy without the checkout's build/ (setuptools would reuse a stale build/lib)
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "output", "datasets", "tests", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(wheel_dir), str(ROOT)], check=True, capture_output=True)
+                    str(wheel_dir), str(src)], check=True, capture_output=True)
     wheel = next(wheel_dir.glob("solo_d2-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
@@ -38,6 +42,10 @@ def test_non_editable_install_ships_the_configs(tmp_path):
     pkg, cfg_path, max_iter = out.stdout.split()
     assert pkg.startswith(str(target)) and cfg_path.startswith(str(target))
     assert int(max_iter) > 0  # _BASE_ chain resolved inside the installed package
+    # the install holds solo_d2 only: no benchmark code, tests or scripts
+    top = sorted(p.name for p in target.iterdir() if not p.name.endswith((".dist-info", "__pycache__")))
+    assert top == ["solo_d2"], top
+    assert not list((target / "solo_d2").rglob("*benchmark*"))
 
 
 def test_detectron2_compiled_op_stand_in_names_the_op():

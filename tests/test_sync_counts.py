@@ -6,8 +6,8 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
-from solo_d2.benchmark.baselines import synthetic_solov2_outputs, training_batch
-from solo_d2.benchmark.counting import OpCounter
+from benchmarks.baselines import synthetic_solov2_outputs, training_batch
+from benchmarks.counting import OpCounter
 from solo_d2.checkpoint.core import build_cfg
 
 SMALL = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "64",

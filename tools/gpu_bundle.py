@@ -148,7 +148,7 @@ def _download_binary(pkg, version, dest, pyver):
 
 def copy_adelaidet(src, dest):
     """Copy the AdelaiDet port's ``adet/modeling/solov2/*.py``, ``adet/config/*.py`` and
-    ``configs/SOLOv2/*.yaml`` (what :mod:`solo_d2.benchmark.adelaidet_port` reads)."""
+    ``configs/SOLOv2/*.yaml`` (what :mod:`benchmarks.adelaidet_port` reads)."""
     src = Path(src)
     files = (sorted(src.glob("adet/modeling/solov2/*.py")) + sorted(src.glob("adet/config/*.py"))
              + sorted(src.glob("configs/SOLOv2/*.yaml")))

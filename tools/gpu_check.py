@@ -11,11 +11,11 @@ still run):
    post-processing (``model.inference``) of synthetic head outputs with ~300 and ~1500
    candidates (100 kept), and the whole ``DefaultPredictor`` call (uint8 HWC image in, masks
    copied to the host out); fp32 with TF32 off and AMP; against the AdelaiDet port on the same
-   weights where it loads (``solo_d2.benchmark.adelaidet_port``, ``ADELAIDET_ROOT``).
+   weights where it loads (``benchmarks.adelaidet_port``, ``ADELAIDET_ROOT``).
 3. ``training``: step time (median after warm-up) and peak memory of every recipe config
    (``configs/*/*.yaml`` but the bases, ``Synthetic/`` and ``Converted/``) at the recipe's batch
    per GPU (``SOLVER.IMS_PER_BATCH / 8``) and input size, fp32 and AMP, through
-   :func:`solo_d2.benchmark.cuda.train_steps` (detectron2's SimpleTrainer / AMPTrainer with
+   :func:`benchmarks.cuda.train_steps` (detectron2's SimpleTrainer / AMPTrainer with
    the recipe's optimizer); the port's SOLOv2 R50 step on the same batch.
 4. ``bisenet``: BiSeNet V1 R18 / V2 inference at 512x1024 and 1024x2048 in fp32, AMP and AMP +
    channels_last; BiSeNetV2 under AMP with cuDNN disabled (is cuDNN's fp16 grouped/depthwise
@@ -320,13 +320,13 @@ def free(s):
 
 @contextlib.contextmanager
 def cpu_stands_in_for_cuda(s):
-    """Dry run only: :func:`solo_d2.benchmark.cuda.train_steps` (written for CUDA) runs on the
+    """Dry run only: :func:`benchmarks.cuda.train_steps` (written for CUDA) runs on the
     CPU, its ``torch.cuda`` calls being no-ops (peak memory 0)."""
     if s.cuda:
         yield
         return
     torch = _torch()
-    from solo_d2.benchmark import cuda as cuda_bench
+    from benchmarks import cuda as cuda_bench
 
     names = ("synchronize", "reset_peak_memory_stats", "max_memory_allocated", "empty_cache")
     old = {n: getattr(torch.cuda, n) for n in names}
@@ -388,9 +388,9 @@ def predictor(cfg, model):
 
 
 def training_batch(s, cfg, size, batch):
-    """:func:`solo_d2.benchmark.baselines.training_batch` of ``cfg``; for ``SOLOPanoptic`` its
+    """:func:`benchmarks.baselines.training_batch` of ``cfg``; for ``SOLOPanoptic`` its
     instances plus a random ``sem_seg`` (0 things, 1..S stuff)."""
-    from solo_d2.benchmark import baselines as bl
+    from benchmarks import baselines as bl
 
     torch = _torch()
     if cfg.MODEL.META_ARCHITECTURE != "SOLOPanoptic":
@@ -408,7 +408,7 @@ def training_batch(s, cfg, size, batch):
 
 
 def synthetic_outputs(s, n):
-    from solo_d2.benchmark import baselines as bl
+    from benchmarks import baselines as bl
 
     cate, mask_out, padded = bl.synthetic_solov2_outputs(n, size=s.size, num_objects=s.num_objects)
     return [c.to(s.device) for c in cate], [(k.to(s.device), f.to(s.device)) for k, f in mask_out], padded
@@ -417,7 +417,7 @@ def synthetic_outputs(s, n):
 # ---------------------------------------------------------------------------------------------- the port
 class Port:
     """The AdelaiDet port: its own ``adet/modeling/solov2`` code, loaded from ``ADELAIDET_ROOT`` by
-    :mod:`solo_d2.benchmark.adelaidet_port` (``bool(port)`` False and ``reason`` set where it is
+    :mod:`benchmarks.adelaidet_port` (``bool(port)`` False and ``reason`` set where it is
     unavailable: its rows are then skipped with that reason)."""
 
     # dry run: narrow heads (the converter needs R50's 6 res4 blocks), the same on both sides
@@ -435,9 +435,9 @@ class Port:
             self.reason = "ADELAIDET_ROOT is not set and the bundle has no AdelaiDet/"
             return
         try:
-            from solo_d2.benchmark import adelaidet_port
+            from benchmarks import adelaidet_port
         except Exception as e:  # noqa: BLE001 - a missing or broken loader skips the port's rows
-            self.reason = f"solo_d2.benchmark.adelaidet_port unavailable ({type(e).__name__}: {e})"
+            self.reason = f"benchmarks.adelaidet_port unavailable ({type(e).__name__}: {e})"
             return
         try:
             self.mod = adelaidet_port.load_adelaidet_solov2(root)
@@ -525,7 +525,7 @@ def part_tests(s, rep, part):
 
 def part_inference(s, rep, part, port):
     torch = _torch()
-    from solo_d2.benchmark import baselines as bl
+    from benchmarks import baselines as bl
 
     h, w = s.size
     model = port_model = cfg = None
@@ -695,9 +695,9 @@ def _same_detections(ours, ref):
 
 
 def _counts(fn):
-    """``(kernel ops, syncs)`` of ``fn`` by :class:`solo_d2.benchmark.counting.OpCounter`, or None."""
+    """``(kernel ops, syncs)`` of ``fn`` by :class:`benchmarks.counting.OpCounter`, or None."""
     try:
-        from solo_d2.benchmark.counting import OpCounter
+        from benchmarks.counting import OpCounter
     except Exception:  # noqa: BLE001 - optional
         return None
     try:
@@ -709,13 +709,13 @@ def _counts(fn):
 
 
 def recipe_configs():
-    from solo_d2.benchmark import runner
+    from benchmarks import runner
 
     return runner.recipe_configs(), runner.configs_dir()
 
 
 def part_training(s, rep, part, port, only=None):
-    from solo_d2.benchmark.cuda import train_steps
+    from benchmarks.cuda import train_steps
 
     configs, root = recipe_configs()
     names = [os.path.relpath(c, root) for c in configs]
@@ -909,7 +909,7 @@ def part_profile(s, rep, part, port):
     """``torch.profiler`` tables of the jobs below, appended to ``profiles.txt``; each job's
     ``make()`` builds what it needs and returns the call to profile (dropped after its table)."""
     torch = _torch()
-    from solo_d2.benchmark import baselines as bl
+    from benchmarks import baselines as bl
 
     n = s.candidates[0]
 

@@ -10,9 +10,9 @@ NOTES = """## Notes
   2-core CPU shared with other jobs, so the published run uses one torch thread.
 - Baselines: every ratio that names AdelaiDet compares with AdelaiDet's own code
   (`adet/modeling/solov2/{utils,loss,solov2}.py` and its config defaults), loaded at run time
-  from the checkout that `ADELAIDET_ROOT` names by `solo_d2/benchmark/adelaidet_port.py` (never
+  from the checkout that `ADELAIDET_ROOT` names by `benchmarks/adelaidet_port.py` (never
   copied into this repository; without the variable those columns say "not measured").
-  `--quick` runs (CI, no checkout) use re-implementations in `solo_d2/benchmark/baselines.py`,
+  `--quick` runs (CI, no checkout) use re-implementations in `benchmarks/baselines.py`,
   which `tests/test_benchmark_baselines.py` checks equal to the port (when `ADELAIDET_ROOT` is
   set) and to solo_d2:
   - post-processing: the port's `point_nms` of the sigmoid per level, as its `forward` does, then
@@ -30,7 +30,7 @@ NOTES = """## Notes
     rule, so the two may make a few different mask targets (the row says so when the counts
     differ).
   - paste: solo_d2's previous paste (chunks of 32 masks resized in float at the output size).
-- Op and sync counts (section `counts`): `solo_d2/benchmark/counting.py`'s `OpCounter`, a
+- Op and sync counts (section `counts`): `benchmarks/counting.py`'s `OpCounter`, a
   `TorchDispatchMode` that counts the ATen operations that launch a kernel on a GPU (views,
   metadata, allocations and operations with empty outputs launch none) and the operations that
   make the host wait for the device (`nonzero`, `.item()`/`int()`/`float()`/`bool()`, bool-mask
@@ -110,7 +110,7 @@ NOTES = """## Notes
   random labels (BiSeNet), one torch thread, one warm-up step, median of 2 steps, each config
   in its own process. 800x1216 with R50 on this CPU is too slow for a routine run; these rows
   show relative cost and memory, not production figures.
-- CUDA sections (`solo_d2/benchmark/cuda.py`, run only where CUDA is available): medians with a
+- CUDA sections (`benchmarks/cuda.py`, run only where CUDA is available): medians with a
   device synchronize after each call. Post-processing outputs are compared with cuDNN's TF32 off
   (by default cuDNN runs the AdelaiDet algorithm's `F.conv2d` dynamic conv in TF32, while
   solo_d2's `torch.mm` is float32, so their masks differ at the threshold) and timed with the

@@ -1,11 +1,11 @@
 """solo_d2 benchmarks, every comparison a ratio of medians measured in the same run.
 
 AdelaiDet's SOLOv2 baselines are the port's own code, loaded at run time from the checkout that
-``ADELAIDET_ROOT`` names (:mod:`solo_d2.benchmark.adelaidet_port`; without it the AdelaiDet
+``ADELAIDET_ROOT`` names (:mod:`benchmarks.adelaidet_port`; without it the AdelaiDet
 columns say "not measured"). ``--quick`` runs (CI, no checkout) use the re-implementations in
-:mod:`solo_d2.benchmark.baselines`, which ``tests/test_benchmark_baselines.py`` checks equal to
+:mod:`benchmarks.baselines`, which ``tests/test_benchmark_baselines.py`` checks equal to
 the port and to solo_d2. The report (goals, tables, notes) is written by
-:mod:`solo_d2.benchmark.report`; the CUDA sections are in :mod:`solo_d2.benchmark.cuda`. Sections:
+:mod:`benchmarks.report`; the CUDA sections are in :mod:`benchmarks.cuda`. Sections:
 
 1. ``postprocess``: SOLOv2 post-processing (R50 shapes, 800x1216, 300 and 1500 candidates above
    the score threshold) against the port's ``point_nms`` + ``SOLOv2.inference``, and against
@@ -21,7 +21,7 @@ the port and to solo_d2. The report (goals, tables, notes) is written by
    out-of-place ReLUs (512x1024 and 1024x2048).
 6. ``training``: training step time and peak memory of every recipe config at batch 2
    (subprocesses).
-7. ``counts``: kernel ops and host-device syncs (:mod:`solo_d2.benchmark.counting`) of
+7. ``counts``: kernel ops and host-device syncs (:mod:`benchmarks.counting`) of
    post-processing, whole-model inference and a training step's targets + loss + backward,
    solo_d2 against the port, same weights and inputs, 800x1216.
 
@@ -38,14 +38,14 @@ import time
 
 import torch
 
-from solo_d2.benchmark import adelaidet_port as port_lib
-from solo_d2.benchmark.baselines import (
+from benchmarks import adelaidet_port as port_lib
+from benchmarks.baselines import (
     GRIDS, RANGES, adelaidet_postprocess, adelaidet_targets, adelaidet_targets_and_dice, boxes_of,
     build_solov2_model, old_paste, one_matmul_nms, paste_inputs, random_instances, solo_d2_postprocess,
     synthetic_solov2_outputs, targets_and_dice, test_cfg_of, training_batch,
 )
-from solo_d2.benchmark.report import goals, merge, render
-from solo_d2.benchmark.common import configs_dir, ms, recipe_configs, timeit  # noqa: F401
+from benchmarks.report import goals, merge, render
+from benchmarks.common import configs_dir, ms, recipe_configs, timeit  # noqa: F401
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.postprocess import masks_to_boxes, paste_masks, point_nms
 from solo_d2.modeling.solo.targets import solo_targets
@@ -57,7 +57,7 @@ NOT_MEASURED = f"not measured: set {port_lib.ENV}"
 
 
 def load_port(quick=False):
-    """The AdelaiDet port (:func:`~solo_d2.benchmark.adelaidet_port.load_adelaidet_solov2`), or
+    """The AdelaiDet port (:func:`~benchmarks.adelaidet_port.load_adelaidet_solov2`), or
     ``None`` in ``--quick`` runs and where ``ADELAIDET_ROOT`` is unset."""
     if quick:
         return None
@@ -373,7 +373,7 @@ def bench_training(quick):
     for config in configs:
         name = os.path.relpath(config, configs_dir())
         # a fresh process per config; `-m` runs this module, from any directory
-        cmd = [sys.executable, "-m", "solo_d2.benchmark.runner", "--train-child", f"{config},{h},{w},{1 if quick else 2}"]
+        cmd = [sys.executable, "-m", "benchmarks.runner", "--train-child", f"{config},{h},{w},{1 if quick else 2}"]
         print(f"  training configs/{name} ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
         if proc.returncode != 0:
@@ -396,13 +396,13 @@ def _child_env():
 
 
 def bench_cuda_training(quick):
-    from solo_d2.benchmark.cuda import bench_cuda_training as run
+    from benchmarks.cuda import bench_cuda_training as run
 
     return run(quick)
 
 
 def bench_cuda_inference(quick):
-    from solo_d2.benchmark.cuda import bench_cuda_inference as run
+    from benchmarks.cuda import bench_cuda_inference as run
 
     return run(quick)
 
@@ -412,7 +412,7 @@ def _counted(fn, repeats=2, host=(), setup=None):
     """``(result, OpCounter)`` of ``fn(*setup())`` after one uncounted warm-up call; counted
     ``repeats`` times, and an error if the counts differ (they are exact: a difference is a
     bug). ``setup`` (uncounted) makes fresh arguments for each call."""
-    from solo_d2.benchmark.counting import OpCounter
+    from benchmarks.counting import OpCounter
 
     fn(*(setup() if setup else ()))
     counters = []
@@ -465,7 +465,7 @@ def calibrate_cate_bias(port, model, images, candidates, score_thr):
 
 
 def bench_counts(quick):
-    """Kernel ops and syncs (see :mod:`solo_d2.benchmark.counting`) per image or step, solo_d2
+    """Kernel ops and syncs (see :mod:`benchmarks.counting`) per image or step, solo_d2
     against the AdelaiDet port, same weights and inputs."""
     from detectron2.structures import ImageList
 
@@ -570,7 +570,7 @@ SECTIONS = {
     "bisenet": bench_bisenet,
     "training": bench_training,
     "counts": bench_counts,  # kernel ops and syncs against the AdelaiDet port (ADELAIDET_ROOT)
-    "cuda_inference": bench_cuda_inference,  # solo_d2/benchmark/cuda.py; only where CUDA is available
+    "cuda_inference": bench_cuda_inference,  # benchmarks/cuda.py; only where CUDA is available
     "cuda_training": bench_cuda_training,
 }
 CUDA_SECTIONS = ("cuda_inference", "cuda_training")

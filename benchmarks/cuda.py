@@ -18,8 +18,8 @@ import os
 
 import torch
 
-from solo_d2.benchmark import baselines as bl
-from solo_d2.benchmark import common as bm
+from benchmarks import baselines as bl
+from benchmarks import common as bm
 from solo_d2.checkpoint.core import build_cfg
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.targets import solo_targets
@@ -28,7 +28,7 @@ DEVICE = "cuda"
 
 
 def cuda_timeit(fn, repeats=5, warmup=2):
-    """:func:`solo_d2.benchmark.runner.timeit` of ``fn`` followed by a device synchronize, so that each
+    """:func:`benchmarks.runner.timeit` of ``fn`` followed by a device synchronize, so that each
     call's time includes its kernels; the queue is drained before the first call."""
     def synced():
         fn()

@@ -1,7 +1,7 @@
-"""Baselines and inputs of the benchmarks (``tools/benchmark.py``, :mod:`solo_d2.benchmark.runner`).
+"""Baselines and inputs of the benchmarks (``tools/benchmark.py``, :mod:`benchmarks.runner`).
 
 The full runs compare solo_d2 with AdelaiDet's own code, loaded at run time from the checkout
-named by ``ADELAIDET_ROOT`` (:mod:`solo_d2.benchmark.adelaidet_port`). The re-implementations
+named by ``ADELAIDET_ROOT`` (:mod:`benchmarks.adelaidet_port`). The re-implementations
 here (AdelaiDet's SOLOv2 post-processing and target loops, the references' one-matmul Matrix
 NMS) serve ``--quick`` runs (CI has no checkout); ``tests/test_benchmark_baselines.py`` checks
 them equal to the port once (when ``ADELAIDET_ROOT`` is set) and to solo_d2. solo_d2's previous
@@ -75,7 +75,7 @@ def test_cfg_of(model):
 def adelaidet_postprocess(cate_logits, mask_outputs, image_size, output_size, test_cfg, strides=STRIDES):
     """Baseline of ``--quick`` runs: AdelaiDet's SOLOv2 ``inference_single_image`` (one image,
     Matrix NMS) re-implemented; ``tests/test_benchmark_baselines.py`` checks it equal to the
-    port's own code (:mod:`solo_d2.benchmark.adelaidet_port`), which the full runs time."""
+    port's own code (:mod:`benchmarks.adelaidet_port`), which the full runs time."""
     cate = torch.cat([point_nms(c.sigmoid()).permute(0, 2, 3, 1).reshape(-1, c.shape[1]) for c in cate_logits])
     kernels = torch.cat([k.permute(0, 2, 3, 1).reshape(-1, k.shape[1]) for k, _ in mask_outputs])
     seg = mask_outputs[0][1]
