@@ -48,7 +48,7 @@ def has_compiled_ops() -> bool:
     """True when ``detectron2._C`` is the real compiled extension. The offline install of
     v0.6 (``tools/install_detectron2_offline.py``, no C++ sources) puts a stand-in there."""
     try:
-        from detectron2 import _C
+        import detectron2._C as _C  # optional: the compiled extension
     except ImportError:
         return False
     return not getattr(_C, "SOLO_D2_STANDIN", False)

@@ -15,6 +15,7 @@ def test_no_import_circle_in_the_package():
     edges, _ = check_imports.imports(mods, "solo_d2")
     assert "solo_d2.checkpoint.core" in edges and len(mods) > 50
     assert check_imports.circles(edges) == []
+    assert check_imports.main([]) == 0  # and imports inside functions only of optional dependencies
 
 
 def test_the_checker_finds_a_circle_and_imports_inside_functions(tmp_path):

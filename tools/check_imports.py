@@ -19,7 +19,7 @@ from typing import Dict, List, Set, Tuple
 
 OPTIONAL = (
     "onnx", "onnxruntime", "panopticapi", "cityscapesscripts", "cv2", "scipy", "shapely", "pycocotools",
-    "tensorboard", "matplotlib", "hypothesis",
+    "tensorboard", "matplotlib", "hypothesis", "detectron2._C",
 )
 
 
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         print("import circle: " + " <-> ".join(comp))
     bad = [
         (p, n, t) for p, n, t in local
-        if t.split(".")[0] not in args.allow_local and t.split(".")[0] != args.package
+        if not any(t == a or t.startswith(a + ".") for a in args.allow_local) and t.split(".")[0] != args.package
     ]
     ours = [(p, n, t) for p, n, t in local if t.split(".")[0] == args.package]
     for p, n, t in ours + bad:

@@ -12,6 +12,7 @@ from typing import List
 import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform
+from PIL import Image
 
 
 class RandomScale(T.Augmentation):
@@ -22,7 +23,6 @@ class RandomScale(T.Augmentation):
         if not 0 < min_scale <= max_scale:
             raise ValueError(f"INPUT.RANDOM_SCALE must be [min, max] with 0 < min <= max, got {[min_scale, max_scale]}")
         self.min_scale, self.max_scale = min_scale, max_scale
-        from PIL import Image
 
         self.interp = Image.BILINEAR if interp is None else interp
 

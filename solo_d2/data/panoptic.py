@@ -18,6 +18,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
+from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
@@ -61,8 +62,6 @@ class PanopticDatasetMapper(FileNamingDatasetMapper):
     At test time only the image (the evaluators read the ground truth from the files)."""
 
     def __init__(self, cfg, is_train: bool = True, augmentations=None):
-        from detectron2.data import MetadataCatalog
-
         super().__init__(cfg, is_train, augmentations=augmentations)
         names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
         meta = MetadataCatalog.get(names[0]) if names else None

@@ -68,9 +68,12 @@ from ..compat import (
     seed_sampler,
     train_loader_from_config,
 )
+from ..config import get_cfg
 from ..data.augmentation import build_augmentation
 from ..data.mapper import FileNamingDatasetMapper
 from ..data.panoptic import PanopticDatasetMapper
+from ..evaluation import build_evaluator as build_solo_evaluator
+from ..modeling.solo.panoptic import panoptic_class_counts_checked
 from ..utils.io import atomic_write
 from .model_metadata import CHECKPOINT_KEY, DatasetMetadataCheckpointable, training_metadata
 
@@ -196,8 +199,6 @@ def check_num_classes(cfg) -> None:
     """
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch == "SOLOPanoptic":  # thing and stuff counts from the panoptic metadata, names the dataset
-        from ..modeling.solo.panoptic import panoptic_class_counts_checked
-
         registered = set(DatasetCatalog.list())
         for name in cfg.DATASETS.TRAIN:
             if name in registered:
@@ -361,9 +362,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from ..evaluation import build_evaluator
-
-        return build_evaluator(cfg, dataset_name, output_folder)
+        return build_solo_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
@@ -418,8 +417,6 @@ def setup_cfg(config_file: str, opts=(), *, device=None):
     Without CUDA the device becomes ``cpu`` and AMP (CUDA-only in detectron2's
     ``AMPTrainer``) is switched off with a warning.
     """
-    from ..config import get_cfg
-
     cfg = get_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))

@@ -5,6 +5,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..compat import has_compiled_ops
+from ..data.datasets import ensure_dataset
 from .cityscapes import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
 from .panoptic import CityscapesPanopticEvaluator, COCOPanopticEvaluator
 from .sem_seg import SemSegEvaluator
@@ -43,8 +44,6 @@ def build_evaluator(cfg, dataset_name, output_folder=None, distributed=True):
     Returns:
         DatasetEvaluator: one evaluator, or ``DatasetEvaluators`` when several apply.
     """
-    from ..data.datasets import ensure_dataset
-
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     meta = MetadataCatalog.get(dataset_name)

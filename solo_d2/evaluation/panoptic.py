@@ -36,6 +36,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator as _D2COCOPanopticEvaluator
 from detectron2.utils import comm
 
+from ..data.datasets import ensure_dataset
+from ..data.synthetic_panoptic import id2rgb
 from .cityscapes import _CityscapesEvaluator, _cityscapes_module
 
 __all__ = ["COCOPanopticEvaluator", "CityscapesPanopticEvaluator", "panoptic_prediction", "pq_results"]
@@ -46,7 +48,6 @@ _REQUIRED = ("panoptic_root", "panoptic_json", "thing_dataset_id_to_contiguous_i
 
 def _check_panoptic_metadata(dataset_name, evaluator):
     """The dataset's metadata, after checking it has panoptic ground truth (clear errors)."""
-    from ..data.datasets import ensure_dataset
 
     meta = MetadataCatalog.get(dataset_name)
     missing = [k for k in _REQUIRED if not hasattr(meta, k)]
@@ -205,8 +206,6 @@ class CityscapesPanopticEvaluator(_CityscapesEvaluator):
 
     def process(self, inputs, outputs):
         """inputs: dicts with ``file_name``; outputs: dicts with ``panoptic_seg``."""
-        from ..data.synthetic_panoptic import id2rgb
-
         for inp, out in zip(inputs, outputs):
             stem = os.path.splitext(os.path.basename(inp["file_name"]))[0]
             stem = stem[: -len("_leftImg8bit")] if stem.endswith("_leftImg8bit") else stem

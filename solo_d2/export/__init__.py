@@ -5,6 +5,10 @@
 - :class:`BiSeNetExportWrapper`: BiSeNet V1/V2, images ``[N, 3, H, W]`` in, logits
   ``[N, K, H, W]`` (or labels ``[N, H, W]`` with ``argmax``) out.
 """
+from ..modeling.backbone.dcn import DeformConvBase
+from ..modeling.bisenet.segmentor import BiSeNetSegmentor
+from ..modeling.solo.meta_arch import SOLO
+from ..modeling.solo.panoptic import SOLOPanoptic
 from .bisenet import BiSeNetExportWrapper
 from .common import DEFAULT_OPSET, check_onnx, export_onnx, export_torchscript
 from .solo import SOLO_OUTPUT_NAMES, SOLOExportWrapper
@@ -24,10 +28,6 @@ __all__ = [
 
 def export_wrapper(model, *, argmax: bool = False):
     """The export wrapper of a built solo_d2 model (``SOLO`` or ``BiSeNetSegmentor``), in eval mode."""
-    from ..modeling.bisenet.segmentor import BiSeNetSegmentor
-    from ..modeling.solo.meta_arch import SOLO
-    from ..modeling.solo.panoptic import SOLOPanoptic
-
     if isinstance(model, SOLOPanoptic):  # a SOLO subclass: its graph would silently drop the stuff
         raise TypeError(
             "SOLOPanoptic is not exported: the panoptic merge pastes a data-dependent set of instances "
@@ -47,8 +47,6 @@ def export(wrapper, sample, path: str, fmt: str, *, opset: int = DEFAULT_OPSET):
         return export_torchscript(wrapper, sample, path)
     if fmt != "onnx":
         raise ValueError(f"format must be 'torchscript' or 'onnx', got {fmt!r}")
-    from ..modeling.backbone.dcn import DeformConvBase
-
     if any(isinstance(m, DeformConvBase) for m in wrapper.modules()):
         raise ValueError(
             "this model has deformable convolutions (DCN), which the ONNX exporter cannot convert "

@@ -7,6 +7,7 @@ Everything here is written for tracing: sizes come from ``tensor.shape`` (record
 tensor value.
 """
 import os
+import warnings
 from typing import Dict, Sequence
 
 import torch
@@ -50,8 +51,6 @@ def export_onnx(
 ) -> str:
     """Export with the TorchScript-based exporter (``dynamo=False``) and check the file with
     ``onnx.checker``. Returns ``path``."""
-    import warnings
-
     wrapper = wrapper.eval()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():

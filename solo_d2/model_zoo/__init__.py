@@ -1,6 +1,8 @@
 """Find solo_d2's YAML configs from a source checkout or an installed package."""
 from pathlib import Path
 
+from ..config import get_cfg
+
 _PKG_CONFIGS = Path(__file__).resolve().parent / "configs"
 _REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -23,8 +25,6 @@ def get_config_file(config_path: str) -> str:
 
 def get_config(config_path: str):
     """A full solo_d2 config (all keys added) merged from ``config_path``."""
-    from ..config import get_cfg
-
     cfg = get_cfg()
     cfg.merge_from_file(get_config_file(config_path))
     return cfg

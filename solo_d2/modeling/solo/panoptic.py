@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_sem_seg_head
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
@@ -51,8 +51,6 @@ def panoptic_dataset_maps(cfg):
     ``DATASETS.TEST`` or ``DATASETS.TRAIN``, checked by :func:`panoptic_class_counts_checked`;
     ``(None, None, None)`` when no dataset is named (e.g. a predictor of a custom dataset: ids
     are the model's)."""
-    from detectron2.data import DatasetCatalog
-
     registered = set(DatasetCatalog.list())
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         if name in registered:
