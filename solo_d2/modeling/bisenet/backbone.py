@@ -14,7 +14,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from .layers import FixedShapeBackbone, conv_norm_act
+from ..layers import conv_norm_act
+from .layers import FixedShapeBackbone
 
 __all__ = ["SpatialPath", "BiSeNetV1Backbone", "build_bisenet_v1_backbone"]
 

@@ -17,7 +17,8 @@ from torch import nn
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from .layers import FixedShapeBackbone, conv_norm_act
+from ..layers import conv_norm_act
+from .layers import FixedShapeBackbone
 
 __all__ = ["GatherExpansion", "StemBlock", "ContextEmbedding", "BiSeNetV2Backbone", "build_bisenet_v2_backbone"]
 

@@ -12,7 +12,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from .layers import AttentionRefinement, FeatureFusion, SegOutput, conv_norm_act, upsample_to
+from ..layers import conv_norm_act
+from .layers import AttentionRefinement, FeatureFusion, SegOutput, upsample_to
 from .loss import head_loss_config, seg_loss
 
 __all__ = ["BiSeNetV1Head"]

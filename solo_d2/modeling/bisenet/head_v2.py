@@ -18,7 +18,8 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from .layers import SegOutput, conv_norm_act, upsample_to
+from ..layers import conv_norm_act
+from .layers import SegOutput, upsample_to
 from .loss import head_loss_config, seg_loss
 
 __all__ = ["BilateralGuidedAggregation", "Booster", "BiSeNetV2Head"]

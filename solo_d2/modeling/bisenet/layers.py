@@ -7,33 +7,14 @@ from torch.nn import functional as F
 from detectron2.layers import Conv2d, get_norm
 from detectron2.modeling import Backbone
 
+from ..layers import conv_norm_act
+
 __all__ = [
-    "conv_norm_act",
     "SegOutput",
     "AttentionRefinement",
     "FeatureFusion",
     "upsample_to",
 ]
-
-
-def conv_norm_act(in_ch, out_ch, kernel_size=3, stride=1, norm="BN", act=True, groups=1):
-    """Conv (no bias) -> norm -> optional ReLU, with 'same' padding. Keeps [N, C, H/s, W/s].
-
-    The ReLU is in place (``nn.ReLU(inplace=True)``): it overwrites the fresh output of the norm
-    (or conv), which neither backward needs, so it is safe in training too."""
-    conv = Conv2d(
-        in_ch,
-        out_ch,
-        kernel_size,
-        stride=stride,
-        padding=kernel_size // 2,
-        groups=groups,
-        bias=False,
-        norm=get_norm(norm, out_ch),
-        activation=nn.ReLU(inplace=True) if act else None,
-    )
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    return conv
 
 
 def upsample_to(x, size, mode="bilinear"):

@@ -22,6 +22,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 
 from ..backbone.dcn import DeformConv2d, ModulatedDeformConv2d
+from ..layers import conv_norm_act
 
 SOLO_HEAD_REGISTRY = Registry("SOLO_HEAD")
 SOLO_HEAD_REGISTRY.__doc__ = """
@@ -48,20 +49,12 @@ def coord_features(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([xx, yy]).expand(b, 2, h, w)
 
 
-def conv_norm_relu(
-    in_ch: int, out_ch: int, norm: str, use_dcn: bool = False, kernel_size: int = 3, *, modulated: bool = True
-):
-    """``kxk`` conv + norm + ReLU, ``[N, in_ch, H, W] -> [N, out_ch, H, W]``; no conv bias when a
-    norm follows. ``use_dcn``: a deformable conv, DCNv2 (:class:`ModulatedDeformConv2d`) if
-    ``modulated``, else DCNv1 (:class:`DeformConv2d`)."""
-    norm_layer = get_norm(norm, out_ch)
-    kwargs = dict(
-        kernel_size=kernel_size, padding=kernel_size // 2, bias=norm_layer is None,
-        norm=norm_layer, activation=F.relu,
-    )
-    if use_dcn:
-        return (ModulatedDeformConv2d if modulated else DeformConv2d)(in_ch, out_ch, **kwargs)
-    return Conv2d(in_ch, out_ch, **kwargs)
+def head_conv(in_ch: int, out_ch: int, norm: str, use_dcn: bool = False, kernel_size: int = 3, *, modulated=True):
+    """:func:`~solo_d2.modeling.layers.conv_norm_act` of a head (weights initialized by the head):
+    ``use_dcn``: a deformable conv, DCNv2 (:class:`ModulatedDeformConv2d`) if ``modulated``, else
+    DCNv1 (:class:`DeformConv2d`)."""
+    conv_cls = (ModulatedDeformConv2d if modulated else DeformConv2d) if use_dcn else Conv2d
+    return conv_norm_act(in_ch, out_ch, kernel_size, norm=norm, conv_cls=conv_cls, kaiming_init=False)
 
 
 TOWER_DCN_CONVS = ("all", "last")
@@ -80,7 +73,7 @@ def make_tower(
         raise ValueError(f"MODEL.SOLO.TOWER_DCN_CONVS = {dcn_convs!r}: must be one of {TOWER_DCN_CONVS}")
     return nn.Sequential(
         *[
-            conv_norm_relu(
+            head_conv(
                 in_ch if k == 0 else channels, channels, norm,
                 use_dcn and (dcn_convs == "all" or k == num_convs - 1), modulated=dcn_modulated,
             )

@@ -13,7 +13,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from .heads import conv_norm_relu, coord_features, init_head_weights
+from .heads import head_conv, coord_features, init_head_weights
 
 
 def fused_channels(names: List[str], input_shape: Dict[str, ShapeSpec], key: str) -> int:
@@ -61,10 +61,10 @@ class SOLOv2MaskBranch(nn.Module):
             for k in range(max(i, 1)):
                 cin = in_channels if k == 0 else mid_channels
                 cin += 2 if (i == last and k == 0) else 0
-                blocks.append(conv_norm_relu(cin, mid_channels, norm, use_dcn))
+                blocks.append(head_conv(cin, mid_channels, norm, use_dcn))
             self.convs_all_levels.append(nn.ModuleList(blocks))
         # deformable too with MASK_USE_DCN, as in the official and mmdetection DCN models
-        self.conv_pred = conv_norm_relu(mid_channels, out_channels, norm, use_dcn, kernel_size=1)
+        self.conv_pred = head_conv(mid_channels, out_channels, norm, use_dcn, kernel_size=1)
         init_head_weights(self)
 
     @classmethod
