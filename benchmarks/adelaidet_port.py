@@ -175,7 +175,8 @@ def solo_d2_twin(port_model, opts=()):
     # solo_d2's own buffers (pixel statistics, cell tables) are not in AdelaiDet's state dict
     missing = [k for k in missing if k not in dict(model.named_buffers())]
     if missing or unexpected:
-        raise RuntimeError(f"converted AdelaiDet weights do not fit solo_d2: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError("converted AdelaiDet weights do not fit solo_d2: missing "
+                           f"{missing}, unexpected {unexpected}")
     return model.eval()
 
 

@@ -123,8 +123,8 @@ def bench_cuda_training(quick):
             continue
         finite = all(math.isfinite(v) for v in l32 + l16)
         results.setdefault("cuda_train", {})[name] = (t32, t16, m32, m16, finite)
-        rows.append((f"train step {name}, batch 2, {h}x{w}, {'finite' if finite else 'NON-FINITE'} losses "
-                     f"(first step fp32 {l32[0]:.3f}, AMP {l16[0]:.3f})",
+        rows.append((f"train step {name}, batch 2, {h}x{w}, {'finite' if finite else 'NON-FINITE'} "
+                     f"losses (first step fp32 {l32[0]:.3f}, AMP {l16[0]:.3f})",
                      f"AMP {t16 * 1e3:.0f} ms/step, peak {m16 / 2**30:.2f} GiB",
                      f"fp32 {t32 * 1e3:.0f} ms/step, peak {m32 / 2**30:.2f} GiB",
                      f"AMP {t32 / t16:.2f}x faster, " + (f"{m32 / m16:.2f}x less memory" if m16 else "no memory statistics")))
@@ -145,7 +145,8 @@ def bench_cuda_inference(quick):
         img = torch.randint(0, 255, (3, *size), dtype=torch.uint8)
         t_model = cuda_timeit(lambda: model([{"image": img}]))
     rows.append((f"SOLOv2 {'R18' if quick else 'R50'}-FPN backbone+FPN, {size[0]}x{size[1]}, fp32", bm.ms(t_backbone), "", ""))
-    rows.append((f"SOLOv2 whole model from a uint8 CPU image (random weights: no candidates), {size[0]}x{size[1]}",
+    rows.append(("SOLOv2 whole model from a uint8 CPU image (random weights: no "
+                 f"candidates), {size[0]}x{size[1]}",
                  bm.ms(t_model), "", ""))
     results["cuda_backbone_s"] = t_backbone
     for target in ((60, 200) if quick else (300, 1500)):
@@ -163,8 +164,9 @@ def bench_cuda_inference(quick):
             t_ours = cuda_timeit(lambda: bl.solo_d2_postprocess(model, cate, mask_out, padded))
             t_ref = cuda_timeit(lambda: bl.adelaidet_postprocess(cate, mask_out, padded, padded, bl.test_cfg_of(model)))
         results[f"cuda_post_{target}"] = (t_ours, t_ref)
-        rows.append((f"post-processing, ~{target} candidates, {len(ours)} kept (masks {'same' if same_masks else 'DIFFERENT'}, "
-                     f"scores within {score_diff:.1e}, TF32 off; timed with the defaults)", bm.ms(t_ours), f"{bm.ms(t_ref)} (AdelaiDet algorithm)",
+        rows.append((f"post-processing, ~{target} candidates, {len(ours)} kept (masks "
+                     f"{'same' if same_masks else 'DIFFERENT'}, scores within {score_diff:.1e}, TF32 "
+                     "off; timed with the defaults)", bm.ms(t_ours), f"{bm.ms(t_ref)} (AdelaiDet algorithm)",
                      f"{t_ref / t_ours:.2f}x; {t_ours / t_backbone:.0%} of backbone+FPN"))
     model = None  # not ``del``: the lambdas above use the name (ruff F821)
     # target assignment on the GPU
@@ -190,7 +192,8 @@ def bench_cuda_inference(quick):
     close = torch.allclose(matrix_nms(nms_masks, labels, scores), ref, atol=1e-6, rtol=0)
     t_ours = cuda_timeit(lambda: matrix_nms(nms_masks, labels, scores))
     t_ref = cuda_timeit(lambda: bl.one_matmul_nms(nms_masks, labels, scores))
-    rows.append((f"Matrix NMS, {k} masks {mh}x{mw}, 80 classes (scores {'within 1e-6' if close else 'DIFFERENT'})",
+    rows.append((f"Matrix NMS, {k} masks {mh}x{mw}, 80 classes (scores "
+                 f"{'within 1e-6' if close else 'DIFFERENT'})",
                  bm.ms(t_ours), f"{bm.ms(t_ref)} (one {k}x{k} IoU matmul)", f"{t_ref / t_ours:.2f}x"))
     rows.extend(_bisenet_rows(quick, dev, results))
     return rows, results
@@ -212,7 +215,8 @@ def _bisenet_rows(quick, dev, results):
                     amp = model._predict(x)
             agree = (amp.argmax(1) == ref.argmax(1)).float().mean().item()
             results[f"cuda_{name} {size[0]}x{size[1]}"] = (t32, t16)
-            rows.append((f"{name} inference {size[0]}x{size[1]} (autocast argmax = fp32 argmax on {agree:.1%} of pixels)",
+            rows.append((f"{name} inference {size[0]}x{size[1]} (autocast argmax = fp32 argmax on "
+                         f"{agree:.1%} of pixels)",
                          f"AMP {bm.ms(t16)} ({1 / t16:.0f} FPS)", f"fp32 {bm.ms(t32)} ({1 / t32:.0f} FPS)",
                          f"AMP {t32 / t16:.2f}x faster"))
         # the same at the largest size with cuDNN's autotuner (CUDNN_BENCHMARK True; detectron2's default is False)

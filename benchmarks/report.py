@@ -142,7 +142,8 @@ def goals(results):
     post = {k: v for k, v in results.items() if k.startswith("post_")}
     if post:
         ratios = {k[5:]: ref / ours for k, (ours, ref) in post.items()}
-        lines.append(f"- Post-processing at most half the AdelaiDet algorithm's time: {verdict(min(ratios.values()) >= 2)} "
+        lines.append("- Post-processing at most half the AdelaiDet algorithm's time: "
+                     f"{verdict(min(ratios.values()) >= 2)} "
                      f"({', '.join(f'{n} candidates: {r:.2f}x faster' for n, r in ratios.items())}).")
         first = min(post, key=lambda k: int(k[5:]))
         frac = post[first][0] / results["backbone_s"]
@@ -150,7 +151,8 @@ def goals(results):
                      f"{verdict(frac <= 0.2)} ({frac:.0%}).")
     if "paste_peak_ratio" in results:
         r = results["paste_peak_ratio"]
-        lines.append(f"- Paste peak memory within ~1.5x the kept boolean masks: {verdict(r <= 1.5)} ({r:.2f}x).")
+        lines.append("- Paste peak memory within ~1.5x the kept boolean masks: "
+                     f"{verdict(r <= 1.5)} ({r:.2f}x).")
     if "targets_speedup_1" in results:
         r1, r2 = results["targets_speedup_1"], results["targets_speedup_2"]
         lines.append(f"- Target assignment at least 20x faster than the loops: {verdict(min(r1, r2) >= 20)} "
@@ -162,14 +164,14 @@ def goals(results):
     post = {k[len("count_post_"):]: v for k, v in results.items() if k.startswith("count_post_")}
     if post:  # (solo_d2 ops, syncs, port ops, syncs)
         ok = all(o <= po and s <= 4 for o, s, po, _ in post.values()) and len({v[1] for v in post.values()}) == 1
-        lines.append(f"- Post-processing at most the port's kernel ops and at most 4 syncs per image, the same syncs "
-                     f"for every number of candidates (issue 29): {verdict(ok)} ("
+        lines.append("- Post-processing at most the port's kernel ops and at most 4 syncs per image, the "
+                     f"same syncs for every number of candidates (issue 29): {verdict(ok)} ("
                      + "; ".join(f"{k}: {o} ops against {po}, {s} syncs against {ps}" for k, (o, s, po, ps) in post.items())
                      + ").")
     if "count_model" in results:
         o, s, po, ps = results["count_model"]
-        lines.append(f"- Whole-model inference in fewer kernel ops than the port (issue 29): {verdict(o < po)} "
-                     f"({o} ops against {po}, {s} syncs against {ps}).")
+        lines.append("- Whole-model inference in fewer kernel ops than the port (issue 29): "
+                     f"{verdict(o < po)} ({o} ops against {po}, {s} syncs against {ps}).")
     train = {k[len("count_train_"):]: v for k, v in results.items() if k.startswith("count_train_")}
     if train:
         syncs = {v[1] for v in train.values()}
@@ -187,11 +189,12 @@ def goals(results):
         finite = all(v[4] for v in train.values())
         speed = [v[0] / v[1] for v in train.values()]
         memory = [v[2] / v[3] for v in train.values() if v[3]] or [float("nan")]
-        lines.append(f"- Training on GPU (fp32 and AMP): {verdict(not failed and finite)} "
-                     f"({len(train)} recipe configs trained in fp32 and AMP through detectron2's SimpleTrainer / "
+        lines.append(f"- Training on GPU (fp32 and AMP): {verdict(not failed and finite)} ({len(train)} "
+                     "recipe configs trained in fp32 and AMP through detectron2's SimpleTrainer / "
                      f"AMPTrainer{', ' + str(len(failed)) + ' failed' if failed else ''}, "
-                     f"{'all losses finite' if finite else 'NON-FINITE losses'}; AMP {min(speed):.2f}-{max(speed):.2f}x "
-                     f"the fp32 speed, {min(memory):.2f}-{max(memory):.2f}x less peak memory).")
+                     f"{'all losses finite' if finite else 'NON-FINITE losses'}; AMP "
+                     f"{min(speed):.2f}-{max(speed):.2f}x the fp32 speed, "
+                     f"{min(memory):.2f}-{max(memory):.2f}x less peak memory).")
     return lines
 
 

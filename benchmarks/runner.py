@@ -215,9 +215,12 @@ def bench_paste(quick):
     new = paste_peak(k, image, out, "new")
     old = paste_peak(k, image, out, "old")
     kept = new["kept_bytes"]
-    rows.append((f"paste peak memory, {k} masks, input {image[0]}x{image[1]} -> output {out[0]}x{out[1]}",
-                 f"{new['delta_bytes'] / 2**20:.0f} MiB = {new['delta_bytes'] / kept:.2f}x the kept bool masks",
-                 f"{old['delta_bytes'] / 2**20:.0f} MiB = {old['delta_bytes'] / kept:.2f}x (chunks of 32)",
+    rows.append((f"paste peak memory, {k} masks, input {image[0]}x{image[1]} -> "
+                 f"output {out[0]}x{out[1]}",
+                 f"{new['delta_bytes'] / 2**20:.0f} MiB = "
+                 f"{new['delta_bytes'] / kept:.2f}x the kept bool masks",
+                 f"{old['delta_bytes'] / 2**20:.0f} MiB = "
+                 f"{old['delta_bytes'] / kept:.2f}x (chunks of 32)",
                  f"{old['delta_bytes'] / max(new['delta_bytes'], 1):.1f}x less"))
     return rows, {"paste_peak_ratio": new["delta_bytes"] / kept}
 
@@ -271,7 +274,8 @@ def bench_targets(quick):
         # the ratio of each round (both measured within seconds of each other), median and range
         ratios = sorted(lo / v for lo, v in zip(times["loop"], times["vec"]))
         spread = f" (rounds {ratios[0]:.1f}-{ratios[-1]:.1f}x)" if len(ratios) > 1 else ""
-        rows.append((label, ms(t_vec), f"{ms(t_loop)} ({ref_name}{', ' + str(m_port) + ' mask targets' if m_port != m_total else ''})",
+        rows.append((label, ms(t_vec), f"{ms(t_loop)} "
+                                       f"({ref_name}{', ' + str(m_port) + ' mask targets' if m_port != m_total else ''})",
                      f"{statistics.median(ratios):.1f}x{spread}"))
         results.update({f"targets_speedup_{nt}": statistics.median(ratios), f"targets_vec_s_{nt}": t_vec,
                         f"targets_loop_s_{nt}": t_loop, f"targets_rounds_{nt}": ratios})
@@ -334,7 +338,8 @@ def bench_bisenet(quick):
                         set_inplace(model, flag)
                         times[flag].append(timeit(lambda: model._predict(x), repeats=1, warmup=0))
             t_in, t_out = statistics.median(times[True]), statistics.median(times[False])
-            rows.append((f"{name} inference {size[0]}x{size[1]} ({'same' if same else 'DIFFERENT'} logits)",
+            rows.append((f"{name} inference {size[0]}x{size[1]} "
+                         f"({'same' if same else 'DIFFERENT'} logits)",
                          f"{ms(t_in)} ({1 / t_in:.2f} FPS)", f"{ms(t_out)} (out-of-place ReLU)",
                          f"{t_out / t_in:.2f}x"))
             results[f"{name} {size[0]}x{size[1]}"] = t_out / t_in
@@ -381,7 +386,8 @@ def bench_training(quick):
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append((f"train step {name}, batch 2, {h}x{w}, CPU fp32", f"{r['step_s']:.2f} s/step",
-                     f"peak RSS {r['peak_mib']:.0f} MiB (+{r['delta_mib']:.0f} MiB above the model during a step)", ""))
+                     f"peak RSS {r['peak_mib']:.0f} MiB (+{r['delta_mib']:.0f} MiB above "
+                     "the model during a step)", ""))
     return rows, {}
 
 
@@ -621,9 +627,12 @@ def main(argv=None):
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    # the last piece is triple-quoted only so that its long expression can span lines
     header = (f"machine: {cpu}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
-              f"Python {platform.python_version()}, torch {torch.__version__}, detectron2 {detectron2.__version__}, "
-              f"CUDA {torch.version.cuda + ' on ' + torch.cuda.get_device_name() + ' (allocator ' + torch.cuda.get_allocator_backend() + ')' if torch.cuda.is_available() else 'no'}")
+              f"Python {platform.python_version()}, torch {torch.__version__}, "
+              f"detectron2 {detectron2.__version__}, "
+              f"""CUDA {torch.version.cuda + ' on ' + torch.cuda.get_device_name() + ' (allocator '
+                        + torch.cuda.get_allocator_backend() + ')' if torch.cuda.is_available() else 'no'}""")
     header += f"; {run_stamp()}"
     print(header, flush=True)
     torch.manual_seed(0)

@@ -145,7 +145,9 @@ iou = evaluator.evaluate()["cityscapes_sem_seg"]["IoU"]
 print(json.dumps({
     "inst": len(inst), "sem": len(sem), "annotations": sum(len(d["annotations"]) for d in inst),
     "same_annotations": [d["annotations"] for d in inst] == [d["annotations"] for d in ref],
-    "evaluator": type(build_evaluator(get_cfg(), "cityscapes_fine_instance_seg_val", distributed=False)).__name__,
+    "evaluator": type(
+        build_evaluator(get_cfg(), "cityscapes_fine_instance_seg_val", distributed=False)
+    ).__name__,
     "iou": iou,
 }))
 """

@@ -62,7 +62,8 @@ def test_config_names_its_weights(name):
     else:
         setter = next(p for p in chain if _sets_weights(p)[0]) if any(_sets_weights(p)[0] for p in chain) else None
         assert setter is not None and _weights_line_commented(setter), (
-            f"{name}: MODEL.WEIGHTS is empty without a comment saying why (in {setter or 'no file of its chain'})"
+            f"{name}: MODEL.WEIGHTS is empty without a comment saying why (in "
+            f"{setter or 'no file of its chain'})"
         )
     if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
         assert weights, f"{name}: FREEZE_AT {cfg.MODEL.BACKBONE.FREEZE_AT} freezes randomly initialized layers"

@@ -208,7 +208,8 @@ def test_concurrent_generation_and_stale_tree(tmp_path, synthetic_cityscapes):
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail("concurrent generate_synthetic_cityscapes hung for 600 s (lock/rename loop in _ensure?)")
+            pytest.fail("concurrent generate_synthetic_cityscapes hung for 600 s "
+                        "(lock/rename loop in _ensure?)")
         assert p.returncode == 0, err.decode()[-2000:]
     target = root / "synthetic_cityscapes"
     assert sorted(os.listdir(root)) == ["synthetic_cityscapes"]  # no temporary leftovers

@@ -282,9 +282,10 @@ def test_build_evaluator_generates_a_missing_synthetic_dataset(tmp_path):
     """COCOEvaluator reads the annotation json when it is built, so build_evaluator generates a
     synthetic dataset's files first (a fresh process: the dataset root is read at import)."""
     code = (
-        "import os; from solo_d2.config import get_cfg; from solo_d2.evaluation import build_evaluator; "
-        "cfg = get_cfg(); cfg.OUTPUT_DIR = os.environ['OUT']; cfg.MODEL.META_ARCHITECTURE = 'SOLOv2'; "
-        "e = build_evaluator(cfg, 'synthetic_coco_val', distributed=False); print(len(e._coco_api.getImgIds()))"
+        "import os; from solo_d2.config import get_cfg; from solo_d2.evaluation import "
+        "build_evaluator; cfg = get_cfg(); cfg.OUTPUT_DIR = os.environ['OUT']; "
+        "cfg.MODEL.META_ARCHITECTURE = 'SOLOv2'; e = build_evaluator(cfg, 'synthetic_coco_val', "
+        "distributed=False); print(len(e._coco_api.getImgIds()))"
     )
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OUT=str(tmp_path / "out"))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -161,7 +161,8 @@ def _check_solo_model(model, wrapper, sample, images, tmp_path, min_detections):
             _compare_solo(inst, ts(img), exact=True)
             stats.append(_compare_solo(inst, _run_onnx(sess, img), exact=False))
             top = f"{inst.scores.max().item():.3f}" if len(inst) else "-"
-            print(f"{type(wrapper.ins_head).__name__} {tuple(img.shape[1:])}: {len(inst)} detections, top score {top}")
+            print(f"{type(wrapper.ins_head).__name__} {tuple(img.shape[1:])}: {len(inst)} "
+                  f"detections, top score {top}")
     print(f"{type(wrapper.ins_head).__name__}: ONNX mask pixels differing: {stats}")
     return stats
 

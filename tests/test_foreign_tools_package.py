@@ -31,7 +31,10 @@ for name in scripts:
             runpy.run_path(path, run_name="__main__")
         out["scripts"][name] = "returned without printing --help"
     except SystemExit as e:
-        out["scripts"][name] = "ok" if e.code in (0, None) and "usage:" in buf.getvalue() else "exit %r: %s" % (e.code, buf.getvalue()[-300:])
+        out["scripts"][name] = (
+            "ok" if e.code in (0, None) and "usage:" in buf.getvalue()
+            else "exit %r: %s" % (e.code, buf.getvalue()[-300:])
+        )
     except BaseException:
         out["scripts"][name] = traceback.format_exc()[-1500:]
 for name in modules:

@@ -70,8 +70,8 @@ def test_dry_run_from_the_bundle(bundle, tmp_path):
     rows = (out / "rows.md").read_text()
     results = json.loads((out / "results.json").read_text())
     assert "detectron2 from the bundle" in results["header"], results["header"]
-    sections = dict(re.findall(r"\n## (gpu_check_\w+)\n\n[^\n]*\n\n\| what \| solo_d2 \| baseline \| ratio \|\n\|---\|---\|---\|---\|\n"
-                               r"((?:\|[^\n]*\|\n)+)", rows))
+    sections = dict(re.findall(r"\n## (gpu_check_\w+)\n\n[^\n]*\n\n\| what \| solo_d2 \| baseline \| ratio "
+                               r"\|\n\|---\|---\|---\|---\|\n((?:\|[^\n]*\|\n)+)", rows))
     assert set(sections) == {f"gpu_check_{p}" for p in ("tests", "inference", "training", "bisenet", "profile")}, rows
     assert "| part " not in rows, errors  # no whole part failed
     assert "pytest tests/test_cuda.py" in sections["gpu_check_tests"] and "skipped" in sections["gpu_check_tests"]

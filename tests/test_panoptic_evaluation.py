@@ -269,15 +269,19 @@ def _set(key, value, k=0):
 @pytest.mark.parametrize(
     "name,change,message",
     [
-        (COCO_STANDARD, _set("category_id", 9), r"segments_info\[0\]\['category_id'\] = 9 \(isthing=False\) is not a contiguous stuff id"),
-        (COCO_STANDARD, _set("isthing", True), r"segments_info\[0\]\['category_id'\] = 3 \(isthing=True\) is not a contiguous thing id.*\[0, 1, 2\]"),
+        (COCO_STANDARD, _set("category_id", 9), r"segments_info\[0\]\['category_id'\] = 9 \(isthing=False\) is "
+                                                r"not a contiguous stuff id"),
+        (COCO_STANDARD, _set("isthing", True), r"segments_info\[0\]\['category_id'\] = 3 \(isthing=True\) is not a "
+                                               r"contiguous thing id.*\[0, 1, 2\]"),
         # separated: stuff contiguous 0 is the "things" class, no segment
-        (COCO_SEPARATED, _set("category_id", 0), r"'category_id'\] = 0 \(isthing=False\).*'stuff_dataset_id_to_contiguous_id' has values \[1, 2, 3\]"),
+        (COCO_SEPARATED, _set("category_id", 0), r"'category_id'\] = 0 \(isthing=False\).*'stuff_dataset_id_to_contiguous_id' "
+                                                 r"has values \[1, 2, 3\]"),
         (COCO_STANDARD, lambda ids, info: (ids, [{"id": s["id"]} for s in info]),
          r"segments_info\[0\] must be a dict with 'id', 'category_id' and 'isthing'"),
         # no 'isthing': category_id is a dataset id (Detectron2's convention); 4 is none here
         (COCO_STANDARD, lambda ids, info: (ids, [{"id": s["id"], "category_id": 4} for s in info]),
-         r"segments_info\[0\]\['category_id'\] = 4 \(no 'isthing': a dataset category id\).*\[1, 2, 3, 5, 7, 8\]"),
+         r"segments_info\[0\]\['category_id'\] = 4 \(no 'isthing': a dataset category "
+         r"id\).*\[1, 2, 3, 5, 7, 8\]"),
         (COCO_STANDARD, lambda ids, info: (ids, info[1:]), r"segment ids \[\d+\] of panoptic_seg\[0\] are not in segments_info"),
         (COCO_STANDARD, lambda ids, info: (ids, info + [dict(info[0])]), r"segments_info\[\d+\]\['id'\] = \d+ is repeated"),
         (CS_PANOPTIC, _set("category_id", 19), r"'category_id'\] = 19 \(isthing=False\) is not a contiguous stuff id"),

@@ -49,7 +49,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    print(f"device={args.device} threads={torch.get_num_threads()} warmup={args.warmup} repeats={args.repeats}")
+    print(f"device={args.device} threads={torch.get_num_threads()} "
+          f"warmup={args.warmup} repeats={args.repeats}")
     print(f"{'model':<16}{'input':>12}{'median ms':>12}{'mean ms':>10}{'FPS':>8}")
     for name, config in MODELS.items():
         cfg = get_config(config)
@@ -59,7 +60,8 @@ def main():
         for size in sizes:
             times = time_model(model, size, args.device, args.warmup, args.repeats)
             med = statistics.median(times) * 1000
-            print(f"{name:<16}{f'{size[0]}x{size[1]}':>12}{med:>12.1f}{statistics.mean(times) * 1000:>10.1f}{1000 / med:>8.2f}")
+            print(f"{name:<16}{f'{size[0]}x{size[1]}':>12}{med:>12.1f}"
+                  f"{statistics.mean(times) * 1000:>10.1f}{1000 / med:>8.2f}")
 
 
 if __name__ == "__main__":

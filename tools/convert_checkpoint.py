@@ -35,11 +35,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--config-file",
         default=None,
-        help="(before the two paths) the solo_d2 config to convert to, instead of the one the converter names; for "
-        "solo-official / mmdet the checkpoint is checked against it (with the overrides given after "
-        "the paths) and every value that differs is listed. Needed for a checkpoint whose variant "
-        "the converter cannot tell (e.g. a SOLOv2 without meta config text whose towers match no "
-        "official model)",
+        help="(before the two paths) the solo_d2 config to convert to, instead of the one the "
+             "converter names; for solo-official / mmdet the checkpoint is checked against it "
+             "(with the overrides given after the paths) and every value that differs is listed. "
+             "Needed for a checkpoint whose variant the converter cannot tell (e.g. a SOLOv2 "
+             "without meta config text whose towers match no official model)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides used for the verification (KEY VALUE ...)")
     args = parser.parse_args(argv)

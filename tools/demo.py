@@ -182,8 +182,9 @@ def main(argv=None) -> int:
     cfg = setup_cfg(args.config_file, threshold_opts(args.confidence_threshold) + list(args.opts))
     if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
         get_parser().error(
-            "MODEL.WEIGHTS is empty in {}: the demo would run a randomly initialized model. Pass "
-            "--opts MODEL.WEIGHTS path/to/model_final.pth, or --allow-random-weights to do it anyway.".format(
+            "MODEL.WEIGHTS is empty in {}: the demo would run a randomly initialized "
+            "model. Pass --opts MODEL.WEIGHTS path/to/model_final.pth, or "
+            "--allow-random-weights to do it anyway.".format(
                 args.config_file)
         )
     class_names = parse_class_names(args.class_names) if args.class_names else None

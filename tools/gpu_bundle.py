@@ -189,8 +189,9 @@ def travel_note(carry=(DEFAULT_OUT,)):
     tree, carried = travel_size(carry)
     total = tree + carried
     verdict = "fits" if total <= DEVICE_TREE_LIMIT else "is OVER the limit: the device call will be refused"
-    return (f"a device call sends {total / 2**20:.1f} MiB (working tree {tree / 2**20:.1f} MiB + carried "
-            f"{carried / 2**20:.1f} MiB) of at most {DEVICE_TREE_LIMIT / 2**20:.0f} MiB: {verdict}")
+    return (f"a device call sends {total / 2**20:.1f} MiB (working tree {tree / 2**20:.1f} "
+            f"MiB + carried {carried / 2**20:.1f} MiB) of at most "
+            f"{DEVICE_TREE_LIMIT / 2**20:.0f} MiB: {verdict}")
 
 
 def _ignore_tests(folder, names):
@@ -255,7 +256,8 @@ def main(argv=None):
     ap.add_argument("--no-download", action="store_true",
                     help=f"do not fetch the {DEVICE_PY} wheels of the compiled packages (pycocotools)")
     ap.add_argument("--local-binaries", action="store_true",
-                    help="also copy this Python's compiled packages (bin-cpXY), for a dry run from a Python without them")
+                    help="also copy this Python's compiled packages (bin-cpXY), for a dry run "
+                         "from a Python without them")
     ap.add_argument("--travel-size", action="store_true", help="only print what a device call would send")
     args = ap.parse_args(argv)
     if args.travel_size:
@@ -266,8 +268,9 @@ def main(argv=None):
     m = build(args.out, args.adelaidet or None, download=not args.no_download, local_binaries=args.local_binaries)
     for note in m["notes"]:
         print(f"[gpu_bundle] note: {note}")
-    print(f"[gpu_bundle] {args.out}: {m['size_bytes'] / 2**20:.1f} MiB, {len(m['packages'])} packages, "
-          f"{sum(m['detectron2_patches'].values())} renames in {len(m['detectron2_patches'])} detectron2 files"
+    print(f"[gpu_bundle] {args.out}: {m['size_bytes'] / 2**20:.1f} MiB, {len(m['packages'])} "
+          f"packages, {sum(m['detectron2_patches'].values())} renames in "
+          f"{len(m['detectron2_patches'])} detectron2 files"
           + (f", AdelaiDet {len(m['adelaidet']['files'])} files" if "adelaidet" in m else ", no AdelaiDet port"))
     try:
         print(f"[gpu_bundle] {travel_note([args.out])}")

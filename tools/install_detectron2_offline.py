@@ -136,7 +136,8 @@ def install(sdist: Path, site: Path):
     digest = sha256(sdist)
     if digest != SDIST_SHA256:
         raise SystemExit(
-            f"sha256 mismatch for {sdist}: got {digest}, expected {SDIST_SHA256}; refusing to install"
+            f"sha256 mismatch for {sdist}: got {digest}, expected "
+            f"{SDIST_SHA256}; refusing to install"
         )
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(sdist) as tar:
@@ -187,7 +188,8 @@ def patch_installed(site: Path) -> int:
         return 0
     c_file.write_text(C_STANDIN)
     changed = patch_fast_eval(target)
-    print(f"{target}: COCOeval_opt falls back to pycocotools' COCOeval ({'patched' if changed else 'already patched'})")
+    print(f"{target}: COCOeval_opt falls back to pycocotools' COCOeval "
+          f"({'patched' if changed else 'already patched'})")
     return 0
 
 
@@ -196,7 +198,8 @@ def main():
     ap.add_argument("--sdist", type=Path, help="use this pb1-detectron2-0.6.tar.gz instead of downloading")
     ap.add_argument("--site", type=Path, default=Path(sysconfig.get_paths()["purelib"]))
     ap.add_argument("--patch-installed", action="store_true",
-                    help="only update the _C stand-in and the COCOeval_opt fallback of an offline install in --site")
+                    help="only update the _C stand-in and the COCOeval_opt fallback of an "
+                         "offline install in --site")
     args = ap.parse_args()
     if args.patch_installed:
         return patch_installed(args.site)

@@ -215,8 +215,8 @@ def main(argv=None):
         if open(target).read() == source:
             shutil.rmtree(backup_dir, ignore_errors=True)
     killed = sum(r["outcome"].startswith("killed") for r in results)
-    print(f"\n{args.target}: {len(results)} mutants, {killed} killed, {len(results) - killed} survived "
-          f"({time.time() - start:.0f} s)")
+    print(f"\n{args.target}: {len(results)} mutants, {killed} killed, {len(results) - killed} "
+          f"survived ({time.time() - start:.0f} s)")
     for r in results:
         if r["outcome"] == "survived":
             print(f"  SURVIVED line {r['line']}: {r['mutation']}")

@@ -40,7 +40,8 @@ def get_parser():
     p.add_argument("--max-size", type=int, help="override model.json's max_size_test")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     p.add_argument("--class-names", metavar="NAMES",
-                   help="class names, 'a,b,c' or a file with one name per line (default: model.json's class_names)")
+                   help="class names, 'a,b,c' or a file with one name per line (default: "
+                        "model.json's class_names)")
     return p
 
 
@@ -64,7 +65,8 @@ def checked_class_names(info, override=None):
                          "pass --class-names name1,name2,...\n".format(source, count if count is not None else "?"))
         return None
     if count is not None and len(names) != count:
-        sys.stderr.write("warning: {} gives {} class names ({}) but the model has {} classes (model.json num_classes): "
+        sys.stderr.write("warning: {} gives {} class names ({}) but the "
+                         "model has {} classes (model.json num_classes): "
                          "labels are class numbers\n".format(source, len(names), ", ".join(names[:10]), count))
         return None
     return list(names)

@@ -154,7 +154,8 @@ def main(argv=None):
         table.append(label)
     failures = run_all(pending, args.jobs, args.threads)
 
-    print("| model | runs | iterations | PQ | things PQ | SQ | RQ | stuff PQ | SQ | RQ | training (min) |")
+    print("| model | runs | iterations | PQ | things PQ | SQ | RQ | stuff PQ | "
+          "SQ | RQ | training (min) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label in table:
         results = [(s, read_result(os.path.join(args.out, label, f"seed_{s}"))) for s in args.seeds]

@@ -135,13 +135,14 @@ def get_parser():
         choices=CHECK_IMAGES_MODES,
         default="sample",
         help="before starting, check the image files of the datasets: that a fixed sample of "
-        f"{IMAGE_SAMPLE_SIZE} per dataset exists (default); 'all': decode every image and label file "
-        "(with a progress bar) and name each missing or unreadable one; 'none'",
+             f"{IMAGE_SAMPLE_SIZE} per dataset exists (default); 'all': decode every image and label "
+             "file (with a progress bar) and name each missing or unreadable one; 'none'",
     )
     parser.add_argument(
         "--allow-random-weights",
         action="store_true",
-        help="allow --eval-only with an empty MODEL.WEIGHTS (evaluates a randomly initialized model)",
+        help="allow --eval-only with an empty MODEL.WEIGHTS (evaluates a "
+             "randomly initialized model)",
     )
     add_register_arguments(parser)
     return parser

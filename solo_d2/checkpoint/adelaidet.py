@@ -46,8 +46,8 @@ def convert_adelaidet_solov2(state) -> Conversion:
     depth = {6: 50, 23: 101}.get(num_res4)
     if depth is None:
         raise ConversionError(
-            f"adelaidet-solov2: {num_res4} res4 blocks (R50 has 6, R101 23): no matching solo_d2 config; "
-            "use --config-file with the matching overrides"
+            f"adelaidet-solov2: {num_res4} res4 blocks (R50 has 6, R101 23): no matching solo_d2 "
+            "config; use --config-file with the matching overrides"
         )
     opts, notes = [], []
     num_classes = state["ins_head.cate_pred.weight"].shape[0]
@@ -56,13 +56,15 @@ def convert_adelaidet_solov2(state) -> Conversion:
     if any("conv_offset" in k for k in state):
         raise ConversionError("adelaidet-solov2: deformable convs are not part of AdelaiDet's SOLOv2 models")
     notes.append(
-        "AdelaiDet upsamples final masks by ceil(h / f_h) of the unpadded height, which is 3 instead of 4 "
-        "for a batch image shorter than 3/4 of the padded batch; solo_d2 always uses 4 (the official SOLO)."
+        "AdelaiDet upsamples final masks by ceil(h / f_h) of the unpadded height, which is 3 "
+        "instead of 4 for a batch image shorter than 3/4 of the padded batch; solo_d2 always "
+        "uses 4 (the official SOLO)."
     )
     notes.append(
-        "The config trains as the official SOLO code (the recipe). To train as AdelaiDet does, add "
-        "MODEL.SOLO.MASK_TARGET_RESIZE unpadded (AdelaiDet resizes each unpadded mask by cv2 to "
-        "int(side / 4 + 0.5) and pastes it top-left; the official code resizes the padded mask by exactly 4) "
-        "and MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE False (AdelaiDet never trains the BN weights and biases)."
+        "The config trains as the official SOLO code (the recipe). To train as AdelaiDet does, "
+        "add MODEL.SOLO.MASK_TARGET_RESIZE unpadded (AdelaiDet resizes each unpadded mask by cv2 "
+        "to int(side / 4 + 0.5) and pastes it top-left; the official code resizes the padded "
+        "mask by exactly 4) and MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE False (AdelaiDet never "
+        "trains the BN weights and biases)."
     )
     return Conversion(out, f"configs/SOLOv2/R{depth}_3x.yaml", opts, notes)

@@ -67,7 +67,8 @@ def coincheung_v1_rules() -> List[Rule]:
 
 @register_converter(
     "coincheung-bisenetv1",
-    "CoinCheung/BiSeNet BiSeNetV1 (ResNet-18) Cityscapes checkpoints, e.g. model_final_v1_city_new.pth",
+    "CoinCheung/BiSeNet BiSeNetV1 (ResNet-18) Cityscapes checkpoints, e.g. "
+    "model_final_v1_city_new.pth",
 )
 def convert_coincheung_v1(state: Dict) -> Conversion:
     return _full_model(state, coincheung_v1_rules(), "coincheung-bisenetv1", V1_CONFIG)
@@ -148,7 +149,8 @@ def convert_coincheung_v2(state: Dict) -> Conversion:
 
 @register_converter(
     "coincheung-bisenetv2-backbone",
-    "CoinCheung/BiSeNet's ImageNet-pretrained BiSeNetV2 branches backbone_v2.pth ({detail, segment})",
+    "CoinCheung/BiSeNet's ImageNet-pretrained BiSeNetV2 branches "
+    "backbone_v2.pth ({detail, segment})",
 )
 def convert_coincheung_v2_backbone(state: Dict) -> Conversion:
     """The ImageNet initialization CoinCheung's V2 training starts from: the detail and semantic
@@ -160,6 +162,7 @@ def convert_coincheung_v2_backbone(state: Dict) -> Conversion:
     return Conversion(
         out,
         "configs/BiSeNet/V2_cityscapes.yaml",
-        notes=["backbone initialization only (detail and semantic branches); heads start from their init"],
+        notes=["backbone initialization only (detail and semantic branches); "
+               "heads start from their init"],
         prefix="backbone.",
     )

@@ -75,8 +75,8 @@ class Layout:
 
 _OFFICIAL = Layout(
     source="solo-official",
-    description="official SOLO repository (WXinlong/SOLO, mmdetection v1): SOLO, Decoupled SOLO(-light), "
-    "SOLOv2(-light), DCN variants",
+    description="official SOLO repository (WXinlong/SOLO, mmdetection v1): SOLO, Decoupled "
+                "SOLO(-light), SOLOv2(-light), DCN variants",
     head="bbox_head",
     mask_feat="mask_feat_head",
     conv_pred="conv_pred.0",
@@ -166,7 +166,8 @@ def _rules(layout: Layout, head: str) -> List:
         # mmdetection v1.0rc0-style backbone DCN: the offset conv is a sibling ``conv2_offset``
         (
             r"backbone\.layer(\d)\.(\d+)\.conv2_offset\.(weight|bias)",
-            lambda m: f"backbone.bottom_up.res{int(m.group(1)) + 1}.{m.group(2)}.conv2.conv_offset.{m.group(3)}",
+            lambda m: f"backbone.bottom_up.res{int(m.group(1)) + 1}.{m.group(2)}.conv2."
+                      f"conv_offset.{m.group(3)}",
         ),
         (r"neck\.lateral_convs\.(\d)\.conv\.(weight|bias)", lambda m: f"backbone.fpn_lateral{int(m.group(1)) + 2}.{m.group(2)}"),
         (r"neck\.fpn_convs\.(\d)\.conv\.(weight|bias)", lambda m: f"backbone.fpn_output{int(m.group(1)) + 2}.{m.group(2)}"),
@@ -230,17 +231,19 @@ def _table_config(layout: Layout, variant: Dict) -> str:
     if kind is None:
         named = ", ".join(sorted(f"{layout.config_dir}/{n}" for k, n in _CONFIGS[layout.source].items() if k[0] == head))
         raise ConversionError(
-            f"{layout.source}: cannot tell which {head} variant this checkpoint is: {variant['why']}. "
-            "The scale ranges, grids and test size are not stored in the weights: name the solo_d2 config "
-            f"to convert to with --config-file CONFIG (e.g. one of {named}, with overrides as needed); "
-            "the converter then checks the checkpoint against that config"
+            f"{layout.source}: cannot tell which {head} variant this checkpoint is: "
+            f"{variant['why']}. The scale ranges, grids and test size are not stored in the "
+            "weights: name the solo_d2 config to convert to with --config-file CONFIG (e.g. "
+            f"one of {named}, with overrides as needed); the converter then checks the "
+            "checkpoint against that config"
         )
     table = _CONFIGS[layout.source]
     name = table.get((head, arch, kind, dcn))
     if name is None:  # the closest config of this head and kind; overrides carry the rest
         near = sorted((k for k in table if k[0] == head and k[2] == kind), key=lambda k: (k[3] != dcn, k[1] != "R50"))
         if not near:
-            raise ConversionError(f"{layout.source}: no solo_d2 config for a {head} checkpoint{' (' + kind + ')' if kind else ''}")
+            raise ConversionError(f"{layout.source}: no solo_d2 config for a {head} "
+                                  f"checkpoint{' (' + kind + ')' if kind else ''}")
         name = table[near[0]]
     return f"{layout.config_dir}/{name}"
 
@@ -313,7 +316,8 @@ def convert_mmdet_solo(
         + (f" {variant['kind']}" if variant["kind"] else "")
         + (" DCN" if variant["dcn"] else "")
         + f", {settings['MODEL.SOLO.NUM_CLASSES']} classes",
-        "torchvision-style ResNet: the config uses RGB input, ImageNet mean/std and STRIDE_IN_1X1 False",
+        "torchvision-style ResNet: the config uses RGB input, ImageNet "
+        "mean/std and STRIDE_IN_1X1 False",
     ]
     if variant["tower_dcn"]:
         version = "DCNv2" if settings["MODEL.SOLO.TOWER_DCN_MODULATED"] else "DCNv1"

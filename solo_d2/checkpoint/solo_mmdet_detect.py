@@ -88,7 +88,8 @@ def _offset_key(state, prefix: str) -> Optional[str]:
 def foreign_hint(state) -> str:
     keys = list(state)
     if any(k.startswith("ins_head.") or k.startswith("backbone.bottom_up.") for k in keys):
-        return " (it looks like a Detectron2-based checkpoint, e.g. AdelaiDet's: use --from adelaidet-solov2)"
+        return (" (it looks like a Detectron2-based checkpoint, e.g. AdelaiDet's: use "
+                "--from adelaidet-solov2)")
     if any(k.startswith("bbox_head.solo") or k.startswith("bbox_head.dsolo") for k in keys):
         return " (it looks like an official SOLO checkpoint: use --from solo-official)"
     if any(k.startswith("mask_head.conv_") for k in keys):
@@ -111,9 +112,9 @@ def _tower_dcn(state, layout, towers: Dict[str, List[int]]) -> Tuple[Optional[st
     if len(set(patterns.values())) != 1 or next(iter(patterns.values())) not in allowed:
         found = {f"{h}.{n[t]}": [i for i, d in enumerate(p) if d] for t, p in patterns.items()}
         raise ConversionError(
-            f"{src}: deformable convs (conv_offset) at tower conv indices {found}: solo_d2 supports "
-            "none, every conv or only the last conv of every tower (MODEL.SOLO.USE_DCN_IN_TOWER, "
-            "MODEL.SOLO.TOWER_DCN_CONVS 'all' / 'last')"
+            f"{src}: deformable convs (conv_offset) at tower conv indices {found}: solo_d2 "
+            "supports none, every conv or only the last conv of every tower "
+            "(MODEL.SOLO.USE_DCN_IN_TOWER, MODEL.SOLO.TOWER_DCN_CONVS 'all' / 'last')"
         )
     channels = {}
     for v in keys.values():
@@ -129,7 +130,8 @@ def _tower_dcn(state, layout, towers: Dict[str, List[int]]) -> Tuple[Optional[st
         )
     if len(set(channels.values())) != 1:
         raise ConversionError(
-            f"{src}: DCNv1 and DCNv2 tower convs mixed ({_short_list(f'{k}: {c}' for k, c in channels.items())}); "
+            f"{src}: DCNv1 and DCNv2 tower convs mixed "
+            f"({_short_list(f'{k}: {c}' for k, c in channels.items())}); "
             "MODEL.SOLO.TOWER_DCN_MODULATED sets one kind for all"
         )
     return allowed[next(iter(patterns.values()))], next(iter(channels.values())) == 27
@@ -161,11 +163,14 @@ def _meta_settings(facts: Dict, layout, head: str, settings: Dict, tower_dcn) ->
         wrong.append(f"{h}.type = {facts['type']!r} but the weights are a {head}")
     tower = f"{h}.{n['cate_tower']}"
     if "stacked_convs" in facts and facts["stacked_convs"] != settings["MODEL.SOLO.NUM_CONVS"]:
-        wrong.append(f"{h}.stacked_convs = {facts['stacked_convs']} but {tower} has {settings['MODEL.SOLO.NUM_CONVS']} convs")
+        wrong.append(f"{h}.stacked_convs = {facts['stacked_convs']} but {tower} has "
+                     f"{settings['MODEL.SOLO.NUM_CONVS']} convs")
     if "channels" in facts and facts["channels"] != settings["MODEL.SOLO.INS_CHANNELS"]:
-        wrong.append(f"{h} tower width {facts['channels']} but {tower}.0 has {settings['MODEL.SOLO.INS_CHANNELS']} channels")
+        wrong.append(f"{h} tower width {facts['channels']} but {tower}.0 has "
+                     f"{settings['MODEL.SOLO.INS_CHANNELS']} channels")
     if "num_grids" in facts and settings.get("MODEL.SOLO.NUM_GRIDS", facts["num_grids"]) != facts["num_grids"]:
-        wrong.append(f"{h}.num_grids = {facts['num_grids']} but the mask outputs give {settings['MODEL.SOLO.NUM_GRIDS']}")
+        wrong.append(f"{h}.num_grids = {facts['num_grids']} but the mask outputs give "
+                     f"{settings['MODEL.SOLO.NUM_GRIDS']}")
     if "use_dcn_in_tower" in facts and bool(facts["use_dcn_in_tower"]) != (tower_dcn is not None):
         wrong.append(f"{h}.use_dcn_in_tower = {facts['use_dcn_in_tower']} but the towers have "
                      f"{'no ' if tower_dcn is None else ''}deformable convs")
@@ -299,8 +304,9 @@ def detect_variant(state, layout, facts: Optional[Dict] = None) -> Dict:
         kernel_dim = int(state[f"{h}.{n['kernel_pred']}.weight"].shape[0])
         if kernel_dim != settings["MODEL.SOLO.MASK_FEAT_CHANNELS"]:
             raise ConversionError(
-                f"{src}: kernel output {kernel_dim} channels but mask features {settings['MODEL.SOLO.MASK_FEAT_CHANNELS']}: "
-                "only 1x1 dynamic kernels are supported"
+                f"{src}: kernel output {kernel_dim} channels but mask features "
+                f"{settings['MODEL.SOLO.MASK_FEAT_CHANNELS']}: only 1x1 "
+                "dynamic kernels are supported"
             )
         levels = _indices(state, rf"{re.escape(mf)}\.convs_all_levels\.(\d+)\.")
         if levels != [0, 1, 2, 3]:

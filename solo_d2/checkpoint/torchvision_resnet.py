@@ -71,8 +71,8 @@ _RESNET_KEY = re.compile(r"(?:^|.*\.)(stem\.conv1|res[2-5]\.\d+)\..*")
 def convert_torchvision_resnet(state) -> Conversion:
     if not state or "conv1.weight" not in state or "layer3.0.conv1.weight" not in state:
         raise ConversionError(
-            f"not a {SOURCE} checkpoint (torchvision ResNet state dict: conv1.*, bn1.*, layer1..4.*, fc.*): "
-            f"keys like {_short_list(state, 6)}"
+            f"not a {SOURCE} checkpoint (torchvision ResNet state dict: conv1.*, bn1.*, "
+            f"layer1..4.*, fc.*): keys like {_short_list(state, 6)}"
         )
     depth = resnet_depth(state, "", source=SOURCE)
     if depth not in _TARGETS:
@@ -86,8 +86,8 @@ def convert_torchvision_resnet(state) -> Conversion:
         config=config,
         opts=list(opts),
         notes=[
-            f"torchvision ResNet-{depth}: a backbone initialization (heads stay random); use it with RGB input, "
-            "torchvision mean/std and MODEL.RESNETS.STRIDE_IN_1X1 False"
+            f"torchvision ResNet-{depth}: a backbone initialization (heads stay random); use it "
+            "with RGB input, torchvision mean/std and MODEL.RESNETS.STRIDE_IN_1X1 False"
         ],
         backbone_only=True,  # the driver calls finish_backbone_conversion
     )
@@ -116,7 +116,8 @@ def verify_backbone_init(state: Dict[str, torch.Tensor], config: str, opts: Sequ
         if unused:
             parts.append(f"{len(unused)} tensors match no model weight of that shape: {_short_list(unused)}")
         if uncovered:
-            parts.append(f"{len(uncovered)} ResNet weights of the model not initialized: {_short_list(uncovered)}")
+            parts.append(f"{len(uncovered)} ResNet weights of the model not initialized: "
+                         f"{_short_list(uncovered)}")
         raise ConversionError("\n  ".join(parts))
     return matched
 
@@ -140,7 +141,8 @@ def write_d2_pkl(state: Dict[str, torch.Tensor], out_path: str, author: str = "t
 def finish_backbone_conversion(result: Conversion, out_path: str, *, source: str = SOURCE) -> Conversion:
     """Verification and writing of a ``backbone_only`` conversion (instead of the strict ones)."""
     if not out_path.endswith(".pkl"):
-        raise ConversionError(f"{source} writes a Detectron2 .pkl (matching heuristics); name the output *.pkl, not {out_path}")
+        raise ConversionError(f"{source} writes a Detectron2 .pkl (matching heuristics); name the "
+                              f"output *.pkl, not {out_path}")
     verify_backbone_init(result.state_dict, result.config, result.opts, source=source)
     write_d2_pkl(result.state_dict, out_path)
     return result

@@ -21,7 +21,8 @@ class RandomScale(T.Augmentation):
     def __init__(self, min_scale: float, max_scale: float, interp=None):
         super().__init__()
         if not 0 < min_scale <= max_scale:
-            raise ValueError(f"INPUT.RANDOM_SCALE must be [min, max] with 0 < min <= max, got {[min_scale, max_scale]}")
+            raise ValueError("INPUT.RANDOM_SCALE must be [min, max] with 0 < min <= max, got "
+                             f"{[min_scale, max_scale]}")
         self.min_scale, self.max_scale = min_scale, max_scale
 
         self.interp = Image.BILINEAR if interp is None else interp

@@ -70,8 +70,8 @@ _COCO_CMD = (
 )
 _CITYSCAPES_CMD = (
     "download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip from "
-    "https://www.cityscapes-dataset.com/downloads/ into $DETECTRON2_DATASETS/cityscapes, unzip them, then run "
-    "`python datasets/prepare_cityscapes.py`  (see datasets/README.md)"
+    "https://www.cityscapes-dataset.com/downloads/ into $DETECTRON2_DATASETS/cityscapes, unzip "
+    "them, then run `python datasets/prepare_cityscapes.py`  (see datasets/README.md)"
 )
 
 _COCO_PANOPTIC_CMD = (
@@ -161,8 +161,8 @@ def _prepare_command(name):
 
 _CUSTOM_HINT = (
     "your own dataset: check the paths it was registered with (docs/CUSTOM_DATA.md: "
-    "tools/train_net.py --register-coco NAME JSON IMAGE_DIR, --register-sem-seg, --register-coco-panoptic); "
-    "the builtin ones: datasets/README.md"
+    "tools/train_net.py --register-coco NAME JSON IMAGE_DIR, --register-sem-seg, "
+    "--register-coco-panoptic); the builtin ones: datasets/README.md"
 )
 
 
@@ -257,8 +257,8 @@ def _decode_all(name, dicts, paths, progress):
                 problems[path] = reason
     if problems:
         raise ImageReadError(
-            "Dataset '{}': {} of {} files cannot be read; fix or remove them (or their dataset items) "
-            "before training:\n{}".format(
+            "Dataset '{}': {} of {} files cannot be read; fix or remove them (or their dataset "
+            "items) before training:\n{}".format(
                 name, len(problems), len(unique), "\n".join("  '{}': {}".format(p, r) for p, r in problems.items()))
         )
 
@@ -295,7 +295,8 @@ def check_dataset(name, check_images="sample", sample_size=IMAGE_SAMPLE_SIZE):
         checked.append(path)
         if not os.path.exists(path):
             raise FileNotFoundError(
-                "Dataset '{}': {} '{}' does not exist (DETECTRON2_DATASETS={}). Prepare it with: {}".format(
+                "Dataset '{}': {} '{}' does not exist "
+                "(DETECTRON2_DATASETS={}). Prepare it with: {}".format(
                     name, key, path, _ROOT, _prepare_command(name)
                 )
             )

@@ -35,9 +35,10 @@ class FileNamingDatasetMapper(DatasetMapper):
             return super().__call__(dataset_dict)
         except (OSError, SyntaxError) as e:  # PIL: truncated / unidentified / broken PNG / missing
             raise ImageReadError(
-                "Cannot read the image of dataset item {}: {}: {}. The file is missing, truncated or "
-                "corrupt; re-download or remove it (tools/train_net.py --check-images all, or "
-                "solo_d2.data.check_dataset(name, check_images='all'), decodes every image before training).".format(_describe(dataset_dict), type(e).__name__, e)
+                "Cannot read the image of dataset item {}: {}: {}. The file is missing, "
+                "truncated or corrupt; re-download or remove it (tools/train_net.py "
+                "--check-images all, or solo_d2.data.check_dataset(name, check_images='all'), "
+                "decodes every image before training).".format(_describe(dataset_dict), type(e).__name__, e)
             ) from e
         except Exception:
             logger.error("Error while mapping dataset item %s", _describe(dataset_dict))

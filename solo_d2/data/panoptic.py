@@ -79,7 +79,8 @@ class PanopticDatasetMapper(FileNamingDatasetMapper):
             cid = seg["category_id"]
             if seg.get("isthing", cid in self._thing_index):
                 if cid not in self._thing_index:
-                    raise ValueError(f"{self.dataset_name}: segment {seg['id']} has thing category {cid}, not in the metadata")
+                    raise ValueError(f"{self.dataset_name}: segment {seg['id']} has thing category "
+                                     f"{cid}, not in the metadata")
                 sem[mask] = 0
                 if seg.get("iscrowd", 0) or not mask.any():
                     continue
@@ -95,7 +96,8 @@ class PanopticDatasetMapper(FileNamingDatasetMapper):
                 )
             else:
                 if cid not in self._stuff_label:
-                    raise ValueError(f"{self.dataset_name}: segment {seg['id']} has stuff category {cid}, not in the metadata")
+                    raise ValueError(f"{self.dataset_name}: segment {seg['id']} has stuff category "
+                                     f"{cid}, not in the metadata")
                 sem[mask] = self._stuff_label[cid]
         return sem, annos
 
@@ -105,8 +107,9 @@ class PanopticDatasetMapper(FileNamingDatasetMapper):
         d = copy.deepcopy(dataset_dict)
         if "pan_seg_file_name" not in d and "sem_seg_file_name" not in d:
             raise ValueError(
-                f"{self.dataset_name}: dataset item {d.get('file_name')} has neither 'pan_seg_file_name' nor "
-                "'sem_seg_file_name': a panoptic model needs a panoptic dataset (standard or _separated)"
+                f"{self.dataset_name}: dataset item {d.get('file_name')} has neither "
+                "'pan_seg_file_name' nor 'sem_seg_file_name': a panoptic model needs a panoptic "
+                "dataset (standard or _separated)"
             )
         try:
             image = utils.read_image(d["file_name"], format=self.image_format)

@@ -121,7 +121,8 @@ def load_cityscapes_panoptic(image_dir, gt_dir, gt_json, meta):
     if not os.path.exists(gt_json):
         raise FileNotFoundError(
             "Cityscapes panoptic json '{}' does not exist: create it with "
-            "`python -m cityscapesscripts.preparation.createPanopticImgs` (see datasets/README.md)".format(gt_json)
+            "`python -m cityscapesscripts.preparation.createPanopticImgs` "
+            "(see datasets/README.md)".format(gt_json)
         )
     with open(gt_json) as f:
         json_info = json.load(f)
@@ -251,16 +252,17 @@ def check_panoptic_dataset(name):
     evaluator_type = getattr(meta, "evaluator_type", None)
     if evaluator_type not in PANOPTIC_EVALUATOR_TYPES:
         raise ValueError(
-            "Dataset '{}' has no panoptic annotations: its metadata evaluator_type is {!r}, not one of {} "
-            "(use a panoptic dataset, e.g. synthetic_coco_panoptic_val, coco_2017_val_panoptic(_separated), "
-            "cityscapes_fine_panoptic_val)".format(name, evaluator_type, ", ".join(PANOPTIC_EVALUATOR_TYPES))
+            "Dataset '{}' has no panoptic annotations: its metadata evaluator_type is {!r}, not "
+            "one of {} (use a panoptic dataset, e.g. synthetic_coco_panoptic_val, "
+            "coco_2017_val_panoptic(_separated), cityscapes_fine_panoptic_val)".format(name, evaluator_type, ", ".join(PANOPTIC_EVALUATOR_TYPES))
         )
     keys = ("panoptic_root", "panoptic_json", "thing_dataset_id_to_contiguous_id",
             "stuff_dataset_id_to_contiguous_id", "thing_classes", "stuff_classes")
     missing = [k for k in keys if not hasattr(meta, k)]
     if missing:
         raise ValueError(
-            "Dataset '{}' (evaluator_type {!r}) has no panoptic annotations: metadata key(s) {} missing".format(
+            "Dataset '{}' (evaluator_type {!r}) has no panoptic annotations: "
+            "metadata key(s) {} missing".format(
                 name, evaluator_type, ", ".join(repr(k) for k in missing)
             )
         )

@@ -252,10 +252,11 @@ def check_training_instances(cfg, dataset_dicts) -> int:
     if count == 0 and not cfg.DATALOADER.get("ALLOW_NO_INSTANCES", False):
         names = ", ".join("'{}'".format(n) for n in cfg.DATASETS.TRAIN)
         raise ValueError(
-            "The training set {} ({} images) has no instance annotation (no non-crowd object in any image): "
-            "{} would learn nothing but 'no object'. Check the dataset's annotations (json 'annotations' with "
-            "'segmentation', their image_id and category_id; see docs/CUSTOM_DATA.md), or set "
-            "DATALOADER.ALLOW_NO_INSTANCES True to train on it anyway.".format(
+            "The training set {} ({} images) has no instance annotation (no non-crowd object "
+            "in any image): {} would learn nothing but 'no object'. Check the dataset's "
+            "annotations (json 'annotations' with 'segmentation', their image_id and "
+            "category_id; see docs/CUSTOM_DATA.md), or set DATALOADER.ALLOW_NO_INSTANCES "
+            "True to train on it anyway.".format(
                 names, len(dataset_dicts), cfg.MODEL.META_ARCHITECTURE)
         )
     return count
@@ -442,9 +443,9 @@ def warn_unused_score_threshold(cfg) -> bool:
     if value == default:
         return False
     logger.warning(
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST=%s has no effect on %s models. Their score thresholds are "
-        "MODEL.SOLO.SCORE_THR (category score of a candidate, now %s) and MODEL.SOLO.UPDATE_THR (score after "
-        "Matrix NMS, now %s): set both to %s for detections scoring at least %s (tools/demo.py "
-        "--confidence-threshold %s does that).", value, cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.SOLO.SCORE_THR,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST=%s has no effect on %s models. Their score thresholds "
+        "are MODEL.SOLO.SCORE_THR (category score of a candidate, now %s) and "
+        "MODEL.SOLO.UPDATE_THR (score after Matrix NMS, now %s): set both to %s for detections "
+        "scoring at least %s (tools/demo.py --confidence-threshold %s does that).", value, cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.SOLO.SCORE_THR,
         cfg.MODEL.SOLO.UPDATE_THR, value, value, value)
     return True

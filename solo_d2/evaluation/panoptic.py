@@ -53,9 +53,9 @@ def _check_panoptic_metadata(dataset_name, evaluator):
     missing = [k for k in _REQUIRED if not hasattr(meta, k)]
     if missing:
         raise ValueError(
-            "Dataset '{}' has no panoptic annotations: metadata {} missing (evaluator_type {!r}); {} needs a "
-            "panoptic dataset, e.g. synthetic_coco_panoptic_val, coco_2017_val_panoptic(_separated), "
-            "cityscapes_fine_panoptic_val".format(
+            "Dataset '{}' has no panoptic annotations: metadata {} missing (evaluator_type {!r}); "
+            "{} needs a panoptic dataset, e.g. synthetic_coco_panoptic_val, "
+            "coco_2017_val_panoptic(_separated), cityscapes_fine_panoptic_val".format(
                 dataset_name, ", ".join(repr(k) for k in missing), getattr(meta, "evaluator_type", None), evaluator
             )
         )
@@ -115,8 +115,9 @@ def panoptic_prediction(panoptic_seg, meta, dataset_name="?", image="?"):
             dataset_ids = {**{v: k for k, v in things.items()}, **{v: k for k, v in stuff.items()}}
             if cid not in dataset_ids:
                 raise ValueError(
-                    where + "{}['category_id'] = {} (no 'isthing': a dataset category id) is not a category of the "
-                    "dataset: its ids are {}".format(key, cid, sorted(dataset_ids))
+                    where + "{}['category_id'] = {} (no 'isthing': a "
+                            "dataset category id) is not a category of the "
+                            "dataset: its ids are {}".format(key, cid, sorted(dataset_ids))
                 )
             isthing = cid in meta.thing_dataset_id_to_contiguous_id
             cid, table = dataset_ids[cid], (things if isthing else stuff)
@@ -125,8 +126,8 @@ def panoptic_prediction(panoptic_seg, meta, dataset_name="?", image="?"):
             table, kind = (things, "thing") if isthing else (stuff, "stuff")
             if cid not in table:
                 raise ValueError(
-                    where + "{}['category_id'] = {} (isthing={}) is not a contiguous {} id of the dataset: metadata "
-                    "'{}_dataset_id_to_contiguous_id' has values {}".format(key, cid, isthing, kind, kind, sorted(table))
+                    where + "{}['category_id'] = {} (isthing={}) is not a contiguous {} id of the "
+                            "dataset: metadata '{}_dataset_id_to_contiguous_id' has values {}".format(key, cid, isthing, kind, kind, sorted(table))
                 )
         if sid in present:
             segments.append({"id": sid, "category_id": int(table[cid]), "isthing": isthing, "contiguous_id": cid})
@@ -163,8 +164,9 @@ class COCOPanopticEvaluator(_D2COCOPanopticEvaluator):
             import panopticapi.evaluation  # noqa: F401
         except ImportError as e:
             raise ImportError(
-                "COCOPanopticEvaluator needs panopticapi: `pip install --no-deps panopticapi-lite` "
-                "(tools/bootstrap.sh does; --no-deps because its metadata pins Pillow>=10.4, numpy<2)"
+                "COCOPanopticEvaluator needs panopticapi: "
+                "`pip install --no-deps panopticapi-lite` (tools/bootstrap.sh does; --no-deps "
+                "because its metadata pins Pillow>=10.4, numpy<2)"
             ) from e
         super().__init__(dataset_name, output_dir=output_dir)
         self._dataset_name = dataset_name

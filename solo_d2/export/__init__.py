@@ -30,8 +30,9 @@ def export_wrapper(model, *, argmax: bool = False):
     """The export wrapper of a built solo_d2 model (``SOLO`` or ``BiSeNetSegmentor``), in eval mode."""
     if isinstance(model, SOLOPanoptic):  # a SOLO subclass: its graph would silently drop the stuff
         raise TypeError(
-            "SOLOPanoptic is not exported: the panoptic merge pastes a data-dependent set of instances "
-            "(docs/EXPORT.md); export the instance model (its SOLO config) or run it in PyTorch"
+            "SOLOPanoptic is not exported: the panoptic merge pastes a data-dependent "
+            "set of instances (docs/EXPORT.md); export the instance model (its SOLO "
+            "config) or run it in PyTorch"
         )
     if isinstance(model, SOLO):
         return SOLOExportWrapper(model).eval()
@@ -49,8 +50,9 @@ def export(wrapper, sample, path: str, fmt: str, *, opset: int = DEFAULT_OPSET):
         raise ValueError(f"format must be 'torchscript' or 'onnx', got {fmt!r}")
     if any(isinstance(m, DeformConvBase) for m in wrapper.modules()):
         raise ValueError(
-            "this model has deformable convolutions (DCN), which the ONNX exporter cannot convert "
-            "(torchvision::deform_conv2d has no ONNX symbolic here); export it with --format torchscript"
+            "this model has deformable convolutions (DCN), which the ONNX exporter cannot "
+            "convert (torchvision::deform_conv2d has no ONNX symbolic here); export it "
+            "with --format torchscript"
         )
     if isinstance(wrapper, SOLOExportWrapper):
         axes = {"image": {1: "height", 2: "width"}, "masks": {1: "height", 2: "width"}}

@@ -60,7 +60,8 @@ class SOLOExportWrapper(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         if model.nms_method != "matrix":
-            raise ValueError("export supports MODEL.SOLO.NMS_METHOD 'matrix' only (mask NMS is a sequential loop)")
+            raise ValueError("export supports MODEL.SOLO.NMS_METHOD 'matrix' only (mask "
+                             "NMS is a sequential loop)")
         head = model.ins_head
         if isinstance(head, SOLOv2Head):
             self.kind = "solov2"
@@ -80,7 +81,8 @@ class SOLOExportWrapper(nn.Module):
         self.size_divisibility = max(int(self.backbone.size_divisibility), 1)
         for s in self.strides + [4]:
             if self.size_divisibility % s:
-                raise ValueError(f"head stride {s} does not divide the size divisibility {self.size_divisibility}")
+                raise ValueError(f"head stride {s} does not divide the size divisibility "
+                                 f"{self.size_divisibility}")
         self.num_classes = int(head.num_classes)
         self.num_grids = [int(g) for g in head.num_grids]
         self.score_thr = float(model.score_thresh)

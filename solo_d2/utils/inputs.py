@@ -77,8 +77,8 @@ def check_model_image(image, input_format: str = "BGR", where: str = "model inpu
     shape = tuple(image.shape)
     if image.dim() == 2:
         _fail(where, "the image has shape {} (2-D, grayscale?)".format(list(shape)),
-              "Replicate it to 3 channels: image[None].expand(3, -1, -1), or cv2.COLOR_GRAY2BGR before "
-              "DefaultPredictor.", input_format)
+              "Replicate it to 3 channels: image[None].expand(3, -1, -1), or "
+              "cv2.COLOR_GRAY2BGR before DefaultPredictor.", input_format)
     if image.dim() == 4:
         _fail(where, "the image has shape {} (a batch?)".format(list(shape)),
               "Pass one dict per image, each with a [3, H, W] tensor.", input_format)
@@ -109,7 +109,8 @@ def check_model_image(image, input_format: str = "BGR", where: str = "model inpu
               "Check the image source.", input_format)
     if lo < 0 or hi > 255:
         _fail(where, "the image values span [{:.4g}, {:.4g}], outside 0..255 (already normalized?)".format(lo, hi),
-              "Pass raw pixel values; the model subtracts MODEL.PIXEL_MEAN and divides by MODEL.PIXEL_STD itself.",
+              "Pass raw pixel values; the model subtracts MODEL.PIXEL_MEAN and divides "
+              "by MODEL.PIXEL_STD itself.",
               input_format)
     if image.is_floating_point() and 0 < hi <= 1.0 and bool((x != x.round()).any()):
         _fail(where, "the image values span [{:.4g}, {:.4g}]: a float image scaled to [0, 1]?".format(lo, hi),

@@ -73,8 +73,8 @@ def build_bisenet_v1_backbone(cfg, input_shape: ShapeSpec):
         raise ValueError(f"MODEL.BISENET.SPATIAL_SOURCE must be one of {_SPATIAL_SOURCES}, got {source!r}")
     if cfg.MODEL.RESNETS.DEPTH in (18, 34) and cfg.MODEL.RESNETS.RES2_OUT_CHANNELS != 64:
         raise ValueError(
-            f"MODEL.RESNETS.DEPTH {cfg.MODEL.RESNETS.DEPTH} needs MODEL.RESNETS.RES2_OUT_CHANNELS 64, "
-            f"got {cfg.MODEL.RESNETS.RES2_OUT_CHANNELS}"
+            f"MODEL.RESNETS.DEPTH {cfg.MODEL.RESNETS.DEPTH} needs MODEL.RESNETS.RES2_OUT_CHANNELS "
+            f"64, got {cfg.MODEL.RESNETS.RES2_OUT_CHANNELS}"
         )
     rcfg = cfg.clone()
     rcfg.defrost()

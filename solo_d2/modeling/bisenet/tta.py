@@ -46,7 +46,8 @@ def predict_sliding(
         raise ValueError(f"predict_sliding takes one image at a time, got a batch of {image.shape[0]}")
     (ch, cw), (sh, sw) = [int(v) for v in crop_size], [int(v) for v in stride]
     if min(ch, cw, sh, sw) <= 0:
-        raise ValueError(f"TEST.SEM_SEG_TTA.CROP_SIZE {list(crop_size)} and STRIDE {list(stride)} must be positive")
+        raise ValueError(f"TEST.SEM_SEG_TTA.CROP_SIZE {list(crop_size)} and STRIDE "
+                         f"{list(stride)} must be positive")
     h, w = image.shape[-2:]
     ch, cw = min(ch, h), min(cw, w)
     boxes = [(y, x) for y in _window_starts(h, ch, sh) for x in _window_starts(w, cw, sw)]

@@ -120,7 +120,8 @@ def check_levels(in_channels: Sequence[int], num_grids: Sequence[int]) -> int:
         raise ValueError(f"SOLO heads need equal channels on all levels, got {list(in_channels)}")
     if len(in_channels) != len(num_grids):
         raise ValueError(
-            f"MODEL.SOLO.NUM_GRIDS has {len(num_grids)} levels but MODEL.SOLO.IN_FEATURES has {len(in_channels)}"
+            f"MODEL.SOLO.NUM_GRIDS has {len(num_grids)} levels but "
+            f"MODEL.SOLO.IN_FEATURES has {len(in_channels)}"
         )
     return in_channels[0]
 

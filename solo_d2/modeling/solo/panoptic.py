@@ -40,8 +40,9 @@ def panoptic_class_counts_checked(cfg, name: str):
         )
     if len(stuff_ids) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
         raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}, but dataset {name!r} has "
-            f"{len(stuff_ids) - 1} stuff classes: the semantic head needs {len(stuff_ids)} (stuff + 1 'things')"
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}, but dataset "
+            f"{name!r} has {len(stuff_ids) - 1} stuff classes: the semantic head needs "
+            f"{len(stuff_ids)} (stuff + 1 'things')"
         )
     return thing_ids, stuff_ids
 
@@ -121,7 +122,8 @@ class SOLOPanoptic(SOLO):
         cate_logits, mask_outputs = self._head_outputs(images, feats)
         if self.training:
             if any("sem_seg" not in x for x in batched_inputs):
-                raise ValueError("SOLOPanoptic training needs 'sem_seg' in every input dict (PanopticDatasetMapper)")
+                raise ValueError("SOLOPanoptic training needs 'sem_seg' in every input dict "
+                                 "(PanopticDatasetMapper)")
             losses = self.losses(batched_inputs, images, cate_logits, mask_outputs)
             losses = {k: v * self.instance_loss_weight for k, v in losses.items()}
             targets = ImageList.from_tensors(

@@ -235,7 +235,8 @@ def _check_inputs(gt_masks, gt_classes, gt_boxes, image_hw):
                 f"{masks.shape[0]} masks"
             )
         if gt_boxes is not None and tuple(gt_boxes[b].shape) != (masks.shape[0], 4):
-            raise ValueError(f"solo_targets: image {b}: gt_boxes shape {tuple(gt_boxes[b].shape)}, expected ({masks.shape[0]}, 4)")
+            raise ValueError(f"solo_targets: image {b}: gt_boxes shape {tuple(gt_boxes[b].shape)}, "
+                             f"expected ({masks.shape[0]}, 4)")
 
 
 def _check_class_range(classes: Tensor, img: Tensor, num_classes: int) -> None:
@@ -275,7 +276,8 @@ def _resize_unpadded(
     pad_h, pad_w = gt_masks[0].shape[-2:]
     f = pad_h // size[0]
     if size[0] * f != pad_h or size[1] * f != pad_w:
-        raise ValueError(f"solo_targets: mask_resize='unpadded' needs one integer factor from {(pad_h, pad_w)} to {size}")
+        raise ValueError("solo_targets: mask_resize='unpadded' needs one integer factor from "
+                         f"{(pad_h, pad_w)} to {size}")
     out = torch.zeros((img.numel(), *size), dtype=torch.bool)
     for row, (b, i) in enumerate(zip(img.tolist(), local.tolist())):
         h, w = (int(v) for v in image_sizes[b])
