@@ -46,7 +46,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-xdist", "hypothesis"],
-        # TorchScript/ONNX export and onnxruntime inference (tools/export_model.py, tools/onnx_predict.py)
+        # TorchScript/ONNX export and onnxruntime inference
+        # (tools/export_model.py, tools/onnx_predict.py)
         "export": ["onnx>=1.14", "onnxruntime>=1.16"],
     },
 )

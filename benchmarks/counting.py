@@ -90,7 +90,8 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 __all__ = ["OpCounter", "count_ops"]
 
-# operations that only make tensor metadata or allocate: no kernel (on top of ``OpOverload.is_view``)
+# operations that only make tensor metadata or allocate: no kernel
+# (on top of ``OpOverload.is_view``)
 _NO_KERNEL = {
     "aten::_unsafe_view", "aten::_reshape_alias", "aten::sym_size", "aten::sym_stride", "aten::sym_numel",
     "aten::sym_storage_offset", "aten::is_same_size", "aten::size", "aten::stride", "aten::dim",

@@ -219,7 +219,8 @@ def _bisenet_rows(quick, dev, results):
                          f"{agree:.1%} of pixels)",
                          f"AMP {bm.ms(t16)} ({1 / t16:.0f} FPS)", f"fp32 {bm.ms(t32)} ({1 / t32:.0f} FPS)",
                          f"AMP {t32 / t16:.2f}x faster"))
-        # the same at the largest size with cuDNN's autotuner (CUDNN_BENCHMARK True; detectron2's default is False)
+        # the same at the largest size with cuDNN's autotuner
+        # (CUDNN_BENCHMARK True; detectron2's default is False)
         with cudnn_flags(benchmark=True), torch.no_grad():
             t32 = cuda_timeit(lambda: model._predict(x), repeats=10, warmup=3)
             with torch.autocast(dev.type):

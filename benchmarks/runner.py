@@ -280,7 +280,8 @@ def bench_targets(quick):
         results.update({f"targets_speedup_{nt}": statistics.median(ratios), f"targets_vec_s_{nt}": t_vec,
                         f"targets_loop_s_{nt}": t_loop, f"targets_rounds_{nt}": ratios})
     torch.set_num_threads(threads)
-    # targets + mask loss, forward and backward: the compact targets must not move the cost into the loss
+    # targets + mask loss, forward and backward:
+    # the compact targets must not move the cost into the loss
     if ref_name is not None:
         g = torch.Generator().manual_seed(0)
         logits = torch.randn(m_total, *sizes[0], generator=g).requires_grad_()

@@ -59,7 +59,8 @@ def test_ohem_ignore_pixels_never_counted():
     p = torch.cat([torch.tensor([0.3] * 5), torch.linspace(0.99, 0.8, 59)])  # 64 valid: n_min = 4 < 5 hard
     targets = torch.randint(0, 3, (64,))
     base = ohem_cross_entropy(logits_for(p, targets), targets.view(1, 1, -1))
-    # append 960 ignored pixels whose logits are terrible: neither their loss nor their count may matter
+    # append 960 ignored pixels whose logits are terrible:
+    # neither their loss nor their count may matter
     p_ign = torch.cat([p, torch.full((960,), 0.001)])
     t_ign = torch.cat([targets, torch.full((960,), 255)])
     logits = logits_for(p_ign, t_ign).requires_grad_(True)

@@ -229,7 +229,8 @@ def test_cityscapes_recipe_configs(name):
     fast = {n for n in names if n.startswith(tuple(cfg.SOLVER.HEAD_PARAM_PREFIXES))}
     if "V1" in name:
         # CoinCheung's BiSeNetV1.get_params: 10x on the FFM and the three outputs only; the spatial
-        # path and the context path (ResNet, ARMs, global context, refinement convs) at the base rate
+        # path and the context path (ResNet, ARMs, global context, refinement convs)
+        # at the base rate
         assert cfg.SOLVER.MAX_ITER == 80000
         assert {n.split(".")[1] for n in fast} == {"ffm", "predictor", "aux8", "aux16"}
         assert not any(n.startswith(("backbone.", "sem_seg_head.arm", "sem_seg_head.refine")) for n in fast)

@@ -263,7 +263,8 @@ def test_meta_config_text_contradicting_the_weights_refused():
     s = fill(solo_shapes("official", "SOLOv2", convs=2, ch=256, mask_ch=128))
     with pytest.raises(ConversionError, match=r"bbox_head\.stacked_convs = 4 but bbox_head\.cate_convs has 2 convs"):
         convert_solo_official(s, meta={"config": _TEXT.format(head="SOLOv2Head", convs=4, last_grid=12)})
-    # the ambiguous 4 x 256 checkpoint becomes a SOLOv2 (scale ranges of SOLOv2) with a width override
+    # the ambiguous 4 x 256 checkpoint becomes a SOLOv2 (scale ranges of SOLOv2)
+    # with a width override
     text = _TEXT.format(head="SOLOv2Head", convs=4, last_grid=12).replace(
         "((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048))", "((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))"
     ).replace("img_scale=(852, 512)", "img_scale=(1333, 800)")

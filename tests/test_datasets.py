@@ -165,7 +165,8 @@ def test_cityscapes_loaders_agree_with_label_images(synthetic_cityscapes):
             if mask.sum() >= 200:
                 ious.append(best)
     assert len(ious) >= 5 and np.mean(ious) > 0.85
-    # the png path of the same loader finds every instance (crowds included) of the instanceIds images
+    # the png path of the same loader finds every instance (crowds included)
+    # of the instanceIds images
     png = load_cityscapes_instances(meta.image_dir, meta.gt_dir, from_json=False, to_polygons=False)
     expected = 0
     for f in _cs_files(os.path.dirname(os.path.dirname(meta.gt_dir)), "val", "_gtFine_instanceIds.png"):

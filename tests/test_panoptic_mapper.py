@@ -11,7 +11,8 @@ from solo_d2.data.mapper import ImageReadError
 from solo_d2.data.panoptic import PanopticDatasetMapper, panoptic_class_maps
 
 H, W = 45, 61
-# standard metadata: one contiguous space; things are dataset ids 1, 2 (contiguous 0, 2), stuff 7, 9 (1, 3)
+# standard metadata: one contiguous space;
+# things are dataset ids 1, 2 (contiguous 0, 2), stuff 7, 9 (1, 3)
 STANDARD = dict(thing_dataset_id_to_contiguous_id={1: 0, 2: 2}, stuff_dataset_id_to_contiguous_id={1: 0, 2: 2, 7: 1, 9: 3},
                 thing_classes=["a", "s1", "b", "s2"], stuff_classes=["a", "s1", "b", "s2"])
 SEPARATED = dict(thing_dataset_id_to_contiguous_id={1: 0, 2: 1}, stuff_dataset_id_to_contiguous_id={0: 0, 7: 1, 9: 2},

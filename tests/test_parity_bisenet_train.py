@@ -108,7 +108,8 @@ def load_inputs(name, case, cfg):
                 "width": w,
             }
         )
-    # the model's (x - PIXEL_MEAN) / PIXEL_STD is the reference's (x / 255 - mean) / std (also in float64)
+    # the model's (x - PIXEL_MEAN) / PIXEL_STD is the reference's (x / 255 - mean) / std
+    # (also in float64)
     norm = manifest["inputs"]["normalization"]
     np.testing.assert_allclose(cfg.MODEL.PIXEL_MEAN, np.array(norm["mean"])[order] * 255, rtol=1e-12)
     np.testing.assert_allclose(cfg.MODEL.PIXEL_STD, np.array(norm["std"])[order] * 255, rtol=1e-12)
@@ -152,8 +153,8 @@ def step(converted):
         if dtype == torch.float64:
             # detectron2 makes PIXEL_MEAN / PIXEL_STD float32 buffers (torch.tensor of the config's
             # floats), which model.double() only widens (83.0535 -> 83.05349731...: 3e-8 off in the
-            # losses, 1e-5 in the pooled-BN gradients): refill them from the config in float64, so the
-            # input is normalized in float64 as in the reference's float64 rerun
+            # losses, 1e-5 in the pooled-BN gradients): refill them from the config in float64, so
+            # the input is normalized in float64 as in the reference's float64 rerun
             for buf in ("pixel_mean", "pixel_std"):
                 getattr(model, buf).copy_(torch.tensor(cfg.MODEL[buf.upper()], dtype=dtype).view(-1, 1, 1))
         batch = load_inputs(name, case, cfg)

@@ -65,7 +65,7 @@ DRY_TRAIN_CONFIGS = ("SOLOv2/R50_3x.yaml", "SOLO/R50_1x.yaml", "DecoupledSOLO/Li
                      "Cityscapes/SOLOv2_R50.yaml", "BiSeNet/V1_R18_cityscapes.yaml", "BiSeNet/V2_cityscapes.yaml")
 
 
-# ---------------------------------------------------------------------------------------------- set-up
+# ----------------------------------------------------------------------------- set-up
 def use_bundle(bundle, force=False):
     """Make detectron2 (and the other bundled packages) importable from ``bundle`` when the
     running Python has no detectron2, when it already comes from ``bundle`` (``PYTHONPATH``),
@@ -126,7 +126,7 @@ class Tee:
         self.file.flush()
 
 
-# ---------------------------------------------------------------------------------------------- settings
+# ----------------------------------------------------------------------------- settings
 class Settings:
     """Sizes, repeats and budgets of a GPU run or of the CPU dry run."""
 
@@ -137,7 +137,8 @@ class Settings:
         self.size = (128, 160) if dry else (800, 1216)
         self.candidates = (60, 200) if dry else (300, 1500)
         self.num_objects = 20 if dry else 60
-        # dry run: every model R18-like and narrow (any config takes these keys; unused ones are ignored)
+        # dry run: every model R18-like and narrow
+        # (any config takes these keys; unused ones are ignored)
         self.model_opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
                            "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.SOLO.INS_CHANNELS", "64", "MODEL.SOLO.NUM_CONVS", "1",
                            "MODEL.SOLO.MASK_MID_CHANNELS", "32", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32"] if dry else []
@@ -227,7 +228,7 @@ class Part:
         return False
 
 
-# ---------------------------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- helpers
 def _torch():
     import torch
 
@@ -417,7 +418,7 @@ def synthetic_outputs(s, n):
     return [c.to(s.device) for c in cate], [(k.to(s.device), f.to(s.device)) for k, f in mask_out], padded
 
 
-# ---------------------------------------------------------------------------------------------- the port
+# ----------------------------------------------------------------------------- the port
 class Port:
     """The AdelaiDet port: its own ``adet/modeling/solov2`` code, loaded from ``ADELAIDET_ROOT`` by
     :mod:`benchmarks.adelaidet_port` (``bool(port)`` False and ``reason`` set where it is
@@ -502,7 +503,7 @@ class Port:
         return step
 
 
-# ---------------------------------------------------------------------------------------------- parts
+# ----------------------------------------------------------------------------- parts
 def part_tests(s, rep, part):
     """``pytest tests/test_cuda.py`` in a subprocess killed at the part's deadline."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "--durations=10", "-p", "no:cacheprovider", "tests/test_cuda.py"]
@@ -996,7 +997,7 @@ class _trainer:
             self.storage.step()
 
 
-# ---------------------------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- main
 def header(s, bundle_note, port):
     torch = _torch()
     import numpy

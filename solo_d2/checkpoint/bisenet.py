@@ -129,7 +129,8 @@ def coincheung_v2_rules() -> List[Rule]:
     rules += _conv_then_bn("bga.right2.0", "bga.right2.1", f"{bga}.semantic_keep.0")
     rules.append((r"bga\.right2\.2\.weight", f"{bga}.semantic_keep.1.weight"))
     rules += _conv_then_bn("bga.conv.0", "bga.conv.1", f"{bga}.fuse")
-    # SegmentHead: ``conv`` (ConvBNReLU), ``conv_out`` = [Identity | (Upsample, ConvBNReLU), 1x1 conv, Upsample]
+    # SegmentHead: ``conv`` (ConvBNReLU),
+    # ``conv_out`` = [Identity | (Upsample, ConvBNReLU), 1x1 conv, Upsample]
     rules += _conv_bn_relu("head.conv", f"{head}.predictor.conv")
     rules.append((r"head\.conv_out\.1\.(weight|bias)", rf"{head}.predictor.predictor.\1"))
     for src, dst in (("aux2", "stem"), ("aux3", "s3"), ("aux4", "s4"), ("aux5_4", "s5")):

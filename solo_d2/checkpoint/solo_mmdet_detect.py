@@ -230,7 +230,8 @@ def detect_variant(state, layout, facts: Optional[Dict] = None) -> Dict:
         raise ConversionError(f"not a {expect}: missing {', '.join(missing)}" + foreign_hint(state))
 
     depth = resnet_depth(state, "backbone.", source=src)
-    # ResNeXt (e.g. the official X101-64x4d): grouped 3x3 convs, weight [width, width / groups, 3, 3]
+    # ResNeXt (e.g. the official X101-64x4d): grouped 3x3 convs,
+    # weight [width, width / groups, 3, 3]
     # widths from the shapes (a ResNet built with another base_channels, e.g. mmdet's, too)
     width, per_group = (int(c) for c in state["backbone.layer1.0.conv2.weight"].shape[:2])
     conv_groups = width // per_group

@@ -71,7 +71,8 @@ def build_evaluator(cfg, dataset_name, output_folder=None, distributed=True):
         return DatasetEvaluators(
             [COCOPanopticEvaluator(dataset_name, output_dir=output_folder), CityscapesPanopticEvaluator(dataset_name)]
         )
-    # solo_d2's SemSegEvaluator: Detectron2's, with v0.6's metrics on v0.6 and main (main changed mIoU)
+    # solo_d2's SemSegEvaluator: Detectron2's,
+    # with v0.6's metrics on v0.6 and main (main changed mIoU)
     sem_seg = SemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_folder)
     if evaluator_type == "cityscapes_sem_seg":
         return DatasetEvaluators([CityscapesSemSegEvaluator(dataset_name), sem_seg])
