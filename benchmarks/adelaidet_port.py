@@ -63,7 +63,8 @@ class AdelaiDetSOLOv2:
 
 
 def adelaidet_root(root: Optional[str] = None) -> str:
-    """The checkout named by ``root`` or ``$ADELAIDET_ROOT``; :class:`PortNotFound` if there is none."""
+    """The checkout named by ``root`` or ``$ADELAIDET_ROOT``;
+    :class:`PortNotFound` if there is none."""
     root = root or os.environ.get(ENV)
     if not root:
         raise PortNotFound(f"set {ENV} to a checkout of aim-uofa/AdelaiDet")
@@ -142,7 +143,8 @@ def loaded_port() -> Optional[AdelaiDetSOLOv2]:
 
 
 def port_cfg(port: AdelaiDetSOLOv2, config: str = "R50_3x.yaml", opts=()):
-    """The port's config ``configs/SOLOv2/<config>`` on its defaults, on the CPU, no weights file."""
+    """The port's config ``configs/SOLOv2/<config>`` on its defaults, on the CPU,
+    no weights file."""
     cfg = port.defaults_cfg.clone()
     cfg.merge_from_file(os.path.join(port.root, "configs", "SOLOv2", config))
     cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])

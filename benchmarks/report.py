@@ -60,7 +60,8 @@ NOTES = """## Notes
   6333609, `mask_geometry.py`, since removed): with annotation boxes, masks were read in
   windows around the boxes after one integer pass over all masks (row counts; it also proved
   every window held its whole mask); that pass was the floor reported under the row. The
-  random instances here are discs of radius up to a third of the image height: the windows hold 7.8% of the pixels (3.0 of 38.9 MB), and the stacks they
+  random instances here are discs of radius up to a third of the image height: the windows hold \
+7.8% of the pixels (3.0 of 38.9 MB), and the stacks they
   are grouped into (windows of both images together, padded to a common size per stack) 15%.
   What is left besides the pass is copying the windows into the stacks, their column counts and
   resizing, and the rest of about 390 tensor operations per call (top-level operations in the
@@ -104,7 +105,8 @@ NOTES = """## Notes
   At 11d9fd9 (2 threads, one process): reading whole masks, no windows, in chunks of 2, 5 or 10
   instances (row counts, column counts and resize per chunk, so that the second and third reads
   come from the 32 MB L3 cache) took 9.3-13.7 ms for those parts alone, about the time of the
-  whole `solo_targets` call (10.9-11.9 ms in the same run); the whole-mask column counts (3.6-3.7 ms)
+  whole `solo_targets` call (10.9-11.9 ms in the same run); the whole-mask column counts \
+(3.6-3.7 ms)
   and resize (4.5-4.7 ms, both images) cost more in arithmetic than the windows save in reads.
 - Training rows: batch 2 of random 256x320 images with 4 random instances (SOLO family) or
   random labels (BiSeNet), one torch thread, one warm-up step, median of 2 steps, each config

@@ -610,7 +610,8 @@ def run_stamp():
 
 
 def main(argv=None):
-    """The command line of ``tools/benchmark.py`` (``argv``: the arguments, default ``sys.argv[1:]``)."""
+    """The command line of ``tools/benchmark.py``
+    (``argv``: the arguments, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(prog="tools/benchmark.py", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke run of every section")
     ap.add_argument("--write", help="write the markdown tables to this file")

@@ -1,6 +1,6 @@
-"""Helpers of the SOLO-family parity tests: a fixture of ``tests/data`` run through solo_d2 as a user
-runs it (reference checkpoint rebuilt by its weight rule, ``tools/convert_checkpoint.py``, the config
-the manifest names with its shrink keys, Detectron2's checkpointer and dataset-dict inputs).
+"""Helpers of the SOLO-family parity tests: a fixture of ``tests/data`` run through solo_d2 as a
+user runs it (reference checkpoint rebuilt by its weight rule, ``tools/convert_checkpoint.py``, the
+config the manifest names with its shrink keys, Detectron2's checkpointer and dataset-dict inputs).
 
 Three fixture formats (``tests/data/README.md``): the official SOLO code (``official_*``),
 mmdetection 3.3.0 (``mmdet_*``) and AdelaiDet (``adelaidet_*``). :class:`SoloFixture` hides their
@@ -110,10 +110,10 @@ class SoloFixture:
         return opts
 
     def convert(self, tmp_dir, opts: Sequence[str] = ()):
-        """Rebuild the reference checkpoint (mmdetection layout ``{"meta", "state_dict"}``, AdelaiDet's
-        ``{"model"}``), convert
-        it with ``tools/convert_checkpoint.py --config-file <manifest's config>``; returns the
-        written path and the tool's completed process."""
+        """Rebuild the reference checkpoint (mmdetection layout ``{"meta", "state_dict"}``,
+        AdelaiDet's ``{"model"}``), convert it with
+        ``tools/convert_checkpoint.py --config-file <manifest's config>``; returns the written path
+        and the tool's completed process."""
         src, dst = os.path.join(tmp_dir, f"{self.name}.pth"), os.path.join(tmp_dir, f"{self.name}_solo_d2.pth")
         state = self.reference_state()
         torch.save({"model": state} if self.kind == "adelaidet" else {"meta": {}, "state_dict": state}, src)

@@ -24,7 +24,8 @@ def load_manifest(name: str) -> dict:
 
 
 def rule_tensor(key: str, shape) -> torch.Tensor:
-    """The ``crc32-v1`` value of state-dict entry ``key`` with ``shape`` (float32, or int64 counters).
+    """The ``crc32-v1`` value of state-dict entry ``key`` with ``shape`` (float32,
+    or int64 counters).
 
     The generator is seeded with the CRC-32 of the key, so every tensor is independent of the
     others and of the order in which they are made.

@@ -180,7 +180,8 @@ def test_sliding_and_flip_exact_for_pixelwise_predictor():
 
 
 def test_flip_averages_flipped_view():
-    """A direction-dependent predictor (cumulative sum along width): flip TTA averages both directions."""
+    """A direction-dependent predictor (cumulative sum along width):
+    flip TTA averages both directions."""
     predict = lambda x: x.cumsum(-1)  # noqa: E731
     image = torch.rand(1, 2, 32, 40)
     out = predict_tta(predict, image, flip=True)
@@ -241,7 +242,8 @@ def test_cityscapes_recipe_configs(name):
 
 def test_v2_matches_reference_structure():
     """Same layers as CoinCheung/BiSeNet's BiSeNetV2 (19 classes): its parameter count (from the
-    parity fixture's state-dict shapes), ReLU after each GE layer's last depthwise conv, booster widths."""
+    parity fixture's state-dict shapes), ReLU after each GE layer's last depthwise conv,
+    booster widths."""
     import json
     import math
     import os

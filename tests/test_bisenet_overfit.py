@@ -5,8 +5,8 @@ blue disc (class 2), plus a band of ignored pixels (255). Colour alone identifie
 every pixel's class, so a network that fits its training set must label almost all
 pixels right; the only hard pixels are on shape boundaries, where the 1/8-resolution
 logits are bilinearly upsampled. Shapes cover ~35% of the valid pixels, so the
-majority-class baseline is ~0.6; a 0.95 pixel accuracy (measured: ~0.99 after 60 Adam steps) can only be reached by
-segmenting the shapes, while leaving room for a few-pixel boundary band.
+majority-class baseline is ~0.6; a 0.95 pixel accuracy (measured: ~0.99 after 60 Adam steps) can
+only be reached by segmenting the shapes, while leaving room for a few-pixel boundary band.
 """
 import pytest
 import torch

@@ -29,7 +29,8 @@ CUDA = torch.device("cuda")
 
 @pytest.fixture(autouse=True)
 def no_tf32():
-    """Comparisons with the CPU need float32 convolutions and matmuls (cuDNN uses TF32 by default)."""
+    """Comparisons with the CPU need float32 convolutions and matmuls
+    (cuDNN uses TF32 by default)."""
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield

@@ -75,7 +75,8 @@ def test_coco_json_readable_by_pycocotools_and_content(synthetic_coco, split, co
 
 
 def test_coco_instances_overlap(synthetic_coco):
-    """Occluded instances exist: their visible mask is smaller than their box and touches another's box."""
+    """Occluded instances exist: their visible mask is smaller than their box
+    and touches another's box."""
     api = COCO(os.path.join(synthetic_coco, "annotations", "instances_train.json"))
     overlapping = 0
     for img_id in api.getImgIds():

@@ -1,5 +1,6 @@
-"""BN with frozen statistics and trained affine parameters (``MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE``),
-as the official SOLO code and mmdetection train their ResNet (``norm_eval=True``, ``frozen_stages=1``)."""
+"""BN with frozen statistics and trained affine parameters
+(``MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE``), as the official SOLO code and mmdetection train their
+ResNet (``norm_eval=True``, ``frozen_stages=1``)."""
 import glob
 import os
 

@@ -95,7 +95,8 @@ def test_dry_run_from_the_bundle(bundle, tmp_path):
 
 
 def test_recipe_plan():
-    """The recipe batch per GPU and training size of each recipe config, as the GPU run uses them."""
+    """The recipe batch per GPU and training size of each recipe config,
+    as the GPU run uses them."""
     gpu_check = _load("gpu_check")
     from benchmarks.runner import configs_dir, recipe_configs
     from solo_d2.checkpoint.core import build_cfg

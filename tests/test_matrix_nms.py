@@ -14,7 +14,8 @@ def brute_iou(a, b):
 
 
 def brute_matrix_nms(masks, labels, scores, kernel, sigma):
-    """Paper formula with explicit loops: decay_j = min(1, min_{i<j, same class} f(iou)/f(comp_i))."""
+    """Paper formula with explicit loops:
+    decay_j = min(1, min_{i<j, same class} f(iou)/f(comp_i))."""
     n = len(scores)
     f = (lambda x: math.exp(-sigma * x * x)) if kernel == "gaussian" else (lambda x: 1.0 - x)
     iou = [[brute_iou(masks[i], masks[j]) for j in range(n)] for i in range(n)]

@@ -1,4 +1,5 @@
-"""``SOLOPanoptic``: SOLOv2 things + a semantic stuff head on one backbone (solo_d2.modeling.solo.panoptic)."""
+"""``SOLOPanoptic``: SOLOv2 things + a semantic stuff head on one backbone
+(solo_d2.modeling.solo.panoptic)."""
 import pytest
 import torch
 from detectron2.modeling import build_model

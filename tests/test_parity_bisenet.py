@@ -55,7 +55,8 @@ def save_reference(tmp_path, state, name="reference.pth"):
 
 
 def build_converted(config, weights):
-    """Model of ``config`` (relative to the repo root) with the converted checkpoint loaded strictly."""
+    """Model of ``config`` (relative to the repo root)
+    with the converted checkpoint loaded strictly."""
     cfg = get_cfg()
     cfg.merge_from_file(str(ROOT / config))
     cfg.MODEL.DEVICE = "cpu"

@@ -1,24 +1,25 @@
 """Training parity with CoinCheung/BiSeNet (commit 6b4b67a8): one training step of BiSeNetV1 / V2.
 
 The fixtures ``tests/data/coincheung_bisenetv{1,2}_train/`` (format: ``tests/data/README.md``,
-"Training fixtures") hold what CoinCheung's ``tools/train_amp.py`` computes (without AMP) in one step
-on a batch of two 96x192 RGB images: ``OhemCELoss(0.7, 255)`` of the main output and of every
+"Training fixtures") hold what CoinCheung's ``tools/train_amp.py`` computes (without AMP) in one
+step on a batch of two 96x192 RGB images: ``OhemCELoss(0.7, 255)`` of the main output and of every
 auxiliary output (weight 1 each, total = sum), which pixels each OHEM keeps, the BatchNorm running
 statistics after the step, the gradients of the summed loss, and the same step in float64.
 
-Each test goes through Detectron2's normal training path: the reference checkpoint is rebuilt by rule
-``crc32-v1`` with every output's final conv scaled by ``manifest["weight_scale"]`` (so that OHEM keeps a
-strict subset), converted with ``tools/convert_checkpoint.py``, loaded strictly into the config the tool
-names (``build_model`` + ``DetectionCheckpointer``), put in ``model.train()`` as Detectron2's trainer
-does (Dropout then in eval mode, as the fixture's ``mode`` says), fed the two images and labels as
-dataset dicts, and ``sum(loss_dict.values()).backward()`` is run. Compared, with the manifest's
-``suggested_tolerance``:
+Each test goes through Detectron2's normal training path: the reference checkpoint is rebuilt by
+rule ``crc32-v1`` with every output's final conv scaled by ``manifest["weight_scale"]`` (so that
+OHEM keeps a strict subset), converted with ``tools/convert_checkpoint.py``, loaded strictly into
+the config the tool names (``build_model`` + ``DetectionCheckpointer``), put in ``model.train()`` as
+Detectron2's trainer does (Dropout then in eval mode, as the fixture's ``mode`` says), fed the two
+images and labels as dataset dicts, and ``sum(loss_dict.values()).backward()`` is run. Compared,
+with the manifest's ``suggested_tolerance``:
 
 - every loss term (solo_d2's loss names mapped to the reference outputs) and the total, rtol 1e-5;
 - the OHEM counts ``[n_valid, n_min, n_hard, n_kept]`` and the kept pixels, exactly: they come from
   :func:`solo_d2.modeling.bisenet.loss.ohem_selection` (the function the OHEM loss itself uses)
   applied to the logits and targets the head passed to its loss;
-- BN running mean / var (and ``num_batches_tracked``) of ``bn_stats_layers`` after the step, atol 1e-5;
+- BN running mean / var (and ``num_batches_tracked``) of ``bn_stats_layers`` after the step,
+  atol 1e-5;
 - norms of the final convs' gradients (``grad_arrays``), rtol 1e-4, and those gradients, atol
   1e-3 x max|grad|;
 - in float64 (``model.double()``, the uint8 input normalized in float64 by the model, the losses
@@ -32,8 +33,9 @@ Reference names (state-dict keys, BN layers) are mapped to solo_d2's through the
 rename rules (``solo_d2/checkpoint/bisenet.py``), not a table of this file.
 
 V2's case ``dropout_active`` (the five ``nn.Dropout(0.1)`` in train mode after
-``torch.manual_seed(0)``) is informational in the fixture; solo_d2's heads apply the same dropouts,
-of the same shapes, in the same order, so on CPU they draw the same masks and the case is checked too.
+``torch.manual_seed(0)``) is informational in the fixture; solo_d2's heads apply the same
+dropouts, of the same shapes, in the same order, so on CPU they draw the same masks and the case
+is checked too.
 """
 import sys
 
@@ -118,7 +120,8 @@ def load_inputs(name, case, cfg):
 
 @pytest.fixture(scope="module")
 def converted(single_thread, tmp_path_factory):
-    """name -> (config, converted weights, reference key -> solo_d2 key); converted once per module."""
+    """name -> (config, converted weights, reference key -> solo_d2 key);
+    converted once per module."""
     out = {}
     for name, (source, rules, _) in FIXTURES.items():
         manifest = load_manifest(name)

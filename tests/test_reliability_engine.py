@@ -151,8 +151,9 @@ def test_resume_continues_iteration_lr_optimizer_and_losses(tmp_path, synthetic_
     its beginning, so a resumed run would see iteration 0's images at iteration 2 and this
     test fails). Aspect-ratio grouping is off: it batches images by orientation from a buffer
     that is not checkpointed (synthetic_coco has square images among landscape ones), so with
-    it the resumed order matches only approximately. Augmentations are made deterministic (one size, no flip) and loading runs in
-    the main process: random augmentation draws are not checkpointed and cannot be replayed.
+    it the resumed order matches only approximately. Augmentations are made deterministic (one size,
+    no flip) and loading runs in the main process: random augmentation draws are not checkpointed
+    and cannot be replayed.
     """
     full, full_rec, _ = _train(tiny_cfg(tmp_path / "full"))
     assert sorted(full_rec.losses) == [0, 1, 2, 3]

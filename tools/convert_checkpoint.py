@@ -13,7 +13,8 @@ the output is that config's path relative to the repository root, so scripts can
 A checkpoint the converter cannot place (it says so) is converted to a config you name:
 
     python tools/convert_checkpoint.py --from solo-official \\
-        --config-file configs/Converted/SOLO-official/SOLOv2_R50.yaml in.pth out.pth MODEL.SOLO.INS_CHANNELS 256
+        --config-file configs/Converted/SOLO-official/SOLOv2_R50.yaml \\
+        in.pth out.pth MODEL.SOLO.INS_CHANNELS 256
 """
 import argparse
 import os

@@ -10,14 +10,15 @@ call carries along::
     build/gpu_bundle/
         detectron2/ fvcore/ iopath/ yacs/ omegaconf/ antlr4/ hydra/ termcolor/ tabulate/ ...
                               pure Python; ``PYTHONPATH=build/gpu_bundle:.`` makes them importable
-        bin-cp312/            compiled packages (pycocotools, shapely) for CPython 3.12 (the device's):
-                              wheels of the versions installed here, fetched with pip;
-                              ``--local-binaries`` also copies this interpreter's own (bin-cp311).
-                              gpu_check.py adds the folder of its own version.
+        bin-cp312/            compiled packages (pycocotools, shapely) for CPython 3.12
+                              (the device's): wheels of the versions installed here, fetched
+                              with pip; ``--local-binaries`` also copies this interpreter's own
+                              (bin-cp311). gpu_check.py adds the folder of its own version.
         fallback/             pytest and its deps, used only where the running Python lacks them
-        AdelaiDet/            the AdelaiDet port's ``adet/modeling/solov2/*.py``, ``adet/config/*.py``
-                              and ``configs/SOLOv2/*.yaml`` (from ``--adelaidet``), for the port's
-                              baselines (``ADELAIDET_ROOT``); never committed
+        AdelaiDet/            the AdelaiDet port's ``adet/modeling/solov2/*.py``,
+                              ``adet/config/*.py`` and ``configs/SOLOv2/*.yaml`` (from
+                              ``--adelaidet``), for the port's baselines (``ADELAIDET_ROOT``);
+                              never committed
         MANIFEST.json         what was copied, from where, the patches applied, the size
 
 Only the copy is patched, never the source environment: detectron2 0.6 uses NumPy aliases that
@@ -27,7 +28,8 @@ detectron2 main made (``np.int`` -> ``int``, ``np.bool`` -> ``bool``, ``np.float
 detectron2's compiled ``_C`` ops are not needed: the installed detectron2 has a ``_C.py`` stand-in
 and solo_d2 uses ``torchvision.ops.deform_conv2d`` for deformable convolutions.
 
-    python tools/gpu_bundle.py [--out build/gpu_bundle] [--adelaidet /work/refs/AdelaiDet] [--no-download]
+    python tools/gpu_bundle.py [--out build/gpu_bundle] [--adelaidet /work/refs/AdelaiDet]
+        [--no-download]
 """
 import argparse
 import importlib.metadata
@@ -95,7 +97,8 @@ def _ignore(skip=()):
 
 
 def _copy_package(site, name, dist, dest, skip=()):
-    """Copy the module or package ``name`` (and its ``dist*.dist-info``) from ``site`` to ``dest``."""
+    """Copy the module or package ``name`` (and its ``dist*.dist-info``)
+    from ``site`` to ``dest``."""
     src = site / name
     copied = []
     if src.is_dir():

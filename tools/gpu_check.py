@@ -349,7 +349,8 @@ def cpu_stands_in_for_cuda(s):
 
 
 def build(s, config, opts=()):
-    """``(cfg, model)`` of ``config`` (a path under ``configs/``) with random weights on the device."""
+    """``(cfg, model)`` of ``config`` (a path under ``configs/``)
+    with random weights on the device."""
     from detectron2.modeling import build_model
 
     from solo_d2.model_zoo import get_config_file
@@ -458,14 +459,16 @@ class Port:
 
     def models(self, s):
         """``(solo_d2's SOLOv2 R50, the port's SOLOv2 R50)`` with the same weights (the port's
-        initialization, converted by solo_d2's ``adelaidet-solov2`` converter), eval, on the device."""
+        initialization, converted by solo_d2's ``adelaidet-solov2`` converter), eval,
+        on the device."""
         port_model = self.api.build_port_model(self.mod, "R50_3x.yaml", opts=self.port_opts(s))
         ours = self.api.solo_d2_twin(port_model, opts=self.DRY_TWIN_OPTS if s.dry else [])
         return ours.to(s.device).eval(), port_model.eval()
 
     def postprocess(self, port_model, cate_logits, mask_outputs, padded, output_size=None):
         """The port's post-processing (its ``forward`` after the heads: sigmoid, ``point_nms``,
-        ``inference``) of one image's head outputs, as :func:`baselines.solo_d2_postprocess` takes them."""
+        ``inference``) of one image's head outputs,
+        as :func:`baselines.solo_d2_postprocess` takes them."""
         point_nms = self.mod.utils.point_nms
         cates = [point_nms(c.sigmoid(), kernel=2).permute(0, 2, 3, 1) for c in cate_logits]
         kernels = [k for k, _ in mask_outputs]

@@ -89,7 +89,8 @@ def load_info(args):
 
 
 def resized_shape(h, w, short, longest):
-    """(h, w) after a shortest-edge resize to ``short`` capped at ``longest`` (detectron2's rule)."""
+    """(h, w) after a shortest-edge resize to ``short`` capped at ``longest``
+    (detectron2's rule)."""
     if not short:
         return h, w
     scale = short / min(h, w)

@@ -5,14 +5,16 @@
     tools/train_net.py --config-file configs/SOLOv2/R50_1x.yaml --eval-only MODEL.WEIGHTS model.pth
     # CPU, no GPU: one process, or N gloo workers
     tools/train_net.py --config-file configs/Synthetic/SOLOv2_R18.yaml --num-gpus 0
-    tools/train_net.py --config-file configs/Synthetic/SOLOv2_R18.yaml --num-gpus 0 --num-cpu-workers 2
+    tools/train_net.py --config-file configs/Synthetic/SOLOv2_R18.yaml --num-gpus 0 \\
+        --num-cpu-workers 2
 
 Your own data (docs/CUSTOM_DATA.md): register it on the command line, before the options
 that name it; every worker registers it too (repeat the flag for each dataset):
 
     tools/train_net.py --config-file my_config.yaml --register-coco mydata_train train.json train/ \
         --register-coco mydata_val val.json val/ DATASETS.TRAIN '("mydata_train",)' ...
-    --register-sem-seg NAME IMAGE_DIR LABEL_DIR CLASSES      # CLASSES: 'a,b,c' or a file, one name a line
+    # CLASSES: 'a,b,c' or a file, one name a line
+    --register-sem-seg NAME IMAGE_DIR LABEL_DIR CLASSES
     --register-coco-panoptic NAME IMAGE_DIR PANOPTIC_DIR PANOPTIC_JSON
 
 --eval-only loads MODEL.WEIGHTS refusing weights of another class count (instead of leaving the

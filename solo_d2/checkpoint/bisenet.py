@@ -44,8 +44,8 @@ def _conv_then_bn(conv: str, bn: str, dst: str) -> List[Rule]:
 
 # ----------------------------------------------------------------------------- V1
 def coincheung_v1_rules() -> List[Rule]:
-    """``BiSeNetV1(n_classes, aux_mode='train')`` (ResNet-18 context path) -> ``BiSeNetSegmentor`` with
-    ``build_bisenet_v1_backbone`` + ``BiSeNetV1Head``."""
+    """``BiSeNetV1(n_classes, aux_mode='train')`` (ResNet-18 context path) -> ``BiSeNetSegmentor``
+    with ``build_bisenet_v1_backbone`` + ``BiSeNetV1Head``."""
     head = "sem_seg_head"
     rules = torchvision_resnet_rules("cp.resnet.", "backbone.resnet.")
     for i, name in enumerate(("conv1", "conv2", "conv3", "conv_out")):  # spatial path
@@ -86,9 +86,9 @@ def _full_model(state: Dict, rules: List[Rule], source: str, config: str) -> Con
 
 # ----------------------------------------------------------------------------- V2
 def _ge_rules(src: str, dst: str) -> List[Rule]:
-    """GELayerS1 (``conv1``, ``dwconv``, ``conv2``) or GELayerS2 (``conv1``, ``dwconv1``, ``dwconv2``,
-    ``conv2``, ``shortcut``) -> solo_d2 ``GatherExpansion`` (``conv``, ``dwconv.{0,1}``, ``project``,
-    ``shortcut.{0,1}``)."""
+    """GELayerS1 (``conv1``, ``dwconv``, ``conv2``) or GELayerS2 (``conv1``, ``dwconv1``,
+    ``dwconv2``, ``conv2``, ``shortcut``) -> solo_d2 ``GatherExpansion`` (``conv``,
+    ``dwconv.{0,1}``, ``project``, ``shortcut.{0,1}``)."""
     rules = _conv_bn_relu(f"{src}.conv1", f"{dst}.conv")
     for name, i in (("dwconv", 0), ("dwconv1", 0), ("dwconv2", 1)):
         rules += _conv_then_bn(f"{src}.{name}.0", f"{src}.{name}.1", f"{dst}.dwconv.{i}")

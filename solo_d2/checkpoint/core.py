@@ -110,7 +110,8 @@ def _to_tensors(obj, path: str, prefix: str = "") -> StateDict:
 
 
 def load_checkpoint_file(path: str) -> StateDict:
-    """Read a checkpoint file as a flat ``{key: tensor}`` dict (see :func:`load_checkpoint_with_meta`)."""
+    """Read a checkpoint file as a flat ``{key: tensor}`` dict
+    (see :func:`load_checkpoint_with_meta`)."""
     return load_checkpoint_with_meta(path)[0]
 
 

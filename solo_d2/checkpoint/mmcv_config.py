@@ -1,4 +1,5 @@
-"""The training config that mmcv / mmdetection checkpoints carry in ``meta``, read without running it.
+"""The training config that mmcv / mmdetection checkpoints carry in ``meta``,
+read without running it.
 
 mmdetection v1 (the official SOLO code) and 2.x save ``meta = {"mmdet_version": ...,
 "config": cfg.text, "CLASSES": ...}``: the config *file text*, Python code such as

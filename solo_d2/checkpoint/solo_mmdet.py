@@ -39,12 +39,12 @@ ambiguous: it is refused unless a config is named (``--config-file``), and a nam
 its overrides) must then hold every value read from the checkpoint.
 
 Official model zoo -> config (``configs/Converted/SOLO-official/``): SOLO R50 / R101
-(``SOLO_R50``, ``SOLO_R101``), Decoupled SOLO R50 / R101, Decoupled-light R50, Decoupled-light-DCN R50
-(``DecoupledSOLO_Light_DCN_R50``: DCNv1 in res3-res5 and in the last conv of both towers),
-SOLOv2 R50 / R101 / R101-DCN / X101-DCN (``SOLOv2_X101_DCN``, ResNeXt-101 64x4d; DCNv2 in
-res3-res5, every tower conv and the mask-feature head),
-SOLOv2-light-448 R18 / R34 / R50, SOLOv2-light-512-DCN R50 (``SOLOv2_Light512_DCN_R50``: 3-conv
-towers, DCNv1 in res3-res5 and in the last tower conv, plain mask-feature head).
+(``SOLO_R50``, ``SOLO_R101``), Decoupled SOLO R50 / R101, Decoupled-light R50, Decoupled-light-DCN
+R50 (``DecoupledSOLO_Light_DCN_R50``: DCNv1 in res3-res5 and in the last conv of both towers),
+SOLOv2 R50 / R101 / R101-DCN / X101-DCN (``SOLOv2_X101_DCN``, ResNeXt-101 64x4d; DCNv2 in res3-res5,
+every tower conv and the mask-feature head), SOLOv2-light-448 R18 / R34 / R50, SOLOv2-light-512-DCN
+R50 (``SOLOv2_Light512_DCN_R50``: 3-conv towers, DCNv1 in res3-res5 and in the last tower conv,
+plain mask-feature head).
 """
 import re
 from dataclasses import dataclass

@@ -3,16 +3,20 @@
 Registered names (generated on first use under ``$DETECTRON2_DATASETS``, default
 ``datasets/``, read once at import time like Detectron2's builtin datasets):
 
-=================================================  ===========================  ===============================
+=================================================  ===========================  ====================
 name                                               evaluator_type               content
-=================================================  ===========================  ===============================
+=================================================  ===========================  ====================
 ``synthetic_coco_{train,val}``                     ``coco``                     3 shape classes
-``synthetic_coco_panoptic_{train,val}``            ``coco_panoptic_seg``        3 things + 3 stuff, standard
-``synthetic_coco_panoptic_{train,val}_separated``  ``coco_panoptic_seg``        same, separated (Panoptic FPN)
+``synthetic_coco_panoptic_{train,val}``            ``coco_panoptic_seg``        3 things + 3 stuff,
+                                                                                standard
+``synthetic_coco_panoptic_{train,val}_separated``  ``coco_panoptic_seg``        same, separated
+                                                                                (Panoptic FPN)
 ``synthetic_cityscapes_fine_instance_seg``         ``cityscapes_instance``      8 Cityscapes things
-``synthetic_cityscapes_fine_sem_seg``              ``cityscapes_sem_seg``       19 train ids, 255 void
-``synthetic_cityscapes_fine_panoptic``             ``cityscapes_panoptic_seg``  8 things + 11 stuff (train ids)
-=================================================  ===========================  ===============================
+``synthetic_cityscapes_fine_sem_seg``              ``cityscapes_sem_seg``       19 train ids,
+                                                                                255 void
+``synthetic_cityscapes_fine_panoptic``             ``cityscapes_panoptic_seg``  8 things + 11 stuff
+                                                                                (train ids)
+=================================================  ===========================  ====================
 
 (the Cityscapes names take a ``_train`` or ``_val`` suffix; the panoptic names and their metadata
 conventions: :mod:`.panoptic_datasets`).
@@ -20,7 +24,8 @@ conventions: :mod:`.panoptic_datasets`).
 Importing this module also points Detectron2's builtin ``cityscapes_fine_*`` names at
 solo_d2's Cityscapes loaders (:mod:`.cityscapes`; Detectron2 main's own cannot import
 their Cityscapes API) and its ``cityscapes_fine_panoptic_*`` names at solo_d2's panoptic
-loader (:func:`.panoptic_datasets.load_cityscapes_panoptic`: Detectron2's, right for paths with dots).
+loader (:func:`.panoptic_datasets.load_cityscapes_panoptic`:
+Detectron2's, right for paths with dots).
 """
 import glob
 import logging

@@ -29,7 +29,8 @@ __all__ = ["panoptic_class_maps", "PanopticDatasetMapper", "rgb2id"]
 
 
 def rgb2id(color: np.ndarray) -> np.ndarray:
-    """COCO panoptic id of each pixel of an ``[H, W, 3]`` uint8 RGB image: ``R + 256 G + 256^2 B``."""
+    """COCO panoptic id of each pixel of an ``[H, W, 3]`` uint8 RGB image:
+    ``R + 256 G + 256^2 B``."""
     color = np.asarray(color).astype(np.int64)
     return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
 

@@ -142,7 +142,8 @@ def _stuff_layout(rng, index, h, w):
 
 
 def _stuff_image(rng, layout):
-    """(H, W, 3) float image of the stuff layout: sky gradient, ground noise, brick wall, void clutter."""
+    """(H, W, 3) float image of the stuff layout:
+    sky gradient, ground noise, brick wall, void clutter."""
     h, w = layout.shape
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.zeros((h, w, 3))

@@ -73,7 +73,8 @@ def _textured_layout(rng, index, h, w):
 
 
 def _textured_image(rng, layout):
-    """(H, W, 3) float image: sky with clouds, grass blades, bricks, road with grain; void clutter."""
+    """(H, W, 3) float image: sky with clouds, grass blades, bricks, road with grain;
+    void clutter."""
     h, w = layout.shape
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.zeros((h, w, 3))

@@ -34,7 +34,8 @@ def launch(
     num_cpu_workers: int = 0,
     timeout: timedelta = DEFAULT_TIMEOUT,
 ):
-    """Run ``main_func(*args)`` on ``num_machines * (num_gpus_per_machine or num_cpu_workers)`` workers.
+    """Run ``main_func(*args)`` on
+    ``num_machines * (num_gpus_per_machine or num_cpu_workers)`` workers.
 
     A worker that raises makes the whole launch raise (``torch.multiprocessing``
     terminates the other workers), so a crash never hangs the job.

@@ -26,8 +26,8 @@ Differences from ``DefaultTrainer``:
   sampler's seed) a resumed run reads the same images in the same order as an
   uninterrupted one (exactly with ``DATALOADER.ASPECT_RATIO_GROUPING: False`` or when all
   images have one orientation; aspect-ratio grouping batches from a buffer that is not
-  checkpointed, so with it the order continues only approximately). Random augmentations draw from the data-loader workers' own RNGs,
-  which are not checkpointed, so they are not replayed.
+  checkpointed, so with it the order continues only approximately). Random augmentations draw from
+  the data-loader workers' own RNGs, which are not checkpointed, so they are not replayed.
 - non-finite losses stop training with detectron2's ``FloatingPointError``
   ("Loss became infinite or NaN at iteration=k", with the loss dict), raised by
   ``SimpleTrainer``/``AMPTrainer`` before the optimizer step.
@@ -351,7 +351,8 @@ class Trainer(DefaultTrainer):
             reopen_json_writers(writers)  # their files were replaced
 
     def build_hooks(self):
-        """Detectron2's hooks, with an ``EvalHook`` that skips the final evaluation after a crash."""
+        """Detectron2's hooks, with an ``EvalHook`` that skips the final evaluation
+        after a crash."""
         return [FinishedTrainingEvalHook.replacing(h) if type(h) is hooks.EvalHook else h for h in super().build_hooks()]
 
     @classmethod

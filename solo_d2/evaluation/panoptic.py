@@ -8,9 +8,10 @@ list of ``{"id", "category_id", "isthing"}`` (other keys are ignored), ``categor
 values for things, ``stuff_dataset_id_to_contiguous_id`` values for stuff (standard datasets:
 one space for both; separated datasets: stuff ``1..S``, the "things" stuff class 0 is no
 segment). As in Detectron2, a segment without ``isthing`` has the dataset's own (json) category
-id, and ``segments_info=None`` means ids ``category * label_divisor + instance`` with -1 void. Predictions are checked first: an unknown category, a segment id
-of the image missing from ``segments_info`` or a malformed entry raises ``ValueError`` naming the
-dataset, the image and the key; segments without a pixel are dropped (panopticapi refuses them).
+id, and ``segments_info=None`` means ids ``category * label_divisor + instance`` with -1 void.
+Predictions are checked first: an unknown category, a segment id of the image missing from
+``segments_info`` or a malformed entry raises ``ValueError`` naming the dataset, the image and the
+key; segments without a pixel are dropped (panopticapi refuses them).
 
 - :class:`COCOPanopticEvaluator`: Detectron2's (``panopticapi.evaluation.pq_compute``, from the
   ``panopticapi-lite`` package) with the checks above. Result ``{"panoptic_seg": {"PQ", "SQ",
@@ -222,8 +223,8 @@ class CityscapesPanopticEvaluator(_CityscapesEvaluator):
     def evaluate(self):
         """
         Returns:
-            dict: ``{"cityscapes_panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", ..., "PQ-<class>", ...}}``
-            in percent (rank 0; other ranks: None).
+            dict: in percent (rank 0; other ranks: None),
+            ``{"cityscapes_panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", ..., "PQ-<class>", ...}}``.
         """
         comm.synchronize()
         gathered = comm.gather(self._annotations, dst=0)

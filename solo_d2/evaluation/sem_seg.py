@@ -106,7 +106,8 @@ class SemSegEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         """
         Args:
-            inputs: dicts with ``file_name`` (whose ground truth is the dataset's ``sem_seg_file_name``).
+            inputs: dicts with ``file_name``
+                (whose ground truth is the dataset's ``sem_seg_file_name``).
             outputs: dicts with ``sem_seg``, the class scores ``[K, H, W]`` of the image.
         """
         for input, output in zip(inputs, outputs):

@@ -27,7 +27,8 @@ __all__ = [
 
 
 def export_wrapper(model, *, argmax: bool = False):
-    """The export wrapper of a built solo_d2 model (``SOLO`` or ``BiSeNetSegmentor``), in eval mode."""
+    """The export wrapper of a built solo_d2 model (``SOLO`` or ``BiSeNetSegmentor``),
+    in eval mode."""
     if isinstance(model, SOLOPanoptic):  # a SOLO subclass: its graph would silently drop the stuff
         raise TypeError(
             "SOLOPanoptic is not exported: the panoptic merge pastes a data-dependent "

@@ -23,7 +23,8 @@ _SPATIAL_SOURCES = ("spatial_path", "res2")
 
 
 class SpatialPath(nn.Sequential):
-    """7x7 s2 (3->64) -> 3x3 s2 (64->64) -> 3x3 s2 (64->64) -> 1x1 (64->out): [N,3,H,W] -> [N,out,H/8,W/8]."""
+    """7x7 s2 (3->64) -> 3x3 s2 (64->64) -> 3x3 s2 (64->64) -> 1x1 (64->out):
+    [N,3,H,W] -> [N,out,H/8,W/8]."""
 
     def __init__(self, in_channels=3, mid_channels=64, out_channels=128, norm="BN"):
         super().__init__(

@@ -1,4 +1,5 @@
-"""BiSeNetV2 backbone: detail branch and semantic branch (stem, gather-and-expansion, context embedding).
+"""BiSeNetV2 backbone: detail branch and semantic branch (stem, gather-and-expansion,
+context embedding).
 
 Layer for layer what CoinCheung/BiSeNet's ``lib/models/bisenetv2.py`` (commit 6b4b67a8) computes,
 so that its published Cityscapes weights convert (``tools/convert_checkpoint.py --from

@@ -21,7 +21,8 @@ __all__ = ["BiSeNetV1Head"]
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class BiSeNetV1Head(nn.Module):
-    """Follows detectron2's head contract: ``(None, losses)`` in training, ``(logits, {})`` otherwise.
+    """Follows detectron2's head contract: ``(None, losses)`` in training,
+    ``(logits, {})`` otherwise.
 
     Losses: ``loss_sem_seg`` (FFM output), ``loss_aux8`` and ``loss_aux16`` (context
     features at 1/8 and 1/16), each OHEM (or plain) cross entropy.
@@ -29,7 +30,8 @@ class BiSeNetV1Head(nn.Module):
     With the ResNet-18 spatial-path backbone this computes what CoinCheung/BiSeNet's BiSeNetV1
     (commit 6b4b67a8) computes: ``arm16``/``arm32``/``global_context``/``refine32``/``refine16``
     are its context path's ``arm16``/``arm32``/``conv_avg``/``conv_head32``/``conv_head16``,
-    ``ffm`` its FFM, ``predictor``/``aux8``/``aux16`` its ``conv_out``/``conv_out16``/``conv_out32``.
+    ``ffm`` its FFM, ``predictor``/``aux8``/``aux16`` its
+    ``conv_out``/``conv_out16``/``conv_out32``.
     """
 
     @configurable
@@ -100,7 +102,8 @@ class BiSeNetV1Head(nn.Module):
     def outputs(self, features, with_aux=True) -> Dict[str, torch.Tensor]:
         """Logits [N, K, H, W] at input resolution (H = stride x the spatial feature's height):
         ``"main"`` and, with ``with_aux``, ``"aux8"`` and ``"aux16"`` (CoinCheung/BiSeNet's
-        ``feat_out``, ``feat_out16``, ``feat_out32``), each upsampled bilinearly (align_corners=False)."""
+        ``feat_out``, ``feat_out16``, ``feat_out32``),
+        each upsampled bilinearly (align_corners=False)."""
         main, feat8_ctx, feat16_ctx = self.layers(features)
         spatial = features["spatial"]
         size = (spatial.shape[-2] * self.common_stride, spatial.shape[-1] * self.common_stride)

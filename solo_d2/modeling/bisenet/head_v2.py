@@ -59,7 +59,8 @@ class BilateralGuidedAggregation(nn.Module):
 
 
 class Booster(nn.Module):
-    """Booster (auxiliary) head on a stride-s feature: [N, Cin, h, w] -> [N, K, 2h, 2w] (stride s/2).
+    """Booster (auxiliary) head on a stride-s feature:
+    [N, Cin, h, w] -> [N, K, 2h, 2w] (stride s/2).
 
     3x3 conv-norm-ReLU (``mid_ch``) -> dropout -> nearest x2 -> 3x3 conv-norm-ReLU (``up_ch``;
     the reference uses s * s channels) -> 1x1 conv (with bias) to K classes. The reference then
@@ -143,10 +144,11 @@ class BiSeNetV2Head(nn.Module):
         }
 
     def outputs(self, features, with_boosters=True) -> Dict[str, torch.Tensor]:
-        """Logits [N, K, H, W] at input resolution (H = 8 x the detail height): ``"main"`` and, with
-        ``with_boosters``, one per booster (``"stem"``, ``"s3"``, ``"s4"``, ``"s5"``: the reference's
-        ``logits``, ``logits_aux2``, ``logits_aux3``, ``logits_aux4``, ``logits_aux5_4``). Every
-        upsampling is bilinear with align_corners=False, as the reference's."""
+        """Logits [N, K, H, W] at input resolution (H = 8 x the detail height): ``"main"`` and,
+        with ``with_boosters``, one per booster (``"stem"``, ``"s3"``, ``"s4"``, ``"s5"``: the
+        reference's ``logits``, ``logits_aux2``, ``logits_aux3``, ``logits_aux4``,
+        ``logits_aux5_4``). Every upsampling is bilinear with align_corners=False,
+        as the reference's."""
         detail = features["detail"]
         size = (detail.shape[-2] * self.common_stride, detail.shape[-1] * self.common_stride)
         out = {"main": upsample_to(self.predictor(self.bga(detail, features["semantic"])), size)}

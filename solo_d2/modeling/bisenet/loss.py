@@ -46,7 +46,8 @@ def pixel_losses(logits, targets, ignore_value=255):
     """Per-pixel CE, flattened: ``(loss [N*H*W], valid [N*H*W] bool)``.
 
     logits [N, C, h, w] are resized bilinearly to the targets' [N, H, W] size. The CE is computed
-    in float32 or wider: half / bfloat16 logits (autocast) are cast to float32, float64 stays float64.
+    in float32 or wider: half / bfloat16 logits (autocast) are cast to float32,
+    float64 stays float64.
     """
     if logits.shape[-2:] != targets.shape[-2:]:
         logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
@@ -58,8 +59,9 @@ def pixel_losses(logits, targets, ignore_value=255):
 def ohem_selection(loss, valid, thresh=0.7, min_kept_divisor=16):
     """Which pixels OHEM averages (pure function of the per-pixel losses of :func:`pixel_losses`).
 
-    Hard pixels are valid ones with ``loss > -log(thresh)``; ``n_min = n_valid // min_kept_divisor``.
-    If at least ``n_min`` pixels are hard they are kept, else the ``n_min`` largest valid losses.
+    Hard pixels are valid ones with ``loss > -log(thresh)``;
+    ``n_min = n_valid // min_kept_divisor``. If at least ``n_min`` pixels are hard they are kept,
+    else the ``n_min`` largest valid losses.
 
     Returns:
         ``(kept, counts)``: ``kept`` bool like ``loss``; ``counts`` a dict of ints ``n_valid``,

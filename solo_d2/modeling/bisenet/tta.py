@@ -1,4 +1,5 @@
-"""Test-time inference of a semantic-segmentation network: whole image, sliding window, flip, scales.
+"""Test-time inference of a semantic-segmentation network:
+whole image, sliding window, flip, scales.
 
 Pure functions of a ``predict`` callable mapping normalized images [N, 3, h, w]
 (h, w multiples of 32) to logits [N, K, h, w]. Every function accepts any image

@@ -52,8 +52,8 @@ Loss (``LOSS.*``)
 Backbone
     - ``MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE``: with ``MODEL.RESNETS.NORM "FrozenBN"``, the BN
       weights and biases of the stages after ``FREEZE_AT`` train while the statistics stay
-      frozen (:class:`~solo_d2.modeling.backbone.FrozenStatsBatchNorm2d`), as the official SOLO code and
-      mmdetection train them (``norm_eval=True``, ``frozen_stages=1``). False: Detectron2's
+      frozen (:class:`~solo_d2.modeling.backbone.FrozenStatsBatchNorm2d`), as the official SOLO code
+      and mmdetection train them (``norm_eval=True``, ``frozen_stages=1``). False: Detectron2's
       FrozenBN, never trained (AdelaiDet). No effect on a backbone without FrozenBN layers.
 Inference
     - ``SCORE_THR``: category score threshold (after point NMS).

@@ -41,7 +41,8 @@ def build_solo_head(cfg, input_shapes: List[ShapeSpec]) -> "SOLOHeadBase":
 
 # ----------------------------------------------------------------------------- helpers
 def coord_features(x: torch.Tensor) -> torch.Tensor:
-    """Normalized coordinates for CoordConv: ``[B, 2, H, W]`` with channel 0 = x, 1 = y in [-1, 1]."""
+    """Normalized coordinates for CoordConv: ``[B, 2, H, W]`` with channel 0 = x,
+    1 = y in [-1, 1]."""
     b, _, h, w = x.shape
     ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
     xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
@@ -147,7 +148,8 @@ class SOLOHeadBase(nn.Module):
     ) -> Tuple[List[torch.Tensor], List[Any]]:
         """
         Args:
-            features: per level ``[B, C_in, H_l, W_l]`` (at the head strides, e.g. 8, 8, 16, 32, 32).
+            features: per level ``[B, C_in, H_l, W_l]``
+                (at the head strides, e.g. 8, 8, 16, 32, 32).
             mask_features: ``[B, D, H/4, W/4]`` when :attr:`needs_mask_features`, else None.
         Returns:
             cate_logits: per level ``[B, num_classes, S_l, S_l]``.

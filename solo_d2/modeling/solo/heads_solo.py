@@ -61,7 +61,8 @@ class _GridHeadBase(SOLOHeadBase):
             num_grids: S per level.
             channels, num_convs: tower width and depth (SOLO: 256, 7; light: 256, 4).
             norm: tower norm.
-            use_dcn, dcn_convs, dcn_modulated: deformable tower convs (see :func:`~.heads.make_tower`).
+            use_dcn, dcn_convs, dcn_modulated: deformable tower convs
+                (see :func:`~.heads.make_tower`).
             prior_prob: initial category probability.
             mask_prior_prob: initial mask probability of the mask output convs (official 0.01).
         """

@@ -5,8 +5,9 @@ It is built like SOLOv2's unified mask-feature branch (:class:`~.mask_branch.SOL
 P2..P5 fused at 1/4 scale, CoordConv on the coarsest level), followed by a 1x1 conv to
 ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` (stuff classes + one "things" class), upsampled by
 ``COMMON_STRIDE`` to the input and trained with cross-entropy (``IGNORE_VALUE`` ignored,
-``LOSS_WEIGHT``; averaged over the labelled pixels of all workers), the interface of Detectron2's ``SemSegFPNHead`` (Panoptic FPN's head, the
-alternative: ``MODEL.SEM_SEG_HEAD.NAME: "SemSegFPNHead"``).
+``LOSS_WEIGHT``; averaged over the labelled pixels of all workers), the interface of Detectron2's
+``SemSegFPNHead`` (Panoptic FPN's head, the alternative:
+``MODEL.SEM_SEG_HEAD.NAME: "SemSegFPNHead"``).
 
 Keys: ``MODEL.SEM_SEG_HEAD.{IN_FEATURES, CONVS_DIM, NORM, NUM_CLASSES, IGNORE_VALUE,
 LOSS_WEIGHT, COMMON_STRIDE}``.

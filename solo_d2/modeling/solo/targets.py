@@ -266,7 +266,8 @@ def _resize_unpadded(
     Args:
         gt_masks: per image, [N_b, H, W] padded masks; img, local: [R] long, image and index
             within it of each instance to resize.
-        image_sizes: per image ``(h, w)``; size: ``(h_m, w_m)`` with ``H = f * h_m``, ``W = f * w_m``.
+        image_sizes: per image ``(h, w)``; size: ``(h_m, w_m)`` with ``H = f * h_m``,
+            ``W = f * w_m``.
 
     Returns:
         [R, h_m, w_m] bool, on the masks' device.
