@@ -4,13 +4,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.solo_d2-setup
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo benchmark clean gpu-bundle gpu-check gpu-check-dry
+.PHONY: setup lint test demo benchmark clean gpu-bundle gpu-check gpu-check-dry
 
 $(STAMP): tools/bootstrap.sh tools/install_detectron2_offline.py constraints.txt setup.py
 	bash tools/bootstrap.sh
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# ruff (ruff.toml: 100 columns, pycodestyle/pyflakes/isort rules, as detectron2's black + isort +
+# flake8); `$(VENV)/bin/ruff format .` and `ruff check --fix .` fix what it reports
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15 tests $(PYTEST_ARGS)

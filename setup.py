@@ -45,7 +45,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "hypothesis"],
+        "dev": ["pytest", "pytest-xdist", "hypothesis", "ruff"],
         # TorchScript/ONNX export and onnxruntime inference
         # (tools/export_model.py, tools/onnx_predict.py)
         "export": ["onnx>=1.14", "onnxruntime>=1.16"],
