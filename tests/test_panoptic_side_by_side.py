@@ -81,6 +81,10 @@ def test_side_by_side_trains_both_and_prints_the_table(tmp_path, textured):
                 "MODEL.SOLO.NMS_PRE", "50", "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.9")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--eval-only" in proc.stdout and "| solo_conf | 1 | eval |" in proc.stdout
+    # --report-only runs nothing: a run that is missing is left out of the table
+    proc = _run(tmp_path, "--report-only", "--run", "solo_d2", SOLO, "--run", "not_run", SOLO)
+    assert proc.returncode == 0 and "running:" not in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "| solo_d2 | 1 | 2 |" in proc.stdout and "not_run" not in proc.stdout
 
 
 def test_side_by_side_reports_bad_arguments_and_failed_runs(tmp_path):

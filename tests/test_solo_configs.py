@@ -112,7 +112,9 @@ def test_config_loads_and_builds(name):
         if not name.startswith("Cityscapes"):
             assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.MODEL.SOLO.NUM_CLASSES) == (16, 0.01, 80)
     if "panoptic" in name.lower():  # stuff + 1 "things" classes of the dataset it names
-        assert type(model.sem_seg_head).__name__ == "SOLOv2StuffHead"
+        assert type(model.sem_seg_head).__name__ == cfg.MODEL.SEM_SEG_HEAD.NAME
+        if name.startswith("Panoptic/"):  # the recipes' measured choice (docs/PANOPTIC.md)
+            assert (cfg.MODEL.SEM_SEG_HEAD.NAME, cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT) == ("SOLOv2StuffHead", 2.0)
         assert model.sem_seg_head.num_classes == len(model.combine_cfg["stuff_ids"]) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         assert len(model.combine_cfg["thing_ids"]) == cfg.MODEL.SOLO.NUM_CLASSES
     if "DCN" in name:

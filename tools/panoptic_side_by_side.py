@@ -133,6 +133,8 @@ def main(argv=None):
     parser.add_argument("--eval-only", metavar="LABEL",
                         help="no training: evaluate OUT/LABEL/seed_S/model_final.pth with each --run's settings")
     parser.add_argument("--per-seed", action="store_true", help="also print one row per run")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and evaluate nothing: print the table of the runs already in OUT")
     args = parser.parse_args(argv)
 
     pending, table = [], []
@@ -145,11 +147,11 @@ def main(argv=None):
         for seed in args.seeds:
             run_dir = os.path.join(args.out, label, f"seed_{seed}")
             weights = None
-            if args.eval_only:
+            if args.eval_only and not args.report_only:
                 weights = os.path.join(args.out, args.eval_only, f"seed_{seed}", "model_final.pth")
                 if not os.path.isfile(weights):
                     parser.error(f"--eval-only {args.eval_only}: {weights} does not exist (train it first)")
-            if read_result(run_dir) is None:
+            if read_result(run_dir) is None and not args.report_only:
                 pending.append((command(config, seed, run_dir, overrides, weights), run_dir))
         table.append(label)
     failures = run_all(pending, args.jobs, args.threads)
