@@ -286,19 +286,6 @@ def precision(s, mode):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-@contextlib.contextmanager
-def cudnn(**flags):
-    torch = _torch()
-    old = {k: getattr(torch.backends.cudnn, k) for k in flags}
-    for k, v in flags.items():
-        setattr(torch.backends.cudnn, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(torch.backends.cudnn, k, v)
-
-
 def reset_peak(s):
     if s.cuda:
         torch = _torch()
@@ -844,6 +831,7 @@ def _bisenet_predict(model, x):
 
 def part_bisenet(s, rep, part):
     torch = _torch()
+    from benchmarks.cuda import cudnn_flags  # after main() put the checkout on sys.path
     for label, config in (("BiSeNetV1 R18", "BiSeNet/V1_R18_cityscapes.yaml"), ("BiSeNetV2", "BiSeNet/V2_cityscapes.yaml")):
         if part.over(label):
             continue
@@ -869,7 +857,7 @@ def part_bisenet(s, rep, part):
                     if cl:
                         model.to(memory_format=torch.channels_last)
                     try:
-                        with cudnn(**flags), precision(s, mode):
+                        with cudnn_flags(**flags), precision(s, mode):
                             times[key] = timed(s, lambda: _bisenet_predict(model, xin))
                             agree[key] = (_bisenet_predict(model, xin).argmax(1) == ref).float().mean().item()
                     finally:
