@@ -19,14 +19,19 @@ def model_zoo_configs():
     dst = ROOT / "solo_d2" / "model_zoo" / "configs"
     if not dst.exists():
         os.symlink(os.path.relpath(ROOT / "configs", dst.parent), dst)
-    return ["configs/" + p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")]
+    return [
+        "configs/" + p.relative_to(ROOT / "configs").as_posix()
+        for p in (ROOT / "configs").rglob("*.yaml")
+    ]
 
 
 setup(
     name="solo_d2",
     version=version(),
     description="SOLO, Decoupled SOLO, SOLOv2 and BiSeNet for Detectron2",
-    packages=find_packages(exclude=("tests", "tests.*", "tools", "configs", "datasets", "benchmarks", "benchmarks.*")),
+    packages=find_packages(
+        exclude=("tests", "tests.*", "tools", "configs", "datasets", "benchmarks", "benchmarks.*")
+    ),
     package_data={"solo_d2.model_zoo": model_zoo_configs()},
     python_requires=">=3.8",
     # detectron2 is deliberately not listed: it is not on the package index

@@ -29,6 +29,7 @@ Nothing else was needed: the port's imports (``detectron2.layers.paste_masks_in_
 ``fvcore.nn.sigmoid_focal_loss_jit``, ``cv2``) exist in the versions this project pins, and its
 code runs unchanged on torch 2.x (its ``torch.meshgrid`` without ``indexing=`` only warns).
 """
+
 import importlib.util
 import os
 import sys
@@ -70,7 +71,9 @@ def adelaidet_root(root: Optional[str] = None) -> str:
         raise PortNotFound(f"set {ENV} to a checkout of aim-uofa/AdelaiDet")
     path = os.path.join(root, "adet", "modeling", "solov2", "solov2.py")
     if not os.path.isfile(path):
-        raise PortNotFound(f"{ENV}={root} is not an AdelaiDet checkout (no adet/modeling/solov2/solov2.py)")
+        raise PortNotFound(
+            f"{ENV}={root} is not an AdelaiDet checkout (no adet/modeling/solov2/solov2.py)"
+        )
     return os.path.abspath(root)
 
 
@@ -102,7 +105,9 @@ def _load_defaults(root):
     stand_in._C = d2_defaults._C.clone()
     sys.modules["detectron2.config.defaults"] = stand_in
     try:
-        mod = _exec_file(f"{PACKAGE}.config.defaults", os.path.join(root, "adet", "config", "defaults.py"))
+        mod = _exec_file(
+            f"{PACKAGE}.config.defaults", os.path.join(root, "adet", "config", "defaults.py")
+        )
     finally:
         sys.modules["detectron2.config.defaults"] = d2_defaults
     return mod._C
@@ -115,7 +120,9 @@ def load_adelaidet_solov2(root: Optional[str] = None) -> AdelaiDetSOLOv2:
     cached = sys.modules.get(f"{PACKAGE}.modeling.solov2.solov2")
     if cached is not None:
         if getattr(cached, "_adelaidet_root", None) != root:
-            raise RuntimeError(f"the AdelaiDet port was already loaded from {cached._adelaidet_root}, not {root}")
+            raise RuntimeError(
+                f"the AdelaiDet port was already loaded from {cached._adelaidet_root}, not {root}"
+            )
         pkg = sys.modules[f"{PACKAGE}.modeling.solov2"]
         return pkg._port
     from detectron2.modeling import META_ARCH_REGISTRY
@@ -129,7 +136,10 @@ def load_adelaidet_solov2(root: Optional[str] = None) -> AdelaiDetSOLOv2:
     META_ARCH_REGISTRY._obj_map.pop("SOLOv2", None)  # shim 2
     mods = {}
     for name in SOLOV2_FILES:
-        mods[name] = _exec_file(f"{PACKAGE}.modeling.solov2.{name}", os.path.join(adet, "modeling", "solov2", f"{name}.py"))
+        mods[name] = _exec_file(
+            f"{PACKAGE}.modeling.solov2.{name}",
+            os.path.join(adet, "modeling", "solov2", f"{name}.py"),
+        )
         setattr(pkg, name, mods[name])
     mods["solov2"]._adelaidet_root = root
     pkg._port = AdelaiDetSOLOv2(root, mods["solov2"], mods["utils"], mods["loss"], defaults_cfg)
@@ -170,22 +180,28 @@ def solo_d2_twin(port_model, opts=()):
     from solo_d2.checkpoint.adelaidet import convert_adelaidet_solov2
     from solo_d2.checkpoint.core import build_cfg
 
-    conv = convert_adelaidet_solov2({k: v.detach().clone() for k, v in port_model.state_dict().items()})
+    conv = convert_adelaidet_solov2(
+        {k: v.detach().clone() for k, v in port_model.state_dict().items()}
+    )
     cfg = build_cfg(conv.config, [*conv.opts, *opts])
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(conv.state_dict, strict=False)
     # solo_d2's own buffers (pixel statistics, cell tables) are not in AdelaiDet's state dict
     missing = [k for k in missing if k not in dict(model.named_buffers())]
     if missing or unexpected:
-        raise RuntimeError("converted AdelaiDet weights do not fit solo_d2: missing "
-                           f"{missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            "converted AdelaiDet weights do not fit solo_d2: missing "
+            f"{missing}, unexpected {unexpected}"
+        )
     return model.eval()
 
 
 # ----------------------------------------------------------------------------- entry points
 # The port's own methods, entered where its ``SOLOv2.forward`` enters them (solov2.py, forward:
 # eval branch and training branch); only the glue between the head outputs and those calls is here.
-def postprocess(port: AdelaiDetSOLOv2, model, cate_logits, mask_outputs, image_size, output_size=None):
+def postprocess(
+    port: AdelaiDetSOLOv2, model, cate_logits, mask_outputs, image_size, output_size=None
+):
     """The port's post-processing of one image from solo_d2-shaped head outputs
     (``cate_logits [1, C, S, S]`` per level, ``mask_outputs`` ``(kernels [1, D, S, S], mask
     features [1, D, h, w])`` per level): its ``point_nms`` of the sigmoid per level, as its
@@ -195,7 +211,9 @@ def postprocess(port: AdelaiDetSOLOv2, model, cate_logits, mask_outputs, image_s
     cate = [port.utils.point_nms(c.sigmoid(), kernel=2).permute(0, 2, 3, 1) for c in cate_logits]
     kernels = [k for k, _ in mask_outputs]
     inputs = [{"height": output_size[0], "width": output_size[1]}]
-    return model.inference(cate, kernels, mask_outputs[0][1], [tuple(image_size)], inputs)[0]["instances"]
+    return model.inference(cate, kernels, mask_outputs[0][1], [tuple(image_size)], inputs)[0][
+        "instances"
+    ]
 
 
 def gt_instances(masks, classes, boxes=None):
@@ -240,4 +258,3 @@ def targets_and_dice(port: AdelaiDetSOLOv2, model, instances, mask_size, logits)
 
 def num_mask_targets(model, instances, mask_size) -> int:
     return sum(x.shape[0] for level in targets(model, instances, mask_size)[0] for x in level)
-

@@ -8,6 +8,7 @@ them equal to the port once (when ``ADELAIDET_ROOT`` is set) and to solo_d2. sol
 paste is a baseline of the paste section. The inputs are synthetic (head outputs shaped like
 SOLOv2 R50's, random disc instances, training batches).
 """
+
 import math
 
 import torch
@@ -24,7 +25,9 @@ RANGES = [(1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)]
 STRIDES = [8, 8, 16, 32, 32]
 
 
-def synthetic_solov2_outputs(num_candidates, size=(800, 1216), dim=256, num_objects=60, seed=0, scores=(0.12, 0.97)):
+def synthetic_solov2_outputs(
+    num_candidates, size=(800, 1216), dim=256, num_objects=60, seed=0, scores=(0.12, 0.97)
+):
     """Head outputs of one image shaped like SOLOv2 R50's, with object-like masks.
 
     Mask features are ``dim - 1`` Gaussian blobs and a constant channel; the kernel of a
@@ -43,8 +46,13 @@ def synthetic_solov2_outputs(num_candidates, size=(800, 1216), dim=256, num_obje
     cx = torch.rand(dim - 1, generator=g) * w
     sy = (0.03 + 0.2 * torch.rand(dim - 1, generator=g)) * h
     sx = (0.03 + 0.2 * torch.rand(dim - 1, generator=g)) * w
-    blobs = torch.exp(-0.5 * (((ys - cy[:, None, None]) / sy[:, None, None]) ** 2
-                              + ((xs - cx[:, None, None]) / sx[:, None, None]) ** 2))
+    blobs = torch.exp(
+        -0.5
+        * (
+            ((ys - cy[:, None, None]) / sy[:, None, None]) ** 2
+            + ((xs - cx[:, None, None]) / sx[:, None, None]) ** 2
+        )
+    )
     feats = torch.cat([blobs, torch.ones(1, h, w)])[None]  # [1, D, h, w]
     obj_class = torch.randint(0, 80, (num_objects,), generator=g)
     total = sum(s * s for s in GRIDS)
@@ -68,15 +76,25 @@ def synthetic_solov2_outputs(num_candidates, size=(800, 1216), dim=256, num_obje
 def test_cfg_of(model):
     """The inference hyperparameters of a solo_d2 ``SOLO`` model as :func:`adelaidet_postprocess`
     reads them."""
-    return {"score_thr": model.score_thresh, "mask_thr": model.mask_thresh, "nms_pre": model.nms_pre,
-            "update_thr": model.update_thresh, "max_per_img": model.max_per_img, "sigma": model.nms_sigma}
+    return {
+        "score_thr": model.score_thresh,
+        "mask_thr": model.mask_thresh,
+        "nms_pre": model.nms_pre,
+        "update_thr": model.update_thresh,
+        "max_per_img": model.max_per_img,
+        "sigma": model.nms_sigma,
+    }
 
 
-def adelaidet_postprocess(cate_logits, mask_outputs, image_size, output_size, test_cfg, strides=STRIDES):
+def adelaidet_postprocess(
+    cate_logits, mask_outputs, image_size, output_size, test_cfg, strides=STRIDES
+):
     """Baseline of ``--quick`` runs: AdelaiDet's SOLOv2 ``inference_single_image`` (one image,
     Matrix NMS) re-implemented; ``tests/test_benchmark_baselines.py`` checks it equal to the
     port's own code (:mod:`benchmarks.adelaidet_port`), which the full runs time."""
-    cate = torch.cat([point_nms(c.sigmoid()).permute(0, 2, 3, 1).reshape(-1, c.shape[1]) for c in cate_logits])
+    cate = torch.cat(
+        [point_nms(c.sigmoid()).permute(0, 2, 3, 1).reshape(-1, c.shape[1]) for c in cate_logits]
+    )
     kernels = torch.cat([k.permute(0, 2, 3, 1).reshape(-1, k.shape[1]) for k, _ in mask_outputs])
     seg = mask_outputs[0][1]
     inds = cate > test_cfg["score_thr"]
@@ -85,8 +103,9 @@ def adelaidet_postprocess(cate_logits, mask_outputs, image_size, output_size, te
     labels = inds[:, 1]
     kernel = kernels[inds[:, 0]]
     grids = [k.shape[-1] for k, _ in mask_outputs]
-    stride_of_cell = torch.cat([torch.full((g * g,), float(s), device=cate.device)
-                                for g, s in zip(grids, strides)])[inds[:, 0]]
+    stride_of_cell = torch.cat(
+        [torch.full((g * g,), float(s), device=cate.device) for g, s in zip(grids, strides)]
+    )[inds[:, 0]]
     n, d = kernel.shape
     seg_preds = F.conv2d(seg, kernel.view(n, d, 1, 1)).squeeze(0).sigmoid()
     seg_masks = seg_preds > test_cfg["mask_thr"]
@@ -118,7 +137,9 @@ def adelaidet_postprocess(cate_logits, mask_outputs, image_size, output_size, te
     h, w = image_size
     fh, fw = seg.shape[-2:]
     seg_preds = F.interpolate(seg_preds[None], size=(4 * fh, 4 * fw), mode="bilinear")[:, :, :h, :w]
-    masks = F.interpolate(seg_preds, size=tuple(output_size), mode="bilinear")[0] > test_cfg["mask_thr"]
+    masks = (
+        F.interpolate(seg_preds, size=tuple(output_size), mode="bilinear")[0] > test_cfg["mask_thr"]
+    )
     return masks, cate_scores, labels
 
 
@@ -136,7 +157,9 @@ def build_solov2_model(quick):
 def solo_d2_postprocess(model, cate_logits, mask_outputs, padded_hw, output_size=None):
     from detectron2.structures import ImageList
 
-    images = ImageList(torch.empty(1, 3, *padded_hw, device=cate_logits[0].device), [tuple(padded_hw)])
+    images = ImageList(
+        torch.empty(1, 3, *padded_hw, device=cate_logits[0].device), [tuple(padded_hw)]
+    )
     inputs = [{"height": (output_size or padded_hw)[0], "width": (output_size or padded_hw)[1]}]
     return model.inference(inputs, images, cate_logits, mask_outputs)[0]["instances"]
 
@@ -155,8 +178,12 @@ def old_paste(soft_masks, image_size, output_size, threshold=0.5, chunk=32):
     k, mh, mw = soft_masks.shape
     out = torch.zeros(k, *output_size, dtype=torch.bool)
     for start in range(0, k, chunk):
-        part = F.interpolate(soft_masks[start : start + chunk, None], size=(mh * 4, mw * 4), mode="bilinear")
-        part = F.interpolate(part[:, :, : image_size[0], : image_size[1]], size=tuple(output_size), mode="bilinear")
+        part = F.interpolate(
+            soft_masks[start : start + chunk, None], size=(mh * 4, mw * 4), mode="bilinear"
+        )
+        part = F.interpolate(
+            part[:, :, : image_size[0], : image_size[1]], size=tuple(output_size), mode="bilinear"
+        )
         out[start : start + chunk] = part[:, 0] > threshold
     return out
 
@@ -181,8 +208,16 @@ def random_instances(batch, n, h, w, seed=0):
     return masks, classes
 
 
-def adelaidet_targets(gt_masks, gt_classes, gt_boxes, mask_sizes, sigma=0.2, num_classes=80,
-                      grids=GRIDS, ranges=RANGES):
+def adelaidet_targets(
+    gt_masks,
+    gt_classes,
+    gt_boxes,
+    mask_sizes,
+    sigma=0.2,
+    num_classes=80,
+    grids=GRIDS,
+    ranges=RANGES,
+):
     """Baseline of ``--quick`` runs (the full runs time the port's own ``get_ground_truth``):
     AdelaiDet's SOLOv2 target loops (``get_ground_truth_single``), per image, level,
     instance and cell: center of mass of the full mask, float32 floor-division cells, the last
@@ -217,7 +252,9 @@ def adelaidet_targets(gt_masks, gt_classes, gt_boxes, mask_sizes, sigma=0.2, num
                 left = max(0, int(((cx - hw) / w) // (1.0 / s)), cw - 1)
                 right = min(s - 1, int(((cx + hw) / w) // (1.0 / s)), cw + 1)
                 labels[top : down + 1, left : right + 1] = classes[n]
-                seg_mask = (F.interpolate(m[None, None], size=size, mode="bilinear")[0, 0] >= 0.5).to(torch.uint8)
+                seg_mask = (
+                    F.interpolate(m[None, None], size=size, mode="bilinear")[0, 0] >= 0.5
+                ).to(torch.uint8)
                 for i in range(top, down + 1):
                     for j in range(left, right + 1):
                         cur = torch.zeros(size, dtype=torch.uint8, device=dev)
@@ -225,7 +262,11 @@ def adelaidet_targets(gt_masks, gt_classes, gt_boxes, mask_sizes, sigma=0.2, num
                         ins_label.append(cur)
                         entries.append((b, n, i * s + j))
             all_labels.append(labels)
-            per_image.append(torch.stack(ins_label) if ins_label else torch.zeros((0, *size), dtype=torch.uint8, device=dev))
+            per_image.append(
+                torch.stack(ins_label)
+                if ins_label
+                else torch.zeros((0, *size), dtype=torch.uint8, device=dev)
+            )
         out.append((torch.stack(all_labels), entries, torch.cat(per_image).float()))
     return out
 
@@ -248,7 +289,9 @@ def targets_and_dice(masks, classes, kw, logits):
     """solo_d2: targets, then the dice loss through the target rows, forward and backward."""
     out = solo_targets(masks, classes, **kw)
     probs = logits.sigmoid().split([t.num_targets for t in out])
-    loss = sum(indexed_dice_loss(p, t.target_masks, t.target_rows).sum() for p, t in zip(probs, out))
+    loss = sum(
+        indexed_dice_loss(p, t.target_masks, t.target_rows).sum() for p, t in zip(probs, out)
+    )
     loss.backward()
     return loss
 
@@ -258,7 +301,9 @@ def adelaidet_targets_and_dice(masks, classes, boxes, sizes, logits, ranges=RANG
     backward (same probabilities as :func:`targets_and_dice`)."""
     ref = adelaidet_targets(masks, classes, boxes, sizes, ranges=ranges)
     probs = logits.sigmoid().split([r[2].shape[0] for r in ref])
-    loss = sum(adelaidet_dice(p, r[2]).sum() for p, r in zip(probs, ref) if p.shape[0])  # skips empty levels, as AdelaiDet
+    loss = sum(
+        adelaidet_dice(p, r[2]).sum() for p, r in zip(probs, ref) if p.shape[0]
+    )  # skips empty levels, as AdelaiDet
     loss.backward()
     return loss
 

@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark sections (:mod:`.runner`, :mod:`.cuda`): timing, formatting
 and the recipe configs."""
+
 import glob
 import os
 import statistics
@@ -32,5 +33,10 @@ def configs_dir():
 def recipe_configs():
     """Paths of the recipe configs (not the bases, synthetic or converted-checkpoint configs)."""
     configs = sorted(glob.glob(os.path.join(configs_dir(), "*", "*.yaml")))
-    return [c for c in configs if not os.path.basename(c).startswith("Base")
-            and os.sep + "Synthetic" + os.sep not in c and os.sep + "Converted" + os.sep not in c]
+    return [
+        c
+        for c in configs
+        if not os.path.basename(c).startswith("Base")
+        and os.sep + "Synthetic" + os.sep not in c
+        and os.sep + "Converted" + os.sep not in c
+    ]

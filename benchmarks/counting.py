@@ -80,6 +80,7 @@ the factories through names bound before the counter started (``from torch impor
 and syncs made by C++ code outside the operations listed (none in solo_d2 or AdelaiDet's
 SOLOv2 that we know of).
 """
+
 import contextlib
 from collections import Counter
 
@@ -93,23 +94,59 @@ __all__ = ["OpCounter", "count_ops"]
 # operations that only make tensor metadata or allocate: no kernel
 # (on top of ``OpOverload.is_view``)
 _NO_KERNEL = {
-    "aten::_unsafe_view", "aten::_reshape_alias", "aten::sym_size", "aten::sym_stride", "aten::sym_numel",
-    "aten::sym_storage_offset", "aten::is_same_size", "aten::size", "aten::stride", "aten::dim",
-    "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty", "aten::new_empty_strided",
-    "aten::resize_", "aten::resize_as_", "aten::set_", "aten::_local_scalar_dense", "aten::lift_fresh",
-    "aten::lift_fresh_copy", "aten::lift",
+    "aten::_unsafe_view",
+    "aten::_reshape_alias",
+    "aten::sym_size",
+    "aten::sym_stride",
+    "aten::sym_numel",
+    "aten::sym_storage_offset",
+    "aten::is_same_size",
+    "aten::size",
+    "aten::stride",
+    "aten::dim",
+    "aten::empty",
+    "aten::empty_strided",
+    "aten::empty_like",
+    "aten::new_empty",
+    "aten::new_empty_strided",
+    "aten::resize_",
+    "aten::resize_as_",
+    "aten::set_",
+    "aten::_local_scalar_dense",
+    "aten::lift_fresh",
+    "aten::lift_fresh_copy",
+    "aten::lift",
     # in-place metadata changes (their schema writes to the input, so ``is_view`` is False)
-    "aten::squeeze_", "aten::unsqueeze_", "aten::t_", "aten::transpose_", "aten::swapdims_", "aten::swapaxes_",
-    "aten::as_strided_", "aten::detach_",
+    "aten::squeeze_",
+    "aten::unsqueeze_",
+    "aten::t_",
+    "aten::transpose_",
+    "aten::swapdims_",
+    "aten::swapaxes_",
+    "aten::as_strided_",
+    "aten::detach_",
 }
 # operations that always read a result back to the host (when their input is not empty)
 _ALWAYS_SYNC = {
-    "aten::nonzero", "aten::masked_select", "aten::_unique", "aten::_unique2", "aten::unique_dim",
-    "aten::unique_consecutive", "aten::unique_dim_consecutive", "aten::bincount", "aten::equal",
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::_unique",
+    "aten::_unique2",
+    "aten::unique_dim",
+    "aten::unique_consecutive",
+    "aten::unique_dim_consecutive",
+    "aten::bincount",
+    "aten::equal",
     "aten::_local_scalar_dense",
 }
-_BOOL_INDEX_OPS = {"aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_",
-                   "aten::_unsafe_index_put", "aten::_unsafe_index"}
+_BOOL_INDEX_OPS = {
+    "aten::index",
+    "aten::index_put",
+    "aten::index_put_",
+    "aten::_index_put_impl_",
+    "aten::_unsafe_index_put",
+    "aten::_unsafe_index",
+}
 _LIFT = {"aten::lift_fresh", "aten::lift_fresh_copy", "aten::lift"}
 _TENSOR_VALUE_SYNC = {"aten::masked_fill", "aten::masked_fill_", "aten::fill", "aten::fill_"}
 # Assignments ``x[i] = v`` (``Tensor.__setitem__``, followed by the counter) run differently on the
@@ -119,8 +156,25 @@ _TENSOR_VALUE_SYNC = {"aten::masked_fill", "aten::masked_fill_", "aten::fill", "
 # of a 0-dim tensor is a Python number that is a kernel argument on a GPU too (no kernel).
 
 # torch factories of host data or of new tensors that take ``device=``
-_FACTORIES = ("tensor", "as_tensor", "asarray", "from_numpy", "zeros", "ones", "empty", "full", "arange",
-              "linspace", "logspace", "eye", "rand", "randn", "randint", "randperm", "scalar_tensor")
+_FACTORIES = (
+    "tensor",
+    "as_tensor",
+    "asarray",
+    "from_numpy",
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "arange",
+    "linspace",
+    "logspace",
+    "eye",
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "scalar_tensor",
+)
 _ACTIVE = []  # the counters active now, innermost last (the patches serve the innermost)
 
 
@@ -192,7 +246,11 @@ class OpCounter(TorchDispatchMode):
         inputs = _tensors((args, kwargs))
         host_in = [t for t in inputs if t in self._host]
         in_factory = bool(self._factory) and self._factory[-1]
-        if (name in _LIFT and in_factory) or (inputs and len(host_in) == len(inputs)) or (not inputs and in_factory):
+        if (
+            (name in _LIFT and in_factory)
+            or (inputs and len(host_in) == len(inputs))
+            or (not inputs and in_factory)
+        ):
             self.host_ops[short] += 1  # runs on the CPU in a GPU run too
             for t in _tensors(out):
                 self._host[t] = True
@@ -217,14 +275,22 @@ class OpCounter(TorchDispatchMode):
                 sync = short
         elif name in _BOOL_INDEX_OPS:
             indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
-            if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) and i.numel() for i in indices):
+            if any(
+                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) and i.numel()
+                for i in indices
+            ):
                 sync = f"{short} with a bool index"
         elif name == "aten::repeat_interleave":
             if kwargs.get("output_size") is None and nonempty_in:
                 sync = "repeat_interleave without output_size"
         elif name in _TENSOR_VALUE_SYNC:
             value = kwargs.get("value", args[-1] if len(args) > 1 else None)
-            if isinstance(value, torch.Tensor) and value.dim() == 0 and value not in self._host and self._setitem == 0:
+            if (
+                isinstance(value, torch.Tensor)
+                and value.dim() == 0
+                and value not in self._host
+                and self._setitem == 0
+            ):
                 sync = f"{short} with a device tensor value (.item())"
         if sync is not None:
             self._sync(sync)
@@ -259,7 +325,9 @@ class OpCounter(TorchDispatchMode):
                     return fn(*args, **kwargs)
                 data = args[0] if args else kwargs.get("data")
                 if name in ("as_tensor", "asarray") and isinstance(data, torch.Tensor):
-                    counter._factory.append(False)  # of a tensor: a move (or nothing), not host data
+                    counter._factory.append(
+                        False
+                    )  # of a tensor: a move (or nothing), not host data
                 else:
                     device = kwargs.get("device")
                     counter._factory.append(device is None or _names_host(device))
@@ -279,7 +347,9 @@ class OpCounter(TorchDispatchMode):
         def method(name):
             return getattr(torch.Tensor, name)
 
-        t_tolist, t_cpu, t_numpy, t_to, t_new_tensor = (method(n) for n in ("tolist", "cpu", "numpy", "to", "new_tensor"))
+        t_tolist, t_cpu, t_numpy, t_to, t_new_tensor = (
+            method(n) for n in ("tolist", "cpu", "numpy", "to", "new_tensor")
+        )
 
         def tolist(self_):
             if _ACTIVE[-1] is counter and self_ not in counter._host and self_.numel():
@@ -300,7 +370,9 @@ class OpCounter(TorchDispatchMode):
                 counter._sync("Tensor.cpu")
             with counter.suspended():
                 out = t_cpu(self_, *a, **k)
-                if out is self_:  # on a CPU-only machine: a copy, so that the device tensor stays one
+                if (
+                    out is self_
+                ):  # on a CPU-only machine: a copy, so that the device tensor stays one
                     out = self_.clone()
             counter._host[out] = True
             return out
@@ -308,12 +380,20 @@ class OpCounter(TorchDispatchMode):
         def to(self_, *a, **k):
             if _ACTIVE[-1] is not counter:
                 return t_to(self_, *a, **k)
-            device = k.get("device", next((x for x in a if isinstance(x, (str, torch.device, torch.Tensor))), None))
+            device = k.get(
+                "device",
+                next((x for x in a if isinstance(x, (str, torch.device, torch.Tensor))), None),
+            )
             if device is None and isinstance(k.get("tensor"), torch.Tensor):  # .to(tensor=t)
                 device = k["tensor"]
             if _names_host(device):  # .to("cpu"): as .cpu(), then the rest (a dtype) on the host
-                return cpu(self_).to(*[x for x in a if x is not device], **{n: v for n, v in k.items() if n != "device"})
-            if self_ not in counter._host or device is None:  # on the device, or a dtype change on the host
+                return cpu(self_).to(
+                    *[x for x in a if x is not device],
+                    **{n: v for n, v in k.items() if n != "device"},
+                )
+            if (
+                self_ not in counter._host or device is None
+            ):  # on the device, or a dtype change on the host
                 return t_to(self_, *a, **k)
             if self_.numel():
                 counter._sync("host-to-device copy (Tensor.to)")
@@ -327,7 +407,9 @@ class OpCounter(TorchDispatchMode):
             if _ACTIVE[-1] is not counter:
                 return t_new_tensor(self_, *a, **k)
             device = k.get("device")
-            counter._factory.append((device is None and self_ in counter._host) or _names_host(device))
+            counter._factory.append(
+                (device is None and self_ in counter._host) or _names_host(device)
+            )
             try:
                 return t_new_tensor(self_, *a, **k)
             finally:
@@ -349,8 +431,14 @@ class OpCounter(TorchDispatchMode):
                 return t_cpu(self_, *a, **k)
             return cpu(self_, *a, **k)
 
-        for name, fn in (("tolist", tolist), ("numpy", numpy), ("cpu", public_cpu), ("to", to),
-                         ("new_tensor", new_tensor), ("__setitem__", setitem)):
+        for name, fn in (
+            ("tolist", tolist),
+            ("numpy", numpy),
+            ("cpu", public_cpu),
+            ("to", to),
+            ("new_tensor", new_tensor),
+            ("__setitem__", setitem),
+        ):
             orig[("Tensor", name)] = torch.Tensor.__dict__.get(name)
             setattr(torch.Tensor, name, fn)
         self._patches = orig

@@ -130,7 +130,12 @@ NOTES = """## Notes
 # column titles of the sections' tables (None: every other section)
 HEADERS = {
     None: ("what", "solo_d2", "baseline", "ratio"),
-    "counts": ("per image / step", "solo_d2", "AdelaiDet port (its own `adet/modeling/solov2`)", "solo_d2 / port"),
+    "counts": (
+        "per image / step",
+        "solo_d2",
+        "AdelaiDet port (its own `adet/modeling/solov2`)",
+        "solo_d2 / port",
+    ),
 }
 
 
@@ -144,69 +149,103 @@ def goals(results):
     post = {k: v for k, v in results.items() if k.startswith("post_")}
     if post:
         ratios = {k[5:]: ref / ours for k, (ours, ref) in post.items()}
-        lines.append("- Post-processing at most half the AdelaiDet algorithm's time: "
-                     f"{verdict(min(ratios.values()) >= 2)} "
-                     f"({', '.join(f'{n} candidates: {r:.2f}x faster' for n, r in ratios.items())}).")
+        lines.append(
+            "- Post-processing at most half the AdelaiDet algorithm's time: "
+            f"{verdict(min(ratios.values()) >= 2)} "
+            f"({', '.join(f'{n} candidates: {r:.2f}x faster' for n, r in ratios.items())})."
+        )
         first = min(post, key=lambda k: int(k[5:]))
         frac = post[first][0] / results["backbone_s"]
-        lines.append(f"- Post-processing at most 20% of backbone+FPN time at {first[5:]} candidates: "
-                     f"{verdict(frac <= 0.2)} ({frac:.0%}).")
+        lines.append(
+            f"- Post-processing at most 20% of backbone+FPN time at {first[5:]} candidates: "
+            f"{verdict(frac <= 0.2)} ({frac:.0%})."
+        )
     if "paste_peak_ratio" in results:
         r = results["paste_peak_ratio"]
-        lines.append("- Paste peak memory within ~1.5x the kept boolean masks: "
-                     f"{verdict(r <= 1.5)} ({r:.2f}x).")
+        lines.append(
+            "- Paste peak memory within ~1.5x the kept boolean masks: "
+            f"{verdict(r <= 1.5)} ({r:.2f}x)."
+        )
     if "targets_speedup_1" in results:
         r1, r2 = results["targets_speedup_1"], results["targets_speedup_2"]
-        lines.append(f"- Target assignment at least 20x faster than the loops: {verdict(min(r1, r2) >= 20)} "
-                     f"({r1:.2f}x with 1 thread, {r2:.2f}x with 2 threads as in the issue, medians of the "
-                     f"rounds' ratios; rounds with 2 threads: {results['targets_rounds_2'][0]:.1f}-"
-                     f"{results['targets_rounds_2'][-1]:.1f}x). With the dice loss forward and backward: "
-                     f"{results['targets_loss_speedup']:.1f}x. Linear in instances: "
-                     f"{results['slope_s'] * 1e3:.2f} ms per instance per image.")
-    post = {k[len("count_post_"):]: v for k, v in results.items() if k.startswith("count_post_")}
+        lines.append(
+            f"- Target assignment at least 20x faster than the loops: {verdict(min(r1, r2) >= 20)} "
+            f"({r1:.2f}x with 1 thread, {r2:.2f}x with 2 threads as in the issue, medians of the "
+            f"rounds' ratios; rounds with 2 threads: {results['targets_rounds_2'][0]:.1f}-"
+            f"{results['targets_rounds_2'][-1]:.1f}x). With the dice loss forward and backward: "
+            f"{results['targets_loss_speedup']:.1f}x. Linear in instances: "
+            f"{results['slope_s'] * 1e3:.2f} ms per instance per image."
+        )
+    post = {k[len("count_post_") :]: v for k, v in results.items() if k.startswith("count_post_")}
     if post:  # (solo_d2 ops, syncs, port ops, syncs)
-        ok = all(o <= po and s <= 4 for o, s, po, _ in post.values()) and len({v[1] for v in post.values()}) == 1
-        lines.append("- Post-processing at most the port's kernel ops and at most 4 syncs per image, the "
-                     f"same syncs for every number of candidates (issue 29): {verdict(ok)} ("
-                     + "; ".join(f"{k}: {o} ops against {po}, {s} syncs against {ps}" for k, (o, s, po, ps) in post.items())
-                     + ").")
+        ok = (
+            all(o <= po and s <= 4 for o, s, po, _ in post.values())
+            and len({v[1] for v in post.values()}) == 1
+        )
+        lines.append(
+            "- Post-processing at most the port's kernel ops and at most 4 syncs per image, the "
+            f"same syncs for every number of candidates (issue 29): {verdict(ok)} ("
+            + "; ".join(
+                f"{k}: {o} ops against {po}, {s} syncs against {ps}"
+                for k, (o, s, po, ps) in post.items()
+            )
+            + ")."
+        )
     if "count_model" in results:
         o, s, po, ps = results["count_model"]
-        lines.append("- Whole-model inference in fewer kernel ops than the port (issue 29): "
-                     f"{verdict(o < po)} ({o} ops against {po}, {s} syncs against {ps}).")
-    train = {k[len("count_train_"):]: v for k, v in results.items() if k.startswith("count_train_")}
+        lines.append(
+            "- Whole-model inference in fewer kernel ops than the port (issue 29): "
+            f"{verdict(o < po)} ({o} ops against {po}, {s} syncs against {ps})."
+        )
+    train = {
+        k[len("count_train_") :]: v for k, v in results.items() if k.startswith("count_train_")
+    }
     if train:
         syncs = {v[1] for v in train.values()}
-        lines.append(f"- Training step syncs constant in the number of instances and at most 20 (issue 29): "
-                     f"{verdict(len(syncs) == 1 and max(syncs) <= 20)} ("
-                     + "; ".join(f"{k} instances per image: {s} syncs against the port's {ps}, {o} ops against {po}"
-                                 for k, (o, s, po, ps) in train.items()) + ").")
+        lines.append(
+            f"- Training step syncs constant in the number of instances and at most 20 (issue 29): "
+            f"{verdict(len(syncs) == 1 and max(syncs) <= 20)} ("
+            + "; ".join(
+                f"{k} instances per image: {s} syncs against the port's {ps}, {o} ops against {po}"
+                for k, (o, s, po, ps) in train.items()
+            )
+            + ")."
+        )
     bis = {k: v for k, v in results.items() if k.startswith("BiSeNet")}
     if bis:
-        lines.append("- BiSeNet in-place activations: " + ", ".join(f"{k} {v:.2f}x" for k, v in bis.items())
-                     + " (out-of-place time / in-place time; 1.00x = no measurable difference).")
+        lines.append(
+            "- BiSeNet in-place activations: "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in bis.items())
+            + " (out-of-place time / in-place time; 1.00x = no measurable difference)."
+        )
     train = results.get("cuda_train")
     if train:
         failed = results.get("cuda_train_failed", [])
         finite = all(v[4] for v in train.values())
         speed = [v[0] / v[1] for v in train.values()]
         memory = [v[2] / v[3] for v in train.values() if v[3]] or [float("nan")]
-        lines.append(f"- Training on GPU (fp32 and AMP): {verdict(not failed and finite)} ({len(train)} "
-                     "recipe configs trained in fp32 and AMP through detectron2's SimpleTrainer / "
-                     f"AMPTrainer{', ' + str(len(failed)) + ' failed' if failed else ''}, "
-                     f"{'all losses finite' if finite else 'NON-FINITE losses'}; AMP "
-                     f"{min(speed):.2f}-{max(speed):.2f}x the fp32 speed, "
-                     f"{min(memory):.2f}-{max(memory):.2f}x less peak memory).")
+        lines.append(
+            f"- Training on GPU (fp32 and AMP): {verdict(not failed and finite)} ({len(train)} "
+            "recipe configs trained in fp32 and AMP through detectron2's SimpleTrainer / "
+            f"AMPTrainer{', ' + str(len(failed)) + ' failed' if failed else ''}, "
+            f"{'all losses finite' if finite else 'NON-FINITE losses'}; AMP "
+            f"{min(speed):.2f}-{max(speed):.2f}x the fp32 speed, "
+            f"{min(memory):.2f}-{max(memory):.2f}x less peak memory)."
+        )
     return lines
 
 
 def render(header, goal_lines, rows, quick):
     """The markdown of one run."""
-    out = [f"# Benchmarks\n\nGenerated by `python tools/benchmark.py --write docs/BENCHMARKS.md`"
-           f"{' --quick' if quick else ''}.\n\n{header}\n\n",
-           "## Goals (issues 10, 12 and 29), from this run\n\n" + "\n".join(goal_lines) + "\n\n"]
+    out = [
+        f"# Benchmarks\n\nGenerated by `python tools/benchmark.py --write docs/BENCHMARKS.md`"
+        f"{' --quick' if quick else ''}.\n\n{header}\n\n",
+        "## Goals (issues 10, 12 and 29), from this run\n\n" + "\n".join(goal_lines) + "\n\n",
+    ]
     for name, section_rows in rows:
-        out.append(f"## {name}\n\n| {' | '.join(HEADERS.get(name, HEADERS[None]))} |\n|---|---|---|---|\n")
+        out.append(
+            f"## {name}\n\n| {' | '.join(HEADERS.get(name, HEADERS[None]))} |\n|---|---|---|---|\n"
+        )
         out.extend("| " + " | ".join(row) + " |\n" for row in section_rows)
         out.append("\n")
     out.append(NOTES)
@@ -236,28 +275,47 @@ def merge(old, new, header, order=()):
         if k in merged:
             merged[k] = v
             continue
-        before = [s for s in list(order)[: list(order).index(k)] if s in merged] if k in order else []
+        before = (
+            [s for s in list(order)[: list(order).index(k)] if s in merged] if k in order else []
+        )
         keys = list(merged)
-        at = keys.index(before[-1]) + 1 if before else (keys.index("Notes") if "Notes" in keys else len(keys))
+        at = (
+            keys.index(before[-1]) + 1
+            if before
+            else (keys.index("Notes") if "Notes" in keys else len(keys))
+        )
         merged = dict([*list(merged.items())[:at], (k, v), *list(merged.items())[at:]])
     if goal_key:  # a goal line is replaced by the new one on the same goal (text before ':')
-        new_lines = {line.split(":", 1)[0]: line for line in new_secs[new_goal_key].splitlines() if line.startswith("- ")}
-        lines = [new_lines.pop(line.split(":", 1)[0], line) if line.startswith("- ") else line
-                 for line in old_secs[goal_key].splitlines()]
-        merged[goal_key] = "\n".join(lines).rstrip("\n") + "\n" + "".join(v + "\n" for v in new_lines.values())
+        new_lines = {
+            line.split(":", 1)[0]: line
+            for line in new_secs[new_goal_key].splitlines()
+            if line.startswith("- ")
+        }
+        lines = [
+            new_lines.pop(line.split(":", 1)[0], line) if line.startswith("- ") else line
+            for line in old_secs[goal_key].splitlines()
+        ]
+        merged[goal_key] = (
+            "\n".join(lines).rstrip("\n") + "\n" + "".join(v + "\n" for v in new_lines.values())
+        )
         merged[goal_key] = merged[goal_key].replace("from this run", "from the runs below", 1)
         # the goal section under the new run's title (the issues it names), in its place
         title = new_goal_key.replace("from this run", "from the runs below", 1)
         body = merged[goal_key].split("\n", 1)[1] if "\n" in merged[goal_key] else ""
-        merged = {(title if k == goal_key else k): (title + "\n" + body if k == goal_key else v) for k, v in merged.items()}
+        merged = {
+            (title if k == goal_key else k): (title + "\n" + body if k == goal_key else v)
+            for k, v in merged.items()
+        }
     ran = [k for k in new_secs if k not in (new_goal_key, "Notes")]
     # the old head (its machine line and its paragraphs on which run made which sections), with
     # one paragraph for this run's sections in place of an earlier one on exactly those sections
     label = ("Section " if len(ran) == 1 else "Sections ") + ", ".join(ran) + ":"
     old_head = _sections(old)[0] if old_secs else new_head
     paras = [p for p in old_head.strip("\n").split("\n\n") if not p.startswith(label)]
-    paras.append(f"{label} {header} (this run; the other sections from the runs above, see the git "
-                 "history of this file).")
+    paras.append(
+        f"{label} {header} (this run; the other sections from the runs above, see the git "
+        "history of this file)."
+    )
     head = "\n\n".join(paras) + "\n"
     if "Notes" in new_secs:
         merged["Notes"] = new_secs["Notes"]

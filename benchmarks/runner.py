@@ -27,6 +27,7 @@ the port and to solo_d2. The report (goals, tables, notes) is written by
 
     python tools/benchmark.py [--quick] [--only SECTION ...] [--write docs/BENCHMARKS.md]
 """
+
 import argparse
 import json
 import os
@@ -40,20 +41,30 @@ import torch
 
 from benchmarks import adelaidet_port as port_lib
 from benchmarks.baselines import (
-    GRIDS, RANGES, adelaidet_postprocess, adelaidet_targets, adelaidet_targets_and_dice, boxes_of,
-    build_solov2_model, old_paste, one_matmul_nms, paste_inputs, random_instances, solo_d2_postprocess,
-    synthetic_solov2_outputs, targets_and_dice, test_cfg_of, training_batch,
+    GRIDS,
+    RANGES,
+    adelaidet_postprocess,
+    adelaidet_targets,
+    adelaidet_targets_and_dice,
+    boxes_of,
+    build_solov2_model,
+    old_paste,
+    one_matmul_nms,
+    paste_inputs,
+    random_instances,
+    solo_d2_postprocess,
+    synthetic_solov2_outputs,
+    targets_and_dice,
+    test_cfg_of,
+    training_batch,
 )
-from benchmarks.report import goals, merge, render
 from benchmarks.common import configs_dir, ms, recipe_configs, timeit  # noqa: F401
+from benchmarks.report import goals, merge, render
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.postprocess import masks_to_boxes, paste_masks, point_nms
 from solo_d2.modeling.solo.targets import solo_targets
 
 NOT_MEASURED = f"not measured: set {port_lib.ENV}"
-
-
-
 
 
 def load_port(quick=False):
@@ -69,7 +80,7 @@ def load_port(quick=False):
 
 
 def compare_instances(ours, masks, scores, labels):
-    """"same output" or what differs between solo_d2's ``Instances`` and a reference's masks,
+    """ "same output" or what differs between solo_d2's ``Instances`` and a reference's masks,
     scores and classes (same criteria as :func:`same_instances`)."""
     if same_instances(ours, masks, scores, labels):
         return "same output"
@@ -81,7 +92,9 @@ def compare_instances(ours, masks, scores, labels):
     if ours.pred_masks.shape == masks.shape:
         diff = ours.pred_masks != masks
         if diff.any():
-            parts.append(f"{int(diff.sum())} mask pixels in {int(diff.flatten(1).any(1).sum())} masks")
+            parts.append(
+                f"{int(diff.sum())} mask pixels in {int(diff.flatten(1).any(1).sum())} masks"
+            )
     if len(labels):
         parts.append(f"scores within {float((ours.scores - scores).abs().max()):.1e}")
     return "DIFFERENT: " + ", ".join(parts)
@@ -90,8 +103,12 @@ def compare_instances(ours, masks, scores, labels):
 def same_instances(ours, masks, scores, labels):
     """solo_d2's ``Instances`` against a reference's masks, scores and classes: masks exactly,
     scores to 1e-6."""
-    return (ours.pred_masks.shape == masks.shape and torch.equal(ours.pred_masks, masks)
-            and torch.allclose(ours.scores, scores, atol=1e-6, rtol=0) and torch.equal(ours.pred_classes, labels))
+    return (
+        ours.pred_masks.shape == masks.shape
+        and torch.equal(ours.pred_masks, masks)
+        and torch.allclose(ours.scores, scores, atol=1e-6, rtol=0)
+        and torch.equal(ours.pred_classes, labels)
+    )
 
 
 # ----------------------------------------------------------------------------- post-processing
@@ -105,40 +122,67 @@ def bench_postprocess(quick):
         def reference(cate, mask_out, padded):
             r = port_lib.postprocess(port, port_model, cate, mask_out, padded)
             return r.pred_masks, r.scores, r.pred_classes
+
         ref_name = "AdelaiDet port"
     else:
         cfg = test_cfg_of(model)
 
         def reference(cate, mask_out, padded):
             return adelaidet_postprocess(cate, mask_out, padded, padded, cfg)
+
         ref_name = "AdelaiDet algorithm re-implemented, quick mode" if quick else None
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
         t_backbone = timeit(lambda: model.backbone(x), repeats=1 if quick else 3)
-    rows = [(f"SOLOv2 {'R18 (quick)' if quick else 'R50'}-FPN backbone+FPN, {size[0]}x{size[1]}", ms(t_backbone), "", "")]
+    rows = [
+        (
+            f"SOLOv2 {'R18 (quick)' if quick else 'R50'}-FPN backbone+FPN, {size[0]}x{size[1]}",
+            ms(t_backbone),
+            "",
+            "",
+        )
+    ]
     results = {"backbone_s": t_backbone}
-    for target in ((60, 200) if quick else (300, 1500)):
-        cate, mask_out, padded = synthetic_solov2_outputs(target, size=size, num_objects=20 if quick else 60)
+    for target in (60, 200) if quick else (300, 1500):
+        cate, mask_out, padded = synthetic_solov2_outputs(
+            target, size=size, num_objects=20 if quick else 60
+        )
         n_cand = int(sum((point_nms(c.sigmoid()) > 0.1).sum() for c in cate))
         with torch.no_grad():
             ours = solo_d2_postprocess(model, cate, mask_out, padded)
             if ref_name is None:
                 t_ours = statistics.median(
-                    timeit(lambda: solo_d2_postprocess(model, cate, mask_out, padded), 1, 0) for _ in range(5))
-                rows.append((f"post-processing, {n_cand} candidates, {len(ours)} kept", ms(t_ours), NOT_MEASURED, ""))
+                    timeit(lambda: solo_d2_postprocess(model, cate, mask_out, padded), 1, 0)
+                    for _ in range(5)
+                )
+                rows.append(
+                    (
+                        f"post-processing, {n_cand} candidates, {len(ours)} kept",
+                        ms(t_ours),
+                        NOT_MEASURED,
+                        "",
+                    )
+                )
                 continue
             same = compare_instances(ours, *reference(cate, mask_out, padded))
             times = {"ours": [], "ref": []}
             solo_d2_postprocess(model, cate, mask_out, padded)  # warm-up
             reference(cate, mask_out, padded)
             for _ in range(3 if quick else 5):  # interleaved, so load changes hit both
-                times["ours"].append(timeit(lambda: solo_d2_postprocess(model, cate, mask_out, padded), 1, 0))
+                times["ours"].append(
+                    timeit(lambda: solo_d2_postprocess(model, cate, mask_out, padded), 1, 0)
+                )
                 times["ref"].append(timeit(lambda: reference(cate, mask_out, padded), 1, 0))
             t_ours, t_ref = statistics.median(times["ours"]), statistics.median(times["ref"])
         results[f"post_{target}"] = (t_ours, t_ref)
-        rows.append((f"post-processing, {n_cand} candidates, {len(ours)} kept ({same})",
-                     ms(t_ours), f"{ms(t_ref)} ({ref_name})",
-                     f"{t_ref / t_ours:.2f}x; {t_ours / t_backbone:.0%} of backbone+FPN"))
+        rows.append(
+            (
+                f"post-processing, {n_cand} candidates, {len(ours)} kept ({same})",
+                ms(t_ours),
+                f"{ms(t_ref)} ({ref_name})",
+                f"{t_ref / t_ours:.2f}x; {t_ours / t_backbone:.0%} of backbone+FPN",
+            )
+        )
     return rows, results
 
 
@@ -155,10 +199,13 @@ def bench_nms(quick):
 
         def ref():
             return port.utils.matrix_nms(labels, masks, areas, scores, sigma=2.0, kernel="gaussian")
+
         ref_name = "AdelaiDet port's matrix_nms"
     elif quick:
+
         def ref():
             return one_matmul_nms(masks, labels, scores)
+
         ref_name = "one IoU matmul, re-implemented, quick mode"
     else:
         t_ours = timeit(lambda: matrix_nms(masks, labels, scores))
@@ -167,8 +214,14 @@ def bench_nms(quick):
     same = out.shape == expected.shape and torch.allclose(out, expected, atol=1e-6, rtol=0)
     t_ours = timeit(lambda: matrix_nms(masks, labels, scores))
     t_ref = timeit(ref)
-    return [(f"Matrix NMS, {n} masks {h}x{w}, 80 classes ({'same' if same else 'DIFFERENT'} scores)",
-             ms(t_ours), f"{ms(t_ref)} ({ref_name})", f"{t_ref / t_ours:.1f}x")], {}
+    return [
+        (
+            f"Matrix NMS, {n} masks {h}x{w}, 80 classes ({'same' if same else 'DIFFERENT'} scores)",
+            ms(t_ours),
+            f"{ms(t_ref)} ({ref_name})",
+            f"{t_ref / t_ours:.1f}x",
+        )
+    ], {}
 
 
 # ----------------------------------------------------------------------------- paste
@@ -208,20 +261,30 @@ def bench_paste(quick):
     same = torch.equal(paste_masks(soft, size, size, 0.5), old_paste(soft, size, size))
     t_new = timeit(lambda: masks_to_boxes(paste_masks(soft, size, size, 0.5)))
     t_old = timeit(lambda: masks_to_boxes(old_paste(soft, size, size)))
-    rows.append((f"paste {k} masks at {size[0]}x{size[1]} and their boxes (output = input size; "
-                 f"{'same' if same else 'DIFFERENT'} masks)",
-                 ms(t_new), f"{ms(t_old)} (whole masks, chunks of 32)", f"{t_old / t_new:.1f}x"))
+    rows.append(
+        (
+            f"paste {k} masks at {size[0]}x{size[1]} and their boxes (output = input size; "
+            f"{'same' if same else 'DIFFERENT'} masks)",
+            ms(t_new),
+            f"{ms(t_old)} (whole masks, chunks of 32)",
+            f"{t_old / t_new:.1f}x",
+        )
+    )
     k, image, out = (20, (200, 300), (1000, 1500)) if quick else (100, (800, 1200), (4000, 6000))
     new = paste_peak(k, image, out, "new")
     old = paste_peak(k, image, out, "old")
     kept = new["kept_bytes"]
-    rows.append((f"paste peak memory, {k} masks, input {image[0]}x{image[1]} -> "
-                 f"output {out[0]}x{out[1]}",
-                 f"{new['delta_bytes'] / 2**20:.0f} MiB = "
-                 f"{new['delta_bytes'] / kept:.2f}x the kept bool masks",
-                 f"{old['delta_bytes'] / 2**20:.0f} MiB = "
-                 f"{old['delta_bytes'] / kept:.2f}x (chunks of 32)",
-                 f"{old['delta_bytes'] / max(new['delta_bytes'], 1):.1f}x less"))
+    rows.append(
+        (
+            f"paste peak memory, {k} masks, input {image[0]}x{image[1]} -> "
+            f"output {out[0]}x{out[1]}",
+            f"{new['delta_bytes'] / 2**20:.0f} MiB = "
+            f"{new['delta_bytes'] / kept:.2f}x the kept bool masks",
+            f"{old['delta_bytes'] / 2**20:.0f} MiB = "
+            f"{old['delta_bytes'] / kept:.2f}x (chunks of 32)",
+            f"{old['delta_bytes'] / max(new['delta_bytes'], 1):.1f}x less",
+        )
+    )
     return rows, {"paste_peak_ratio": new["delta_bytes"] / kept}
 
 
@@ -231,7 +294,14 @@ def bench_targets(quick):
     masks, classes = random_instances(2, n, h, w)
     boxes = boxes_of(masks)
     sizes = [(h // 4, w // 4)] * 5
-    kw = dict(num_grids=GRIDS, scale_ranges=RANGES, mask_sizes=sizes, sigma=0.2, num_classes=80, gt_boxes=boxes)
+    kw = dict(
+        num_grids=GRIDS,
+        scale_ranges=RANGES,
+        mask_sizes=sizes,
+        sigma=0.2,
+        num_classes=80,
+        gt_boxes=boxes,
+    )
     out = solo_targets(masks, classes, **kw)
     m_total = sum(t.num_targets for t in out)
     rows, results = [], {}
@@ -246,7 +316,11 @@ def bench_targets(quick):
 
         def ref_targets_and_dice(logits):
             return port_lib.targets_and_dice(port, port_model, instances, sizes[0], logits)
-        ref_name, ref_loss_name = "AdelaiDet port's get_ground_truth", "AdelaiDet port: get_ground_truth + its dice_loss"
+
+        ref_name, ref_loss_name = (
+            "AdelaiDet port's get_ground_truth",
+            "AdelaiDet port: get_ground_truth + its dice_loss",
+        )
     elif quick:
         m_port = m_total
 
@@ -255,16 +329,26 @@ def bench_targets(quick):
 
         def ref_targets_and_dice(logits):
             return adelaidet_targets_and_dice(masks, classes, boxes, sizes, logits)
+
         ref_name = ref_loss_name = "AdelaiDet loops re-implemented, quick mode"
     else:
         ref_name = None
     threads = torch.get_num_threads()
     for nt in (1, 2):  # the issue measured with 2 threads
         torch.set_num_threads(nt)
-        label = (f"target assignment, 2 images x {n} instances, {h}x{w} ({m_total} mask targets), "
-                 f"{nt} thread{'s' if nt > 1 else ''}")
+        label = (
+            f"target assignment, 2 images x {n} instances, {h}x{w} ({m_total} mask targets), "
+            f"{nt} thread{'s' if nt > 1 else ''}"
+        )
         if ref_name is None:
-            rows.append((label, ms(timeit(lambda: solo_targets(masks, classes, **kw), repeats=5)), NOT_MEASURED, ""))
+            rows.append(
+                (
+                    label,
+                    ms(timeit(lambda: solo_targets(masks, classes, **kw), repeats=5)),
+                    NOT_MEASURED,
+                    "",
+                )
+            )
             continue
         times = {"vec": [], "loop": []}
         for _ in range(1 if quick else 5):  # interleaved rounds, so load changes hit both
@@ -274,11 +358,23 @@ def bench_targets(quick):
         # the ratio of each round (both measured within seconds of each other), median and range
         ratios = sorted(lo / v for lo, v in zip(times["loop"], times["vec"]))
         spread = f" (rounds {ratios[0]:.1f}-{ratios[-1]:.1f}x)" if len(ratios) > 1 else ""
-        rows.append((label, ms(t_vec), f"{ms(t_loop)} "
-                                       f"({ref_name}{', ' + str(m_port) + ' mask targets' if m_port != m_total else ''})",
-                     f"{statistics.median(ratios):.1f}x{spread}"))
-        results.update({f"targets_speedup_{nt}": statistics.median(ratios), f"targets_vec_s_{nt}": t_vec,
-                        f"targets_loop_s_{nt}": t_loop, f"targets_rounds_{nt}": ratios})
+        rows.append(
+            (
+                label,
+                ms(t_vec),
+                f"{ms(t_loop)} "
+                f"({ref_name}{', ' + str(m_port) + ' mask targets' if m_port != m_total else ''})",
+                f"{statistics.median(ratios):.1f}x{spread}",
+            )
+        )
+        results.update(
+            {
+                f"targets_speedup_{nt}": statistics.median(ratios),
+                f"targets_vec_s_{nt}": t_vec,
+                f"targets_loop_s_{nt}": t_loop,
+                f"targets_rounds_{nt}": ratios,
+            }
+        )
     torch.set_num_threads(threads)
     # targets + mask loss, forward and backward:
     # the compact targets must not move the cost into the loss
@@ -288,11 +384,19 @@ def bench_targets(quick):
         ref_logits = torch.randn(m_port, *sizes[0], generator=g).requires_grad_()
         times = {"vec": [], "loop": []}
         for _ in range(1 if quick else 3):
-            times["vec"].append(timeit(lambda: targets_and_dice(masks, classes, kw, logits), repeats=3))
+            times["vec"].append(
+                timeit(lambda: targets_and_dice(masks, classes, kw, logits), repeats=3)
+            )
             times["loop"].append(timeit(lambda: ref_targets_and_dice(ref_logits), repeats=1))
         t_vec, t_loop = (statistics.median(times[k]) for k in ("vec", "loop"))
-        rows.append((f"targets + dice loss forward and backward ({m_total} mask targets, 1 thread)",
-                     ms(t_vec), f"{ms(t_loop)} ({ref_loss_name})", f"{t_loop / t_vec:.1f}x"))
+        rows.append(
+            (
+                f"targets + dice loss forward and backward ({m_total} mask targets, 1 thread)",
+                ms(t_vec),
+                f"{ms(t_loop)} ({ref_loss_name})",
+                f"{t_loop / t_vec:.1f}x",
+            )
+        )
         results["targets_loss_speedup"] = t_loop / t_vec
     counts = (1, 10, 50) if quick else (1, 10, 50, 100, 250, 500)
     times = []
@@ -301,10 +405,14 @@ def bench_targets(quick):
         b = boxes_of(m)
         times.append(timeit(lambda: solo_targets(m, cl, **dict(kw, gt_boxes=b)), repeats=3))
     slope = (times[-1] - times[0]) / (counts[-1] - counts[0]) / 2  # per instance per image
-    rows.append((f"target assignment vs instances per image ({h}x{w}, batch 2, 1 thread)",
-                 ", ".join(f"{c}: {ms(t)}" for c, t in zip(counts, times)),
-                 f"slope {slope * 1e3:.2f} ms per instance per image",
-                 f"{times[-1] / times[0]:.0f}x from {counts[0]} to {counts[-1]}"))
+    rows.append(
+        (
+            f"target assignment vs instances per image ({h}x{w}, batch 2, 1 thread)",
+            ", ".join(f"{c}: {ms(t)}" for c, t in zip(counts, times)),
+            f"slope {slope * 1e3:.2f} ms per instance per image",
+            f"{times[-1] / times[0]:.0f}x from {counts[0]} to {counts[-1]}",
+        )
+    )
     results["slope_s"] = slope
     return rows, results
 
@@ -322,7 +430,10 @@ def bench_bisenet(quick):
     from solo_d2.model_zoo import get_config
 
     rows, results = [], {}
-    for name, config in (("BiSeNetV1 R18", "BiSeNet/V1_R18_cityscapes.yaml"), ("BiSeNetV2", "BiSeNet/V2_cityscapes.yaml")):
+    for name, config in (
+        ("BiSeNetV1 R18", "BiSeNet/V1_R18_cityscapes.yaml"),
+        ("BiSeNetV2", "BiSeNet/V2_cityscapes.yaml"),
+    ):
         cfg = get_config(config)
         cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
         model = build_model(cfg).eval()
@@ -339,10 +450,15 @@ def bench_bisenet(quick):
                         set_inplace(model, flag)
                         times[flag].append(timeit(lambda: model._predict(x), repeats=1, warmup=0))
             t_in, t_out = statistics.median(times[True]), statistics.median(times[False])
-            rows.append((f"{name} inference {size[0]}x{size[1]} "
-                         f"({'same' if same else 'DIFFERENT'} logits)",
-                         f"{ms(t_in)} ({1 / t_in:.2f} FPS)", f"{ms(t_out)} (out-of-place ReLU)",
-                         f"{t_out / t_in:.2f}x"))
+            rows.append(
+                (
+                    f"{name} inference {size[0]}x{size[1]} "
+                    f"({'same' if same else 'DIFFERENT'} logits)",
+                    f"{ms(t_in)} ({1 / t_in:.2f} FPS)",
+                    f"{ms(t_out)} (out-of-place ReLU)",
+                    f"{t_out / t_in:.2f}x",
+                )
+            )
             results[f"{name} {size[0]}x{size[1]}"] = t_out / t_in
     return rows, results
 
@@ -367,7 +483,11 @@ def _train_child(args):
 
     step()  # warm-up (allocations of the first step)
     t, peak = peak_memory(lambda: timeit(step, repeats=steps, warmup=0))
-    print(json.dumps({"step_s": t, "peak_mib": _status_kib("VmHWM") / 1024, "delta_mib": peak / 2**20}))
+    print(
+        json.dumps(
+            {"step_s": t, "peak_mib": _status_kib("VmHWM") / 1024, "delta_mib": peak / 2**20}
+        )
+    )
 
 
 def bench_training(quick):
@@ -379,16 +499,30 @@ def bench_training(quick):
     for config in configs:
         name = os.path.relpath(config, configs_dir())
         # a fresh process per config; `-m` runs this module, from any directory
-        cmd = [sys.executable, "-m", "benchmarks.runner", "--train-child", f"{config},{h},{w},{1 if quick else 2}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.runner",
+            "--train-child",
+            f"{config},{h},{w},{1 if quick else 2}",
+        ]
         print(f"  training configs/{name} ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
         if proc.returncode != 0:
-            rows.append((f"train step {name}", "failed", proc.stderr.strip().splitlines()[-1][:120], ""))
+            rows.append(
+                (f"train step {name}", "failed", proc.stderr.strip().splitlines()[-1][:120], "")
+            )
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows.append((f"train step {name}, batch 2, {h}x{w}, CPU fp32", f"{r['step_s']:.2f} s/step",
-                     f"peak RSS {r['peak_mib']:.0f} MiB (+{r['delta_mib']:.0f} MiB above "
-                     "the model during a step)", ""))
+        rows.append(
+            (
+                f"train step {name}, batch 2, {h}x{w}, CPU fp32",
+                f"{r['step_s']:.2f} s/step",
+                f"peak RSS {r['peak_mib']:.0f} MiB (+{r['delta_mib']:.0f} MiB above "
+                "the model during a step)",
+                "",
+            )
+        )
     return rows, {}
 
 
@@ -442,6 +576,7 @@ def _ops(c):
 def _count_ratio(ours, ref):
     def r(a, b):
         return f"{a / b:.2f}x" if b else ("=" if a == b else "inf")
+
     return f"ops {r(ours.kernel_ops, ref.kernel_ops)}, syncs {r(ours.syncs, ref.syncs)}"
 
 
@@ -490,22 +625,51 @@ def bench_counts(quick):
 
     # post-processing: the head outputs of the postprocess section (n candidates, 100 kept) and
     # fewer objects with lower scores (fewer kept)
-    cases = [("~300 candidates", "~300 candidates", dict(num_candidates=300, num_objects=8, scores=(0.12, 0.3))),
-             ("~1500 candidates", "~1500 candidates", dict(num_candidates=1500, num_objects=8, scores=(0.12, 0.3))),
-             ("100 kept", "100 detections kept (the postprocess section's inputs, ~300 candidates)",
-              dict(num_candidates=300, num_objects=60))]
+    cases = [
+        (
+            "~300 candidates",
+            "~300 candidates",
+            dict(num_candidates=300, num_objects=8, scores=(0.12, 0.3)),
+        ),
+        (
+            "~1500 candidates",
+            "~1500 candidates",
+            dict(num_candidates=1500, num_objects=8, scores=(0.12, 0.3)),
+        ),
+        (
+            "100 kept",
+            "100 detections kept (the postprocess section's inputs, ~300 candidates)",
+            dict(num_candidates=300, num_objects=60),
+        ),
+    ]
     if quick:
-        cases = [(key, label, dict(kw, num_candidates=kw["num_candidates"] // 5)) for key, label, kw in cases]
+        cases = [
+            (key, label, dict(kw, num_candidates=kw["num_candidates"] // 5))
+            for key, label, kw in cases
+        ]
     for key, label, kw in cases:
         cate, mask_out, padded = synthetic_solov2_outputs(size=size, **kw)
         n_cand = int(sum((point_nms(c.sigmoid()) > ours_model.score_thresh).sum() for c in cate))
         with torch.no_grad():
-            ref, c_ref = _counted(lambda: port_lib.postprocess(port, port_model, cate, mask_out, padded))
+            ref, c_ref = _counted(
+                lambda: port_lib.postprocess(port, port_model, cate, mask_out, padded)
+            )
             ours, c_ours = _counted(lambda: solo_d2_postprocess(ours_model, cate, mask_out, padded))
         same = compare_instances(ours, ref.pred_masks, ref.scores, ref.pred_classes)
-        rows.append((f"post-processing, {label}: {n_cand} candidates, {len(ours)} kept ({same})",
-                     _ops(c_ours), _ops(c_ref), _count_ratio(c_ours, c_ref)))
-        results[f"count_post_{key}"] = (c_ours.kernel_ops, c_ours.syncs, c_ref.kernel_ops, c_ref.syncs)
+        rows.append(
+            (
+                f"post-processing, {label}: {n_cand} candidates, {len(ours)} kept ({same})",
+                _ops(c_ours),
+                _ops(c_ref),
+                _count_ratio(c_ours, c_ref),
+            )
+        )
+        results[f"count_post_{key}"] = (
+            c_ours.kernel_ops,
+            c_ours.syncs,
+            c_ref.kernel_ops,
+            c_ref.syncs,
+        )
         _print_causes("solo_d2", c_ours)
         _print_causes("port", c_ref)
 
@@ -520,9 +684,15 @@ def bench_counts(quick):
         ref, c_ref = _counted(lambda: port_model(inputs)[0]["instances"], host=[image])
         ours, c_ours = _counted(lambda: ours_model(inputs)[0]["instances"], host=[image])
     same = len(ours) == len(ref) and torch.allclose(ours.scores, ref.scores, atol=1e-5, rtol=0)
-    rows.append((f"whole-model inference, one {hw} image, ~{n_cand} candidates, {len(ours)} kept "
-                 f"({'same' if same else 'DIFFERENT'} detections)",
-                 _ops(c_ours), _ops(c_ref), _count_ratio(c_ours, c_ref)))
+    rows.append(
+        (
+            f"whole-model inference, one {hw} image, ~{n_cand} candidates, {len(ours)} kept "
+            f"({'same' if same else 'DIFFERENT'} detections)",
+            _ops(c_ours),
+            _ops(c_ref),
+            _count_ratio(c_ours, c_ref),
+        )
+    )
     results["count_model"] = (c_ours.kernel_ops, c_ours.syncs, c_ref.kernel_ops, c_ref.syncs)
     _print_causes("solo_d2", c_ours)
     _print_causes("port", c_ref)
@@ -539,8 +709,11 @@ def bench_counts(quick):
         images = ImageList(torch.empty(2, 3, *size), [tuple(size)] * 2)
 
         def leaves():  # fresh head outputs that require gradients (made outside the count)
-            return ([t.clone().requires_grad_() for t in cate], [t.clone().requires_grad_() for t in kernels],
-                    feats.clone().requires_grad_())
+            return (
+                [t.clone().requires_grad_() for t in cate],
+                [t.clone().requires_grad_() for t in kernels],
+                feats.clone().requires_grad_(),
+            )
 
         def port_step(c, k, f):
             losses = port_lib.training_losses(port_model, instances, c, k, f)
@@ -554,9 +727,20 @@ def bench_counts(quick):
 
         _, c_ref = _counted(port_step, setup=leaves)
         _, c_ours = _counted(ours_step, setup=leaves)
-        rows.append((f"training step: targets + loss + backward, batch 2, {n} instances per image, {hw}",
-                     _ops(c_ours), _ops(c_ref), _count_ratio(c_ours, c_ref)))
-        results[f"count_train_{n}"] = (c_ours.kernel_ops, c_ours.syncs, c_ref.kernel_ops, c_ref.syncs)
+        rows.append(
+            (
+                f"training step: targets + loss + backward, batch 2, {n} instances per image, {hw}",
+                _ops(c_ours),
+                _ops(c_ref),
+                _count_ratio(c_ours, c_ref),
+            )
+        )
+        results[f"count_train_{n}"] = (
+            c_ours.kernel_ops,
+            c_ours.syncs,
+            c_ref.kernel_ops,
+            c_ref.syncs,
+        )
         _print_causes("solo_d2", c_ours)
         _print_causes("port", c_ref)
     return rows, results
@@ -566,7 +750,9 @@ def ours_model_cfg(model):
     """The config fields :func:`training_batch` reads, of a solo_d2 ``SOLO`` model."""
     from detectron2.config import CfgNode
 
-    return CfgNode({"MODEL": {"META_ARCHITECTURE": "SOLO", "SOLO": {"NUM_CLASSES": model.num_classes}}})
+    return CfgNode(
+        {"MODEL": {"META_ARCHITECTURE": "SOLO", "SOLO": {"NUM_CLASSES": model.num_classes}}}
+    )
 
 
 SECTIONS = {
@@ -586,11 +772,15 @@ CUDA_SECTIONS = ("cuda_inference", "cuda_training")
 def git_commit(path):
     """``<short commit>`` of the git checkout at ``path`` (``+ uncommitted changes`` when its
     tracked files differ from it), or None where ``path`` is not a checkout."""
+
     def git(*a):
         return subprocess.run(["git", "-C", path, *a], capture_output=True, text=True, timeout=60)
+
     try:
         head = git("rev-parse", "--short=12", "HEAD")
-        if head.returncode != 0 or os.path.realpath(git("rev-parse", "--show-toplevel").stdout.strip()) != os.path.realpath(path):
+        if head.returncode != 0 or os.path.realpath(
+            git("rev-parse", "--show-toplevel").stdout.strip()
+        ) != os.path.realpath(path):
             return None
         dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -613,7 +803,9 @@ def main(argv=None):
     """The command line of ``tools/benchmark.py``
     (``argv``: the arguments, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(prog="tools/benchmark.py", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, a smoke run of every section")
+    ap.add_argument(
+        "--quick", action="store_true", help="small sizes, a smoke run of every section"
+    )
     ap.add_argument("--write", help="write the markdown tables to this file")
     ap.add_argument("--only", nargs="+", choices=sorted(SECTIONS))
     ap.add_argument("--train-child", help=argparse.SUPPRESS)
@@ -630,11 +822,21 @@ def main(argv=None):
     except (OSError, StopIteration):
         pass
     # the last piece is triple-quoted only so that its long expression can span lines
-    header = (f"machine: {cpu}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
-              f"Python {platform.python_version()}, torch {torch.__version__}, "
-              f"detectron2 {detectron2.__version__}, "
-              f"""CUDA {torch.version.cuda + ' on ' + torch.cuda.get_device_name() + ' (allocator '
-                        + torch.cuda.get_allocator_backend() + ')' if torch.cuda.is_available() else 'no'}""")
+    header = (
+        f"machine: {cpu}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"detectron2 {detectron2.__version__}, "
+        f"""CUDA {
+            torch.version.cuda
+            + " on "
+            + torch.cuda.get_device_name()
+            + " (allocator "
+            + torch.cuda.get_allocator_backend()
+            + ")"
+            if torch.cuda.is_available()
+            else "no"
+        }"""
+    )
     header += f"; {run_stamp()}"
     print(header, flush=True)
     torch.manual_seed(0)
@@ -655,7 +857,9 @@ def main(argv=None):
         print(line)
     port = port_lib.loaded_port()
     if port is not None:  # the AdelaiDet checkout that the AdelaiDet columns ran
-        header += f"; AdelaiDet {git_commit(port.root) or 'checkout without .git'} from {port_lib.ENV}"
+        header += (
+            f"; AdelaiDet {git_commit(port.root) or 'checkout without .git'} from {port_lib.ENV}"
+        )
     if args.write:
         text = render(header, goals(results), rows, args.quick)
         if args.only and os.path.exists(args.write):  # replace only the sections that ran

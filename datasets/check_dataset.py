@@ -10,6 +10,7 @@
 missing or unreadable one. Exit status 0 when every file checked is fine, 1 otherwise (each
 problem is printed).
 """
+
 import argparse
 import os
 import sys
@@ -21,11 +22,17 @@ from solo_d2.data.register import add_register_arguments, register_from_args  # 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("names", nargs="+", help="registered dataset names")
-    parser.add_argument("--check-images", choices=CHECK_IMAGES_MODES, default="sample",
-                        help="image files to check: that a fixed sample of --sample-size items exists (default), "
-                        "'all' (decode every image and label file), or none")
+    parser.add_argument(
+        "--check-images",
+        choices=CHECK_IMAGES_MODES,
+        default="sample",
+        help="image files to check: that a fixed sample of --sample-size items exists (default), "
+        "'all' (decode every image and label file), or none",
+    )
     parser.add_argument("--sample-size", type=int, default=IMAGE_SAMPLE_SIZE)
     add_register_arguments(parser)
     args = parser.parse_args(argv)
@@ -42,7 +49,11 @@ def main(argv=None):
         try:
             check_dataset(name, check_images=args.check_images, sample_size=args.sample_size)
             print("{}: OK".format(name))
-        except (KeyError, OSError, ValueError) as e:  # OSError: missing (FileNotFoundError) or unreadable
+        except (
+            KeyError,
+            OSError,
+            ValueError,
+        ) as e:  # OSError: missing (FileNotFoundError) or unreadable
             print("{}: {}".format(name, e), file=sys.stderr)
             failed += 1
     return 1 if failed else 0

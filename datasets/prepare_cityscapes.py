@@ -9,6 +9,7 @@ explicit root and existing files skipped.
     python datasets/prepare_cityscapes.py                       # $DETECTRON2_DATASETS/cityscapes
     python datasets/prepare_cityscapes.py --cityscapes /data/cityscapes
 """
+
 import argparse
 import glob
 import os
@@ -17,17 +18,26 @@ import sys
 
 def main(argv=None):
     root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cityscapes", default=os.path.join(root, "cityscapes"),
-                        help="Cityscapes root holding gtFine/ (default: $DETECTRON2_DATASETS/cityscapes)")
-    parser.add_argument("--overwrite", action="store_true", help="recreate existing labelTrainIds files")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cityscapes",
+        default=os.path.join(root, "cityscapes"),
+        help="Cityscapes root holding gtFine/ (default: $DETECTRON2_DATASETS/cityscapes)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="recreate existing labelTrainIds files"
+    )
     args = parser.parse_args(argv)
 
     gt_root = os.path.join(args.cityscapes, "gtFine")
     if not os.path.isdir(gt_root):
-        sys.exit("'{}' does not exist: download gtFine_trainvaltest.zip from "
-                 "https://www.cityscapes-dataset.com/downloads/ and unzip it into '{}' "
-                 "(see datasets/README.md)".format(gt_root, args.cityscapes))
+        sys.exit(
+            "'{}' does not exist: download gtFine_trainvaltest.zip from "
+            "https://www.cityscapes-dataset.com/downloads/ and unzip it into '{}' "
+            "(see datasets/README.md)".format(gt_root, args.cityscapes)
+        )
     from cityscapesscripts.preparation.json2labelImg import json2labelImg
 
     files = sorted(glob.glob(os.path.join(gt_root, "*", "*", "*_gtFine_polygons.json")))
@@ -41,7 +51,11 @@ def main(argv=None):
             done += 1
         if (i + 1) % 500 == 0:
             print("{}/{} files".format(i + 1, len(files)))
-    print("Wrote {} labelTrainIds files ({} already present) under {}".format(done, len(files) - done, gt_root))
+    print(
+        "Wrote {} labelTrainIds files ({} already present) under {}".format(
+            done, len(files) - done, gt_root
+        )
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ the Cityscapes loaders and evaluators (:mod:`solo_d2.data.cityscapes`,
 :mod:`solo_d2.evaluation.cityscapes`: main's import a module that exists nowhere public) and
 the semantic-segmentation evaluator (:mod:`solo_d2.evaluation.sem_seg`: main changed mIoU).
 """
+
 import functools
 import logging
 import weakref
@@ -73,7 +74,9 @@ def init_default_trainer(trainer, cfg, *, wrap_model, checkpointables):
     trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
     trainer._trainer = trainer_cls(model, data_loader, optimizer)
     trainer.scheduler = trainer.build_lr_scheduler(cfg, optimizer)
-    trainer.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(trainer), **checkpointables)
+    trainer.checkpointer = DetectionCheckpointer(
+        model, cfg.OUTPUT_DIR, trainer=weakref.proxy(trainer), **checkpointables
+    )
     trainer.start_iter = 0
     trainer.max_iter = cfg.SOLVER.MAX_ITER
     trainer.cfg = cfg
@@ -110,7 +113,9 @@ def seed_sampler(sampler, seed: int) -> bool:
 
 def json_writers(trainer_hooks):
     """The ``JSONWriter``s of the ``PeriodicWriter`` hooks (their private ``_writers``)."""
-    return [w for h in trainer_hooks for w in getattr(h, "_writers", []) if isinstance(w, JSONWriter)]
+    return [
+        w for h in trainer_hooks for w in getattr(h, "_writers", []) if isinstance(w, JSONWriter)
+    ]
 
 
 def reopen_json_writers(writers, flush_only=False):
@@ -144,8 +149,11 @@ class FinishedTrainingEvalHook(hooks.EvalHook):
             if self.trainer.iter >= self.trainer.max_iter:
                 self._do_eval()
             else:
-                logger.warning("Training stopped at iteration %d of %d: no final evaluation", self.trainer.iter,
-                               self.trainer.max_iter)
+                logger.warning(
+                    "Training stopped at iteration %d of %d: no final evaluation",
+                    self.trainer.iter,
+                    self.trainer.max_iter,
+                )
         del self._func  # as EvalHook.after_train: free the evaluation closure (and its data)
 
 

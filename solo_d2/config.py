@@ -6,6 +6,7 @@
 solver, distributed CPU training). :func:`get_cfg` composes them (imports run one way: this
 module -> the method adders -> the common adder).
 """
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _d2_get_cfg
 

@@ -4,6 +4,7 @@
 test imports solo_d2 or detectron2 (both read it at import time). Generation is
 atomic and stamped, so pytest-xdist workers can ask for the same data at once.
 """
+
 import os
 from pathlib import Path
 

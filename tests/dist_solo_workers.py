@@ -5,6 +5,7 @@ measured to files in ``out_dir``; the test process compares them with a single-p
 The model is the tiny synthetic SOLOv2 (R18 with GroupNorm, 64-channel FPN and heads), so
 there is no BatchNorm whose statistics would depend on the batch split.
 """
+
 import importlib.util
 import json
 import os
@@ -30,15 +31,24 @@ IMAGE_SIZE = 128
 # Small and fast, but still the synthetic SOLOv2 recipe. Untrained SOLO scores start at the
 # focal prior (0.01), so the score thresholds are lowered to get predictions to evaluate.
 TINY_OPTS = [
-    "INPUT.MIN_SIZE_TRAIN", "(96, 128)",
-    "INPUT.MAX_SIZE_TRAIN", "160",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "160",
-    "MODEL.SOLO.SCORE_THR", "0.0",
-    "MODEL.SOLO.UPDATE_THR", "0.0",
-    "MODEL.SOLO.NMS_PRE", "60",
-    "MODEL.SOLO.MAX_PER_IMG", "30",
-    "DATALOADER.NUM_WORKERS", "0",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(96, 128)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "160",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "160",
+    "MODEL.SOLO.SCORE_THR",
+    "0.0",
+    "MODEL.SOLO.UPDATE_THR",
+    "0.0",
+    "MODEL.SOLO.NMS_PRE",
+    "60",
+    "MODEL.SOLO.MAX_PER_IMG",
+    "30",
+    "DATALOADER.NUM_WORKERS",
+    "0",
 ]
 
 
@@ -142,12 +152,18 @@ def train_worker(out_dir, max_iter):
     rank = comm.get_rank()
     torch.manual_seed(100 + rank)  # different random init per rank: DDP must broadcast rank 0's
     cfg = tiny_cfg(
-        "DATASETS.TEST", "()",
-        "SOLVER.IMS_PER_BATCH", str(comm.get_world_size()),
-        "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.CHECKPOINT_PERIOD", "100000",
-        "OUTPUT_DIR", os.path.join(out_dir, "train_output"),
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.IMS_PER_BATCH",
+        str(comm.get_world_size()),
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100000",
+        "OUTPUT_DIR",
+        os.path.join(out_dir, "train_output"),
     )
     trainer = Trainer(cfg)
     snap = _Snapshot()
@@ -156,7 +172,12 @@ def train_worker(out_dir, max_iter):
         trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
     torch.save(
-        {"initial": snap.initial, "final": model.state_dict(), "iter": trainer.iter, "world": comm.get_world_size()},
+        {
+            "initial": snap.initial,
+            "final": model.state_dict(),
+            "iter": trainer.iter,
+            "world": comm.get_world_size(),
+        },
         os.path.join(out_dir, f"train_rank{rank}.pt"),
     )
 
@@ -214,7 +235,10 @@ def syncbn_grads_worker(state_path, out_dir):
     norms = sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__})
     with native_conv():
         losses, grads = loss_and_grads(_create_ddp_model(model), [make_seg_input(rank)])
-    torch.save({"losses": losses, "grads": grads, "norms": norms}, os.path.join(out_dir, f"syncbn_rank{rank}.pt"))
+    torch.save(
+        {"losses": losses, "grads": grads, "norms": norms},
+        os.path.join(out_dir, f"syncbn_rank{rank}.pt"),
+    )
 
 
 # ---------------------------------------------------------------- train_net with a crash
@@ -222,7 +246,9 @@ def syncbn_grads_worker(state_path, out_dir):
 
 def load_train_net():
     """``tools/train_net.py`` as a module (its ``__main__`` block does not run)."""
-    spec = importlib.util.spec_from_file_location("solo_d2_tools_train_net", os.path.join(ROOT, "tools", "train_net.py"))
+    spec = importlib.util.spec_from_file_location(
+        "solo_d2_tools_train_net", os.path.join(ROOT, "tools", "train_net.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -264,9 +290,18 @@ def run_crashing_train_net(argv):
 
 # ---------------------------------------------------------------- panoptic (SOLOPanoptic)
 PANOPTIC_OPTS = [
-    "MODEL.META_ARCHITECTURE", "SOLOPanoptic", "MODEL.SEM_SEG_HEAD.NAME", "SOLOv2StuffHead",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+    "MODEL.META_ARCHITECTURE",
+    "SOLOPanoptic",
+    "MODEL.SEM_SEG_HEAD.NAME",
+    "SOLOv2StuffHead",
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+    "3",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    "32",
+    "DATASETS.TRAIN",
+    "()",
+    "DATASETS.TEST",
+    "()",
 ]
 
 

@@ -1,4 +1,5 @@
 """Worker functions for distributed tests (module-level so spawn can pickle them)."""
+
 import os
 
 import torch
@@ -10,8 +11,10 @@ def report_ranks(out_dir):
     t = torch.tensor([float(comm.get_rank())])
     dist.all_reduce(t)
     with open(os.path.join(out_dir, f"rank{comm.get_rank()}.txt"), "w") as f:
-        f.write(f"{comm.get_rank()} {comm.get_local_rank()} {comm.get_world_size()} "
-                f"{comm.get_local_size()} {t.item()}")
+        f.write(
+            f"{comm.get_rank()} {comm.get_local_rank()} {comm.get_world_size()} "
+            f"{comm.get_local_size()} {t.item()}"
+        )
 
 
 def crash_on_rank1():

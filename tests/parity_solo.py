@@ -6,6 +6,7 @@ Three fixture formats (``tests/data/README.md``): the official SOLO code (``offi
 mmdetection 3.3.0 (``mmdet_*``) and AdelaiDet (``adelaidet_*``). :class:`SoloFixture` hides their
 differences in file names, image channel order and state-dict layout.
 """
+
 import json
 import os
 import subprocess
@@ -33,8 +34,13 @@ ADELAIDET_KEYS = {
     "MODEL.SOLOV2.NUM_MASKS": "MODEL.SOLO.MASK_FEAT_CHANNELS",
 }
 # implied by the mapped keys (equal FPN channels, NUM_KERNELS = NUM_MASKS) or not model shape
-ADELAIDET_IMPLIED = {"MODEL.SOLOV2.INSTANCE_IN_CHANNELS", "MODEL.SOLOV2.MASK_IN_CHANNELS", "MODEL.SOLOV2.NUM_KERNELS",
-                     "MODEL.DEVICE", "INPUT.MIN_SIZE_TEST"}
+ADELAIDET_IMPLIED = {
+    "MODEL.SOLOV2.INSTANCE_IN_CHANNELS",
+    "MODEL.SOLOV2.MASK_IN_CHANNELS",
+    "MODEL.SOLOV2.NUM_KERNELS",
+    "MODEL.DEVICE",
+    "INPUT.MIN_SIZE_TEST",
+}
 
 
 def adelaidet_shrink_opts(manifest: dict) -> List[str]:
@@ -74,7 +80,11 @@ class SoloFixture:
         rule = m.get("weight_rule", m.get("rule"))
         assert rule == "crc32-v1", f"{self.name}: weight rule {rule!r}"
         state = OrderedDict((e[0], rule_tensor(e[0], e[1])) for e in m["state_dict"])
-        offsets = m["bias_offset"] if isinstance(m["bias_offset"], dict) else {m["bias_offset_key"]: m["bias_offset"]}
+        offsets = (
+            m["bias_offset"]
+            if isinstance(m["bias_offset"], dict)
+            else {m["bias_offset_key"]: m["bias_offset"]}
+        )
         for key, value in offsets.items():
             state[key] = state[key] + value
         return state
@@ -94,18 +104,31 @@ class SoloFixture:
         if self.kind == "adelaidet":
             return adelaidet_shrink_opts(m)
         o = {**m["config_overrides"], **m.get("v2_overrides", {})}
-        assert o["model.backbone.depth"] == 18 and o["model.neck.in_channels"] == [64, 128, 256, 512], o
+        assert o["model.backbone.depth"] == 18 and o["model.neck.in_channels"] == [
+            64,
+            128,
+            256,
+            512,
+        ], o
         opts = [
-            "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-            "MODEL.FPN.OUT_CHANNELS", str(o["model.neck.out_channels"]),
-            "MODEL.SOLO.INS_CHANNELS", str(o["model.bbox_head.seg_feat_channels"]),
-            "MODEL.SOLO.NUM_CONVS", str(o["model.bbox_head.stacked_convs"]),
+            "MODEL.RESNETS.DEPTH",
+            "18",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            "64",
+            "MODEL.FPN.OUT_CHANNELS",
+            str(o["model.neck.out_channels"]),
+            "MODEL.SOLO.INS_CHANNELS",
+            str(o["model.bbox_head.seg_feat_channels"]),
+            "MODEL.SOLO.NUM_CONVS",
+            str(o["model.bbox_head.stacked_convs"]),
         ]
         if "model.mask_feat_head.out_channels" in o:
             assert o["model.bbox_head.ins_out_channels"] == o["model.mask_feat_head.num_classes"], o
             opts += [
-                "MODEL.SOLO.MASK_MID_CHANNELS", str(o["model.mask_feat_head.out_channels"]),
-                "MODEL.SOLO.MASK_FEAT_CHANNELS", str(o["model.mask_feat_head.num_classes"]),
+                "MODEL.SOLO.MASK_MID_CHANNELS",
+                str(o["model.mask_feat_head.out_channels"]),
+                "MODEL.SOLO.MASK_FEAT_CHANNELS",
+                str(o["model.mask_feat_head.num_classes"]),
             ]
         return opts
 
@@ -114,13 +137,31 @@ class SoloFixture:
         AdelaiDet's ``{"model"}``), convert it with
         ``tools/convert_checkpoint.py --config-file <manifest's config>``; returns the written path
         and the tool's completed process."""
-        src, dst = os.path.join(tmp_dir, f"{self.name}.pth"), os.path.join(tmp_dir, f"{self.name}_solo_d2.pth")
+        src, dst = (
+            os.path.join(tmp_dir, f"{self.name}.pth"),
+            os.path.join(tmp_dir, f"{self.name}_solo_d2.pth"),
+        )
         state = self.reference_state()
-        torch.save({"model": state} if self.kind == "adelaidet" else {"meta": {}, "state_dict": state}, src)
+        torch.save(
+            {"model": state} if self.kind == "adelaidet" else {"meta": {}, "state_dict": state}, src
+        )
         proc = subprocess.run(
-            [sys.executable, os.path.join(REPO, "tools", "convert_checkpoint.py"), "--from", self.source,
-             "--config-file", self.config, src, dst, *self.shrink_opts(), *opts],
-            capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+            [
+                sys.executable,
+                os.path.join(REPO, "tools", "convert_checkpoint.py"),
+                "--from",
+                self.source,
+                "--config-file",
+                self.config,
+                src,
+                dst,
+                *self.shrink_opts(),
+                *opts,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return dst, proc
@@ -149,7 +190,9 @@ class SoloFixture:
         for key, value in state.items():
             if value.dim() == 0:
                 continue
-            hits = [k for k in by_shape.get(tuple(value.shape), []) if torch.equal(converted[k], value)]
+            hits = [
+                k for k in by_shape.get(tuple(value.shape), []) if torch.equal(converted[k], value)
+            ]
             if len(hits) == 1:
                 out[key] = hits[0]
         return out
@@ -169,8 +212,11 @@ class SoloFixture:
         """(masks bool [N, h, w], boxes float32 [N, 4] XYXY, classes int64 [N]) of image ``i``."""
         pre = f"gt{i}_" if self.kind == "official" else f"gt_{i}_"
         labels = "labels" if self.kind in ("official", "mmdet") else "classes"
-        return (self.load(pre + "masks.npy").astype(bool), self.load(pre + "boxes.npy").astype(np.float32),
-                self.load(pre + f"{labels}.npy").astype(np.int64))
+        return (
+            self.load(pre + "masks.npy").astype(bool),
+            self.load(pre + "boxes.npy").astype(np.float32),
+            self.load(pre + f"{labels}.npy").astype(np.int64),
+        )
 
 
 def dataset_dicts(images: Sequence[np.ndarray], gts=None) -> List[dict]:
@@ -181,11 +227,17 @@ def dataset_dicts(images: Sequence[np.ndarray], gts=None) -> List[dict]:
     out = []
     for k, img in enumerate(images):
         h, w = img.shape[:2]
-        d = {"image": torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous(), "height": h, "width": w}
+        d = {
+            "image": torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous(),
+            "height": h,
+            "width": w,
+        }
         if gts is not None:
             masks, boxes, classes = gts[k]
             d["instances"] = Instances(
-                (h, w), gt_boxes=Boxes(torch.from_numpy(boxes)), gt_classes=torch.from_numpy(classes),
+                (h, w),
+                gt_boxes=Boxes(torch.from_numpy(boxes)),
+                gt_classes=torch.from_numpy(classes),
                 gt_masks=BitMasks(torch.from_numpy(masks)),
             )
         out.append(d)
@@ -202,12 +254,16 @@ def match_order(scores, ref_scores, tol: float) -> List[int]:
     ``tol`` may come out swapped under float error."""
     order = list(range(len(ref_scores)))
     for i in range(len(ref_scores) - 1):
-        if abs(ref_scores[i] - ref_scores[i + 1]) < tol and abs(scores[i] - ref_scores[i]) > abs(scores[i] - ref_scores[i + 1]):
+        if abs(ref_scores[i] - ref_scores[i + 1]) < tol and abs(scores[i] - ref_scores[i]) > abs(
+            scores[i] - ref_scores[i + 1]
+        ):
             order[i], order[i + 1] = order[i + 1], order[i]
     return order
 
 
-def grad_norm_gap_allowed(ref32: float, ours32: float, ours64: float, ref64=None, rel: float = 1e-4) -> float:
+def grad_norm_gap_allowed(
+    ref32: float, ours32: float, ours64: float, ref64=None, rel: float = 1e-4
+) -> float:
     """How far our float32 gradient norm may lie from the reference's float32 one.
 
     ``rel`` of the value (the fixtures' suggested tolerance) plus the float32 error of both sides:

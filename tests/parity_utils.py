@@ -4,6 +4,7 @@ A parity fixture (``tests/data/<name>/manifest.json``, format described in the f
 README) lists every ``[key, shape, dtype]`` of the reference model's state dict; the weights
 themselves are not stored but follow the deterministic rule ``crc32-v1``, re-implemented here.
 """
+
 import json
 import math
 import os

@@ -5,6 +5,7 @@ The CUDA fp16 path (detectron2's ``AMPTrainer``) is tested in ``tests/test_cuda.
 GPU exists; these tests run everywhere and cover what both paths share: ops without kernels in
 reduced precision (the deformable conv), float32 losses, and float32 post-processing.
 """
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -49,7 +50,11 @@ def test_training_step_under_bf16_autocast(config):
     assert set(losses) == set(ref)
     for k, v in losses.items():
         assert v.dtype == torch.float32 and torch.isfinite(v), (k, v)
-        assert abs(v.item() - ref[k].item()) <= 0.1 * abs(ref[k].item()) + 1e-3, (k, v.item(), ref[k].item())
+        assert abs(v.item() - ref[k].item()) <= 0.1 * abs(ref[k].item()) + 1e-3, (
+            k,
+            v.item(),
+            ref[k].item(),
+        )
     sum(losses.values()).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -60,7 +65,9 @@ def test_solo_postprocessing_runs_in_float32_under_autocast():
     """Under autocast the head outputs are cast to float32 before post-processing: the result
     equals post-processing the same (bf16-rounded) outputs in float32 without autocast, with
     candidates on several levels (the in-place mask writes)."""
-    _, model = _model("Synthetic/SOLOv2_R18.yaml", "MODEL.SOLO.SCORE_THR", "0.0", "MODEL.SOLO.UPDATE_THR", "0.0")
+    _, model = _model(
+        "Synthetic/SOLOv2_R18.yaml", "MODEL.SOLO.SCORE_THR", "0.0", "MODEL.SOLO.UPDATE_THR", "0.0"
+    )
     model.eval()
     image = torch.randint(0, 255, (3, 96, 136), dtype=torch.uint8)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

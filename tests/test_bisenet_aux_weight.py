@@ -1,6 +1,7 @@
 """``MODEL.BISENET.AUX_LOSS_WEIGHT`` and ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT`` act on the loss dict:
 with the same weights and inputs, each auxiliary / booster term scales with AUX_LOSS_WEIGHT and
 the main term with LOSS_WEIGHT, and no other term changes."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -12,15 +13,32 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _losses(config, aux_weight, main_weight=1.0):
-    cfg = setup_cfg(str(REPO_ROOT / "configs" / config), [
-        "MODEL.WEIGHTS", "", "MODEL.BISENET.AUX_LOSS_WEIGHT", str(aux_weight),
-        "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", str(main_weight), "MODEL.BISENET.LOSS_TYPE", "ce",
-    ], device="cpu")
+    cfg = setup_cfg(
+        str(REPO_ROOT / "configs" / config),
+        [
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.BISENET.AUX_LOSS_WEIGHT",
+            str(aux_weight),
+            "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT",
+            str(main_weight),
+            "MODEL.BISENET.LOSS_TYPE",
+            "ce",
+        ],
+        device="cpu",
+    )
     torch.manual_seed(0)
     model = build_model(cfg).train()
     g = torch.Generator().manual_seed(1)
-    batch = [{"image": torch.randint(0, 256, (3, 64, 96), generator=g).float(),
-              "sem_seg": torch.randint(0, 19, (64, 96), generator=g), "height": 64, "width": 96} for _ in range(2)]
+    batch = [
+        {
+            "image": torch.randint(0, 256, (3, 64, 96), generator=g).float(),
+            "sem_seg": torch.randint(0, 19, (64, 96), generator=g),
+            "height": 64,
+            "width": 96,
+        }
+        for _ in range(2)
+    ]
     return {k: float(v) for k, v in model(batch).items()}
 
 

@@ -1,4 +1,5 @@
 """OHEM / plain cross entropy of BiSeNet on inputs whose per-pixel losses are known."""
+
 import math
 import os
 import tempfile
@@ -51,12 +52,16 @@ def test_ohem_min_kept_divisor_zero_keeps_every_valid_pixel():
     p = torch.linspace(0.95, 0.75, 40)
     targets = torch.randint(0, 3, (40,))
     for divisor in (0, 1):
-        loss = ohem_cross_entropy(logits_for(p, targets), targets.view(1, 1, -1), min_kept_divisor=divisor)
+        loss = ohem_cross_entropy(
+            logits_for(p, targets), targets.view(1, 1, -1), min_kept_divisor=divisor
+        )
         assert loss.item() == pytest.approx((-p.double().log()).mean().item(), rel=1e-5)
 
 
 def test_ohem_ignore_pixels_never_counted():
-    p = torch.cat([torch.tensor([0.3] * 5), torch.linspace(0.99, 0.8, 59)])  # 64 valid: n_min = 4 < 5 hard
+    p = torch.cat(
+        [torch.tensor([0.3] * 5), torch.linspace(0.99, 0.8, 59)]
+    )  # 64 valid: n_min = 4 < 5 hard
     targets = torch.randint(0, 3, (64,))
     base = ohem_cross_entropy(logits_for(p, targets), targets.view(1, 1, -1))
     # append 960 ignored pixels whose logits are terrible:
@@ -98,7 +103,9 @@ def test_plain_ce_matches_torch_and_upsamples():
     targets[:, :3] = 255
     up = F.interpolate(logits, size=(16, 24), mode="bilinear", align_corners=False)
     expected = F.cross_entropy(up, targets, ignore_index=255)
-    assert seg_loss(logits, targets, loss_type="ce").item() == pytest.approx(expected.item(), rel=1e-5)
+    assert seg_loss(logits, targets, loss_type="ce").item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
 
 
 def test_bad_options_raise():
@@ -137,5 +144,7 @@ def test_distributed_normalizer_matches_combined_batch(loss_type):
     seg_loss(full, targets, loss_type=loss_type).backward()
     out = torch.zeros_like(logits).share_memory_()
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_worker, args=(2, os.path.join(d, "init"), logits, targets, loss_type, out), nprocs=2)
+        mp.spawn(
+            _worker, args=(2, os.path.join(d, "init"), logits, targets, loss_type, out), nprocs=2
+        )
     assert torch.allclose(out, full.grad, atol=1e-6)

@@ -1,20 +1,27 @@
 """BiSeNet backbones, heads, test-time inference, DefaultPredictor and Visualizer."""
+
 import numpy as np
 import pytest
 import torch
-
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import SemanticSegmentor, build_backbone, build_model
 from detectron2.utils.visualizer import Visualizer
 
 import solo_d2  # noqa: F401  (registers the models)
-from solo_d2.modeling.bisenet import add_bisenet_config, predict_padded, predict_sliding, predict_tta
 from solo_d2.model_zoo import get_config
+from solo_d2.modeling.bisenet import (
+    add_bisenet_config,
+    predict_padded,
+    predict_sliding,
+    predict_tta,
+)
 
 
 def tiny_cfg(version="v1", depth=18, num_classes=5, **tta):
-    cfg = get_config("Synthetic/BiSeNetV1_R18.yaml" if version == "v1" else "Synthetic/BiSeNetV2.yaml")
+    cfg = get_config(
+        "Synthetic/BiSeNetV1_R18.yaml" if version == "v1" else "Synthetic/BiSeNetV2.yaml"
+    )
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
     if version == "v1" and depth == 50:
@@ -36,11 +43,17 @@ def test_add_bisenet_config_only_adds_keys():
     add_bisenet_config(cfg)
     add_bisenet_config(cfg)  # idempotent
     flat = lambda c, p="": {  # noqa: E731
-        p + k: v for k0, v0 in c.items() for k, v in ([(k0, v0)] if not hasattr(v0, "items") else flat(v0, k0 + ".").items())
+        p + k: v
+        for k0, v0 in c.items()
+        for k, v in ([(k0, v0)] if not hasattr(v0, "items") else flat(v0, k0 + ".").items())
     }
     before, after = flat(base), flat(cfg)
     assert all(after[k] == v for k, v in before.items())
-    assert {"MODEL.BISENET.LOSS_TYPE", "MODEL.BISENET_V2.EXPANSION", "TEST.SEM_SEG_TTA.MODE"} <= set(after)
+    assert {
+        "MODEL.BISENET.LOSS_TYPE",
+        "MODEL.BISENET_V2.EXPANSION",
+        "TEST.SEM_SEG_TTA.MODE",
+    } <= set(after)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +86,14 @@ def test_v1_backbone_bad_source_raises():
 
 def test_v2_backbone_strides_and_channels():
     backbone = build_backbone(tiny_cfg("v2")).eval()
-    expected = {"detail": (128, 8), "stem": (16, 4), "s3": (32, 8), "s4": (64, 16), "s5": (128, 32), "semantic": (128, 32)}
+    expected = {
+        "detail": (128, 8),
+        "stem": (16, 4),
+        "s3": (32, 8),
+        "s4": (64, 16),
+        "s5": (128, 32),
+        "semantic": (128, 32),
+    }
     assert {k: (s.channels, s.stride) for k, s in backbone.output_shape().items()} == expected
     with torch.no_grad():
         feats = backbone(torch.randn(1, 3, 64, 96))
@@ -105,14 +125,25 @@ def test_head_contract(version, source, loss_keys):
     total = sum(losses.values())
     assert torch.isfinite(total) and total.requires_grad
     total.backward()
-    assert all(p.grad is not None for n, p in head.named_parameters() if "boosters" not in n or version == "v2")
+    assert all(
+        p.grad is not None
+        for n, p in head.named_parameters()
+        if "boosters" not in n or version == "v2"
+    )
     with pytest.raises(ValueError, match="targets"):
         head(model.backbone(images), None)
 
     model.eval()
     called = []
-    hooks = [m.register_forward_hook(lambda *a: called.append(1)) for n, m in head.named_children() if n in ("aux8", "aux16", "boosters")]
-    hooks += [b.register_forward_hook(lambda *a: called.append(1)) for b in getattr(head, "boosters", {}).values()]
+    hooks = [
+        m.register_forward_hook(lambda *a: called.append(1))
+        for n, m in head.named_children()
+        if n in ("aux8", "aux16", "boosters")
+    ]
+    hooks += [
+        b.register_forward_hook(lambda *a: called.append(1))
+        for b in getattr(head, "boosters", {}).values()
+    ]
     with torch.no_grad():
         logits, extra = head(model.backbone(images), None)
     assert extra == {} and tuple(logits.shape) == (2, 7, 64, 64)
@@ -201,9 +232,14 @@ def test_default_predictor_and_visualizer():
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 128, 256
     cfg.DATASETS.TEST = ("bisenet_test_visualizer",)
     meta = MetadataCatalog.get("bisenet_test_visualizer")
-    meta.set(stuff_classes=["road", "car", "sky", "tree"], stuff_colors=[(128, 64, 128), (0, 0, 142), (70, 130, 180), (107, 142, 35)])
+    meta.set(
+        stuff_classes=["road", "car", "sky", "tree"],
+        stuff_colors=[(128, 64, 128), (0, 0, 142), (70, 130, 180), (107, 142, 35)],
+    )
     predictor = DefaultPredictor(cfg)
-    image = np.random.RandomState(0).randint(0, 255, (100, 170, 3)).astype(np.uint8)  # BGR, resized internally
+    image = (
+        np.random.RandomState(0).randint(0, 255, (100, 170, 3)).astype(np.uint8)
+    )  # BGR, resized internally
     sem_seg = predictor(image)["sem_seg"]
     assert sem_seg.shape == (4, 100, 170)
     labels = sem_seg.argmax(0)
@@ -213,14 +249,30 @@ def test_default_predictor_and_visualizer():
     assert np.abs(vis.astype(int) - image[:, :, ::-1].astype(int)).mean() > 5
 
 
-@pytest.mark.parametrize("name", ["BiSeNet/V1_R18_cityscapes.yaml", "BiSeNet/V1_R50_cityscapes.yaml", "BiSeNet/V2_cityscapes.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "BiSeNet/V1_R18_cityscapes.yaml",
+        "BiSeNet/V1_R50_cityscapes.yaml",
+        "BiSeNet/V2_cityscapes.yaml",
+    ],
+)
 def test_cityscapes_recipe_configs(name):
     cfg = get_config(name)
     assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 19 and cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE == 255
-    assert cfg.DATASETS.TRAIN == ("cityscapes_fine_sem_seg_train",) and cfg.DATASETS.TEST == ("cityscapes_fine_sem_seg_val",)
-    assert tuple(cfg.INPUT.CROP.SIZE) == (1024, 1024) and list(cfg.INPUT.RANDOM_SCALE) == [0.75, 2.0]
+    assert cfg.DATASETS.TRAIN == ("cityscapes_fine_sem_seg_train",) and cfg.DATASETS.TEST == (
+        "cityscapes_fine_sem_seg_val",
+    )
+    assert tuple(cfg.INPUT.CROP.SIZE) == (1024, 1024) and list(cfg.INPUT.RANDOM_SCALE) == [
+        0.75,
+        2.0,
+    ]
     assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR" and cfg.SOLVER.WARMUP_ITERS == 1000
-    assert cfg.SOLVER.WEIGHT_DECAY == 5e-4 and cfg.SOLVER.WEIGHT_DECAY_NORM == 0.0 and cfg.SOLVER.WEIGHT_DECAY_BIAS == 0.0
+    assert (
+        cfg.SOLVER.WEIGHT_DECAY == 5e-4
+        and cfg.SOLVER.WEIGHT_DECAY_NORM == 0.0
+        and cfg.SOLVER.WEIGHT_DECAY_BIAS == 0.0
+    )
     assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.AMP.ENABLED and cfg.INPUT.FORMAT == "RGB"
     cfg.MODEL.DEVICE = "cpu"
     names = [n for n, _ in build_model(cfg).named_parameters()]
@@ -234,7 +286,9 @@ def test_cityscapes_recipe_configs(name):
         # at the base rate
         assert cfg.SOLVER.MAX_ITER == 80000
         assert {n.split(".")[1] for n in fast} == {"ffm", "predictor", "aux8", "aux16"}
-        assert not any(n.startswith(("backbone.", "sem_seg_head.arm", "sem_seg_head.refine")) for n in fast)
+        assert not any(
+            n.startswith(("backbone.", "sem_seg_head.arm", "sem_seg_head.refine")) for n in fast
+        )
     else:
         # CoinCheung's BiSeNetV2.get_params: 10x on the children named head and aux* (not the BGA)
         assert {n.split(".")[1] for n in fast} == {"predictor", "boosters"}
@@ -248,7 +302,9 @@ def test_v2_matches_reference_structure():
     import math
     import os
 
-    with open(os.path.join(os.path.dirname(__file__), "data", "coincheung_bisenetv2", "manifest.json")) as f:
+    with open(
+        os.path.join(os.path.dirname(__file__), "data", "coincheung_bisenetv2", "manifest.json")
+    ) as f:
         manifest = json.load(f)
     buffers = ("running_mean", "running_var", "num_batches_tracked")
     reference = sum(math.prod(s) for k, s, _ in manifest["state_dict"] if not k.endswith(buffers))
@@ -260,9 +316,14 @@ def test_v2_matches_reference_structure():
     assert s3[0].dwconv[0].activation is None and s3[0].dwconv[1].activation is not None  # stride 2
     assert s3[1].dwconv[0].activation is not None  # stride 1
     assert {k: b.up_conv.out_channels for k, b in model.sem_seg_head.boosters.items()} == {
-        "stem": 16, "s3": 64, "s4": 256, "s5": 1024
+        "stem": 16,
+        "s3": 64,
+        "s4": 256,
+        "s5": 1024,
     }
     head = model.sem_seg_head.eval()
     with torch.no_grad():
         outs = head.outputs(model.backbone.eval()(torch.randn(1, 3, 64, 96)))
-    assert {k: tuple(v.shape) for k, v in outs.items()} == {k: (1, 19, 64, 96) for k in ("main", "stem", "s3", "s4", "s5")}
+    assert {k: tuple(v.shape) for k, v in outs.items()} == {
+        k: (1, 19, 64, 96) for k in ("main", "stem", "s3", "s4", "s5")
+    }

@@ -8,9 +8,9 @@ logits are bilinearly upsampled. Shapes cover ~35% of the valid pixels, so the
 majority-class baseline is ~0.6; a 0.95 pixel accuracy (measured: ~0.99 after 60 Adam steps) can
 only be reached by segmenting the shapes, while leaving room for a few-pixel boundary band.
 """
+
 import pytest
 import torch
-
 from detectron2.modeling import build_model
 
 from solo_d2.model_zoo import get_config
@@ -25,9 +25,15 @@ def make_images(n=4, seed=0):
     for i in range(n):
         image = 90 + 20 * torch.rand(3, H, W, generator=g)
         label = torch.zeros(H, W, dtype=torch.long)
-        y0, x0 = int(torch.randint(2, 24, (1,), generator=g)), int(torch.randint(2, 24, (1,), generator=g))
+        y0, x0 = (
+            int(torch.randint(2, 24, (1,), generator=g)),
+            int(torch.randint(2, 24, (1,), generator=g)),
+        )
         rect = (yy >= y0) & (yy < y0 + 36) & (xx >= x0) & (xx < x0 + 36)
-        cy, cx = int(torch.randint(16, 48, (1,), generator=g)), int(torch.randint(64, 78, (1,), generator=g))
+        cy, cx = (
+            int(torch.randint(16, 48, (1,), generator=g)),
+            int(torch.randint(64, 78, (1,), generator=g)),
+        )
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 16**2
         for mask, cls, color in ((rect, 1, (220, 30, 30)), (disc, 2, (30, 30, 220))):
             label[mask] = cls
@@ -37,7 +43,9 @@ def make_images(n=4, seed=0):
     return items
 
 
-@pytest.mark.parametrize("config,iters", [("Synthetic/BiSeNetV1_R18.yaml", 60), ("Synthetic/BiSeNetV2.yaml", 60)])
+@pytest.mark.parametrize(
+    "config,iters", [("Synthetic/BiSeNetV1_R18.yaml", 60), ("Synthetic/BiSeNetV2.yaml", 60)]
+)
 def test_overfit_reaches_high_pixel_accuracy(config, iters):
     torch.manual_seed(0)
     cfg = get_config(config)
@@ -58,7 +66,12 @@ def test_overfit_reaches_high_pixel_accuracy(config, iters):
 
     model.eval()
     with torch.no_grad():
-        preds = torch.stack([o["sem_seg"].argmax(0) for o in model([{k: d[k] for k in ("image", "height", "width")} for d in data])])
+        preds = torch.stack(
+            [
+                o["sem_seg"].argmax(0)
+                for o in model([{k: d[k] for k in ("image", "height", "width")} for d in data])
+            ]
+        )
     labels = torch.stack([d["sem_seg"] for d in data])
     valid = labels != 255
     accuracy = (preds[valid] == labels[valid]).float().mean().item()

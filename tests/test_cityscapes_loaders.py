@@ -1,6 +1,7 @@
 """solo_d2's Cityscapes loaders (solo_d2.data.cityscapes): the same dataset dicts as
 Detectron2 v0.6's loaders on the synthetic Cityscapes tree, and Detectron2's builtin
 ``cityscapes_fine_*`` names load (and evaluate) through them, on v0.6 and on main."""
+
 import functools
 import inspect
 import json
@@ -10,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import builtin_meta
 from detectron2.data.datasets import cityscapes as d2_cityscapes
@@ -51,14 +51,20 @@ def _dirs(root, split):
 @pytest.mark.parametrize("from_json,to_polygons", [(True, True), (False, True), (False, False)])
 def test_instance_dicts_equal_detectron2_v06(synthetic_cityscapes, split, from_json, to_polygons):
     image_dir, gt_dir = _dirs(synthetic_cityscapes, split)
-    expected = d2_cityscapes.load_cityscapes_instances(image_dir, gt_dir, from_json=from_json, to_polygons=to_polygons)
-    got = solo_cityscapes.load_cityscapes_instances(image_dir, gt_dir, from_json=from_json, to_polygons=to_polygons)
+    expected = d2_cityscapes.load_cityscapes_instances(
+        image_dir, gt_dir, from_json=from_json, to_polygons=to_polygons
+    )
+    got = solo_cityscapes.load_cityscapes_instances(
+        image_dir, gt_dir, from_json=from_json, to_polygons=to_polygons
+    )
     assert len(got) == len(expected) > 0 and sum(len(d["annotations"]) for d in got) > 0
     assert [_canonical(d) for d in got] == [_canonical(d) for d in expected]
 
 
 @needs_d2_loader
-def test_instance_dicts_through_the_process_pool_equal_detectron2_v06(synthetic_cityscapes, monkeypatch):
+def test_instance_dicts_through_the_process_pool_equal_detectron2_v06(
+    synthetic_cityscapes, monkeypatch
+):
     """A split larger than SERIAL_MAX_FILES goes through a process pool, as Detectron2's."""
     monkeypatch.setattr(solo_cityscapes, "SERIAL_MAX_FILES", 0)
     image_dir, gt_dir = _dirs(synthetic_cityscapes, "train")
@@ -87,12 +93,12 @@ def test_pool_and_serial_paths_give_the_same_dicts(synthetic_cityscapes, monkeyp
 
 def test_synthetic_cityscapes_sets_use_solo_d2_loaders(synthetic_cityscapes):
     image_dir, gt_dir = _dirs(synthetic_cityscapes, "val")
-    assert [_canonical(d) for d in DatasetCatalog.get("synthetic_cityscapes_fine_instance_seg_val")] == [
-        _canonical(d) for d in solo_cityscapes.load_cityscapes_instances(image_dir, gt_dir)
-    ]
-    assert DatasetCatalog.get("synthetic_cityscapes_fine_sem_seg_val") == solo_cityscapes.load_cityscapes_semantic(
-        image_dir, gt_dir
-    )
+    assert [
+        _canonical(d) for d in DatasetCatalog.get("synthetic_cityscapes_fine_instance_seg_val")
+    ] == [_canonical(d) for d in solo_cityscapes.load_cityscapes_instances(image_dir, gt_dir)]
+    assert DatasetCatalog.get(
+        "synthetic_cityscapes_fine_sem_seg_val"
+    ) == solo_cityscapes.load_cityscapes_semantic(image_dir, gt_dir)
 
 
 def test_builtin_names_use_solo_d2_loaders_and_keep_their_metadata():
@@ -106,7 +112,9 @@ def test_builtin_names_use_solo_d2_loaders_and_keep_their_metadata():
         split = name.rsplit("_", 1)[1]
         assert md.image_dir.rstrip("/").endswith("cityscapes/leftImg8bit/" + split), md.image_dir
         assert md.gt_dir.rstrip("/").endswith("cityscapes/gtFine/" + split), md.gt_dir
-        assert md.thing_classes == meta["thing_classes"] and md.stuff_classes == meta["stuff_classes"]
+        assert (
+            md.thing_classes == meta["thing_classes"] and md.stuff_classes == meta["stuff_classes"]
+        )
         if "_instance_seg_" in name:
             assert loader.func is solo_cityscapes.load_cityscapes_instances
             assert loader.keywords == {"from_json": True, "to_polygons": True}
@@ -116,8 +124,12 @@ def test_builtin_names_use_solo_d2_loaders_and_keep_their_metadata():
             assert md.evaluator_type == "cityscapes_sem_seg" and md.ignore_label == 255
     # idempotent: registering again keeps the same loaders on the same directories
     before = {n: DatasetCatalog[n].args for n in solo_cityscapes.BUILTIN_CITYSCAPES_DATASETS}
-    assert solo_cityscapes.register_builtin_cityscapes() == list(solo_cityscapes.BUILTIN_CITYSCAPES_DATASETS)
-    assert {n: DatasetCatalog[n].args for n in solo_cityscapes.BUILTIN_CITYSCAPES_DATASETS} == before
+    assert solo_cityscapes.register_builtin_cityscapes() == list(
+        solo_cityscapes.BUILTIN_CITYSCAPES_DATASETS
+    )
+    assert {
+        n: DatasetCatalog[n].args for n in solo_cityscapes.BUILTIN_CITYSCAPES_DATASETS
+    } == before
 
 
 # a fresh process whose DETECTRON2_DATASETS holds a `cityscapes` tree (the synthetic one)
@@ -159,8 +171,12 @@ def test_builtin_cityscapes_names_load_and_evaluate(tmp_path, synthetic_cityscap
     os.symlink(synthetic_cityscapes, tmp_path / "cityscapes")
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-c", _BUILTIN, synthetic_cityscapes], cwd=REPO_ROOT, env=env,
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", _BUILTIN, synthetic_cityscapes],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

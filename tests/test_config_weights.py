@@ -11,6 +11,7 @@
 
 Nothing is downloaded: only the config files are read.
 """
+
 import os
 import re
 
@@ -20,7 +21,9 @@ import yaml
 from solo_d2 import model_zoo
 
 CONFIGS = model_zoo.list_configs()
-SOLO_RECIPES = [c for c in CONFIGS if c.split("/")[0] in ("SOLO", "DecoupledSOLO", "SOLOv2", "Cityscapes")]
+SOLO_RECIPES = [
+    c for c in CONFIGS if c.split("/")[0] in ("SOLO", "DecoupledSOLO", "SOLOv2", "Cityscapes")
+]
 TORCHVISION_MEAN = [123.675, 116.28, 103.53]
 
 
@@ -56,17 +59,27 @@ def test_config_names_its_weights(name):
     weights = cfg.MODEL.WEIGHTS
     chain = _chain(model_zoo.get_config_file(name))
     if name.startswith("Synthetic/"):
-        assert _sets_weights(chain[0]) == (True, ""), f"{name}: synthetic configs set MODEL.WEIGHTS: \"\" themselves"
+        assert _sets_weights(chain[0]) == (True, ""), (
+            f'{name}: synthetic configs set MODEL.WEIGHTS: "" themselves'
+        )
     elif weights:
-        assert weights.startswith("detectron2://") or weights.endswith((".pkl", ".pth")), f"{name}: {weights!r}"
+        assert weights.startswith("detectron2://") or weights.endswith((".pkl", ".pth")), (
+            f"{name}: {weights!r}"
+        )
     else:
-        setter = next(p for p in chain if _sets_weights(p)[0]) if any(_sets_weights(p)[0] for p in chain) else None
+        setter = (
+            next(p for p in chain if _sets_weights(p)[0])
+            if any(_sets_weights(p)[0] for p in chain)
+            else None
+        )
         assert setter is not None and _weights_line_commented(setter), (
             f"{name}: MODEL.WEIGHTS is empty without a comment saying why (in "
             f"{setter or 'no file of its chain'})"
         )
     if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
-        assert weights, f"{name}: FREEZE_AT {cfg.MODEL.BACKBONE.FREEZE_AT} freezes randomly initialized layers"
+        assert weights, (
+            f"{name}: FREEZE_AT {cfg.MODEL.BACKBONE.FREEZE_AT} freezes randomly initialized layers"
+        )
 
 
 @pytest.mark.parametrize("name", SOLO_RECIPES)
@@ -81,6 +94,10 @@ def test_solo_recipe_imagenet_backbone(name):
         assert weights.endswith(f"R-{depth}.pkl"), name
         with open(model_zoo.get_config_file(name)) as f:
             text = f.read()
-        assert f"--from torchvision-resnet resnet{depth}-" in text, "the config gives the conversion command"
-        assert [round(v, 3) for v in cfg.MODEL.PIXEL_MEAN] == TORCHVISION_MEAN and cfg.INPUT.FORMAT == "RGB"
+        assert f"--from torchvision-resnet resnet{depth}-" in text, (
+            "the config gives the conversion command"
+        )
+        assert [
+            round(v, 3) for v in cfg.MODEL.PIXEL_MEAN
+        ] == TORCHVISION_MEAN and cfg.INPUT.FORMAT == "RGB"
         assert not cfg.MODEL.RESNETS.STRIDE_IN_1X1

@@ -8,6 +8,7 @@ Key sets (with shapes) are built from the official layout (see ``tests/test_conv
 ``.conv.conv_offset`` (DCNv1 ``DeformConvPack``: 2 x 3 x 3 = 18 channels, DCNv2: 27), backbone
 DCN as ``layerX.Y.conv2.conv_offset``. Real shapes, random values.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,11 @@ def official_shapes(model: str):
         _resnext(s)
     if "Light" in model and "DCN" in model:  # DCNv1 in res3-res5 and the last conv of each tower
         _dcnv1_backbone(s)
-        towers = ("cate_convs", "kernel_convs") if model.startswith("SOLOv2") else ("cate_convs", "ins_convs")
+        towers = (
+            ("cate_convs", "kernel_convs")
+            if model.startswith("SOLOv2")
+            else ("cate_convs", "ins_convs")
+        )
         last = kwargs[1]["convs"] - 1
         for t in towers:
             _offsets(s, f"bbox_head.{t}.{last}", 18, 256)
@@ -113,7 +118,9 @@ def test_official_zoo_checkpoint_converts_and_loads_strictly(model):
     conv = convert_solo_official(fill(official_shapes(model)))
     assert conv.config == f"{CONVERTED}/{ZOO[model]}"
     assert conv.opts == []  # the named config is the model, no override needed
-    verify_state_dict(conv.state_dict, conv.config, source="solo-official")  # zero missing / unexpected
+    verify_state_dict(
+        conv.state_dict, conv.config, source="solo-official"
+    )  # zero missing / unexpected
 
 
 # ----------------------------------------------------------------------------- DCNv1 numerics
@@ -135,7 +142,9 @@ def light512_model():
     return model, src
 
 
-@pytest.mark.parametrize("tower,source", [("kernel_tower", "kernel_convs"), ("cate_tower", "cate_convs")])
+@pytest.mark.parametrize(
+    "tower,source", [("kernel_tower", "kernel_convs"), ("cate_tower", "cate_convs")]
+)
 def test_dcnv1_tower_conv_computes_torchvision_deform_conv2d(light512_model, tower, source):
     model, src = light512_model
     layers = getattr(model.ins_head, tower)
@@ -145,7 +154,11 @@ def test_dcnv1_tower_conv_computes_torchvision_deform_conv2d(light512_model, tow
     assert layer.bias is None and layer.conv_offset.weight.shape == (18, 256, 3, 3)
     torch.manual_seed(0)
     x = torch.randn(2, 256, 10, 12)
-    w, off_w, off_b = src[f"{p}.conv.weight"], src[f"{p}.conv.conv_offset.weight"], src[f"{p}.conv.conv_offset.bias"]
+    w, off_w, off_b = (
+        src[f"{p}.conv.weight"],
+        src[f"{p}.conv.conv_offset.weight"],
+        src[f"{p}.conv.conv_offset.bias"],
+    )
 
     def gn_relu(y):
         return F.relu(F.group_norm(y, 32, src[f"{p}.gn.weight"], src[f"{p}.gn.bias"], eps=1e-5))
@@ -160,7 +173,9 @@ def test_dcnv1_tower_conv_computes_torchvision_deform_conv2d(light512_model, tow
         saved = [t.clone() for t in (layer.conv_offset.weight, layer.conv_offset.bias)]
         layer.conv_offset.weight.zero_()
         layer.conv_offset.bias.zero_()
-        torch.testing.assert_close(layer(x), plain, rtol=1e-4, atol=1e-4)  # zero offsets: a plain conv
+        torch.testing.assert_close(
+            layer(x), plain, rtol=1e-4, atol=1e-4
+        )  # zero offsets: a plain conv
         layer.conv_offset.weight.copy_(saved[0])
         layer.conv_offset.bias.copy_(saved[1])
 
@@ -200,19 +215,38 @@ def test_light_detected_by_depth_not_width():
     with pytest.raises(ConversionError, match=r"4 convs of 256 channels.*--config-file"):
         convert_solo_official(_ambiguous())
     # 3 x 256 without DCN: the light-512 family, DCN switched off by overrides
-    conv = convert_solo_official(fill(solo_shapes("official", "SOLOv2", convs=3, ch=256, mask_ch=128)))
+    conv = convert_solo_official(
+        fill(solo_shapes("official", "SOLOv2", convs=3, ch=256, mask_ch=128))
+    )
     assert conv.config == f"{CONVERTED}/SOLOv2_Light512_DCN_R50.yaml"
-    assert conv.opts == ["MODEL.SOLO.USE_DCN_IN_TOWER", "False", "MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone"]
+    assert conv.opts == [
+        "MODEL.SOLO.USE_DCN_IN_TOWER",
+        "False",
+        "MODEL.BACKBONE.NAME",
+        "build_resnet_fpn_backbone",
+    ]
 
 
 def test_config_file_checks_the_checkpoint(tmp_path):
     torch.save({"state_dict": _ambiguous()}, tmp_path / "in.pth")
     cfg = f"{CONVERTED}/SOLOv2_R50.yaml"
-    proc = run_tool("solo-official", "--config-file", cfg, tmp_path / "in.pth", tmp_path / "out.pth")
-    assert proc.returncode == 1 and "MODEL.SOLO.INS_CHANNELS: checkpoint 256, config 512" in proc.stderr
+    proc = run_tool(
+        "solo-official", "--config-file", cfg, tmp_path / "in.pth", tmp_path / "out.pth"
+    )
+    assert (
+        proc.returncode == 1
+        and "MODEL.SOLO.INS_CHANNELS: checkpoint 256, config 512" in proc.stderr
+    )
     assert str(tmp_path / "in.pth") in proc.stderr and not (tmp_path / "out.pth").exists()
-    proc = run_tool("solo-official", "--config-file", cfg, tmp_path / "in.pth", tmp_path / "out.pth",
-                    "MODEL.SOLO.INS_CHANNELS", "256")
+    proc = run_tool(
+        "solo-official",
+        "--config-file",
+        cfg,
+        tmp_path / "in.pth",
+        tmp_path / "out.pth",
+        "MODEL.SOLO.INS_CHANNELS",
+        "256",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == cfg and (tmp_path / "out.pth").exists()
 
@@ -251,7 +285,9 @@ def test_meta_config_text_read(tmp_path):
     # 2-conv towers (the depth of light-448) trained at the light-512 scale ranges, other grids
     s = fill(solo_shapes("official", "SOLOv2", convs=2, ch=256, mask_ch=128))
     assert convert_solo_official(s).config == f"{CONVERTED}/SOLOv2_Light448_R50.yaml"
-    conv = convert_solo_official(s, meta={"config": _TEXT.format(head="SOLOv2Head", convs=2, last_grid=10)})
+    conv = convert_solo_official(
+        s, meta={"config": _TEXT.format(head="SOLOv2Head", convs=2, last_grid=10)}
+    )
     assert conv.config == f"{CONVERTED}/SOLOv2_Light512_DCN_R50.yaml"
     cfg = build_cfg(conv.config, conv.opts)
     assert cfg.MODEL.SOLO.NUM_CONVS == 2 and not cfg.MODEL.SOLO.USE_DCN_IN_TOWER
@@ -261,20 +297,41 @@ def test_meta_config_text_read(tmp_path):
 
 def test_meta_config_text_contradicting_the_weights_refused():
     s = fill(solo_shapes("official", "SOLOv2", convs=2, ch=256, mask_ch=128))
-    with pytest.raises(ConversionError, match=r"bbox_head\.stacked_convs = 4 but bbox_head\.cate_convs has 2 convs"):
-        convert_solo_official(s, meta={"config": _TEXT.format(head="SOLOv2Head", convs=4, last_grid=12)})
+    with pytest.raises(
+        ConversionError, match=r"bbox_head\.stacked_convs = 4 but bbox_head\.cate_convs has 2 convs"
+    ):
+        convert_solo_official(
+            s, meta={"config": _TEXT.format(head="SOLOv2Head", convs=4, last_grid=12)}
+        )
     # the ambiguous 4 x 256 checkpoint becomes a SOLOv2 (scale ranges of SOLOv2)
     # with a width override
-    text = _TEXT.format(head="SOLOv2Head", convs=4, last_grid=12).replace(
-        "((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048))", "((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))"
-    ).replace("img_scale=(852, 512)", "img_scale=(1333, 800)")
+    text = (
+        _TEXT.format(head="SOLOv2Head", convs=4, last_grid=12)
+        .replace(
+            "((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048))",
+            "((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))",
+        )
+        .replace("img_scale=(852, 512)", "img_scale=(1333, 800)")
+    )
     conv = convert_solo_official(_ambiguous(), meta={"config": text})
-    assert conv.config == f"{CONVERTED}/SOLOv2_R50.yaml" and conv.opts == ["MODEL.SOLO.INS_CHANNELS", "256"]
+    assert conv.config == f"{CONVERTED}/SOLOv2_R50.yaml" and conv.opts == [
+        "MODEL.SOLO.INS_CHANNELS",
+        "256",
+    ]
 
 
 def test_config_text_is_not_executed():
-    env = parse_config_text("import os\nx = os.system('exit 3')\ny = dict(a=(1, -2), b=[x], c=__import__('os'))\n")
-    assert env["y"]["a"] == (1, -2) and repr(env["y"]["b"][0]) == "<unknown>" and repr(env["y"]["c"]) == "<unknown>"
-    assert head_facts(_TEXT.format(head="SOLOv2LightHead", convs=3, last_grid=12))["test_size"] == (512, 852)
+    env = parse_config_text(
+        "import os\nx = os.system('exit 3')\ny = dict(a=(1, -2), b=[x], c=__import__('os'))\n"
+    )
+    assert (
+        env["y"]["a"] == (1, -2)
+        and repr(env["y"]["b"][0]) == "<unknown>"
+        and repr(env["y"]["c"]) == "<unknown>"
+    )
+    assert head_facts(_TEXT.format(head="SOLOv2LightHead", convs=3, last_grid=12))["test_size"] == (
+        512,
+        852,
+    )
     with pytest.raises(ValueError, match="bbox_head"):
         head_facts("model = dict(type='SOLOv2')")

@@ -6,6 +6,7 @@ key sets (with shapes) from the documented layouts: torchvision's ResNet, mmdete
 SOLO code (mmdetection v1, ``bbox_head`` / ``mask_feat_head``) and of mmdetection 2.x/3.x
 (``mask_head`` / ``mask_head.mask_feature_head``); random tensors fill them.
 """
+
 import os
 import pickle
 import subprocess
@@ -33,7 +34,9 @@ _BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23,
 
 
 # ----------------------------------------------------------------------------- key generators
-def torchvision_resnet_shapes(depth, prefix="", dcn_stages=(), dcn_style="pack", offset_ch=27, fc=False):
+def torchvision_resnet_shapes(
+    depth, prefix="", dcn_stages=(), dcn_style="pack", offset_ch=27, fc=False
+):
     """torchvision ``ResNet`` state-dict shapes (mmdetection's ResNet uses the same names).
 
     dcn_style: ``"pack"`` = ``layerX.Y.conv2.conv_offset`` (mmcv / mmdet >= v1.0),
@@ -78,8 +81,14 @@ def fpn_shapes(depth, out=256):
     ins = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
     s = {}
     for i, c in enumerate(ins):
-        s[f"neck.lateral_convs.{i}.conv.weight"], s[f"neck.lateral_convs.{i}.conv.bias"] = (out, c, 1, 1), (out,)
-        s[f"neck.fpn_convs.{i}.conv.weight"], s[f"neck.fpn_convs.{i}.conv.bias"] = (out, out, 3, 3), (out,)
+        s[f"neck.lateral_convs.{i}.conv.weight"], s[f"neck.lateral_convs.{i}.conv.bias"] = (
+            (out, c, 1, 1),
+            (out,),
+        )
+        s[f"neck.fpn_convs.{i}.conv.weight"], s[f"neck.fpn_convs.{i}.conv.bias"] = (
+            (out, out, 3, 3),
+            (out,),
+        )
     return s
 
 
@@ -93,27 +102,60 @@ def conv_module(s, name, cout, cin, k=3, dcn=False):
 
 
 NAMES = {  # (layout, role) -> module name (REFERENCE.md section 2, "Checkpoint naming")
-    "official": dict(head="bbox_head", cate="cate_convs", ins="ins_convs", ins_list="solo_ins_list",
-                     dins_list="dsolo_ins_list", kernel="kernel_convs", kernel_pred="solo_kernel",
-                     mfh="mask_feat_head", conv_pred="conv_pred.0"),
-    "mmdet": dict(head="mask_head", cate="cls_convs", ins="mask_convs", ins_list="conv_mask_list",
-                  dins_list="conv_mask_list", kernel="kernel_convs", kernel_pred="conv_kernel",
-                  mfh="mask_head.mask_feature_head", conv_pred="conv_pred"),
+    "official": dict(
+        head="bbox_head",
+        cate="cate_convs",
+        ins="ins_convs",
+        ins_list="solo_ins_list",
+        dins_list="dsolo_ins_list",
+        kernel="kernel_convs",
+        kernel_pred="solo_kernel",
+        mfh="mask_feat_head",
+        conv_pred="conv_pred.0",
+    ),
+    "mmdet": dict(
+        head="mask_head",
+        cate="cls_convs",
+        ins="mask_convs",
+        ins_list="conv_mask_list",
+        dins_list="conv_mask_list",
+        kernel="kernel_convs",
+        kernel_pred="conv_kernel",
+        mfh="mask_head.mask_feature_head",
+        conv_pred="conv_pred",
+    ),
 }
 
 
-def solo_shapes(layout, head, depth=50, classes=80, grids=(40, 36, 24, 16, 12), convs=None, ch=None,
-                mask_ch=256, tower_dcn=False, backbone_dcn=False, dcn_style="pack", fpn=256):
+def solo_shapes(
+    layout,
+    head,
+    depth=50,
+    classes=80,
+    grids=(40, 36, 24, 16, 12),
+    convs=None,
+    ch=None,
+    mask_ch=256,
+    tower_dcn=False,
+    backbone_dcn=False,
+    dcn_style="pack",
+    fpn=256,
+):
     """Full checkpoint shapes of a SOLO-family model in ``layout`` ("official" or "mmdet"),
     with ``fpn`` FPN channels."""
     n = NAMES[layout]
     h = n["head"]
-    s = torchvision_resnet_shapes(depth, "backbone.", dcn_stages=(2, 3, 4) if backbone_dcn else (), dcn_style=dcn_style)
+    s = torchvision_resnet_shapes(
+        depth, "backbone.", dcn_stages=(2, 3, 4) if backbone_dcn else (), dcn_style=dcn_style
+    )
     s.update(fpn_shapes(depth, fpn))
     v2 = head == "SOLOv2"
     convs = convs or (4 if v2 else 7)
     ch = ch or (512 if v2 else 256)
-    cate_name = {"official": {"SOLO": "solo_cate", "SOLOv2": "solo_cate"}.get(head, "dsolo_cate"), "mmdet": "conv_cls"}[layout]
+    cate_name = {
+        "official": {"SOLO": "solo_cate", "SOLOv2": "solo_cate"}.get(head, "dsolo_cate"),
+        "mmdet": "conv_cls",
+    }[layout]
     for k in range(convs):
         conv_module(s, f"{h}.{n['cate']}.{k}", ch, fpn if k == 0 else ch, dcn=tower_dcn)
     s[f"{h}.{cate_name}.weight"], s[f"{h}.{cate_name}.bias"] = (classes, ch, 3, 3), (classes,)
@@ -121,12 +163,20 @@ def solo_shapes(layout, head, depth=50, classes=80, grids=(40, 36, 24, 16, 12), 
         for k in range(convs):
             conv_module(s, f"{h}.{n['ins']}.{k}", ch, fpn + 2 if k == 0 else ch)
         for l, g in enumerate(grids):
-            s[f"{h}.{n['ins_list']}.{l}.weight"], s[f"{h}.{n['ins_list']}.{l}.bias"] = (g * g, ch, 1, 1), (g * g,)
+            s[f"{h}.{n['ins_list']}.{l}.weight"], s[f"{h}.{n['ins_list']}.{l}.bias"] = (
+                (g * g, ch, 1, 1),
+                (g * g,),
+            )
     elif head in ("Decoupled", "DecoupledLight"):
         towers = [n["ins"]] if head == "DecoupledLight" else [n["ins"] + "_x", n["ins"] + "_y"]
         for t in towers:
             for k in range(convs):
-                conv_module(s, f"{h}.{t}.{k}", ch, fpn + (2 if head == "DecoupledLight" else 1) if k == 0 else ch)
+                conv_module(
+                    s,
+                    f"{h}.{t}.{k}",
+                    ch,
+                    fpn + (2 if head == "DecoupledLight" else 1) if k == 0 else ch,
+                )
         for ax in ("x", "y"):
             for l, g in enumerate(grids):
                 name = f"{h}.{n['dins_list']}_{ax}.{l}"
@@ -148,7 +198,11 @@ def solo_shapes(layout, head, depth=50, classes=80, grids=(40, 36, 24, 16, 12), 
 def fill(shapes, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {
-        k: (torch.tensor(0) if k.endswith("num_batches_tracked") else torch.randn(shape, generator=g))
+        k: (
+            torch.tensor(0)
+            if k.endswith("num_batches_tracked")
+            else torch.randn(shape, generator=g)
+        )
         for k, shape in shapes.items()
     }
 
@@ -156,7 +210,10 @@ def fill(shapes, seed=0):
 def run_tool(source, src, out, *extra):
     proc = subprocess.run(
         [sys.executable, str(TOOL), "--from", source, str(src), str(out), *extra],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     return proc
 
@@ -168,51 +225,137 @@ def run_tool(source, src, out, *extra):
         ("official", "SOLO", {}, "SOLO-official/SOLO_R50.yaml", []),
         ("official", "SOLO", {"depth": 101}, "SOLO-official/SOLO_R101.yaml", []),
         ("official", "Decoupled", {}, "SOLO-official/DecoupledSOLO_R50.yaml", []),
-        ("official", "DecoupledLight", {"convs": 4}, "SOLO-official/DecoupledSOLO_Light_R50.yaml", []),
+        (
+            "official",
+            "DecoupledLight",
+            {"convs": 4},
+            "SOLO-official/DecoupledSOLO_Light_R50.yaml",
+            [],
+        ),
         ("official", "SOLOv2", {"depth": 101}, "SOLO-official/SOLOv2_R101.yaml", []),
-        ("official", "SOLOv2", {"depth": 34, "convs": 2, "ch": 256, "mask_ch": 128}, "SOLO-official/SOLOv2_Light448_R34.yaml", []),
-        ("official", "SOLOv2", {"depth": 101, "tower_dcn": True, "backbone_dcn": True, "dcn_style": "sibling"},
-         "SOLO-official/SOLOv2_R101_DCN.yaml", []),
-        ("mmdet", "SOLOv2", {"classes": 8}, "mmdet/SOLOv2_R50.yaml", ["MODEL.SOLO.NUM_CLASSES", "8"]),
-        ("mmdet", "SOLOv2", {"depth": 101, "tower_dcn": True, "backbone_dcn": True}, "mmdet/SOLOv2_R101_DCN.yaml", []),
-        ("mmdet", "SOLOv2", {"depth": 18, "convs": 2, "ch": 256, "mask_ch": 128}, "mmdet/SOLOv2_Light_R18.yaml", []),
-        ("mmdet", "SOLOv2", {"depth": 18, "convs": 2, "ch": 256, "mask_ch": 128, "fpn": 128}, "mmdet/SOLOv2_Light_R18.yaml",
-         ["MODEL.FPN.OUT_CHANNELS", "128"]),
-        ("mmdet", "Decoupled", {"grids": (20, 18, 12, 8, 6)}, "mmdet/DecoupledSOLO_R50.yaml",
-         ["MODEL.SOLO.NUM_GRIDS", "[20, 18, 12, 8, 6]"]),
+        (
+            "official",
+            "SOLOv2",
+            {"depth": 34, "convs": 2, "ch": 256, "mask_ch": 128},
+            "SOLO-official/SOLOv2_Light448_R34.yaml",
+            [],
+        ),
+        (
+            "official",
+            "SOLOv2",
+            {"depth": 101, "tower_dcn": True, "backbone_dcn": True, "dcn_style": "sibling"},
+            "SOLO-official/SOLOv2_R101_DCN.yaml",
+            [],
+        ),
+        (
+            "mmdet",
+            "SOLOv2",
+            {"classes": 8},
+            "mmdet/SOLOv2_R50.yaml",
+            ["MODEL.SOLO.NUM_CLASSES", "8"],
+        ),
+        (
+            "mmdet",
+            "SOLOv2",
+            {"depth": 101, "tower_dcn": True, "backbone_dcn": True},
+            "mmdet/SOLOv2_R101_DCN.yaml",
+            [],
+        ),
+        (
+            "mmdet",
+            "SOLOv2",
+            {"depth": 18, "convs": 2, "ch": 256, "mask_ch": 128},
+            "mmdet/SOLOv2_Light_R18.yaml",
+            [],
+        ),
+        (
+            "mmdet",
+            "SOLOv2",
+            {"depth": 18, "convs": 2, "ch": 256, "mask_ch": 128, "fpn": 128},
+            "mmdet/SOLOv2_Light_R18.yaml",
+            ["MODEL.FPN.OUT_CHANNELS", "128"],
+        ),
+        (
+            "mmdet",
+            "Decoupled",
+            {"grids": (20, 18, 12, 8, 6)},
+            "mmdet/DecoupledSOLO_R50.yaml",
+            ["MODEL.SOLO.NUM_GRIDS", "[20, 18, 12, 8, 6]"],
+        ),
         # no R18 SOLO config: the R50 one with the depth overridden
-        ("mmdet", "SOLO", {"depth": 18}, "mmdet/SOLO_R50.yaml",
-         ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]),
+        (
+            "mmdet",
+            "SOLO",
+            {"depth": 18},
+            "mmdet/SOLO_R50.yaml",
+            ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"],
+        ),
     ],
 )
 def test_variant_detection(layout, head, kwargs, config, opts):
-    conv = (convert_solo_official if layout == "official" else convert_mmdet)(fill(solo_shapes(layout, head, **kwargs)))
+    conv = (convert_solo_official if layout == "official" else convert_mmdet)(
+        fill(solo_shapes(layout, head, **kwargs))
+    )
     assert conv.config == f"configs/Converted/{config}"
     assert conv.opts == opts
 
 
 def test_torchvision_depth_detection():
-    for depth, config in ((18, "Light448_R18_3x"), (34, "Light448_R34_3x"), (50, "R50_3x"), (101, "R101_3x")):
+    for depth, config in (
+        (18, "Light448_R18_3x"),
+        (34, "Light448_R34_3x"),
+        (50, "R50_3x"),
+        (101, "R101_3x"),
+    ):
         conv = convert_torchvision_resnet(fill(torchvision_resnet_shapes(depth, fc=True)))
         assert conv.config == f"configs/SOLOv2/{config}.yaml"
         assert conv.backbone_only
-        assert not any(k.startswith(("fc.", "backbone.")) or "num_batches" in k for k in conv.state_dict)
+        assert not any(
+            k.startswith(("fc.", "backbone.")) or "num_batches" in k for k in conv.state_dict
+        )
         assert ("MODEL.RESNETS.STRIDE_IN_1X1" in conv.opts) == (depth >= 50)
 
 
-@pytest.mark.parametrize("fn,state,words", [
-    # an AdelaiDet (Detectron2-based) SOLOv2 checkpoint given to the mmdet converters
-    (convert_solo_official, {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1), "ins_head.cate_pred.weight": torch.zeros(1)},
-     ["solo-official", "adelaidet"]),
-    (convert_mmdet, {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1), "ins_head.cate_pred.weight": torch.zeros(1)},
-     ["mmdet", "adelaidet"]),
-    # a BiSeNet checkpoint (CoinCheung layout)
-    (convert_mmdet, {"cp.resnet.conv1.weight": torch.zeros(1), "ffm.convblk.conv.weight": torch.zeros(1)}, ["mmdet"]),
-    # official SOLO checkpoint given to the mmdet converter and vice versa
-    (convert_mmdet, fill(solo_shapes("official", "SOLO", depth=18, convs=1)), ["solo-official"]),
-    (convert_solo_official, fill(solo_shapes("mmdet", "SOLOv2", depth=18, convs=1)), ["mmdet"]),
-    (convert_torchvision_resnet, {"cp.resnet.conv1.weight": torch.zeros(1)}, ["torchvision-resnet"]),
-])
+@pytest.mark.parametrize(
+    "fn,state,words",
+    [
+        # an AdelaiDet (Detectron2-based) SOLOv2 checkpoint given to the mmdet converters
+        (
+            convert_solo_official,
+            {
+                "backbone.bottom_up.stem.conv1.weight": torch.zeros(1),
+                "ins_head.cate_pred.weight": torch.zeros(1),
+            },
+            ["solo-official", "adelaidet"],
+        ),
+        (
+            convert_mmdet,
+            {
+                "backbone.bottom_up.stem.conv1.weight": torch.zeros(1),
+                "ins_head.cate_pred.weight": torch.zeros(1),
+            },
+            ["mmdet", "adelaidet"],
+        ),
+        # a BiSeNet checkpoint (CoinCheung layout)
+        (
+            convert_mmdet,
+            {"cp.resnet.conv1.weight": torch.zeros(1), "ffm.convblk.conv.weight": torch.zeros(1)},
+            ["mmdet"],
+        ),
+        # official SOLO checkpoint given to the mmdet converter and vice versa
+        (
+            convert_mmdet,
+            fill(solo_shapes("official", "SOLO", depth=18, convs=1)),
+            ["solo-official"],
+        ),
+        (convert_solo_official, fill(solo_shapes("mmdet", "SOLOv2", depth=18, convs=1)), ["mmdet"]),
+        (
+            convert_torchvision_resnet,
+            {"cp.resnet.conv1.weight": torch.zeros(1)},
+            ["torchvision-resnet"],
+        ),
+    ],
+)
 def test_foreign_checkpoints_refused(fn, state, words):
     with pytest.raises(ConversionError) as e:
         fn(state)
@@ -226,7 +369,10 @@ def test_tower_dcn_in_an_inner_conv_refused():
     for t in ("cate_convs", "kernel_convs"):
         s[f"bbox_head.{t}.1.conv.conv_offset.weight"] = torch.zeros(18, 256, 3, 3)
         s[f"bbox_head.{t}.1.conv.conv_offset.bias"] = torch.zeros(18)
-    with pytest.raises(ConversionError, match=r"tower conv indices .*bbox_head\.cate_convs': \[1\].*TOWER_DCN_CONVS"):
+    with pytest.raises(
+        ConversionError,
+        match=r"tower conv indices .*bbox_head\.cate_convs': \[1\].*TOWER_DCN_CONVS",
+    ):
         convert_solo_official(s)
 
 
@@ -234,65 +380,99 @@ def test_tower_with_a_missing_conv_refused():
     s = fill(solo_shapes("mmdet", "SOLOv2", depth=18, convs=3, ch=256, mask_ch=128))
     for k in [k for k in s if k.startswith("mask_head.cls_convs.1.")]:
         del s[k]
-    with pytest.raises(ConversionError, match=r"tower mask_head\.cls_convs has convs \[0, 2\]; expected 0\.\.N-1"):
+    with pytest.raises(
+        ConversionError, match=r"tower mask_head\.cls_convs has convs \[0, 2\]; expected 0\.\.N-1"
+    ):
         convert_mmdet(s)
 
 
 def test_dcnv1_in_every_tower_conv_converted():
     # deformable convs without modulation (18 offset channels per 3x3 conv) in every tower conv
-    s = fill(solo_shapes("official", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128, tower_dcn=True))
+    s = fill(
+        solo_shapes("official", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128, tower_dcn=True)
+    )
     for k in [k for k in s if k.startswith("bbox_head.") and ".conv_offset." in k]:
         s[k] = torch.zeros((18,) + tuple(s[k].shape[1:]))
     conv = convert_solo_official(s)
     solo = build_cfg(conv.config, conv.opts).MODEL.SOLO
-    assert solo.USE_DCN_IN_TOWER and solo.TOWER_DCN_CONVS == "all" and solo.TOWER_DCN_MODULATED is False
+    assert (
+        solo.USE_DCN_IN_TOWER
+        and solo.TOWER_DCN_CONVS == "all"
+        and solo.TOWER_DCN_MODULATED is False
+    )
 
 
 def test_two_deformable_groups_in_a_tower_refused():
-    s = fill(solo_shapes("official", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128, tower_dcn=True))
+    s = fill(
+        solo_shapes("official", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128, tower_dcn=True)
+    )
     s["bbox_head.kernel_convs.1.conv.conv_offset.weight"] = torch.zeros(36, 256, 3, 3)
-    with pytest.raises(ConversionError, match=r"bbox_head\.kernel_convs\.1\.conv\.conv_offset\.weight has 36 output channels"):
+    with pytest.raises(
+        ConversionError,
+        match=r"bbox_head\.kernel_convs\.1\.conv\.conv_offset\.weight has 36 output channels",
+    ):
         convert_solo_official(s)
 
 
-@pytest.mark.parametrize("missing", ["conv_pred.conv.weight", "convs_all_levels.0.conv0.conv.weight"])
+@pytest.mark.parametrize(
+    "missing", ["conv_pred.conv.weight", "convs_all_levels.0.conv0.conv.weight"]
+)
 def test_solov2_without_its_mask_feature_head_refused(missing):
     s = fill(solo_shapes("mmdet", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128))
     del s[f"mask_head.mask_feature_head.{missing}"]
-    with pytest.raises(ConversionError, match=rf"without its mask-feature head: missing mask_head\.mask_feature_head\.{missing}"):
+    with pytest.raises(
+        ConversionError,
+        match=rf"without its mask-feature head: missing mask_head\.mask_feature_head\.{missing}",
+    ):
         convert_mmdet(s)
 
 
 @pytest.mark.parametrize("offset_ch,modulated", [(54, True), (36, False)])
 def test_backbone_deformable_groups_detected(offset_ch, modulated):
     # two deformable groups: 2 x 27 offset + mask channels (DCNv2) or 2 x 18 offsets (DCNv1)
-    s = fill(solo_shapes("mmdet", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128, backbone_dcn=True))
+    s = fill(
+        solo_shapes("mmdet", "SOLOv2", depth=18, convs=2, ch=256, mask_ch=128, backbone_dcn=True)
+    )
     for k in [k for k in s if k.startswith("backbone.") and ".conv_offset." in k]:
         s[k] = torch.zeros((offset_ch,) + tuple(s[k].shape[1:]))
     conv = convert_mmdet(s)
-    resnets = build_cfg(conv.config, conv.opts).MODEL.RESNETS  # the config the converter names, with its opts
+    resnets = build_cfg(
+        conv.config, conv.opts
+    ).MODEL.RESNETS  # the config the converter names, with its opts
     assert resnets.DEFORM_NUM_GROUPS == 2 and resnets.DEFORM_MODULATED is modulated
     assert list(resnets.DEFORM_ON_PER_STAGE) == [False, True, True, True]
 
 
 # ----------------------------------------------------------------------------- strict loading
 # One model build per variant (R50 only where the variant needs it).
-@pytest.mark.parametrize("layout,head,kwargs", [
-    ("official", "SOLO", {}),
-    ("official", "Decoupled", {}),
-    ("mmdet", "DecoupledLight", {"convs": 4}),
-    ("mmdet", "SOLOv2", {"depth": 34, "convs": 2, "ch": 256, "mask_ch": 128}),
-])
+@pytest.mark.parametrize(
+    "layout,head,kwargs",
+    [
+        ("official", "SOLO", {}),
+        ("official", "Decoupled", {}),
+        ("mmdet", "DecoupledLight", {"convs": 4}),
+        ("mmdet", "SOLOv2", {"depth": 34, "convs": 2, "ch": 256, "mask_ch": 128}),
+    ],
+)
 def test_strict_load(layout, head, kwargs):
-    conv = (convert_solo_official if layout == "official" else convert_mmdet)(fill(solo_shapes(layout, head, **kwargs)))
+    conv = (convert_solo_official if layout == "official" else convert_mmdet)(
+        fill(solo_shapes(layout, head, **kwargs))
+    )
     verify_state_dict(conv.state_dict, conv.config, conv.opts, source=layout)
 
 
 def test_dcn_strict_load():
     """R101-DCN: DCNv2 in res3-res5, every tower conv and the mask-feature head (including
     its 1x1 conv_pred, with a 3-channel offset conv)."""
-    conv = convert_mmdet(fill(solo_shapes("mmdet", "SOLOv2", depth=101, tower_dcn=True, backbone_dcn=True)))
-    assert conv.state_dict["backbone.bottom_up.res3.0.conv2.conv_offset.weight"].shape == (27, 128, 3, 3)
+    conv = convert_mmdet(
+        fill(solo_shapes("mmdet", "SOLOv2", depth=101, tower_dcn=True, backbone_dcn=True))
+    )
+    assert conv.state_dict["backbone.bottom_up.res3.0.conv2.conv_offset.weight"].shape == (
+        27,
+        128,
+        3,
+        3,
+    )
     assert conv.state_dict["mask_head.conv_pred.conv_offset.weight"].shape[0] == 3
     verify_state_dict(conv.state_dict, conv.config, conv.opts, source="mmdet")
 
@@ -307,9 +487,17 @@ def test_tool_official_solov2_round_trip(tmp_path):
     assert "MODEL.SOLO.NUM_CLASSES 20" in proc.stdout
     out = torch.load(tmp_path / "out.pth", weights_only=True)["model"]
     assert torch.equal(out["ins_head.cate_pred.weight"], src["bbox_head.solo_cate.weight"])
-    assert torch.equal(out["mask_head.conv_pred.norm.weight"], src["mask_feat_head.conv_pred.0.gn.weight"])
-    assert torch.equal(out["mask_head.convs_all_levels.3.0.weight"], src["mask_feat_head.convs_all_levels.3.conv0.conv.weight"])
-    assert torch.equal(out["backbone.bottom_up.res4.5.conv3.norm.running_var"], src["backbone.layer3.5.bn3.running_var"])
+    assert torch.equal(
+        out["mask_head.conv_pred.norm.weight"], src["mask_feat_head.conv_pred.0.gn.weight"]
+    )
+    assert torch.equal(
+        out["mask_head.convs_all_levels.3.0.weight"],
+        src["mask_feat_head.convs_all_levels.3.conv0.conv.weight"],
+    )
+    assert torch.equal(
+        out["backbone.bottom_up.res4.5.conv3.norm.running_var"],
+        src["backbone.layer3.5.bn3.running_var"],
+    )
     assert torch.equal(out["backbone.fpn_output5.bias"], src["neck.fpn_convs.3.conv.bias"])
 
 
@@ -324,14 +512,18 @@ def test_tool_mmdet_solo_missing_key(tmp_path):
 
 
 def test_tool_refuses_foreign(tmp_path):
-    torch.save({"model": {"ins_head.cate_pred.weight": torch.zeros(80, 512, 3, 3)}}, tmp_path / "in.pth")
+    torch.save(
+        {"model": {"ins_head.cate_pred.weight": torch.zeros(80, 512, 3, 3)}}, tmp_path / "in.pth"
+    )
     proc = run_tool("mmdet", tmp_path / "in.pth", tmp_path / "out.pth")
     assert proc.returncode == 1 and "not a mmdet checkpoint" in proc.stderr
     assert not (tmp_path / "out.pth").exists()
 
 
 # ----------------------------------------------------------------------------- torchvision-resnet
-@pytest.mark.parametrize("config", ["configs/BiSeNet/V1_R18_cityscapes.yaml", "configs/SOLOv2/Light448_R18_3x.yaml"])
+@pytest.mark.parametrize(
+    "config", ["configs/BiSeNet/V1_R18_cityscapes.yaml", "configs/SOLOv2/Light448_R18_3x.yaml"]
+)
 def test_torchvision_r18_initializes_backbone(config, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
@@ -345,7 +537,9 @@ def test_torchvision_r18_initializes_backbone(config, tmp_path):
     with open(tmp_path / "R-18.pkl", "rb") as f:
         data = pickle.load(f)
     assert data["__author__"] == "torchvision" and data["matching_heuristics"] is True
-    assert "stem.conv1.weight" in data["model"] and "res5.1.conv2.norm.running_mean" in data["model"]
+    assert (
+        "stem.conv1.weight" in data["model"] and "res5.1.conv2.norm.running_mean" in data["model"]
+    )
 
     model = build_model(build_cfg(config))
     DetectionCheckpointer(model).load(str(tmp_path / "R-18.pkl"))
@@ -371,11 +565,17 @@ def test_converted_configs_match_the_converters():
     from solo_d2 import model_zoo
     from solo_d2.checkpoint.solo_mmdet import _CONFIGS, LAYOUTS
 
-    named = {f"{LAYOUTS[s].config_dir}/{n}" for s, table in _CONFIGS.items() for n in table.values()}
-    files = {f"configs/{c}" for c in model_zoo.list_configs() if c.startswith(("Converted/SOLO-official/", "Converted/mmdet/"))}
+    named = {
+        f"{LAYOUTS[s].config_dir}/{n}" for s, table in _CONFIGS.items() for n in table.values()
+    }
+    files = {
+        f"configs/{c}"
+        for c in model_zoo.list_configs()
+        if c.startswith(("Converted/SOLO-official/", "Converted/mmdet/"))
+    }
     assert files == named
     for c in sorted(files):
-        cfg = model_zoo.get_config(c[len("configs/"):])
+        cfg = model_zoo.get_config(c[len("configs/") :])
         assert cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.RESNETS.STRIDE_IN_1X1, c
         assert [round(v, 3) for v in cfg.MODEL.PIXEL_STD] == [58.395, 57.12, 57.375], c
         assert cfg.MODEL.WEIGHTS.endswith(".pth"), c

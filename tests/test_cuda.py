@@ -6,6 +6,7 @@ exactly; post-processing and Matrix NMS to float rounding), training must run un
 through detectron2's ``AMPTrainer`` with finite losses, and ``tools/train_net.py`` must train
 and evaluate with ``MODEL.DEVICE cuda`` and ``SOLVER.AMP.ENABLED True``.
 """
+
 import itertools
 import json
 import math
@@ -17,8 +18,7 @@ import torch
 
 from benchmarks import baselines as bl
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
-from solo_d2.modeling.solo.targets import instance_geometry
-from solo_d2.modeling.solo.targets import grid_cell, solo_targets
+from solo_d2.modeling.solo.targets import grid_cell, instance_geometry, solo_targets
 from tests.test_autocast import _model
 from tests.test_tools import ROOT, run_tool
 
@@ -43,14 +43,27 @@ def test_targets_on_cuda_equal_cpu(with_boxes):
     masks, classes = bl.random_instances(2, 30, h, w, seed=7)
     masks[1][3] = False  # an empty mask
     boxes = bl.boxes_of(masks) if with_boxes else None
-    kw = dict(num_grids=bl.GRIDS, scale_ranges=bl.RANGES, mask_sizes=[(h // 4, w // 4)] * 2 + [(h // 8, w // 8)] * 3,
-              sigma=0.2, num_classes=80)
+    kw = dict(
+        num_grids=bl.GRIDS,
+        scale_ranges=bl.RANGES,
+        mask_sizes=[(h // 4, w // 4)] * 2 + [(h // 8, w // 8)] * 3,
+        sigma=0.2,
+        num_classes=80,
+    )
     for m in masks:  # geometry first, so that a difference is found where it starts
-        for name, a, b in zip(("box_h", "box_w", "cy", "cx", "area"), instance_geometry(m), instance_geometry(m.to(CUDA))):
+        for name, a, b in zip(
+            ("box_h", "box_w", "cy", "cx", "area"),
+            instance_geometry(m),
+            instance_geometry(m.to(CUDA)),
+        ):
             assert torch.equal(a, b.cpu()), name
     cpu = solo_targets(masks, classes, gt_boxes=boxes, **kw)
-    gpu = solo_targets([m.to(CUDA) for m in masks], [c.to(CUDA) for c in classes],
-                       gt_boxes=[b.to(CUDA) for b in boxes] if boxes else None, **kw)
+    gpu = solo_targets(
+        [m.to(CUDA) for m in masks],
+        [c.to(CUDA) for c in classes],
+        gt_boxes=[b.to(CUDA) for b in boxes] if boxes else None,
+        **kw,
+    )
     assert sum(t.num_targets for t in cpu) > 20
     for c, g in zip(cpu, gpu):
         for name, a, b in zip(c._fields, c, g):
@@ -62,12 +75,16 @@ def test_targets_on_cuda_equal_cpu(with_boxes):
 def test_grid_cells_on_cuda_equal_cpu():
     """CUDA divides by a Python number as a product with its float32 reciprocal, one bit off
     the quotient for some values; grid_cell must divide exactly on both devices."""
-    coords = torch.arange(0, 1216 * 8, dtype=torch.float32) / 8 + torch.rand(1216 * 8, generator=torch.Generator().manual_seed(0))
+    coords = torch.arange(0, 1216 * 8, dtype=torch.float32) / 8 + torch.rand(
+        1216 * 8, generator=torch.Generator().manual_seed(0)
+    )
     for extent in (800, 1216, 1333):
         recip = coords * torch.tensor(1.0 / extent, dtype=torch.float32)
         assert (recip != coords / extent).any()  # values where the two ways differ are present
         for s in bl.GRIDS:
-            assert torch.equal(grid_cell(coords.to(CUDA), extent, s).cpu(), grid_cell(coords, extent, s)), (extent, s)
+            assert torch.equal(
+                grid_cell(coords.to(CUDA), extent, s).cpu(), grid_cell(coords, extent, s)
+            ), (extent, s)
 
 
 def test_matrix_nms_on_cuda_matches_cpu():
@@ -84,57 +101,112 @@ def test_matrix_nms_on_cuda_matches_cpu():
 def test_postprocessing_on_cuda_matches_cpu():
     size = (256, 384)
     cate, mask_out, padded = bl.synthetic_solov2_outputs(200, size=size, num_objects=20)
-    _, model = _model("SOLOv2/R50_3x.yaml", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", device="cpu")
+    _, model = _model(
+        "SOLOv2/R50_3x.yaml",
+        "MODEL.RESNETS.DEPTH",
+        "18",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        "64",
+        device="cpu",
+    )
     model.eval()
     with torch.no_grad():
         cpu = bl.solo_d2_postprocess(model, cate, mask_out, padded, output_size=(300, 460))
         model.to(CUDA)
-        gpu = bl.solo_d2_postprocess(model, [c.to(CUDA) for c in cate],
-                                     [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out], padded, output_size=(300, 460))
-        ref = bl.adelaidet_postprocess([c.to(CUDA) for c in cate], [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out],
-                                       padded, (300, 460), bl.test_cfg_of(model))
+        gpu = bl.solo_d2_postprocess(
+            model,
+            [c.to(CUDA) for c in cate],
+            [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out],
+            padded,
+            output_size=(300, 460),
+        )
+        ref = bl.adelaidet_postprocess(
+            [c.to(CUDA) for c in cate],
+            [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out],
+            padded,
+            (300, 460),
+            bl.test_cfg_of(model),
+        )
     assert len(cpu) > 10 and len(set(cpu.pred_classes.tolist())) > 1
     assert len(gpu) == len(cpu) and gpu.pred_masks.device.type == "cuda"
     assert torch.equal(gpu.pred_classes.cpu(), cpu.pred_classes)
     torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, atol=1e-5, rtol=0)
     differ = (gpu.pred_masks.cpu() != cpu.pred_masks).sum().item()
-    assert differ <= 1e-4 * cpu.pred_masks.numel(), differ  # only pixels at the 0.5 threshold may flip
+    assert differ <= 1e-4 * cpu.pred_masks.numel(), (
+        differ
+    )  # only pixels at the 0.5 threshold may flip
     torch.testing.assert_close(gpu.pred_boxes.tensor.cpu(), cpu.pred_boxes.tensor, atol=1.0, rtol=0)
-    torch.testing.assert_close(gpu.scores, ref[1], atol=1e-5, rtol=0)  # the reference algorithm on the GPU
-    with torch.no_grad():  # output size = input size: masks pasted around their boxes on the CPU, whole on the GPU
-        gpu_same = bl.solo_d2_postprocess(model, [c.to(CUDA) for c in cate],
-                                          [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out], padded)
+    torch.testing.assert_close(
+        gpu.scores, ref[1], atol=1e-5, rtol=0
+    )  # the reference algorithm on the GPU
+    with (
+        torch.no_grad()
+    ):  # output size = input size: masks pasted around their boxes on the CPU, whole on the GPU
+        gpu_same = bl.solo_d2_postprocess(
+            model,
+            [c.to(CUDA) for c in cate],
+            [(k.to(CUDA), f.to(CUDA)) for k, f in mask_out],
+            padded,
+        )
         model.cpu()
         cpu_same = bl.solo_d2_postprocess(model, cate, mask_out, padded)
-    assert len(gpu_same) == len(cpu_same) and torch.equal(gpu_same.pred_classes.cpu(), cpu_same.pred_classes)
+    assert len(gpu_same) == len(cpu_same) and torch.equal(
+        gpu_same.pred_classes.cpu(), cpu_same.pred_classes
+    )
     differ = (gpu_same.pred_masks.cpu() != cpu_same.pred_masks).sum().item()
     assert differ <= 1e-4 * cpu_same.pred_masks.numel(), differ
-    torch.testing.assert_close(gpu_same.pred_boxes.tensor.cpu(), cpu_same.pred_boxes.tensor, atol=1.0, rtol=0)
+    torch.testing.assert_close(
+        gpu_same.pred_boxes.tensor.cpu(), cpu_same.pred_boxes.tensor, atol=1.0, rtol=0
+    )
 
 
-@pytest.mark.parametrize("config", ["Synthetic/SOLOv2_DCN_R18.yaml", "Synthetic/DecoupledSOLO_R18.yaml",
-                                    "Synthetic/BiSeNetV2.yaml"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "Synthetic/SOLOv2_DCN_R18.yaml",
+        "Synthetic/DecoupledSOLO_R18.yaml",
+        "Synthetic/BiSeNetV2.yaml",
+    ],
+)
 def test_model_on_cuda_matches_cpu(config):
     """Head outputs (SOLO) or logits (BiSeNet) of the GPU model equal the CPU model's to float
     rounding; the GPU model's predictions are well formed (random weights give near-equal
     scores, so their order is not compared: the post-processing test above compares that)."""
     from torchvision.ops import masks_to_boxes
 
-    opts = ("MODEL.SOLO.SCORE_THR", "0.0", "MODEL.SOLO.UPDATE_THR", "0.0", "MODEL.SOLO.MASK_THR", "0.1") \
-        if "SOLO" in config else ()
+    opts = (
+        (
+            "MODEL.SOLO.SCORE_THR",
+            "0.0",
+            "MODEL.SOLO.UPDATE_THR",
+            "0.0",
+            "MODEL.SOLO.MASK_THR",
+            "0.1",
+        )
+        if "SOLO" in config
+        else ()
+    )
     _, model = _model(config, *opts, device="cpu")
     model.eval()
-    image = torch.randint(0, 255, (3, 120, 176), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    image = torch.randint(
+        0, 255, (3, 120, 176), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     inputs = [{"image": image, "height": 150, "width": 220}, {"image": image[:, :96, :128]}]
     with torch.no_grad():
         cpu = model(inputs)
-        cpu_heads = model._head_outputs(model.preprocess_image(inputs)) if "SOLO" in config else None
+        cpu_heads = (
+            model._head_outputs(model.preprocess_image(inputs)) if "SOLO" in config else None
+        )
         model.to(CUDA)
         gpu = model(inputs)
-        gpu_heads = model._head_outputs(model.preprocess_image(inputs)) if "SOLO" in config else None
+        gpu_heads = (
+            model._head_outputs(model.preprocess_image(inputs)) if "SOLO" in config else None
+        )
     if cpu_heads is not None:
         flat = lambda x: [t for v in x for t in (v if isinstance(v, (tuple, list)) else (v,))]  # noqa: E731
-        for a, b in zip(flat(cpu_heads[0]) + flat(cpu_heads[1]), flat(gpu_heads[0]) + flat(gpu_heads[1])):
+        for a, b in zip(
+            flat(cpu_heads[0]) + flat(cpu_heads[1]), flat(gpu_heads[0]) + flat(gpu_heads[1])
+        ):
             torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=1e-4)
     for inp, c, g in zip(inputs, cpu, gpu):
         size = (inp.get("height", inp["image"].shape[1]), inp.get("width", inp["image"].shape[2]))
@@ -148,8 +220,13 @@ def test_model_on_cuda_matches_cpu(config):
         assert g.pred_masks.shape[-2:] == size and g.scores.dtype == torch.float32
         assert bool((g.scores[:-1] >= g.scores[1:]).all())
         nonempty = g.pred_masks.flatten(1).any(1)
-        torch.testing.assert_close(g.pred_boxes.tensor[nonempty], masks_to_boxes(g.pred_masks[nonempty]).float() +
-                                   torch.tensor([0, 0, 1, 1], device=CUDA), atol=0, rtol=0)
+        torch.testing.assert_close(
+            g.pred_boxes.tensor[nonempty],
+            masks_to_boxes(g.pred_masks[nonempty]).float()
+            + torch.tensor([0, 0, 1, 1], device=CUDA),
+            atol=0,
+            rtol=0,
+        )
 
 
 def _amp_active(model, box):
@@ -157,14 +234,26 @@ def _amp_active(model, box):
     detectron2's FrozenBatchNorm2d computes in float32, and so does the deformable conv)."""
     from detectron2.layers import Conv2d
 
-    convs = [m for m in model.modules() if type(m) in (torch.nn.Conv2d, Conv2d) and getattr(m, "norm", None) is None]
+    convs = [
+        m
+        for m in model.modules()
+        if type(m) in (torch.nn.Conv2d, Conv2d) and getattr(m, "norm", None) is None
+    ]
     hooks = [c.register_forward_hook(lambda m, i, o: box.append(o.dtype)) for c in convs]
     return types.SimpleNamespace(remove=lambda: [h.remove() for h in hooks])
 
 
-@pytest.mark.parametrize("config", ["Synthetic/SOLO_R18.yaml", "Synthetic/DecoupledSOLOLight_R18.yaml",
-                                    "Synthetic/SOLOv2_DCN_R18.yaml", "Synthetic/SOLOv2Light_R18.yaml",
-                                    "Synthetic/BiSeNetV1_R18.yaml", "Synthetic/BiSeNetV2.yaml"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "Synthetic/SOLO_R18.yaml",
+        "Synthetic/DecoupledSOLOLight_R18.yaml",
+        "Synthetic/SOLOv2_DCN_R18.yaml",
+        "Synthetic/SOLOv2Light_R18.yaml",
+        "Synthetic/BiSeNetV1_R18.yaml",
+        "Synthetic/BiSeNetV2.yaml",
+    ],
+)
 def test_amp_trainer_steps(config):
     """detectron2's AMPTrainer (``SOLVER.AMP.ENABLED``): fp16 convolutions, float32 losses close
     to the fp32 ones, finite losses over several steps, parameters updated."""
@@ -186,7 +275,11 @@ def test_amp_trainer_steps(config):
         for _ in range(4):
             trainer.run_step()
             storage.step()
-        history = {k: [v for v, _ in h.values()] for k, h in storage.histories().items() if k.startswith("loss")}
+        history = {
+            k: [v for v, _ in h.values()]
+            for k, h in storage.histories().items()
+            if k.startswith("loss")
+        }
     hook.remove()
     assert dtypes and set(dtypes) == {torch.float16}, set(dtypes)
     assert set(history) == set(ref)
@@ -197,14 +290,35 @@ def test_amp_trainer_steps(config):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-@pytest.mark.parametrize("config,metric", [("Synthetic/SOLOv2Light_R18.yaml", "segm/AP"),
-                                           ("Synthetic/SOLOv2_R18_cityscapes.yaml", "segm/AP"),
-                                           ("Synthetic/BiSeNetV1_R18.yaml", "sem_seg/mIoU")])
+@pytest.mark.parametrize(
+    "config,metric",
+    [
+        ("Synthetic/SOLOv2Light_R18.yaml", "segm/AP"),
+        ("Synthetic/SOLOv2_R18_cityscapes.yaml", "segm/AP"),
+        ("Synthetic/BiSeNetV1_R18.yaml", "sem_seg/mIoU"),
+    ],
+)
 def test_train_net_on_cuda_with_amp(tmp_path, config, metric, synthetic_coco, synthetic_cityscapes):
     out = tmp_path / "out"
-    proc = run_tool("tools/train_net.py", "--config-file", ROOT / "configs" / config, "--num-gpus", "1",
-                    "MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "6",
-                    "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", out)
+    proc = run_tool(
+        "tools/train_net.py",
+        "--config-file",
+        ROOT / "configs" / config,
+        "--num-gpus",
+        "1",
+        "MODEL.DEVICE",
+        "cuda",
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "SOLVER.MAX_ITER",
+        "6",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "OUTPUT_DIR",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     losses = [r["total_loss"] for r in records if "total_loss" in r]

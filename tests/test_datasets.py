@@ -1,5 +1,6 @@
 """Synthetic datasets: determinism, formats read by pycocotools / Detectron2 / cityscapesscripts,
 content (empty images, sizes, crowds, overlaps), race-safe generation, and check_dataset errors."""
+
 import filecmp
 import json
 import math
@@ -11,17 +12,23 @@ import sys
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from pycocotools.coco import COCO
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-
-from solo_d2.data import check_dataset, generate_synthetic_cityscapes, generate_synthetic_coco, load_cityscapes_instances
+from solo_d2.data import (
+    check_dataset,
+    generate_synthetic_cityscapes,
+    generate_synthetic_coco,
+    load_cityscapes_instances,
+)
 from solo_d2.data.synthetic import STAMP_FILE, stamp_ok
 
 
 def _tree_files(root):
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+    )
 
 
 def test_generation_is_deterministic(tmp_path, synthetic_coco, synthetic_cityscapes):
@@ -124,8 +131,13 @@ def test_cityscapes_tree_uses_cityscapes_ids(synthetic_cityscapes):
         assert len({os.path.basename(os.path.dirname(f)) for f in label_files}) == 2  # two cities
         for f in label_files:
             stem = f[: -len("_gtFine_labelIds.png")]
-            image = os.path.join(synthetic_cityscapes, "leftImg8bit", split, os.path.basename(os.path.dirname(f)),
-                                 os.path.basename(stem) + "_leftImg8bit.png")
+            image = os.path.join(
+                synthetic_cityscapes,
+                "leftImg8bit",
+                split,
+                os.path.basename(os.path.dirname(f)),
+                os.path.basename(stem) + "_leftImg8bit.png",
+            )
             with Image.open(image) as im:
                 assert im.size == (512, 256)
             label_ids = np.asarray(Image.open(f))
@@ -152,17 +164,29 @@ def test_cityscapes_loaders_agree_with_label_images(synthetic_cityscapes):
     assert meta.evaluator_type == "cityscapes_instance" and len(meta.thing_classes) == 8
     ious = []
     for d in dicts:
-        inst_file = d["file_name"].replace("leftImg8bit", "gtFine", 1).replace("_leftImg8bit.png", "_gtFine_instanceIds.png")
+        inst_file = (
+            d["file_name"]
+            .replace("leftImg8bit", "gtFine", 1)
+            .replace("_leftImg8bit.png", "_gtFine_instanceIds.png")
+        )
         inst_ids = np.asarray(Image.open(inst_file))
         for anno in d["annotations"]:
             if anno["iscrowd"]:
                 continue
-            rle = mask_util.merge(mask_util.frPyObjects(anno["segmentation"], d["height"], d["width"]))
+            rle = mask_util.merge(
+                mask_util.frPyObjects(anno["segmentation"], d["height"], d["width"])
+            )
             mask = mask_util.decode(rle).astype(bool)
             label_id = name2label[meta.thing_classes[anno["category_id"]]].id
             candidates = [i for i in np.unique(inst_ids[mask]) if i // 1000 == label_id]
-            best = max((np.logical_and(mask, inst_ids == i).sum() / np.logical_or(mask, inst_ids == i).sum()
-                        for i in candidates), default=0.0)
+            best = max(
+                (
+                    np.logical_and(mask, inst_ids == i).sum()
+                    / np.logical_or(mask, inst_ids == i).sum()
+                    for i in candidates
+                ),
+                default=0.0,
+            )
             if mask.sum() >= 200:
                 ious.append(best)
     assert len(ious) >= 5 and np.mean(ious) > 0.85
@@ -170,7 +194,9 @@ def test_cityscapes_loaders_agree_with_label_images(synthetic_cityscapes):
     # of the instanceIds images
     png = load_cityscapes_instances(meta.image_dir, meta.gt_dir, from_json=False, to_polygons=False)
     expected = 0
-    for f in _cs_files(os.path.dirname(os.path.dirname(meta.gt_dir)), "val", "_gtFine_instanceIds.png"):
+    for f in _cs_files(
+        os.path.dirname(os.path.dirname(meta.gt_dir)), "val", "_gtFine_instanceIds.png"
+    ):
         ids = np.asarray(Image.open(f))
         for i in np.unique(ids[ids >= 24]):
             ys, xs = np.nonzero(ids == i)
@@ -203,15 +229,22 @@ def test_concurrent_generation_and_stale_tree(tmp_path, synthetic_cityscapes):
     root = tmp_path / "race"
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "unused"))
     module_file = sys.modules[generate_synthetic_cityscapes.__module__].__file__
-    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(root), module_file], env=env, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACE, str(root), module_file], env=env, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         try:
             _, err = p.communicate(timeout=600)  # a hang guard, not a speed limit
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail("concurrent generate_synthetic_cityscapes hung for 600 s "
-                        "(lock/rename loop in _ensure?)")
+            pytest.fail(
+                "concurrent generate_synthetic_cityscapes hung for 600 s "
+                "(lock/rename loop in _ensure?)"
+            )
         assert p.returncode == 0, err.decode()[-2000:]
     target = root / "synthetic_cityscapes"
     assert sorted(os.listdir(root)) == ["synthetic_cityscapes"]  # no temporary leftovers
@@ -233,14 +266,21 @@ def test_check_dataset_synthetic_and_unknown(synthetic_coco):
     with pytest.raises(KeyError) as info:
         check_dataset("no_such_dataset_2017")
     message = str(info.value)
-    assert "no_such_dataset_2017" in message and "synthetic_coco_train" in message and "coco_2017_val" in message
+    assert (
+        "no_such_dataset_2017" in message
+        and "synthetic_coco_train" in message
+        and "coco_2017_val" in message
+    )
 
 
-@pytest.mark.parametrize("name,command", [
-    ("coco_2017_val", "val2017.zip"),
-    ("cityscapes_fine_instance_seg_train", "prepare_cityscapes.py"),
-    ("cityscapes_fine_sem_seg_val", "prepare_cityscapes.py"),
-])
+@pytest.mark.parametrize(
+    "name,command",
+    [
+        ("coco_2017_val", "val2017.zip"),
+        ("cityscapes_fine_instance_seg_train", "prepare_cityscapes.py"),
+        ("cityscapes_fine_sem_seg_val", "prepare_cityscapes.py"),
+    ],
+)
 def test_check_dataset_missing_builtin(name, command):
     meta = MetadataCatalog.get(name)
     path = meta.json_file if hasattr(meta, "json_file") else meta.image_dir
@@ -253,18 +293,30 @@ def test_check_dataset_missing_builtin(name, command):
 
 def test_check_dataset_missing_label_train_ids(tmp_path, synthetic_cityscapes):
     root = tmp_path / "cityscapes"
-    shutil.copytree(os.path.join(synthetic_cityscapes, "leftImg8bit", "val"), root / "leftImg8bit" / "val")
-    shutil.copytree(os.path.join(synthetic_cityscapes, "gtFine", "val"), root / "gtFine" / "val",
-                    ignore=shutil.ignore_patterns("*_labelTrainIds.png"))
+    shutil.copytree(
+        os.path.join(synthetic_cityscapes, "leftImg8bit", "val"), root / "leftImg8bit" / "val"
+    )
+    shutil.copytree(
+        os.path.join(synthetic_cityscapes, "gtFine", "val"),
+        root / "gtFine" / "val",
+        ignore=shutil.ignore_patterns("*_labelTrainIds.png"),
+    )
     name = "cityscapes_fine_sem_seg_solo_d2_test"
     if name not in DatasetCatalog.list():
         DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(image_dir=str(root / "leftImg8bit" / "val"), gt_dir=str(root / "gtFine" / "val"),
-                                  evaluator_type="cityscapes_sem_seg")
+    MetadataCatalog.get(name).set(
+        image_dir=str(root / "leftImg8bit" / "val"),
+        gt_dir=str(root / "gtFine" / "val"),
+        evaluator_type="cityscapes_sem_seg",
+    )
     with pytest.raises(FileNotFoundError, match="prepare_cityscapes.py"):
         check_dataset(name)
-    subprocess.run([sys.executable, "datasets/prepare_cityscapes.py", "--cityscapes", str(root)], check=True,
-                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True)
+    subprocess.run(
+        [sys.executable, "datasets/prepare_cityscapes.py", "--cityscapes", str(root)],
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+    )
     check_dataset(name)
     for f in _cs_files(str(root), "val", "_gtFine_labelTrainIds.png"):
         rel = os.path.relpath(f, root)
@@ -287,7 +339,9 @@ def test_instance_ids_png_is_16_bit_and_matches_the_polygons(synthetic_cityscape
     saw_instances = False
     for f in files:
         raw = open(f, "rb").read(32)
-        assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[24] == 16 and raw[25] == 0  # IHDR: bit depth 16, gray
+        assert (
+            raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[24] == 16 and raw[25] == 0
+        )  # IHDR: bit depth 16, gray
         ids = cv2.imread(f, cv2.IMREAD_UNCHANGED)
         assert ids.dtype == np.uint16
         ann = Annotation()
@@ -325,7 +379,9 @@ def test_check_dataset_finds_missing_images(tmp_path, synthetic_coco):
     dicts[-1]["file_name"] = missing
     name = "solo_d2_test_missing_image"
     _register_copy(name, dicts, "synthetic_coco_val")
-    with pytest.raises(FileNotFoundError, match=r"1 of 16 image files checked \(all 16 items\).*gone.png"):
+    with pytest.raises(
+        FileNotFoundError, match=r"1 of 16 image files checked \(all 16 items\).*gone.png"
+    ):
         check_dataset(name)  # a small dataset is checked entirely even in "sample" mode
     check_dataset(name, check_images="none")
     # a large dataset: "sample" checks a fixed subset, "all" checks every item
@@ -337,16 +393,30 @@ def test_check_dataset_finds_missing_images(tmp_path, synthetic_coco):
     _register_copy(name, big, "synthetic_coco_val")
     assert check_image_files(name, "sample", sample_size=100) == 100
     big[min(sampled)]["file_name"] = missing  # inside it
-    with pytest.raises(FileNotFoundError, match=r"1 of 100 image files checked \(a sample of 100 of 2000 items\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"1 of 100 image files checked \(a sample of 100 of 2000 items\)"
+    ):
         check_image_files(name, "sample", sample_size=100)
     big[min(sampled)]["file_name"] = dicts[0]["file_name"]
-    with pytest.raises(FileNotFoundError, match=r"1 of 2000 image files checked \(all 2000 items\).*gone.png"):
+    with pytest.raises(
+        FileNotFoundError, match=r"1 of 2000 image files checked \(all 2000 items\).*gone.png"
+    ):
         check_dataset(name, check_images="all")
     with pytest.raises(ValueError, match="check_images"):
         check_dataset(name, check_images="some")
-    proc = subprocess.run([sys.executable, "datasets/check_dataset.py", "synthetic_coco_val", "--check-images", "all"],
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "datasets/check_dataset.py",
+            "synthetic_coco_val",
+            "--check-images",
+            "all",
+        ],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0 and "synthetic_coco_val: OK" in proc.stdout, proc.stderr[-2000:]
 
 
@@ -362,8 +432,14 @@ def test_truncated_image_fails_naming_the_file(tmp_path, synthetic_coco):
     truncated.write_bytes(data[: len(data) // 2])
     d["file_name"] = str(truncated)
     cfg = solo_d2.get_cfg()
-    cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                     "configs", "Synthetic", "SOLOv2_R18.yaml"))
+    cfg.merge_from_file(
+        os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "configs",
+            "Synthetic",
+            "SOLOv2_R18.yaml",
+        )
+    )
     for is_train in (True, False):
         with pytest.raises(ImageReadError, match=r"file_name=.*truncated\.png.*truncated") as e:
             FileNamingDatasetMapper(cfg, is_train)(dict(d))

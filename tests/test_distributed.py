@@ -3,6 +3,7 @@
 Every multi-worker run goes through :func:`solo_d2.engine.launch` (``--num-gpus 0
 --num-cpu-workers 2``); the workers live in ``tests/dist_solo_workers.py``.
 """
+
 import json
 import os
 import subprocess
@@ -43,16 +44,25 @@ def test_two_workers_match_one_process_with_both_images(state_path, tmp_path):
     _launch(W.grads_worker, state_path, str(tmp_path), SPLITS)
     ranks = [torch.load(tmp_path / f"grads_rank{r}.pt") for r in range(2)]
     with W.native_conv():
-        single = [W.loss_and_grads(W.load_model(state_path, True), [W.make_input(i) for i in s]) for s in SPLITS]
+        single = [
+            W.loss_and_grads(W.load_model(state_path, True), [W.make_input(i) for i in s])
+            for s in SPLITS
+        ]
         # what DDP would average with a per-worker normalizer (no all-reduce of the positives)
-        local = [W.loss_and_grads(W.load_model(state_path, True), [W.make_input(i)])[1] for i in SPLITS[0]]
+        local = [
+            W.loss_and_grads(W.load_model(state_path, True), [W.make_input(i)])[1]
+            for i in SPLITS[0]
+        ]
 
     for k, split in enumerate(SPLITS):
         (loss0, grads0), (loss1, grads1) = ranks[0][k], ranks[1][k]
         single_losses, single_grads = single[k]
         # loss: the mean of the workers' losses equals the loss of one process on both images
         for name, value in single_losses.items():
-            assert (loss0[name] + loss1[name]) / 2 == pytest.approx(value, rel=1e-5, abs=1e-7), (split, name)
+            assert (loss0[name] + loss1[name]) / 2 == pytest.approx(value, rel=1e-5, abs=1e-7), (
+                split,
+                name,
+            )
         # gradients: DDP leaves the same averaged gradient on both workers, equal to one process's
         assert grads0.keys() == grads1.keys() == single_grads.keys()
         for name, g in single_grads.items():
@@ -102,7 +112,9 @@ def test_parameters_stay_identical_on_both_workers_after_training(tmp_path):
         assert torch.equal(v, ranks[1]["initial"][name]), name
     changed = 0
     for name, v in ranks[0]["final"].items():
-        assert torch.equal(v, ranks[1]["final"][name]), f"{name} differs between workers after training"
+        assert torch.equal(v, ranks[1]["final"][name]), (
+            f"{name} differs between workers after training"
+        )
         changed += not torch.equal(v, ranks[0]["initial"][name])
     assert changed > len(ranks[0]["final"]) // 2  # the optimizer did step (most tensors moved)
 
@@ -137,7 +149,9 @@ def test_distributed_evaluation_equals_single_process(state_path, tmp_path):
     for task in ("segm", "bbox"):
         assert dist_res[task].keys() == single[task].keys()
         for metric, value in single[task].items():
-            assert dist_res[task][metric] == pytest.approx(value, abs=1e-9, nan_ok=True), f"{task}/{metric}"
+            assert dist_res[task][metric] == pytest.approx(value, abs=1e-9, nan_ok=True), (
+                f"{task}/{metric}"
+            )
     assert single["bbox"]["AP"] > 0  # a real, non-trivial AP is being compared
 
     # the gathered predictions are those of the single process, from all 16 images
@@ -146,15 +160,30 @@ def test_distributed_evaluation_equals_single_process(state_path, tmp_path):
     assert len(d) == len(s) > 0
     assert len({p["image_id"] for p in d}) == 16
     for a, b in zip(d, s):
-        assert (a["image_id"], a["category_id"], a["segmentation"]) == (b["image_id"], b["category_id"], b["segmentation"])
+        assert (a["image_id"], a["category_id"], a["segmentation"]) == (
+            b["image_id"],
+            b["category_id"],
+            b["segmentation"],
+        )
         assert a["score"] == pytest.approx(b["score"], abs=1e-6)
 
 
 def _train_net(*argv, output_dir, timeout=TIMEOUT):
     cmd = [
-        sys.executable, os.path.join(ROOT, "tools", "train_net.py"),
-        "--config-file", W.CONFIG, "--num-gpus", "0", "--num-cpu-workers", "2", "--dist-url", "auto",
-        *argv, *W.TINY_OPTS, "OUTPUT_DIR", str(output_dir),
+        sys.executable,
+        os.path.join(ROOT, "tools", "train_net.py"),
+        "--config-file",
+        W.CONFIG,
+        "--num-gpus",
+        "0",
+        "--num-cpu-workers",
+        "2",
+        "--dist-url",
+        "auto",
+        *argv,
+        *W.TINY_OPTS,
+        "OUTPUT_DIR",
+        str(output_dir),
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
@@ -162,12 +191,22 @@ def _train_net(*argv, output_dir, timeout=TIMEOUT):
 def test_train_net_with_two_cpu_workers_trains_and_evaluates(tmp_path, synthetic_coco):
     out = tmp_path / "out"
     proc = _train_net(
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2",
-        "SOLVER.CHECKPOINT_PERIOD", "100000", "TEST.EVAL_PERIOD", "0",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.WARMUP_ITERS",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100000",
+        "TEST.EVAL_PERIOD",
+        "0",
         output_dir=out,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
+    records = [
+        json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()
+    ]
     train = [r for r in records if "total_loss" in r]
     assert train and train[-1]["iteration"] == 3
     assert all(torch.isfinite(torch.tensor(r["total_loss"])) for r in train)
@@ -188,13 +227,37 @@ def test_train_net_two_machines_commands_on_one_host(tmp_path, synthetic_coco):
     procs = []
     for machine_rank in (0, 1):
         cmd = [
-            sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", W.CONFIG,
-            "--num-gpus", "0", "--num-cpu-workers", "1", "--num-machines", "2",
-            "--machine-rank", str(machine_rank), "--dist-url", url, *W.TINY_OPTS,
-            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100000",
-            "DATASETS.TEST", "()", "OUTPUT_DIR", str(out),
+            sys.executable,
+            os.path.join(ROOT, "tools", "train_net.py"),
+            "--config-file",
+            W.CONFIG,
+            "--num-gpus",
+            "0",
+            "--num-cpu-workers",
+            "1",
+            "--num-machines",
+            "2",
+            "--machine-rank",
+            str(machine_rank),
+            "--dist-url",
+            url,
+            *W.TINY_OPTS,
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100000",
+            "DATASETS.TEST",
+            "()",
+            "OUTPUT_DIR",
+            str(out),
         ]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     try:
         logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
     finally:
@@ -216,10 +279,29 @@ def test_train_net_worker_crash_fails_the_run_with_the_error(tmp_path, synthetic
         "run_crashing_train_net(sys.argv[1:])\n" % ROOT
     )
     argv = [
-        "--config-file", W.CONFIG, "--num-gpus", "0", "--num-cpu-workers", "2", "--dist-url", "auto",
-        *W.TINY_OPTS, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "50", "OUTPUT_DIR", str(tmp_path / "out"),
+        "--config-file",
+        W.CONFIG,
+        "--num-gpus",
+        "0",
+        "--num-cpu-workers",
+        "2",
+        "--dist-url",
+        "auto",
+        *W.TINY_OPTS,
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "50",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
     ]
-    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=ROOT,
+    )
     assert proc.returncode != 0
     assert "worker rank 1 failed" in proc.stderr
     assert "injected failure on rank 1 at iteration 1" in proc.stderr

@@ -1,4 +1,5 @@
 """The front page stays a front page, and every relative link in README.md and docs/ resolves."""
+
 import glob
 import os
 import re
@@ -6,7 +7,10 @@ import re
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ["README.md", *sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md")))]
+PAGES = [
+    "README.md",
+    *sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md"))),
+]
 
 
 def test_readme_is_at_most_10_kb():

@@ -41,7 +41,9 @@ def _settings(groups, model):
 
 def test_param_groups_head_lr_and_no_decay_on_norm_and_bias():
     model = _Toy()
-    cfg = _cfg(HEAD_LR_MULTIPLIER=10.0, HEAD_PARAM_PREFIXES=["sem_seg_head."], WEIGHT_DECAY_BIAS=0.0)
+    cfg = _cfg(
+        HEAD_LR_MULTIPLIER=10.0, HEAD_PARAM_PREFIXES=["sem_seg_head."], WEIGHT_DECAY_BIAS=0.0
+    )
     s = _settings(build_optimizer_param_groups(cfg, model), model)
     assert s["backbone.0.weight"] == (0.01, 5e-4)
     assert s["backbone.0.bias"] == (0.01, 0.0)
@@ -60,13 +62,22 @@ def test_param_groups_bias_decay_defaults_to_weight_decay_and_bad_prefix_is_name
     s = _settings(build_optimizer_param_groups(_cfg(), model), model)
     assert s["backbone.0.bias"] == (0.01, 5e-4)
     with pytest.raises(ValueError, match="head_typo"):
-        build_optimizer_param_groups(_cfg(HEAD_LR_MULTIPLIER=10.0, HEAD_PARAM_PREFIXES=["head_typo."]), model)
+        build_optimizer_param_groups(
+            _cfg(HEAD_LR_MULTIPLIER=10.0, HEAD_PARAM_PREFIXES=["head_typo."]), model
+        )
 
 
 def test_warmup_poly_lr_follows_the_formula():
-    cfg = _cfg(LR_SCHEDULER_NAME="WarmupPolyLR", MAX_ITER=100, WARMUP_ITERS=10, WARMUP_FACTOR=0.1,
-               WARMUP_METHOD="linear", POLY_LR_POWER=0.9, HEAD_LR_MULTIPLIER=10.0,
-               HEAD_PARAM_PREFIXES=["sem_seg_head."])
+    cfg = _cfg(
+        LR_SCHEDULER_NAME="WarmupPolyLR",
+        MAX_ITER=100,
+        WARMUP_ITERS=10,
+        WARMUP_FACTOR=0.1,
+        WARMUP_METHOD="linear",
+        POLY_LR_POWER=0.9,
+        HEAD_LR_MULTIPLIER=10.0,
+        HEAD_PARAM_PREFIXES=["sem_seg_head."],
+    )
     model = _Toy()
     opt = Trainer.build_optimizer(cfg, model)
     sched = Trainer.build_lr_scheduler(cfg, opt)
@@ -77,6 +88,7 @@ def test_warmup_poly_lr_follows_the_formula():
         sched.step()
     base = [g["initial_lr"] for g in opt.param_groups]
     assert sorted(set(np.round(base, 6))) == [0.01, 0.1]
+
     def poly(it):
         return (1 - it / 100) ** 0.9
 
@@ -152,7 +164,9 @@ def test_full_model_gradient_clipping_bounds_the_total_norm():
         p.grad = torch.full_like(p, 10.0)
     opt.step()
     step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
-    assert step.norm().item() == pytest.approx(0.5, rel=1e-4)  # lr 1, no momentum: step == clipped grad
+    assert step.norm().item() == pytest.approx(
+        0.5, rel=1e-4
+    )  # lr 1, no momentum: step == clipped grad
 
 
 def test_optimizer_choice():

@@ -26,6 +26,7 @@ round differently from torch in the last float bit, which can flip a pixel whose
 probability is 0.5 within 1e-7); logits within 1e-3 and argmax labels identical except
 0.1% of pixels.
 """
+
 import json
 import os
 import subprocess
@@ -63,9 +64,13 @@ def _solo_cfg(name, **solo):
 
 
 def _map(cfg, dicts, short, is_train):
-    mapper = DatasetMapper(is_train=is_train, augmentations=[T.ResizeShortestEdge(short, 4 * short)],
-                           image_format=cfg.INPUT.FORMAT, use_instance_mask=True,
-                           instance_mask_format=cfg.INPUT.MASK_FORMAT)
+    mapper = DatasetMapper(
+        is_train=is_train,
+        augmentations=[T.ResizeShortestEdge(short, 4 * short)],
+        image_format=cfg.INPUT.FORMAT,
+        use_instance_mask=True,
+        instance_mask_format=cfg.INPUT.MASK_FORMAT,
+    )
     return [mapper(dict(d)) for d in dicts]
 
 
@@ -136,7 +141,12 @@ def _compare_solo(inst, outs, *, exact):
     m = masks.shape[0]
     assert masks.shape[1:] == inst.image_size and masks.dtype == torch.bool
     # padding rows are empty
-    assert not masks[n:].any() and (scores[n:] == 0).all() and (classes[n:] == -1).all() and (boxes[n:] == 0).all()
+    assert (
+        not masks[n:].any()
+        and (scores[n:] == 0).all()
+        and (classes[n:] == -1).all()
+        and (boxes[n:] == 0).all()
+    )
     assert m >= n
     assert torch.equal(classes[:n], inst.pred_classes)
     torch.testing.assert_close(scores[:n], inst.scores, rtol=0, atol=1e-6 if exact else 1e-4)
@@ -161,8 +171,10 @@ def _check_solo_model(model, wrapper, sample, images, tmp_path, min_detections):
             _compare_solo(inst, ts(img), exact=True)
             stats.append(_compare_solo(inst, _run_onnx(sess, img), exact=False))
             top = f"{inst.scores.max().item():.3f}" if len(inst) else "-"
-            print(f"{type(wrapper.ins_head).__name__} {tuple(img.shape[1:])}: {len(inst)} "
-                  f"detections, top score {top}")
+            print(
+                f"{type(wrapper.ins_head).__name__} {tuple(img.shape[1:])}: {len(inst)} "
+                f"detections, top score {top}"
+            )
     print(f"{type(wrapper.ins_head).__name__}: ONNX mask pixels differing: {stats}")
     return stats
 
@@ -176,8 +188,11 @@ def test_solov2_trained_export_parity(trained_solov2, test_images, coco_dicts, t
 
 @pytest.mark.parametrize(
     "name,kind",
-    [("Synthetic/SOLOv2Light_R18.yaml", "solov2"), ("Synthetic/DecoupledSOLO_R18.yaml", "decoupled"),
-     ("Synthetic/SOLO_R18.yaml", "solo")],
+    [
+        ("Synthetic/SOLOv2Light_R18.yaml", "solov2"),
+        ("Synthetic/DecoupledSOLO_R18.yaml", "decoupled"),
+        ("Synthetic/SOLO_R18.yaml", "solo"),
+    ],
 )
 def test_solo_family_export_parity_many_candidates(name, kind, test_images, coco_dicts, tmp_path):
     # initial mask outputs near 0.8 (0.64 for the decoupled product): above MASK_THR
@@ -187,9 +202,18 @@ def test_solo_family_export_parity_many_candidates(name, kind, test_images, coco
     wrapper = export_wrapper(model)
     assert wrapper.kind == kind
     # every cell x class is a candidate: far more than NMS_PRE, the ranking path
-    assert sum(g * g for g in cfg.MODEL.SOLO.NUM_GRIDS) * cfg.MODEL.SOLO.NUM_CLASSES > cfg.MODEL.SOLO.NMS_PRE
-    _check_solo_model(model, wrapper, _sample(coco_dicts), test_images, tmp_path,
-                      min_detections=cfg.MODEL.SOLO.MAX_PER_IMG)
+    assert (
+        sum(g * g for g in cfg.MODEL.SOLO.NUM_GRIDS) * cfg.MODEL.SOLO.NUM_CLASSES
+        > cfg.MODEL.SOLO.NMS_PRE
+    )
+    _check_solo_model(
+        model,
+        wrapper,
+        _sample(coco_dicts),
+        test_images,
+        tmp_path,
+        min_detections=cfg.MODEL.SOLO.MAX_PER_IMG,
+    )
 
 
 def test_solo_export_with_no_detections(trained_solov2, coco_dicts, tmp_path):
@@ -240,7 +264,9 @@ def test_bisenet_export_parity(name, tmp_path, synthetic_cityscapes):
             assert out.shape == eager.shape
             torch.testing.assert_close(out, eager, rtol=0, atol=1e-3)
             assert (out.argmax(1) != eager.argmax(1)).float().mean() <= 1e-3
-        labels = export(export_wrapper(model, argmax=True), sample, str(tmp_path / "labels.onnx"), "onnx")
+        labels = export(
+            export_wrapper(model, argmax=True), sample, str(tmp_path / "labels.onnx"), "onnx"
+        )
         sess = ort.InferenceSession(labels, providers=["CPUExecutionProvider"])
         out = _run_onnx(sess, images)[0]
         assert out.shape == (2, 100, 172) and (out != eager.argmax(1)).float().mean() <= 1e-3
@@ -248,8 +274,14 @@ def test_bisenet_export_parity(name, tmp_path, synthetic_cityscapes):
 
 def _tool(*args, timeout=600):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_path):
@@ -260,23 +292,59 @@ def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_pat
     _, _, weights = trained_solov2
     _, val = coco_dicts
     out = tmp_path / "exported"
-    proc = _tool("tools/export_model.py", "--config-file", ROOT / "configs/Synthetic/SOLOv2_R18.yaml",
-                 "--format", "onnx", "--output", out, "--sample-image", val[2]["file_name"],
-                 "INPUT.MIN_SIZE_TEST", "128", "MODEL.WEIGHTS", weights)
+    proc = _tool(
+        "tools/export_model.py",
+        "--config-file",
+        ROOT / "configs/Synthetic/SOLOv2_R18.yaml",
+        "--format",
+        "onnx",
+        "--output",
+        out,
+        "--sample-image",
+        val[2]["file_name"],
+        "INPUT.MIN_SIZE_TEST",
+        "128",
+        "MODEL.WEIGHTS",
+        weights,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "model.json").read_text())
-    assert info["opset"] == 17 and info["outputs"][-1] == "num_detections" and info["min_size_test"] == 128
+    assert (
+        info["opset"] == 17
+        and info["outputs"][-1] == "num_detections"
+        and info["min_size_test"] == 128
+    )
     check_onnx(str(out / "model.onnx"))
     png = tmp_path / "pred.png"
-    proc = _tool("-X", "importtime", "tools/onnx_predict.py", out / "model.onnx", val[0]["file_name"], "-o", png,
-                 "--threshold", "0.1")
+    proc = _tool(
+        "-X",
+        "importtime",
+        "tools/onnx_predict.py",
+        out / "model.onnx",
+        val[0]["file_name"],
+        "-o",
+        png,
+        "--threshold",
+        "0.1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if "|" in line
+    }
     assert "onnxruntime" in imported and "torch" not in imported and "detectron2" not in imported
     assert "detections" in proc.stdout and f"wrote {png}" in proc.stdout
     img, src = cv2.imread(str(png)), cv2.imread(val[0]["file_name"])
     assert img is not None and img.shape == src.shape
 
-    proc = _tool("tools/export_model.py", "--config-file", ROOT / "configs/Synthetic/SOLOv2_R18.yaml",
-                 "--format", "onnx", "--output", out)
+    proc = _tool(
+        "tools/export_model.py",
+        "--config-file",
+        ROOT / "configs/Synthetic/SOLOv2_R18.yaml",
+        "--format",
+        "onnx",
+        "--output",
+        out,
+    )
     assert proc.returncode == 2 and "MODEL.WEIGHTS is empty" in proc.stderr

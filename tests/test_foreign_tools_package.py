@@ -2,6 +2,7 @@
 ``tools`` first on ``sys.path`` (detectron2 main's ``setup.py`` installs its ``tools/`` as
 one) every script still starts and the test modules still import, because the code they
 import lives in ``solo_d2`` or in the checkout's ``benchmarks/`` folder."""
+
 import ast
 import json
 import os
@@ -12,8 +13,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (REPO / "tools").glob("*.py"))
 # test modules that import what used to be in tools/ (and the benchmark package itself)
-MODULES = ["tests.test_benchmark_baselines", "tests.test_autocast", "tests.test_cuda", "benchmarks.runner",
-           "benchmarks.baselines", "benchmarks.cuda", "benchmarks.report"]
+MODULES = [
+    "tests.test_benchmark_baselines",
+    "tests.test_autocast",
+    "tests.test_cuda",
+    "benchmarks.runner",
+    "benchmarks.baselines",
+    "benchmarks.cuda",
+    "benchmarks.report",
+]
 
 # in one fresh process: `tools` must be the foreign package, then every script's --help
 # (run as __main__ by runpy) and every module import
@@ -51,21 +59,38 @@ def _foreign_tools(tmp_path):
     """A top-level ``tools`` package whose only content fails loudly when imported from."""
     pkg = tmp_path / "shadow" / "tools"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text('"""Not solo_d2\'s tools (stands in for detectron2 main\'s)."""\n')
+    (pkg / "__init__.py").write_text(
+        '"""Not solo_d2\'s tools (stands in for detectron2 main\'s)."""\n'
+    )
     for name in ("benchmark_baselines", "benchmark_report", "benchmark_cuda", "benchmark"):
-        (pkg / (name + ".py")).write_text("raise ImportError('the foreign tools package was imported')\n")
+        (pkg / (name + ".py")).write_text(
+            "raise ImportError('the foreign tools package was imported')\n"
+        )
     return pkg
 
 
 def test_no_module_imports_from_a_tools_package():
     """Static check of every Python file of the repository: nothing imports ``tools``."""
     offenders = []
-    for path in [*REPO.glob("solo_d2/**/*.py"), *REPO.glob("tests/*.py"), *REPO.glob("tools/*.py"), *REPO.glob("datasets/*.py")]:
+    for path in [
+        *REPO.glob("solo_d2/**/*.py"),
+        *REPO.glob("tests/*.py"),
+        *REPO.glob("tools/*.py"),
+        *REPO.glob("datasets/*.py"),
+    ]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
-            offenders += ["{}:{} {}".format(path.relative_to(REPO), node.lineno, n) for n in names
-                          if n == "tools" or n.startswith("tools.")]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            offenders += [
+                "{}:{} {}".format(path.relative_to(REPO), node.lineno, n)
+                for n in names
+                if n == "tools" or n.startswith("tools.")
+            ]
     assert not offenders, offenders
     assert not (REPO / "tools" / "__init__.py").exists()
 
@@ -73,14 +98,24 @@ def test_no_module_imports_from_a_tools_package():
 def test_scripts_and_test_modules_work_with_a_foreign_tools_package_first(tmp_path):
     pkg = _foreign_tools(tmp_path)
     path = os.environ.get("PYTHONPATH")
-    env = dict(os.environ, PYTHONPATH=str(pkg.parent) + (os.pathsep + path if path else ""), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(pkg.parent) + (os.pathsep + path if path else ""),
+        OMP_NUM_THREADS="1",
+    )
     proc = subprocess.run(
         [sys.executable, "-c", _CHECK, json.dumps(SCRIPTS), json.dumps(MODULES)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["tools"] == str(pkg / "__init__.py")  # the foreign package is the one `import tools` finds
+    assert out["tools"] == str(
+        pkg / "__init__.py"
+    )  # the foreign package is the one `import tools` finds
     assert len(out["scripts"]) == len(SCRIPTS) >= 12
     assert {k: v for k, v in out["scripts"].items() if v != "ok"} == {}
     assert {k: v for k, v in out["modules"].items() if v != "ok"} == {}

@@ -1,6 +1,7 @@
 """BN with frozen statistics and trained affine parameters
 (``MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE``), as the official SOLO code and mmdetection train their
 ResNet (``norm_eval=True``, ``frozen_stages=1``)."""
+
 import glob
 import os
 
@@ -14,9 +15,22 @@ from solo_d2.checkpoint.core import build_cfg
 from solo_d2.modeling.backbone import FrozenStatsBatchNorm2d, train_frozen_bn_affine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
-         "MODEL.SOLO.INS_CHANNELS", "32", "MODEL.SOLO.NUM_CONVS", "1", "MODEL.SOLO.MASK_MID_CHANNELS", "32",
-         "MODEL.SOLO.MASK_FEAT_CHANNELS", "32"]
+SMALL = [
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "MODEL.FPN.OUT_CHANNELS",
+    "32",
+    "MODEL.SOLO.INS_CHANNELS",
+    "32",
+    "MODEL.SOLO.NUM_CONVS",
+    "1",
+    "MODEL.SOLO.MASK_MID_CHANNELS",
+    "32",
+    "MODEL.SOLO.MASK_FEAT_CHANNELS",
+    "32",
+]
 
 
 def test_equals_batchnorm_in_eval_mode_and_trains_only_weight_and_bias():
@@ -36,9 +50,13 @@ def test_equals_batchnorm_in_eval_mode_and_trains_only_weight_and_bias():
     assert torch.equal(y, y_ref)
     (y * y).sum().backward()
     (y_ref * y_ref).sum().backward()
-    assert torch.allclose(layer.weight.grad, bn.weight.grad) and torch.allclose(layer.bias.grad, bn.bias.grad)
+    assert torch.allclose(layer.weight.grad, bn.weight.grad) and torch.allclose(
+        layer.bias.grad, bn.bias.grad
+    )
     assert torch.allclose(x.grad, x2.grad)
-    assert torch.equal(layer.running_mean, bn.running_mean) and torch.equal(layer.running_var, bn.running_var)
+    assert torch.equal(layer.running_mean, bn.running_mean) and torch.equal(
+        layer.running_var, bn.running_var
+    )
     assert sorted(n for n, _ in layer.named_parameters()) == ["bias", "weight"]
     # a checkpoint of a BatchNorm (with its counter) loads strictly
     layer.load_state_dict(bn.state_dict())
@@ -52,18 +70,32 @@ def test_recipe_trains_bn_affine_of_res3_to_res5_only():
     for name, m in bottom_up.named_modules():
         if name.endswith("norm"):
             frozen_stage = name.startswith(("stem", "res2"))
-            assert isinstance(m, FrozenBatchNorm2d if frozen_stage else FrozenStatsBatchNorm2d), name
+            assert isinstance(m, FrozenBatchNorm2d if frozen_stage else FrozenStatsBatchNorm2d), (
+                name
+            )
     trainable = [n for n, p in bottom_up.named_parameters() if p.requires_grad and "norm" in n]
     assert trainable and all(n.startswith(("res3", "res4", "res5")) for n in trainable)
     # AdelaiDet's behaviour is the option
-    off = build_model(build_cfg("configs/SOLOv2/R50_3x.yaml", SMALL + ["MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE", "False"]))
+    off = build_model(
+        build_cfg(
+            "configs/SOLOv2/R50_3x.yaml", SMALL + ["MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE", "False"]
+        )
+    )
     assert not any(isinstance(m, FrozenStatsBatchNorm2d) for m in off.modules())
     assert set(off.state_dict()) == set(model.state_dict())  # checkpoints load either way
 
 
 RECIPES = sorted(
     os.path.relpath(p, REPO)
-    for d in ("SOLO", "DecoupledSOLO", "SOLOv2", "Cityscapes", "Panoptic", "Converted/SOLO-official", "Converted/mmdet")
+    for d in (
+        "SOLO",
+        "DecoupledSOLO",
+        "SOLOv2",
+        "Cityscapes",
+        "Panoptic",
+        "Converted/SOLO-official",
+        "Converted/mmdet",
+    )
     for p in glob.glob(os.path.join(REPO, "configs", d, "*.yaml"))
 )
 
@@ -71,9 +103,14 @@ RECIPES = sorted(
 @pytest.mark.parametrize("config", RECIPES)
 def test_every_solo_family_recipe_and_converted_config_trains_the_bn_affine(config):
     cfg = build_cfg(config)
-    assert cfg.MODEL.META_ARCHITECTURE in ("SOLO", "SOLOPanoptic") and cfg.MODEL.RESNETS.NORM == "FrozenBN", config
+    assert (
+        cfg.MODEL.META_ARCHITECTURE in ("SOLO", "SOLOPanoptic")
+        and cfg.MODEL.RESNETS.NORM == "FrozenBN"
+    ), config
     assert cfg.MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE, config
-    assert cfg.SOLVER.WEIGHT_DECAY_NORM == cfg.SOLVER.WEIGHT_DECAY == 1e-4, config  # official: decay on all
+    assert cfg.SOLVER.WEIGHT_DECAY_NORM == cfg.SOLVER.WEIGHT_DECAY == 1e-4, (
+        config
+    )  # official: decay on all
     assert cfg.SOLVER.WARMUP_ITERS == 500, config
     # official warmup_ratio: 1/3 in the SOLO and Decoupled SOLO configs, 0.01 in the SOLOv2 ones
     ratio = 0.01 if cfg.MODEL.SOLO.HEAD_NAME == "SOLOv2Head" else 1 / 3

@@ -1,5 +1,6 @@
 """Imports run one way (no circle among solo_d2's modules, `tools/check_imports.py`), and
 ``import solo_d2.checkpoint`` alone registers every checkpoint converter."""
+
 import os
 import subprocess
 import sys
@@ -23,7 +24,9 @@ def test_the_checker_finds_a_circle_and_imports_inside_functions(tmp_path):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from .b import x\n")
-    (pkg / "b.py").write_text("x = 1\n\ndef f():\n    from . import a\n    import onnx\n    import json\n")
+    (pkg / "b.py").write_text(
+        "x = 1\n\ndef f():\n    from . import a\n    import onnx\n    import json\n"
+    )
     (pkg / "c.py").write_text("from pkg import b\n")
     mods = check_imports.modules(str(tmp_path), "pkg")
     edges, local = check_imports.imports(mods, "pkg")
@@ -35,16 +38,34 @@ def test_the_checker_finds_a_circle_and_imports_inside_functions(tmp_path):
 
 def test_importing_solo_d2_checkpoint_alone_registers_every_converter():
     code = "import solo_d2.checkpoint as c; print(','.join(sorted(c.CONVERTERS)))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip().split(",") == [
-        "adelaidet-solov2", "coincheung-bisenetv1", "coincheung-bisenetv2", "coincheung-bisenetv2-backbone",
-        "mmdet", "solo-official", "torchvision-resnet",
+        "adelaidet-solov2",
+        "coincheung-bisenetv1",
+        "coincheung-bisenetv2",
+        "coincheung-bisenetv2-backbone",
+        "mmdet",
+        "solo-official",
+        "torchvision-resnet",
     ]
 
 
 # Detectron2's private names solo_d2 needs (tests/test_imports.py guards that only compat uses them)
-_D2_PRIVATE = {"_trainer", "_seed", "_data_loader_iter", "_data_loader_iter_obj", "_file_handle", "_writers",
-               "_period", "_func", "_eval_after_train", "_LOCAL_PROCESS_GROUP", "_do_eval"}
+_D2_PRIVATE = {
+    "_trainer",
+    "_seed",
+    "_data_loader_iter",
+    "_data_loader_iter_obj",
+    "_file_handle",
+    "_writers",
+    "_period",
+    "_func",
+    "_eval_after_train",
+    "_LOCAL_PROCESS_GROUP",
+    "_do_eval",
+}
 
 
 def _private_uses(path):
@@ -71,5 +92,7 @@ def test_private_detectron2_state_is_touched_only_in_compat(tmp_path):
     assert uses == {}
     assert _private_uses(os.path.join(ROOT, "solo_d2", "compat.py"))  # the checker sees them there
     bad = tmp_path / "bad.py"
-    bad.write_text("from detectron2.engine.launch import _find_free_port\ndef f(s):\n    s._seed = 1\n")
+    bad.write_text(
+        "from detectron2.engine.launch import _find_free_port\ndef f(s):\n    s._seed = 1\n"
+    )
     assert _private_uses(str(bad)) == [(1, "_find_free_port"), (3, "_seed")]

@@ -1,6 +1,7 @@
 """Model input validation (solo_d2.utils.inputs.check_model_image), directly and through the
 models and detectron2's DefaultPredictor: wrong inputs raise a clear error, never a silent
 wrong result."""
+
 import numpy as np
 import pytest
 import torch
@@ -27,7 +28,9 @@ def _img(dtype=torch.uint8, scale=255):
         _img(),  # uint8 0..255
         _img(torch.float32),  # float holding 0..255
         torch.zeros((3, H, W)),  # black frame
-        torch.randint(0, 2, (3, H, W)).float(),  # nearly black uint8 frame as DefaultPredictor passes it
+        torch.randint(
+            0, 2, (3, H, W)
+        ).float(),  # nearly black uint8 frame as DefaultPredictor passes it
         torch.full((3, 1, 1), 255.0),
     ],
 )
@@ -67,8 +70,11 @@ def _solo_cfg():
     from solo_d2.engine import setup_cfg
     from tests.conftest import REPO_ROOT
 
-    return setup_cfg(str(REPO_ROOT / "configs/Synthetic/SOLOv2_R18.yaml"),
-                     ["MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"], device="cpu")
+    return setup_cfg(
+        str(REPO_ROOT / "configs/Synthetic/SOLOv2_R18.yaml"),
+        ["MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"],
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +127,11 @@ def test_default_predictor_other_layouts_raise(predictor, kind):
 
 @pytest.mark.parametrize(
     "image,match",
-    [(_img().permute(1, 2, 0), "HWC"), (_img(torch.float32, 1.0), r"\[0, 1\]"), (_img()[0], "grayscale")],
+    [
+        (_img().permute(1, 2, 0), "HWC"),
+        (_img(torch.float32, 1.0), r"\[0, 1\]"),
+        (_img()[0], "grayscale"),
+    ],
 )
 def test_solo_model_checks_its_input(solo_model, image, match):
     solo_model.eval()
@@ -135,9 +145,14 @@ def test_bisenet_model_checks_its_input():
     from solo_d2.engine import setup_cfg
     from tests.conftest import REPO_ROOT
 
-    cfg = setup_cfg(str(REPO_ROOT / "configs/Synthetic/BiSeNetV1_R18.yaml"), ["MODEL.WEIGHTS", ""], device="cpu")
+    cfg = setup_cfg(
+        str(REPO_ROOT / "configs/Synthetic/BiSeNetV1_R18.yaml"), ["MODEL.WEIGHTS", ""], device="cpu"
+    )
     model = build_model(cfg).eval()
     with torch.no_grad():
-        for image, match in ((_img(torch.float32, 1.0), r"\[0, 1\]"), (_img().permute(1, 2, 0), "HWC")):
+        for image, match in (
+            (_img(torch.float32, 1.0), r"\[0, 1\]"),
+            (_img().permute(1, 2, 0), "HWC"),
+        ):
             with pytest.raises(ValueError, match=match):
                 model([{"image": image, "height": H, "width": W}])

@@ -1,4 +1,5 @@
 """Matrix NMS against a brute-force double loop and a hand-computed case."""
+
 import math
 
 import pytest
@@ -66,8 +67,14 @@ def test_matches_brute_force(kernel, sigma, seed):
     assert (got <= scores + 1e-7).all()
     assert (got < scores - 1e-3).any()  # the case really suppresses something
     # float masks and a precomputed area give the same result
-    got2 = matrix_nms(masks.float(), labels, scores, kernel=kernel, sigma=sigma,
-                      mask_area=masks.flatten(1).sum(1).float())
+    got2 = matrix_nms(
+        masks.float(),
+        labels,
+        scores,
+        kernel=kernel,
+        sigma=sigma,
+        mask_area=masks.flatten(1).sum(1).float(),
+    )
     assert torch.allclose(got, got2, atol=1e-7)
 
 
@@ -93,7 +100,9 @@ def test_empty_and_bad_kernel():
     out = matrix_nms(torch.zeros(0, 4, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))
     assert out.shape == (0,)
     with pytest.raises(ValueError, match="kernel"):
-        matrix_nms(torch.ones(1, 2, 2), torch.zeros(1, dtype=torch.long), torch.ones(1), kernel="box")
+        matrix_nms(
+            torch.ones(1, 2, 2), torch.zeros(1, dtype=torch.long), torch.ones(1), kernel="box"
+        )
 
 
 def brute_hard_nms(masks, labels, thr):

@@ -1,5 +1,6 @@
 """``benchmarks.counting.OpCounter``: each counting rule on small hand-made functions
 (counts are exact, so every test asserts equality)."""
+
 import numpy as np
 import pytest
 import torch
@@ -81,7 +82,10 @@ def test_bool_mask_indexing_syncs(x):
     m = x > 5
     assert counts(lambda: x[m]) == (1, 1)
     assert counts(lambda: x.masked_select(m)) == (1, 1)
-    assert counts(lambda: x[x > 100]) == (2, 1)  # gt, then an index that finds nothing: still a sync
+    assert counts(lambda: x[x > 100]) == (
+        2,
+        1,
+    )  # gt, then an index that finds nothing: still a sync
     assert counts(lambda: x[:0][m[:0]]) == (0, 0)  # an empty mask: nothing to read back
     y = x.clone()
     # the scalar is made on the device (one fill), index_put_ with a bool index syncs
@@ -99,12 +103,19 @@ def test_nonzero_syncs(x):
     m = x > 5
     with OpCounter() as c:
         x.nonzero()
-    assert (c.kernel_ops, c.syncs) == (1, 1) and c.by_op == {"nonzero": 1} and c.sync_ops == {"nonzero": 1}
+    assert (
+        (c.kernel_ops, c.syncs) == (1, 1)
+        and c.by_op == {"nonzero": 1}
+        and c.sync_ops == {"nonzero": 1}
+    )
     assert counts(lambda: torch.argwhere(m)) == (1, 1)
     assert counts(lambda: torch.where(m)) == (1, 1)
     assert counts(lambda: m.nonzero(as_tuple=True)) == (1, 1)
     assert counts(lambda: torch.where(m, x, -x)) == (2, 0)  # the three-argument where: no sync
-    assert counts(lambda: torch.where(m, x, 0.0)) == (2, 0)  # 0.0 made on the device (scalar_tensor)
+    assert counts(lambda: torch.where(m, x, 0.0)) == (
+        2,
+        0,
+    )  # 0.0 made on the device (scalar_tensor)
     assert counts(lambda: x[:0].nonzero()) == (0, 0)
 
 
@@ -146,8 +157,12 @@ def test_copies_to_the_host_sync_once(x):
         (h * 2).sum().item()
         h.tolist()
         h.nonzero()
-    assert (c.kernel_ops, c.syncs) == (0, 1) and c.host_ops == {"mul.Tensor": 1, "sum": 1, "_local_scalar_dense": 1,
-                                                                "nonzero": 1}
+    assert (c.kernel_ops, c.syncs) == (0, 1) and c.host_ops == {
+        "mul.Tensor": 1,
+        "sum": 1,
+        "_local_scalar_dense": 1,
+        "nonzero": 1,
+    }
     assert not c.is_host(x) and c.is_host(h)
     x.tolist()  # the patches are gone after the block: no error, nothing counted
     assert c.syncs == 1
@@ -156,10 +171,15 @@ def test_copies_to_the_host_sync_once(x):
 def test_host_data_copied_to_the_device_syncs(x):
     with OpCounter() as c:
         torch.tensor([1, 2], device=x.device)
-    assert (c.kernel_ops, c.syncs) == (0, 1) and c.sync_ops == {"host-to-device copy (torch.tensor(..., device=))": 1}
+    assert (c.kernel_ops, c.syncs) == (0, 1) and c.sync_ops == {
+        "host-to-device copy (torch.tensor(..., device=))": 1
+    }
     assert counts(lambda: torch.as_tensor([1.0, 2.0], device=x.device)) == (0, 1)
     assert counts(lambda: x.new_tensor([1, 2])) == (0, 1)
-    assert counts(lambda: torch.tensor([1]).new_tensor([2, 3])) == (0, 0)  # like a host tensor: on the host
+    assert counts(lambda: torch.tensor([1]).new_tensor([2, 3])) == (
+        0,
+        0,
+    )  # like a host tensor: on the host
     assert counts(lambda: torch.is_nonzero(x[1, 1:2])) == (0, 1)
     assert counts(lambda: torch.tensor(3.0, device=x.device)) == (0, 1)
     assert counts(lambda: torch.tensor([], device=x.device)) == (0, 0)
@@ -185,9 +205,15 @@ def test_patched_methods_return_what_torch_returns(x):
     with OpCounter() as c:
         assert x.tolist() == x.detach().numpy().tolist()
         assert np.array_equal(x.numpy(), np.arange(24.0).reshape(4, 6))
-        assert torch.equal(x.cpu(), x) and torch.equal(x.to("cpu"), x) and x.to(torch.int32).dtype == torch.int32
+        assert (
+            torch.equal(x.cpu(), x)
+            and torch.equal(x.to("cpu"), x)
+            and x.to(torch.int32).dtype == torch.int32
+        )
         assert torch.equal(x.new_tensor([1.0, 2.0]), torch.tensor([1.0, 2.0]))
-        assert torch.tensor([1, 2], device=x.device).tolist() == [1, 2] and torch.zeros(2).tolist() == [0.0, 0.0]
+        assert torch.tensor([1, 2], device=x.device).tolist() == [1, 2] and torch.zeros(
+            2
+        ).tolist() == [0.0, 0.0]
         y = x.clone()
         y[0] = 7.0
         assert y[0, 3] == 7.0
@@ -198,14 +224,21 @@ def test_images_declared_on_the_host_are_copied_once():
     img = torch.zeros(3, 8, 8, dtype=torch.uint8)
     with OpCounter(host=[img]) as c:
         y = img.to(torch.device("cpu")).float() / 255  # as a model's .to(self.device)
-    assert (c.kernel_ops, c.syncs) == (2, 1) and c.sync_ops == {"host-to-device copy (Tensor.to)": 1}
+    assert (c.kernel_ops, c.syncs) == (2, 1) and c.sync_ops == {
+        "host-to-device copy (Tensor.to)": 1
+    }
     assert not c.is_host(y) and c.is_host(img)
 
 
 def test_unique_bincount_and_repeat_interleave_sync():
     i = torch.tensor([0, 2, 2, 3])
-    for fn in (lambda: torch.unique(i), lambda: i.unique(return_inverse=True), lambda: torch.unique_consecutive(i),
-               lambda: torch.bincount(i), lambda: torch.repeat_interleave(i)):
+    for fn in (
+        lambda: torch.unique(i),
+        lambda: i.unique(return_inverse=True),
+        lambda: torch.unique_consecutive(i),
+        lambda: torch.bincount(i),
+        lambda: torch.repeat_interleave(i),
+    ):
         assert counts(fn) == (1, 1)
     assert counts(lambda: i.repeat_interleave(i)) == (2, 1)  # the indices, then index_select
     assert counts(lambda: torch.repeat_interleave(i, output_size=7)) == (1, 0)
@@ -226,7 +259,9 @@ def test_fills_with_a_device_tensor_value_sync(x):
     assert (c.kernel_ops, c.syncs) == (2, 0)
     v = x[1, 1]
     with OpCounter() as c:
-        y[1:3, 2:4] = v  # an assignment of a device scalar: the CPU fills, a GPU copies (no .item())
+        y[1:3, 2:4] = (
+            v  # an assignment of a device scalar: the CPU fills, a GPU copies (no .item())
+        )
     assert (c.kernel_ops, c.syncs) == (1, 0)
     with OpCounter() as c:
         y[1:3, 2:4].fill_(v)  # fill_ itself reads the value
@@ -237,7 +272,9 @@ def test_fills_with_a_device_tensor_value_sync(x):
 def test_indexing_with_a_python_list_copies_it_to_the_device(x):
     with OpCounter() as c:
         x[:, [0, 2, 3]]
-    assert (c.kernel_ops, c.syncs) == (1, 1) and c.sync_ops == {"host-to-device copy (lift_fresh)": 1}
+    assert (c.kernel_ops, c.syncs) == (1, 1) and c.sync_ops == {
+        "host-to-device copy (lift_fresh)": 1
+    }
     assert counts(lambda: x[:, []]) == (0, 0)
 
 
@@ -263,11 +300,22 @@ def test_backward_is_counted():
     with OpCounter() as c:
         (x * 2).sum().backward()
     # forward mul, sum; backward ones_like (the seed), mul (the gradient of x * 2)
-    assert (c.kernel_ops, c.syncs) == (4, 0) and c.by_op == {"mul.Tensor": 2, "sum": 1, "ones_like": 1}
+    assert (c.kernel_ops, c.syncs) == (4, 0) and c.by_op == {
+        "mul.Tensor": 2,
+        "sum": 1,
+        "ones_like": 1,
+    }
 
 
 def test_counts_are_deterministic_and_patches_restored(x):
-    originals = (torch.tensor, torch.zeros, torch.from_numpy, torch.Tensor.tolist, torch.Tensor.to, torch.Tensor.cpu)
+    originals = (
+        torch.tensor,
+        torch.zeros,
+        torch.from_numpy,
+        torch.Tensor.tolist,
+        torch.Tensor.to,
+        torch.Tensor.cpu,
+    )
 
     def fn():
         m = x > 3
@@ -282,7 +330,14 @@ def test_counts_are_deterministic_and_patches_restored(x):
     with pytest.raises(ValueError):
         with OpCounter():
             raise ValueError
-    assert (torch.tensor, torch.zeros, torch.from_numpy, torch.Tensor.tolist, torch.Tensor.to, torch.Tensor.cpu) == originals
+    assert (
+        torch.tensor,
+        torch.zeros,
+        torch.from_numpy,
+        torch.Tensor.tolist,
+        torch.Tensor.to,
+        torch.Tensor.cpu,
+    ) == originals
     assert "tolist" not in torch.Tensor.__dict__ and "__setitem__" not in torch.Tensor.__dict__
     y = x.clone()
     y[0] = 1.0  # item assignment works again without the counter

@@ -4,6 +4,7 @@ Cityscapes panoptic files, and the registered names load with Detectron2's loade
 Every check reads the files back independently (PIL + the id encoding written out here), so a
 generator that wrote a wrong id encoding, area, bbox or stuff offset fails here.
 """
+
 import collections
 import functools
 import json
@@ -12,11 +13,12 @@ import os
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.cityscapes_panoptic import (
+    load_cityscapes_panoptic as d2_load_cityscapes_panoptic,
+)
 from PIL import Image
 from scipy import ndimage
-
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.cityscapes_panoptic import load_cityscapes_panoptic as d2_load_cityscapes_panoptic
 
 import solo_d2.data  # noqa: F401  (registers the datasets)
 from solo_d2.data.panoptic_datasets import (
@@ -26,7 +28,11 @@ from solo_d2.data.panoptic_datasets import (
     load_cityscapes_panoptic,
     register_builtin_cityscapes_panoptic,
 )
-from solo_d2.data.synthetic_panoptic import ONLY_STUFF_INDEX, PANOPTIC_SPLITS, generate_synthetic_coco_panoptic
+from solo_d2.data.synthetic_panoptic import (
+    ONLY_STUFF_INDEX,
+    PANOPTIC_SPLITS,
+    generate_synthetic_coco_panoptic,
+)
 
 SPLITS = ("train", "val")
 
@@ -55,7 +61,13 @@ def test_coco_panoptic_png_ids_match_json(coco_panoptic, split):
     data = _json(os.path.join(coco_panoptic, "annotations", "panoptic_{}.json".format(split)))
     cats = {c["id"]: c for c in data["categories"]}
     assert [(c["id"], c["name"], c["isthing"]) for c in data["categories"]] == [
-        (1, "square", 1), (2, "circle", 1), (3, "triangle", 1), (5, "sky", 0), (7, "ground", 0), (8, "wall", 0)]
+        (1, "square", 1),
+        (2, "circle", 1),
+        (3, "triangle", 1),
+        (5, "sky", 0),
+        (7, "ground", 0),
+        (8, "wall", 0),
+    ]
     assert all(len(c["color"]) == 3 for c in data["categories"])
     images = {i["id"]: i for i in data["images"]}
     assert len(images) == len(data["annotations"]) == PANOPTIC_SPLITS[split]
@@ -74,7 +86,12 @@ def test_coco_panoptic_png_ids_match_json(coco_panoptic, split):
             mask = ids == s["id"]
             ys, xs = np.nonzero(mask)
             assert s["area"] == mask.sum()
-            assert s["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            assert s["bbox"] == [
+                xs.min(),
+                ys.min(),
+                xs.max() - xs.min() + 1,
+                ys.max() - ys.min() + 1,
+            ]
             cat = cats[s["category_id"]]
             assert s["iscrowd"] in (0, 1) and (s["iscrowd"] == 0 or cat["isthing"])
             if not cat["isthing"]:  # stuff segment id = category color (panopticapi's IdGenerator)
@@ -93,7 +110,11 @@ def test_coco_panoptic_png_ids_match_json(coco_panoptic, split):
     if split == "train":
         assert kinds["crowd"] >= 1 and kinds["disconnected stuff"] >= 1
         # the B byte of the ids is used (an encoding that drops it fails the id checks above)
-        assert any(s["id"] >= 65536 and s["id"] % 256 for a in data["annotations"] for s in a["segments_info"])
+        assert any(
+            s["id"] >= 65536 and s["id"] % 256
+            for a in data["annotations"]
+            for s in a["segments_info"]
+        )
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -106,7 +127,9 @@ def test_separated_semantic_pngs_agree_with_panoptic(coco_panoptic, split):
         expected = np.full(ids.shape, 255, dtype=np.uint8)
         for s in ann["segments_info"]:
             expected[ids == s["id"]] = to_semantic[s["category_id"]]
-        with Image.open(os.path.join(coco_panoptic, "panoptic_stuff_" + split, ann["file_name"])) as im:
+        with Image.open(
+            os.path.join(coco_panoptic, "panoptic_stuff_" + split, ann["file_name"])
+        ) as im:
             assert im.mode == "L"
             np.testing.assert_array_equal(np.asarray(im), expected)
 
@@ -131,9 +154,15 @@ def test_instances_json_are_the_thing_segments(coco_panoptic, split):
         for a, s in zip(annos, things):  # same order: the drawing order of the shapes
             seg = a["segmentation"]
             kinds.add(type(seg).__name__)
-            rle = mask_util.merge(mask_util.frPyObjects(seg, h, w)) if isinstance(seg, list) else seg
+            rle = (
+                mask_util.merge(mask_util.frPyObjects(seg, h, w)) if isinstance(seg, list) else seg
+            )
             np.testing.assert_array_equal(mask_util.decode(rle).astype(bool), ids == s["id"])
-            assert (a["category_id"], a["iscrowd"], a["area"]) == (s["category_id"], s["iscrowd"], s["area"])
+            assert (a["category_id"], a["iscrowd"], a["area"]) == (
+                s["category_id"],
+                s["iscrowd"],
+                s["area"],
+            )
     assert kinds == {"list", "dict"}  # polygons and RLE
 
 
@@ -141,7 +170,9 @@ def test_generation_is_deterministic(coco_panoptic, tmp_path):
     again = generate_synthetic_coco_panoptic(str(tmp_path))
     for sub in ("val", "panoptic_val", "panoptic_stuff_val", "annotations"):
         for name in sorted(os.listdir(os.path.join(coco_panoptic, sub))):
-            with open(os.path.join(coco_panoptic, sub, name), "rb") as a, open(os.path.join(again, sub, name), "rb") as b:
+            with open(os.path.join(coco_panoptic, sub, name), "rb") as a, open(
+                os.path.join(again, sub, name), "rb"
+            ) as b:
                 assert a.read() == b.read(), (sub, name)
 
 
@@ -160,7 +191,11 @@ def test_cityscapes_panoptic_files_from_instance_ids(synthetic_cityscapes, split
     assert len(data["annotations"]) == len(data["images"]) > 0
     for ann in data["annotations"]:
         city = ann["image_id"].split("_")[0]
-        instance_ids = np.asarray(Image.open(os.path.join(gt_fine, split, city, ann["image_id"] + "_gtFine_instanceIds.png"))).astype(np.int64)
+        instance_ids = np.asarray(
+            Image.open(
+                os.path.join(gt_fine, split, city, ann["image_id"] + "_gtFine_instanceIds.png")
+            )
+        ).astype(np.int64)
         label = np.where(instance_ids >= 1000, instance_ids // 1000, instance_ids)
         ignored = np.vectorize(lambda i: id2label[i].ignoreInEval)(label)
         ids = ids_of(os.path.join(gt_fine, "cityscapes_panoptic_" + split, ann["file_name"]))
@@ -205,7 +240,9 @@ def test_separated_names_load_with_detectron2():
         assert all(os.path.isfile(d["sem_seg_file_name"]) for d in dicts)
         assert {a["category_id"] for d in dicts for a in d["annotations"]} <= {0, 1, 2}
         stuffonly = DatasetCatalog.get("synthetic_coco_panoptic_{}_stuffonly".format(split))
-        assert [d["sem_seg_file_name"] for d in stuffonly] == sorted(d["sem_seg_file_name"] for d in dicts)
+        assert [d["sem_seg_file_name"] for d in stuffonly] == sorted(
+            d["sem_seg_file_name"] for d in dicts
+        )
     assert MetadataCatalog.get("synthetic_coco_panoptic_val_stuffonly").evaluator_type == "sem_seg"
 
 
@@ -213,8 +250,12 @@ def test_metadata_builders_match_detectron2_builtin_rules():
     """The builders give Detectron2's own COCO panoptic metadata on COCO's categories."""
     from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES, _get_builtin_metadata
 
-    assert coco_panoptic_separated_metadata(COCO_CATEGORIES) == _get_builtin_metadata("coco_panoptic_separated")
-    assert coco_panoptic_standard_metadata(COCO_CATEGORIES) == _get_builtin_metadata("coco_panoptic_standard")
+    assert coco_panoptic_separated_metadata(COCO_CATEGORIES) == _get_builtin_metadata(
+        "coco_panoptic_separated"
+    )
+    assert coco_panoptic_standard_metadata(COCO_CATEGORIES) == _get_builtin_metadata(
+        "coco_panoptic_standard"
+    )
 
 
 def test_cityscapes_panoptic_names_as_detectron2_registers_them(synthetic_cityscapes, tmp_path):
@@ -222,7 +263,9 @@ def test_cityscapes_panoptic_names_as_detectron2_registers_them(synthetic_citysc
     meta = MetadataCatalog.get("synthetic_cityscapes_fine_panoptic_val").as_dict()
     path_keys = {"name", "panoptic_root", "image_root", "panoptic_json", "gt_dir", "synthetic_root"}
     assert set(meta) - {"synthetic_root"} == set(builtin)
-    assert {k: v for k, v in meta.items() if k not in path_keys} == {k: v for k, v in builtin.items() if k not in path_keys}
+    assert {k: v for k, v in meta.items() if k not in path_keys} == {
+        k: v for k, v in builtin.items() if k not in path_keys
+    }
     assert meta["gt_dir"] == os.path.join(synthetic_cityscapes, "gtFine", "val")
     assert meta["panoptic_json"] == meta["panoptic_root"] + ".json"
     dicts = DatasetCatalog.get("synthetic_cityscapes_fine_panoptic_val")
@@ -231,8 +274,14 @@ def test_cityscapes_panoptic_names_as_detectron2_registers_them(synthetic_citysc
     link = str(tmp_path / "cityscapes")
     os.symlink(synthetic_cityscapes, link)
     assert "." not in link
-    args = [meta[k].replace(synthetic_cityscapes, link, 1) for k in ("image_root", "panoptic_root", "panoptic_json")]
-    maps = {k: builtin[k] for k in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")}
+    args = [
+        meta[k].replace(synthetic_cityscapes, link, 1)
+        for k in ("image_root", "panoptic_root", "panoptic_json")
+    ]
+    maps = {
+        k: builtin[k]
+        for k in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")
+    }
     theirs = d2_load_cityscapes_panoptic(*args, maps)
     for d in theirs:
         for key in ("file_name", "sem_seg_file_name", "pan_seg_file_name"):
@@ -250,9 +299,16 @@ def test_cityscapes_panoptic_loader_with_a_dot_in_the_root(synthetic_cityscapes,
     root.mkdir()
     os.symlink(synthetic_cityscapes, root / "cityscapes")
     meta = MetadataCatalog.get("cityscapes_fine_panoptic_val")
-    maps = {k: getattr(meta, k) for k in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")}
-    args = (str(root / "cityscapes/leftImg8bit/val"), str(root / "cityscapes/gtFine/cityscapes_panoptic_val"),
-            str(root / "cityscapes/gtFine/cityscapes_panoptic_val.json"), maps)
+    maps = {
+        k: getattr(meta, k)
+        for k in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")
+    }
+    args = (
+        str(root / "cityscapes/leftImg8bit/val"),
+        str(root / "cityscapes/gtFine/cityscapes_panoptic_val"),
+        str(root / "cityscapes/gtFine/cityscapes_panoptic_val.json"),
+        maps,
+    )
     dicts = load_cityscapes_panoptic(*args)
     assert all(os.path.isfile(d["sem_seg_file_name"]) for d in dicts)
     with pytest.raises(AssertionError, match="labelTrainIds"):
@@ -270,17 +326,28 @@ def test_builtin_cityscapes_panoptic_names_use_solo_d2_loader():
 
 def test_missing_cityscapes_panoptic_json_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="cityscapes_panoptic_val.json.*createPanopticImgs"):
-        load_cityscapes_panoptic(str(tmp_path), str(tmp_path), str(tmp_path / "cityscapes_panoptic_val.json"), {})
+        load_cityscapes_panoptic(
+            str(tmp_path), str(tmp_path), str(tmp_path / "cityscapes_panoptic_val.json"), {}
+        )
 
 
 def test_check_panoptic_dataset():
-    for name in ("synthetic_coco_panoptic_val", "synthetic_coco_panoptic_val_separated", "synthetic_cityscapes_fine_panoptic_val"):
+    for name in (
+        "synthetic_coco_panoptic_val",
+        "synthetic_coco_panoptic_val_separated",
+        "synthetic_cityscapes_fine_panoptic_val",
+    ):
         assert check_panoptic_dataset(name).name == name
-    with pytest.raises(ValueError, match="'synthetic_coco_val' has no panoptic annotations.*evaluator_type is 'coco'"):
+    with pytest.raises(
+        ValueError,
+        match="'synthetic_coco_val' has no panoptic annotations.*evaluator_type is 'coco'",
+    ):
         check_panoptic_dataset("synthetic_coco_val")
     name = "test_panoptic_without_json"
     DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(evaluator_type="coco_panoptic_seg", panoptic_root="x", thing_classes=[], stuff_classes=[])
+    MetadataCatalog.get(name).set(
+        evaluator_type="coco_panoptic_seg", panoptic_root="x", thing_classes=[], stuff_classes=[]
+    )
     try:
         with pytest.raises(ValueError, match="'test_panoptic_without_json'.*'panoptic_json'"):
             check_panoptic_dataset(name)

@@ -1,5 +1,6 @@
 """SOLOPanoptic on 2 CPU gloo workers: the losses and gradients equal one process on the whole batch
 (the SOLO positives and the semantic loss's labelled pixels are averaged over workers)."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -14,7 +15,9 @@ def test_two_workers_match_one_process(tmp_path, split):
     state = tmp_path / "panoptic.pth"
     torch.save(build_model(W.tiny_cfg(*W.PANOPTIC_OPTS)).state_dict(), state)
     _launch(W.panoptic_grads_worker, str(state), str(tmp_path), split)
-    (loss0, grads0), (loss1, grads1) = [torch.load(tmp_path / f"panoptic_rank{r}.pt") for r in range(2)]
+    (loss0, grads0), (loss1, grads1) = [
+        torch.load(tmp_path / f"panoptic_rank{r}.pt") for r in range(2)
+    ]
     model = build_model(W.tiny_cfg(*W.PANOPTIC_OPTS))
     model.load_state_dict(torch.load(state))
     with W.native_conv():

@@ -6,6 +6,7 @@ Predictions are built from the panoptic ground-truth files (PNG + json) in Detec
 output format: ``panoptic_seg = (int32 [H, W] segment ids, [{"id", "category_id", "isthing"}])``
 with *contiguous* category ids in each dataset's metadata convention.
 """
+
 import json
 import os
 import sys
@@ -13,11 +14,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator as D2COCOPanopticEvaluator
 from detectron2.evaluation import DatasetEvaluators
+from PIL import Image
 
 from solo_d2.config import get_cfg
 from solo_d2.evaluation import CityscapesPanopticEvaluator, COCOPanopticEvaluator, build_evaluator
@@ -49,8 +49,13 @@ def gt_predictions(name, edit=None):
         if edit is not None:
             segments = edit(d["image_id"], ids, segments)
         info = [
-            {"id": s["id"], "isthing": s["category_id"] in things,
-             "category_id": things[s["category_id"]] if s["category_id"] in things else stuff[s["category_id"]]}
+            {
+                "id": s["id"],
+                "isthing": s["category_id"] in things,
+                "category_id": things[s["category_id"]]
+                if s["category_id"] in things
+                else stuff[s["category_id"]],
+            }
             for s in segments
         ]
         inputs.append({"file_name": d["file_name"], "image_id": d["image_id"]})
@@ -78,7 +83,9 @@ def cfg(tmp_path_factory):
 @pytest.mark.parametrize("name", [COCO_STANDARD, COCO_SEPARATED])
 def test_coco_panoptic_ground_truth_scores_100(cfg, name):
     evaluator = build_evaluator(cfg, name)
-    assert isinstance(evaluator, COCOPanopticEvaluator) and isinstance(evaluator, D2COCOPanopticEvaluator)
+    assert isinstance(evaluator, COCOPanopticEvaluator) and isinstance(
+        evaluator, D2COCOPanopticEvaluator
+    )
     res = run(evaluator, *gt_predictions(name))
     assert list(res) == ["panoptic_seg"] and tuple(res["panoptic_seg"]) == KEYS
     assert res["panoptic_seg"] == pytest.approx({k: 100.0 for k in KEYS})
@@ -89,7 +96,10 @@ def test_coco_panoptic_ground_truth_scores_100(cfg, name):
 def test_cityscapes_panoptic_ground_truth_scores_100_with_both_evaluators(cfg):
     evaluator = build_evaluator(cfg, CS_PANOPTIC)
     assert isinstance(evaluator, DatasetEvaluators)
-    assert [type(e) for e in evaluator._evaluators] == [COCOPanopticEvaluator, CityscapesPanopticEvaluator]
+    assert [type(e) for e in evaluator._evaluators] == [
+        COCOPanopticEvaluator,
+        CityscapesPanopticEvaluator,
+    ]
     res = run(evaluator, *gt_predictions(CS_PANOPTIC))
     assert set(res) == {"panoptic_seg", "cityscapes_panoptic_seg"}
     assert res["panoptic_seg"] == pytest.approx({k: 100.0 for k in KEYS})
@@ -175,7 +185,9 @@ def coco_expected():
     """
     counts, areas = _gt_counts(COCO_STANDARD)
     assert counts == {1: 9, 2: 6, 3: 8, 5: 5, 7: 8, 8: 8}
-    assert areas[(3, 1)] == [2067] and areas[(3, 7)] == [25602] and (5, 5) in areas and (5, 8) in areas
+    assert (
+        areas[(3, 1)] == [2067] and areas[(3, 7)] == [25602] and (5, 5) in areas and (5, 8) in areas
+    )
     things = {1: (8, 0, 1, 8.0), 2: (6, 0, 0, 6.0), 3: (8, 0, 0, 8.0)}
     stuff = {5: (4, 0, 1, 4.0), 7: (8, 0, 0, 7 + 25602 / 27669), 8: (8, 1, 0, 8.0)}
     return _expected(things, stuff)
@@ -196,9 +208,27 @@ def cityscapes_expected():
       all other classes: TP = count, IoU sum = count
     """
     counts, areas = _gt_counts(CS_PANOPTIC)
-    assert counts == {7: 6, 8: 6, 11: 6, 17: 6, 20: 6, 21: 6, 22: 6, 23: 6,
-                      24: 3, 25: 2, 26: 2, 27: 4, 28: 1, 31: 2, 32: 1, 33: 3}
-    assert areas[("frankfurt_000000_000002", 27)] == [11974] and areas[("frankfurt_000000_000002", 7)] == [38874]
+    assert counts == {
+        7: 6,
+        8: 6,
+        11: 6,
+        17: 6,
+        20: 6,
+        21: 6,
+        22: 6,
+        23: 6,
+        24: 3,
+        25: 2,
+        26: 2,
+        27: 4,
+        28: 1,
+        31: 2,
+        32: 1,
+        33: 3,
+    }
+    assert areas[("frankfurt_000000_000002", 27)] == [11974] and areas[
+        ("frankfurt_000000_000002", 7)
+    ] == [38874]
     things = {c: (n, 0, 0, float(n)) for c, n in counts.items() if c >= 24}
     stuff = {c: (n, 0, 0, float(n)) for c, n in counts.items() if c < 24}
     things[27] = (3, 0, 1, 3.0)
@@ -219,7 +249,9 @@ def test_coco_panoptic_known_perturbation(cfg, name):
 
 def test_cityscapes_panoptic_known_perturbation_with_both_evaluators(cfg):
     expected = cityscapes_expected()
-    edit = _perturbation(remove=("frankfurt_000000_000002", 27), into=7, relabel=("lindau_000000_000005", 8, 22))
+    edit = _perturbation(
+        remove=("frankfurt_000000_000002", 27), into=7, relabel=("lindau_000000_000005", 8, 22)
+    )
     res = run(build_evaluator(cfg, CS_PANOPTIC), *gt_predictions(CS_PANOPTIC, edit))
     assert res["panoptic_seg"] == pytest.approx(expected, abs=1e-9)
     cs = res["cityscapes_panoptic_seg"]
@@ -233,19 +265,30 @@ def test_cityscapes_panoptic_known_perturbation_with_both_evaluators(cfg):
 
 
 def test_dataset_without_panoptic_annotations_is_refused(cfg):
-    with pytest.raises(ValueError, match="'synthetic_coco_val' has no panoptic annotations.*'panoptic_root'"):
+    with pytest.raises(
+        ValueError, match="'synthetic_coco_val' has no panoptic annotations.*'panoptic_root'"
+    ):
         COCOPanopticEvaluator("synthetic_coco_val")
-    with pytest.raises(ValueError, match="'synthetic_cityscapes_fine_sem_seg_val' has no panoptic annotations"):
+    with pytest.raises(
+        ValueError, match="'synthetic_cityscapes_fine_sem_seg_val' has no panoptic annotations"
+    ):
         CityscapesPanopticEvaluator("synthetic_cityscapes_fine_sem_seg_val")
     name = "test_panoptic_eval_without_json"
     DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(evaluator_type="coco_panoptic_seg", panoptic_root="x", thing_dataset_id_to_contiguous_id={},
-                                  stuff_dataset_id_to_contiguous_id={})
+    MetadataCatalog.get(name).set(
+        evaluator_type="coco_panoptic_seg",
+        panoptic_root="x",
+        thing_dataset_id_to_contiguous_id={},
+        stuff_dataset_id_to_contiguous_id={},
+    )
     try:
         with pytest.raises(ValueError, match="'test_panoptic_eval_without_json'.*'panoptic_json'"):
             build_evaluator(cfg, name)
         MetadataCatalog.get(name).set(panoptic_json="/nonexistent/panoptic_val.json")
-        with pytest.raises(FileNotFoundError, match="'test_panoptic_eval_without_json'.*panoptic_json '/nonexistent"):
+        with pytest.raises(
+            FileNotFoundError,
+            match="'test_panoptic_eval_without_json'.*panoptic_json '/nonexistent",
+        ):
             build_evaluator(cfg, name)
     finally:
         DatasetCatalog.remove(name)
@@ -263,37 +306,78 @@ def _set(key, value, k=0):
     def change(ids, info):
         info[k][key] = value
         return ids, info
+
     return change
 
 
 @pytest.mark.parametrize(
     "name,change,message",
     [
-        (COCO_STANDARD, _set("category_id", 9), r"segments_info\[0\]\['category_id'\] = 9 \(isthing=False\) is "
-                                                r"not a contiguous stuff id"),
-        (COCO_STANDARD, _set("isthing", True), r"segments_info\[0\]\['category_id'\] = 3 \(isthing=True\) is not a "
-                                               r"contiguous thing id.*\[0, 1, 2\]"),
+        (
+            COCO_STANDARD,
+            _set("category_id", 9),
+            r"segments_info\[0\]\['category_id'\] = 9 \(isthing=False\) is "
+            r"not a contiguous stuff id",
+        ),
+        (
+            COCO_STANDARD,
+            _set("isthing", True),
+            r"segments_info\[0\]\['category_id'\] = 3 \(isthing=True\) is not a "
+            r"contiguous thing id.*\[0, 1, 2\]",
+        ),
         # separated: stuff contiguous 0 is the "things" class, no segment
-        (COCO_SEPARATED, _set("category_id", 0), r"'category_id'\] = 0 \(isthing=False\).*'stuff_dataset_id_to_contiguous_id' "
-                                                 r"has values \[1, 2, 3\]"),
-        (COCO_STANDARD, lambda ids, info: (ids, [{"id": s["id"]} for s in info]),
-         r"segments_info\[0\] must be a dict with 'id', 'category_id' and 'isthing'"),
+        (
+            COCO_SEPARATED,
+            _set("category_id", 0),
+            r"'category_id'\] = 0 \(isthing=False\).*'stuff_dataset_id_to_contiguous_id' "
+            r"has values \[1, 2, 3\]",
+        ),
+        (
+            COCO_STANDARD,
+            lambda ids, info: (ids, [{"id": s["id"]} for s in info]),
+            r"segments_info\[0\] must be a dict with 'id', 'category_id' and 'isthing'",
+        ),
         # no 'isthing': category_id is a dataset id (Detectron2's convention); 4 is none here
-        (COCO_STANDARD, lambda ids, info: (ids, [{"id": s["id"], "category_id": 4} for s in info]),
-         r"segments_info\[0\]\['category_id'\] = 4 \(no 'isthing': a dataset category "
-         r"id\).*\[1, 2, 3, 5, 7, 8\]"),
-        (COCO_STANDARD, lambda ids, info: (ids, info[1:]), r"segment ids \[\d+\] of panoptic_seg\[0\] are not in segments_info"),
-        (COCO_STANDARD, lambda ids, info: (ids, info + [dict(info[0])]), r"segments_info\[\d+\]\['id'\] = \d+ is repeated"),
-        (CS_PANOPTIC, _set("category_id", 19), r"'category_id'\] = 19 \(isthing=False\) is not a contiguous stuff id"),
-        (COCO_STANDARD, lambda ids, info: (ids.float(), info), r"must be an \[H, W\] integer tensor"),
+        (
+            COCO_STANDARD,
+            lambda ids, info: (ids, [{"id": s["id"], "category_id": 4} for s in info]),
+            r"segments_info\[0\]\['category_id'\] = 4 \(no 'isthing': a dataset category "
+            r"id\).*\[1, 2, 3, 5, 7, 8\]",
+        ),
+        (
+            COCO_STANDARD,
+            lambda ids, info: (ids, info[1:]),
+            r"segment ids \[\d+\] of panoptic_seg\[0\] are not in segments_info",
+        ),
+        (
+            COCO_STANDARD,
+            lambda ids, info: (ids, info + [dict(info[0])]),
+            r"segments_info\[\d+\]\['id'\] = \d+ is repeated",
+        ),
+        (
+            CS_PANOPTIC,
+            _set("category_id", 19),
+            r"'category_id'\] = 19 \(isthing=False\) is not a contiguous stuff id",
+        ),
+        (
+            COCO_STANDARD,
+            lambda ids, info: (ids.float(), info),
+            r"must be an \[H, W\] integer tensor",
+        ),
     ],
 )
 def test_bad_predictions_name_the_dataset_and_key(name, change, message):
     inp, out = _bad(name, change)
-    evaluators = [COCOPanopticEvaluator(name)] + ([CityscapesPanopticEvaluator(name)] if name == CS_PANOPTIC else [])
+    evaluators = [COCOPanopticEvaluator(name)] + (
+        [CityscapesPanopticEvaluator(name)] if name == CS_PANOPTIC else []
+    )
     for evaluator in evaluators:
         evaluator.reset()
-        with pytest.raises(ValueError, match=r"Dataset '{}', image '.*{}': .*".format(name, os.path.basename(inp["file_name"])) + message):
+        with pytest.raises(
+            ValueError,
+            match=r"Dataset '{}', image '.*{}': .*".format(name, os.path.basename(inp["file_name"]))
+            + message,
+        ):
             evaluator.process([inp], [out])
 
 
@@ -320,8 +404,16 @@ def test_dataset_category_id_predictions():
     for out in outputs:
         ids, info = out["panoptic_seg"]
         stuff = {v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()}
-        info[:] = [{"id": s["id"], "category_id": (to_dataset if s["isthing"] else stuff)[s["category_id"]]} for s in info]
-    assert run(COCOPanopticEvaluator(COCO_SEPARATED), inputs, outputs)["panoptic_seg"]["PQ"] == 100.0
+        info[:] = [
+            {
+                "id": s["id"],
+                "category_id": (to_dataset if s["isthing"] else stuff)[s["category_id"]],
+            }
+            for s in info
+        ]
+    assert (
+        run(COCOPanopticEvaluator(COCO_SEPARATED), inputs, outputs)["panoptic_seg"]["PQ"] == 100.0
+    )
 
 
 def test_label_divisor_predictions():

@@ -1,5 +1,6 @@
 """``SOLOPanoptic``: SOLOv2 things + a semantic stuff head on one backbone
 (solo_d2.modeling.solo.panoptic)."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -13,11 +14,28 @@ STUFF = 3  # stuff classes; the semantic head has STUFF + 1 ("things")
 
 
 def _cfg(*opts):
-    return build_cfg("configs/Synthetic/SOLOv2_R18.yaml", [
-        "MODEL.META_ARCHITECTURE", "SOLOPanoptic", "MODEL.SEM_SEG_HEAD.NAME", "SOLOv2StuffHead",
-        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(STUFF + 1), "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-        "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", "50",
-        "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0", *opts])
+    return build_cfg(
+        "configs/Synthetic/SOLOv2_R18.yaml",
+        [
+            "MODEL.META_ARCHITECTURE",
+            "SOLOPanoptic",
+            "MODEL.SEM_SEG_HEAD.NAME",
+            "SOLOv2StuffHead",
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+            str(STUFF + 1),
+            "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+            "32",
+            "DATASETS.TRAIN",
+            "()",
+            "DATASETS.TEST",
+            "()",
+            "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
+            "50",
+            "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
+            "0.0",
+            *opts,
+        ],
+    )
 
 
 def _batch(with_instances=(True, False)):
@@ -46,7 +64,9 @@ def _batch(with_instances=(True, False)):
 @pytest.mark.parametrize("head", ["SOLOv2StuffHead", "SemSegFPNHead"])
 def test_trains_with_an_image_without_instances_and_sums_the_weighted_losses(head):
     torch.manual_seed(0)
-    model = build_model(_cfg("MODEL.SEM_SEG_HEAD.NAME", head, "MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT", "0.5"))
+    model = build_model(
+        _cfg("MODEL.SEM_SEG_HEAD.NAME", head, "MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT", "0.5")
+    )
     model.train()
     losses = model(_batch())
     assert set(losses) == {"loss_cate", "loss_mask", "loss_sem_seg"}
@@ -101,15 +121,34 @@ def test_semantic_head_class_count_must_match_the_dataset(tmp_path):
     name = "test_panoptic_model_fake_separated"
     DatasetCatalog.register(name, lambda: [])
     MetadataCatalog.get(name).set(
-        thing_dataset_id_to_contiguous_id={1: 0, 2: 1, 3: 2}, stuff_classes=["things", "a", "b"],
+        thing_dataset_id_to_contiguous_id={1: 0, 2: 1, 3: 2},
+        stuff_classes=["things", "a", "b"],
         stuff_dataset_id_to_contiguous_id={0: 0, 10: 1, 11: 2},
     )
-    with pytest.raises(ValueError, match=r"MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4.*test_panoptic_model_fake_separated.*2 stuff"):
+    with pytest.raises(
+        ValueError,
+        match=r"MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4.*test_panoptic_model_fake_separated.*2 stuff",
+    ):
         build_model(_cfg("DATASETS.TEST", f"('{name}',)"))
-    model = build_model(_cfg("DATASETS.TEST", f"('{name}',)", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"))
-    assert model.combine_cfg["thing_ids"] == [0, 1, 2] and model.combine_cfg["stuff_ids"] == [-1, 1, 2]
+    model = build_model(
+        _cfg("DATASETS.TEST", f"('{name}',)", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3")
+    )
+    assert model.combine_cfg["thing_ids"] == [0, 1, 2] and model.combine_cfg["stuff_ids"] == [
+        -1,
+        1,
+        2,
+    ]
     with pytest.raises(ValueError, match=r"MODEL.SOLO.NUM_CLASSES = 2"):
-        build_model(_cfg("DATASETS.TEST", f"('{name}',)", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3", "MODEL.SOLO.NUM_CLASSES", "2"))
+        build_model(
+            _cfg(
+                "DATASETS.TEST",
+                f"('{name}',)",
+                "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+                "3",
+                "MODEL.SOLO.NUM_CLASSES",
+                "2",
+            )
+        )
 
 
 def test_trainer_refuses_a_dataset_without_panoptic_annotations_before_training():
@@ -119,13 +158,25 @@ def test_trainer_refuses_a_dataset_without_panoptic_annotations_before_training(
     with pytest.raises(ValueError, match="synthetic_coco_train.*no panoptic metadata"):
         check_num_classes(cfg)
     cfg = _cfg("DATASETS.TRAIN", "('coco_2017_train_panoptic',)")  # builtin: 80 things, 53 stuff
-    with pytest.raises(ValueError, match="MODEL.SOLO.NUM_CLASSES = 3.*coco_2017_train_panoptic.*80 thing"):
+    with pytest.raises(
+        ValueError, match="MODEL.SOLO.NUM_CLASSES = 3.*coco_2017_train_panoptic.*80 thing"
+    ):
         check_num_classes(cfg)
     cfg = _cfg("DATASETS.TRAIN", "('coco_2017_train_panoptic',)", "MODEL.SOLO.NUM_CLASSES", "80")
-    with pytest.raises(ValueError, match="MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4.*53 stuff classes.*needs 54"):
+    with pytest.raises(
+        ValueError, match="MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4.*53 stuff classes.*needs 54"
+    ):
         check_num_classes(cfg)
-    check_num_classes(_cfg("DATASETS.TRAIN", "('coco_2017_train_panoptic',)", "MODEL.SOLO.NUM_CLASSES", "80",
-                           "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "54"))
+    check_num_classes(
+        _cfg(
+            "DATASETS.TRAIN",
+            "('coco_2017_train_panoptic',)",
+            "MODEL.SOLO.NUM_CLASSES",
+            "80",
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+            "54",
+        )
+    )
 
 
 def test_export_refuses_the_panoptic_model_with_a_message():
@@ -135,7 +186,9 @@ def test_export_refuses_the_panoptic_model_with_a_message():
         export_wrapper(build_model(_cfg()))
 
 
-@pytest.mark.parametrize("name", ["synthetic_coco_panoptic_train", "synthetic_coco_panoptic_train_separated"])
+@pytest.mark.parametrize(
+    "name", ["synthetic_coco_panoptic_train", "synthetic_coco_panoptic_train_separated"]
+)
 def test_both_dataset_formats_train_and_predict_in_their_ids(name, synthetic_coco):
     """Real dataset dicts of each format through PanopticDatasetMapper into a training step, and
     predictions whose category ids the dataset's metadata accepts (the evaluator's own check)."""
@@ -145,13 +198,27 @@ def test_both_dataset_formats_train_and_predict_in_their_ids(name, synthetic_coc
     from solo_d2.data.panoptic import PanopticDatasetMapper
     from solo_d2.evaluation.panoptic import panoptic_prediction
 
-    cfg = _cfg("DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)", "MODEL.SOLO.SCORE_THR", "0.0",
-               "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", "1", "MODEL.SOLO.NUM_CLASSES", "3")
+    cfg = _cfg(
+        "DATASETS.TRAIN",
+        f"('{name}',)",
+        "DATASETS.TEST",
+        f"('{name}',)",
+        "MODEL.SOLO.SCORE_THR",
+        "0.0",
+        "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
+        "1",
+        "MODEL.SOLO.NUM_CLASSES",
+        "3",
+    )
     dicts = DatasetCatalog.get(name)[:3]
-    mapper = PanopticDatasetMapper(cfg, is_train=True, augmentations=[T.ResizeShortestEdge(128, 160)])
+    mapper = PanopticDatasetMapper(
+        cfg, is_train=True, augmentations=[T.ResizeShortestEdge(128, 160)]
+    )
     batch = [mapper(d) for d in dicts]
     assert all(b["sem_seg"].shape == b["image"].shape[-2:] for b in batch)
-    assert sum(len(b["instances"]) for b in batch) > 0 and any((b["sem_seg"] > 0).any() for b in batch)
+    assert sum(len(b["instances"]) for b in batch) > 0 and any(
+        (b["sem_seg"] > 0).any() for b in batch
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
@@ -159,7 +226,12 @@ def test_both_dataset_formats_train_and_predict_in_their_ids(name, synthetic_coc
     assert all(torch.isfinite(v) for v in losses.values())
     model.eval()
     with torch.no_grad():
-        out = model([{"image": b["image"], "height": b["image"].shape[1], "width": b["image"].shape[2]} for b in batch])
+        out = model(
+            [
+                {"image": b["image"], "height": b["image"].shape[1], "width": b["image"].shape[2]}
+                for b in batch
+            ]
+        )
     meta = MetadataCatalog.get(name)
     for k, res in enumerate(out):
         ids, segments = panoptic_prediction(res["panoptic_seg"], meta, name, str(k))

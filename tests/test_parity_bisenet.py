@@ -7,6 +7,7 @@ resolution). The tests convert the rebuilt checkpoint with ``tools/convert_check
 user does, build the model of the config the tool names, load the written file with Detectron2's
 checkpointer and run the image through the model's normal input path.
 """
+
 import os
 import subprocess
 import sys
@@ -15,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -35,7 +35,13 @@ FIXTURES = {
     ),
     "coincheung_bisenetv2": (
         "coincheung-bisenetv2",
-        {"logits": "main", "logits_aux2": "stem", "logits_aux3": "s3", "logits_aux4": "s4", "logits_aux5_4": "s5"},
+        {
+            "logits": "main",
+            "logits_aux2": "stem",
+            "logits_aux3": "s3",
+            "logits_aux4": "s4",
+            "logits_aux5_4": "s5",
+        },
     ),
 }
 
@@ -44,7 +50,11 @@ def run_converter(source, in_path, out_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, str(TOOL), "--from", source, str(in_path), str(out_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
 
 
@@ -109,7 +119,9 @@ def test_converted_model_matches_reference(fixture, tmp_path):
         outputs = model.sem_seg_head.outputs(model.backbone(x[None]))
 
     main = next(n for n, o in manifest["outputs"].items() if o["index"] == 0)
-    assert tuple(sem_seg.shape) == tuple(manifest["outputs"][main]["shape"][1:])  # logits at input size
+    assert tuple(sem_seg.shape) == tuple(
+        manifest["outputs"][main]["shape"][1:]
+    )  # logits at input size
     diffs = {"sem_seg": float(np.abs(sem_seg.numpy() - expected[main][0]).max())}
     assert np.allclose(sem_seg.numpy(), expected[main][0], atol=atol, rtol=rtol), diffs
     for ref_name, ours in names.items():
@@ -166,7 +178,9 @@ def test_v2_imagenet_backbone_initializes_the_recipe_backbone(tmp_path):
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).eval()
-    head_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("sem_seg_head.")}
+    head_before = {
+        k: v.clone() for k, v in model.state_dict().items() if k.startswith("sem_seg_head.")
+    }
     DetectionCheckpointer(model).load(str(out_path))
     converted = torch.load(out_path, weights_only=True)["model"]
     assert set(converted) == {k for k in model.state_dict() if k.startswith("backbone.")}

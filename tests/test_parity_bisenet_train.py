@@ -37,6 +37,7 @@ V2's case ``dropout_active`` (the five ``nn.Dropout(0.1)`` in train mode after
 dropouts, of the same shapes, in the same order, so on CPU they draw the same masks and the case
 is checked too.
 """
+
 import sys
 
 import numpy as np
@@ -113,7 +114,9 @@ def load_inputs(name, case, cfg):
     # the model's (x - PIXEL_MEAN) / PIXEL_STD is the reference's (x / 255 - mean) / std
     # (also in float64)
     norm = manifest["inputs"]["normalization"]
-    np.testing.assert_allclose(cfg.MODEL.PIXEL_MEAN, np.array(norm["mean"])[order] * 255, rtol=1e-12)
+    np.testing.assert_allclose(
+        cfg.MODEL.PIXEL_MEAN, np.array(norm["mean"])[order] * 255, rtol=1e-12
+    )
     np.testing.assert_allclose(cfg.MODEL.PIXEL_STD, np.array(norm["std"])[order] * 255, rtol=1e-12)
     return batch
 
@@ -131,7 +134,10 @@ def converted(single_thread, tmp_path_factory):
         proc = run_converter(source, save_reference(tmp, state), weights)
         assert proc.returncode == 0, proc.stderr
         config = proc.stdout.strip().splitlines()[-1]
-        assert config == f"configs/Converted/CoinCheung_BiSeNetV{name.split('_')[1][-1]}_cityscapes.yaml"
+        assert (
+            config
+            == f"configs/Converted/CoinCheung_BiSeNetV{name.split('_')[1][-1]}_cityscapes.yaml"
+        )
         ours_to_ref = rename_keys({k: k for k in state}, rules(), source=source)
         out[name] = (config, weights, {ref: ours for ours, ref in ours_to_ref.items()})
     return out
@@ -159,7 +165,9 @@ def step(converted):
             # losses, 1e-5 in the pooled-BN gradients): refill them from the config in float64, so
             # the input is normalized in float64 as in the reference's float64 rerun
             for buf in ("pixel_mean", "pixel_std"):
-                getattr(model, buf).copy_(torch.tensor(cfg.MODEL[buf.upper()], dtype=dtype).view(-1, 1, 1))
+                getattr(model, buf).copy_(
+                    torch.tensor(cfg.MODEL[buf.upper()], dtype=dtype).view(-1, 1, 1)
+                )
         batch = load_inputs(name, case, cfg)
         head_module = sys.modules[type(model.sem_seg_head).__module__]
         real_loss, calls = head_module.seg_loss, []
@@ -175,7 +183,9 @@ def step(converted):
             loss_dict = model(batch)
         total = sum(loss_dict.values())
         total.backward()
-        assert len(calls) == len(loss_dict)  # the heads fill their loss dicts in the order of the calls
+        assert len(calls) == len(
+            loss_dict
+        )  # the heads fill their loss dicts in the order of the calls
         params = dict(model.named_parameters())
         ours2ref = {v: k for k, v in ref2ours.items()}
         result = {
@@ -183,7 +193,11 @@ def step(converted):
             "total": float(total.detach()),
             "loss_dtypes": {v.dtype for v in loss_dict.values()},
             "calls": dict(zip(loss_dict, calls)),
-            "grads": {ours2ref[k]: p.grad.detach().double() for k, p in params.items() if p.grad is not None},
+            "grads": {
+                ours2ref[k]: p.grad.detach().double()
+                for k, p in params.items()
+                if p.grad is not None
+            },
             "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "n_params": len(params),
         }
@@ -198,7 +212,9 @@ def _check_losses_and_ohem(name, case, res):
     names = FIXTURES[name][2]
     expected = np.load(f"{DATA_DIR}/{name}/expected.npz")
     tol = manifest["suggested_tolerance"]
-    assert set(res["losses"]) == set(names.values()), "every solo_d2 loss term maps to a reference output"
+    assert set(res["losses"]) == set(names.values()), (
+        "every solo_d2 loss term maps to a reference output"
+    )
     assert list(names) == manifest["output_order"]
     errors = {}
     for out, ours in names.items():
@@ -218,7 +234,9 @@ def _check_losses_and_ohem(name, case, res):
         actual = [counts[k] for k in ("n_valid", "n_min", "n_hard", "n_kept")]
         ref_counts = expected[f"{case}__ohem_counts_{out}"].tolist()
         assert actual == ref_counts, (out, actual, ref_counts)
-        ref_kept = np.unpackbits(expected[f"{case}__ohem_kept_packed_{out}"])[: kept.numel()].astype(bool)
+        ref_kept = np.unpackbits(expected[f"{case}__ohem_kept_packed_{out}"])[
+            : kept.numel()
+        ].astype(bool)
         mismatched = int((kept.numpy() != ref_kept).sum())
         assert mismatched == 0, f"{out}: {mismatched} pixels kept differently"
         # and the loss is the mean of exactly those pixels' CE
@@ -249,7 +267,9 @@ def _check_final_conv_grads(name, case, res):
     tol = manifest["suggested_tolerance"]
     keys = manifest["grad_norm_keys"]
     ref_norms = dict(zip(keys, expected[f"{case}__grad_norms"].tolist()))
-    assert ref_norms == pytest.approx(manifest["cases"][case]["reference_result"]["grad_norms"], rel=1e-12)
+    assert ref_norms == pytest.approx(
+        manifest["cases"][case]["reference_result"]["grad_norms"], rel=1e-12
+    )
     n_with_grad = manifest["cases"][case]["reference_result"]["n_parameters_with_grad"]
     assert len(res["grads"]) == n_with_grad == res["n_params"], "every parameter gets a gradient"
     norm_err, array_err = {}, {}
@@ -259,10 +279,17 @@ def _check_final_conv_grads(name, case, res):
         assert grad.shape == ref.shape, key
         norm_err[key] = rel_err(np.linalg.norm(grad.ravel()), ref_norms[key])
         array_err[key] = float(np.abs(grad - ref).max() / np.abs(ref).max())
-    print(f"\n{name} {case}: final-conv grad norm max rel err {max(norm_err.values()):.2e}", norm_err)
-    print(f"{name} {case}: final-conv grad max abs err / max|grad| {max(array_err.values()):.2e}", array_err)
+    print(
+        f"\n{name} {case}: final-conv grad norm max rel err {max(norm_err.values()):.2e}", norm_err
+    )
+    print(
+        f"{name} {case}: final-conv grad max abs err / max|grad| {max(array_err.values()):.2e}",
+        array_err,
+    )
     diagnostics = {
-        k: rel_err(res["grads"][k].norm(), v) for k, v in ref_norms.items() if k not in manifest["grad_arrays"].values()
+        k: rel_err(res["grads"][k].norm(), v)
+        for k, v in ref_norms.items()
+        if k not in manifest["grad_arrays"].values()
     }
     print(f"{name} {case}: other float32 grad norms (diagnostic only, not a verdict)", diagnostics)
     assert max(norm_err.values()) <= 1e-4, norm_err
@@ -294,7 +321,9 @@ def test_float64_step_matches_float64_rerun(name, case, step):
     res = step(name, case, torch.float64)
     assert all(g.dtype == torch.float64 for g, _, _ in res["calls"].values()), "float64 logits"
     assert res["loss_dtypes"] == {torch.float64}, "the losses are computed in float64 too"
-    loss_err = {out: rel_err(res["losses"][ours], rerun["loss_terms"][out]) for out, ours in names.items()}
+    loss_err = {
+        out: rel_err(res["losses"][ours], rerun["loss_terms"][out]) for out, ours in names.items()
+    }
     loss_err["total"] = rel_err(res["total"], rerun["loss_total"])
     grads = res["grads"]
     norm_err = {k: rel_err(grads[k].norm(), v) for k, v in rerun["grad_norms"].items()}

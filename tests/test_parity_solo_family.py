@@ -16,23 +16,38 @@ fidelity): the official configs use the recipe defaults; the ``Converted/mmdet``
 ``MODEL.SOLO.GRID_ROUNDING "trunc"`` and ``MODEL.SOLO.LOSS.DICE_NORMALIZER "cells"``, and every
 config of the family trains the BN affine parameters (``MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE``).
 """
+
 import numpy as np
 import pytest
 import torch
 
-from tests.parity_solo import SoloFixture, dataset_dicts, grad_norm_gap_allowed, match_order, unpack_masks
+from tests.parity_solo import (
+    SoloFixture,
+    dataset_dicts,
+    grad_norm_gap_allowed,
+    match_order,
+    unpack_masks,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 # every SOLO-family fixture folder of tests/data (copied from shared/parity), by name
 NAMES = [
-    "official_solo_tiny", "official_decoupled_tiny", "official_decoupled_light_tiny",
-    "official_solov2_tiny", "official_solov2_light_tiny",
-    "mmdet_solo_tiny", "mmdet_decoupled_tiny", "mmdet_decoupled_light_tiny",
-    "mmdet_solov2_tiny", "mmdet_solov2_light_tiny",
+    "official_solo_tiny",
+    "official_decoupled_tiny",
+    "official_decoupled_light_tiny",
+    "official_solov2_tiny",
+    "official_solov2_light_tiny",
+    "mmdet_solo_tiny",
+    "mmdet_decoupled_tiny",
+    "mmdet_decoupled_light_tiny",
+    "mmdet_solov2_tiny",
+    "mmdet_solov2_light_tiny",
 ]
-LOSS_NAMES = {"official": {"loss_mask": "loss_ins", "loss_cate": "loss_cate"},
-              "mmdet": {"loss_mask": "loss_mask", "loss_cate": "loss_cls"}}
+LOSS_NAMES = {
+    "official": {"loss_mask": "loss_ins", "loss_cate": "loss_cate"},
+    "mmdet": {"loss_mask": "loss_mask", "loss_cate": "loss_cls"},
+}
 
 
 _PREPARED = {}
@@ -69,11 +84,23 @@ def _head_expected(fx, model_out, level):
     exp, out = fx.expected, []
     cate, mask = model_out[0][level], model_out[1][level]
     if fx.kind == "official":
-        names = {"cate": f"head_cate_{level}", "ins": f"head_ins_{level}", "x": f"head_ins_x_{level}",
-                 "y": f"head_ins_y_{level}", "kernel": f"head_kernel_{level}", "feat": "mask_feat"}
+        names = {
+            "cate": f"head_cate_{level}",
+            "ins": f"head_ins_{level}",
+            "x": f"head_ins_x_{level}",
+            "y": f"head_ins_y_{level}",
+            "kernel": f"head_kernel_{level}",
+            "feat": "mask_feat",
+        }
     else:
-        names = {"cate": f"cate_logits_l{level}", "ins": f"mask_logits_l{level}", "x": f"mask_x_logits_l{level}",
-                 "y": f"mask_y_logits_l{level}", "kernel": f"kernel_preds_l{level}", "feat": "mask_feats"}
+        names = {
+            "cate": f"cate_logits_l{level}",
+            "ins": f"mask_logits_l{level}",
+            "x": f"mask_x_logits_l{level}",
+            "y": f"mask_y_logits_l{level}",
+            "kernel": f"kernel_preds_l{level}",
+            "feat": "mask_feats",
+        }
     out.append(("cate", cate, exp[names["cate"]]))
     if names["ins"] in exp:
         ch = exp[names["ins"] + "_channels"]
@@ -117,7 +144,9 @@ def test_inference_head_outputs_and_detections(fx, crowded, monkeypatch):
     compared = 0
     for level in range(5):
         for name, ours, ref in _head_expected(fx, head_out, level):
-            np.testing.assert_allclose(ours.numpy(), ref, atol=atol, rtol=0, err_msg=f"{name} level {level}")
+            np.testing.assert_allclose(
+                ours.numpy(), ref, atol=atol, rtol=0, err_msg=f"{name} level {level}"
+            )
             compared += 1
     assert compared >= 10
     for i, res in enumerate(results):
@@ -135,10 +164,17 @@ def test_inference_head_outputs_and_detections(fx, crowded, monkeypatch):
         # manifest's tolerance, at most 2% of the detections beyond it.
         tol = _tolerance(fx, "score_abs", 1e-5)
         diff = np.abs(scores - ref_scores[order])
-        assert diff.max() <= 10 * tol and (diff > tol).mean() <= 0.02, (diff.max(), (diff > tol).sum())
+        assert diff.max() <= 10 * tol and (diff > tol).mean() <= 0.02, (
+            diff.max(),
+            (diff > tol).sum(),
+        )
         assert ins.pred_classes.tolist() == fx.expected[f"{pre}labels{suf}"][order].tolist()
-        ref_masks = unpack_masks(fx.expected[f"{pre}masks_packed{suf}"], fx.expected[f"{pre}masks_shape{suf}"])
-        assert (ins.pred_masks.numpy() != ref_masks[order]).mean() <= _tolerance(fx, "mask_pixel_fraction", 1e-3)
+        ref_masks = unpack_masks(
+            fx.expected[f"{pre}masks_packed{suf}"], fx.expected[f"{pre}masks_shape{suf}"]
+        )
+        assert (ins.pred_masks.numpy() != ref_masks[order]).mean() <= _tolerance(
+            fx, "mask_pixel_fraction", 1e-3
+        )
 
 
 def _train_step(fx, dtype=torch.float32):
@@ -154,7 +190,9 @@ def _reference_training(fx):
     """(losses {solo_d2 name: value}, grad norms {reference param: value}) of the fixture."""
     exp, names = fx.expected, LOSS_NAMES[fx.kind]
     if fx.kind == "official":
-        grads = {k[len("grad_norm/"):]: float(exp[k]) for k in exp.files if k.startswith("grad_norm/")}
+        grads = {
+            k[len("grad_norm/") :]: float(exp[k]) for k in exp.files if k.startswith("grad_norm/")
+        }
     else:
         grads = dict(zip(fx.manifest["training"]["grad_norm_keys"], exp["grad_norms"].tolist()))
     return {ours: float(exp[ref]) for ours, ref in names.items()}, grads
@@ -175,7 +213,10 @@ def _float64_step(fx):
     if fx.name not in _FLOAT64:
         model, loss_dict, _ = _train_step(fx, torch.float64)
         params = dict(model.named_parameters())
-        _FLOAT64[fx.name] = ({k: float(v) for k, v in loss_dict.items()}, {k: _grad_norm(params, k) for k in params})
+        _FLOAT64[fx.name] = (
+            {k: float(v) for k, v in loss_dict.items()},
+            {k: _grad_norm(params, k) for k in params},
+        )
     return _FLOAT64[fx.name]
 
 
@@ -196,19 +237,29 @@ def test_training_losses_and_head_gradients(fx):
     assert len(head) >= 3
     ours64 = _float64_step(fx)[1]
     ref64 = _reference_float64_grad_norms(fx) if fx.kind == "mmdet" else {}
-    for key in head:  # the verdicts: the head's gradient norms, 1e-4 beyond both sides' float32 error
+    for (
+        key
+    ) in head:  # the verdicts: the head's gradient norms, 1e-4 beyond both sides' float32 error
         ours = _grad_norm(params, fx.names[key])
         allowed = grad_norm_gap_allowed(ref_grads[key], ours, ours64[fx.names[key]], ref64.get(key))
         assert abs(ours - ref_grads[key]) <= allowed, (key, ours, ref_grads[key], allowed)
-    for key in ref_grads:  # the backbone and neck: within the reference's own float32 error (mmdet: 3e-3)
+    for (
+        key
+    ) in ref_grads:  # the backbone and neck: within the reference's own float32 error (mmdet: 3e-3)
         assert _grad_norm(params, fx.names[key]) == pytest.approx(ref_grads[key], rel=5e-3), key
     if fx.kind == "mmdet":
         frozen = set(fx.manifest["training"]["frozen_parameters"])
-        assert all((params[fx.names[k]].grad is None) == (k in frozen) for k in fx.names if fx.names[k] in params)
+        assert all(
+            (params[fx.names[k]].grad is None) == (k in frozen)
+            for k in fx.names
+            if fx.names[k] in params
+        )
         for key in [k for k in fx.expected.files if k.startswith("grad__")]:
             ref = fx.expected[key]
-            ours = params[fx.names[key[len("grad__"):]]].grad.numpy()
-            np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(ref).max(), rtol=0, err_msg=key)
+            ours = params[fx.names[key[len("grad__") :]]].grad.numpy()
+            np.testing.assert_allclose(
+                ours, ref, atol=1e-4 * np.abs(ref).max(), rtol=0, err_msg=key
+            )
 
 
 def test_training_targets(fx):
@@ -228,8 +279,12 @@ def test_training_targets(fx):
     assert num_pos == int(exp["num_pos"])
     assert sum(t.num_targets for t in targets) == int(exp["num_mask_targets"])
     for level, t in enumerate(targets):
-        np.testing.assert_array_equal(t.labels.numpy(), exp[f"cate_targets_l{level}"], err_msg=f"level {level}")
-        np.testing.assert_array_equal(t.pos_mask.numpy(), exp[f"pos_mask_l{level}"], err_msg=f"level {level}")
+        np.testing.assert_array_equal(
+            t.labels.numpy(), exp[f"cate_targets_l{level}"], err_msg=f"level {level}"
+        )
+        np.testing.assert_array_equal(
+            t.pos_mask.numpy(), exp[f"pos_mask_l{level}"], err_msg=f"level {level}"
+        )
         per_image = torch.bincount(t.target_img, minlength=2).tolist()
         assert per_image == exp[f"num_mask_targets_l{level}"].tolist(), f"level {level}"
 

@@ -8,6 +8,7 @@ the tool names (plus the manifest's shrinking keys, translated to solo_d2 keys) 
 the normal Detectron2 input path. About 65,000 candidates per image pass the score threshold,
 so this also checks that inference ranks *all* of them by score x maskness, as the reference does.
 """
+
 import os
 import subprocess
 import sys
@@ -23,14 +24,26 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 NAME = "adelaidet_solov2_tiny"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def shrink_opts(manifest):
     return adelaidet_shrink_opts(manifest)
 
 
 def run_convert(source, src, dst, *opts):
     return subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "convert_checkpoint.py"), "--from", source, str(src), str(dst), *opts],
-        capture_output=True, text=True, cwd=REPO,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "convert_checkpoint.py"),
+            "--from",
+            source,
+            str(src),
+            str(dst),
+            *opts,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
 
 
@@ -64,7 +77,13 @@ def model_outputs(manifest, converted):
     for spec in manifest["inputs"]:
         img = np.load(os.path.join(DATA_DIR, NAME, spec["file"]))  # HWC uint8 BGR, as INPUT.FORMAT
         assert cfg.INPUT.FORMAT == "BGR"
-        inputs.append({"image": torch.from_numpy(img).permute(2, 0, 1).contiguous(), "height": img.shape[0], "width": img.shape[1]})
+        inputs.append(
+            {
+                "image": torch.from_numpy(img).permute(2, 0, 1).contiguous(),
+                "height": img.shape[0],
+                "width": img.shape[1],
+            }
+        )
     with torch.no_grad():
         images = model.preprocess_image(inputs)
         cate, mask_out = model._head_outputs(images)
@@ -92,10 +111,14 @@ def test_padded_input_and_head_outputs_match(manifest, model_outputs):
     assert list(model_outputs["images"].tensor.shape[-2:]) == exp["padded_input_size"].tolist()
     assert [list(s) for s in model_outputs["images"].image_sizes] == exp["image_sizes"].tolist()
     for lvl in range(5):
-        np.testing.assert_allclose(model_outputs["cate"][lvl].numpy(), exp[f"cate_logits_l{lvl}"], atol=atol, rtol=0)
+        np.testing.assert_allclose(
+            model_outputs["cate"][lvl].numpy(), exp[f"cate_logits_l{lvl}"], atol=atol, rtol=0
+        )
         kernels, feats = model_outputs["mask_out"][lvl]
         np.testing.assert_allclose(kernels.numpy(), exp[f"kernel_preds_l{lvl}"], atol=atol, rtol=0)
-    np.testing.assert_allclose(model_outputs["mask_out"][0][1].numpy(), exp["mask_feats"], atol=atol, rtol=0)
+    np.testing.assert_allclose(
+        model_outputs["mask_out"][0][1].numpy(), exp["mask_feats"], atol=atol, rtol=0
+    )
 
 
 @pytest.mark.parametrize("image", [0, 1])
@@ -112,13 +135,19 @@ def test_final_detections_match(manifest, model_outputs, image):
     np.testing.assert_allclose(scores, ref_scores[order], atol=tol["scores_atol"], rtol=0)
     assert ins.pred_classes.tolist() == exp[f"pred_classes_{image}"][order].tolist()
     shape = tuple(exp[f"pred_masks_shape_{image}"])
-    ref_masks = np.unpackbits(exp[f"pred_masks_packed_{image}"])[: int(np.prod(shape))].reshape(shape).astype(bool)
+    ref_masks = (
+        np.unpackbits(exp[f"pred_masks_packed_{image}"])[: int(np.prod(shape))]
+        .reshape(shape)
+        .astype(bool)
+    )
     mismatch = (ins.pred_masks.numpy() != ref_masks[order]).mean()
     assert mismatch <= 0.001, mismatch
     # boxes: the reference returns zeros; solo_d2 derives tight boxes from the masks
     from detectron2.structures import BitMasks
 
-    np.testing.assert_array_equal(ins.pred_boxes.tensor.numpy(), BitMasks(ins.pred_masks).get_bounding_boxes().tensor.numpy())
+    np.testing.assert_array_equal(
+        ins.pred_boxes.tensor.numpy(), BitMasks(ins.pred_masks).get_bounding_boxes().tensor.numpy()
+    )
 
 
 def test_foreign_checkpoint_is_refused_and_nothing_written(tmp_path):
@@ -152,5 +181,7 @@ def test_class_count_is_carried_into_the_config(manifest, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "MODEL.SOLO.NUM_CLASSES 20" in proc.stdout
     # forcing 80 classes fails verification, naming the key
-    proc = run_convert("adelaidet-solov2", src, dst, *shrink_opts(manifest), "MODEL.SOLO.NUM_CLASSES", "80")
+    proc = run_convert(
+        "adelaidet-solov2", src, dst, *shrink_opts(manifest), "MODEL.SOLO.NUM_CLASSES", "80"
+    )
     assert proc.returncode != 0 and "ins_head.cate_pred.weight" in proc.stderr

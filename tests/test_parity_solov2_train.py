@@ -13,6 +13,7 @@ ResNet never trains the BN affine parameters (``MODEL.RESNETS.FROZEN_BN_TRAIN_AF
 With both, case ``main`` (image sides not multiples of 4) and case ``aligned`` (multiples of 4)
 match; with the recipe's official resize only ``aligned`` does.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,12 @@ from tests.parity_solo import SoloFixture, dataset_dicts, grad_norm_gap_allowed,
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ADELAIDET = ["MODEL.SOLO.MASK_TARGET_RESIZE", "unpadded", "MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE", "False"]
+ADELAIDET = [
+    "MODEL.SOLO.MASK_TARGET_RESIZE",
+    "unpadded",
+    "MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE",
+    "False",
+]
 OFFICIAL_RESIZE = ["MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE", "False"]
 
 
@@ -35,14 +41,20 @@ def fx(tmp_path_factory):
 
 def _batch(fx, case):
     inputs = fx.manifest["cases"][case]["inputs"]
-    images = [fx.load(spec["image"]) for spec in inputs]  # HWC uint8 BGR = the config's INPUT.FORMAT
+    images = [
+        fx.load(spec["image"]) for spec in inputs
+    ]  # HWC uint8 BGR = the config's INPUT.FORMAT
     gts = []
     for spec in inputs:
         if spec["gt_masks"] is None:
             h, w = spec["height"], spec["width"]
-            gts.append((np.zeros((0, h, w), bool), np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)))
+            gts.append(
+                (np.zeros((0, h, w), bool), np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+            )
         else:
-            gts.append((fx.load(spec["gt_masks"]), fx.load(spec["gt_boxes"]), fx.load(spec["gt_classes"])))
+            gts.append(
+                (fx.load(spec["gt_masks"]), fx.load(spec["gt_boxes"]), fx.load(spec["gt_classes"]))
+            )
     return dataset_dicts(images, gts)
 
 
@@ -65,7 +77,9 @@ def _float64_step(fx, case):
     float64 test checks it, the float32 test takes its float32 error from it."""
     if case not in _FLOAT64:
         model, loss_dict, _ = _step(fx, case, ADELAIDET, torch.float64)
-        norms = {k: None if p.grad is None else float(p.grad.norm()) for k, p in model.named_parameters()}
+        norms = {
+            k: None if p.grad is None else float(p.grad.norm()) for k, p in model.named_parameters()
+        }
         _FLOAT64[case] = ({k: float(v) for k, v in loss_dict.items()}, norms)
     return _FLOAT64[case]
 
@@ -82,15 +96,24 @@ def test_losses_and_gradients_with_the_adelaidet_options(fx, case):
     model, loss_dict, _ = _step(fx, case, ADELAIDET)
     exp, ref = fx.expected, fx.manifest["cases"][case]["reference_result"]
     assert float(loss_dict["loss_mask"]) == pytest.approx(float(exp[f"{case}__loss_ins"]), rel=1e-5)
-    assert float(loss_dict["loss_cate"]) == pytest.approx(float(exp[f"{case}__loss_cate"]), rel=1e-5)
+    assert float(loss_dict["loss_cate"]) == pytest.approx(
+        float(exp[f"{case}__loss_cate"]), rel=1e-5
+    )
     params = dict(model.named_parameters())
     ours64 = _float64_step(fx, case)[1]
     ref64 = fx.manifest["cases"][case]["float64_rerun"]["grad_norms"]
     for key, value in zip(fx.manifest["grad_norm_keys"], exp[f"{case}__grad_norms"].tolist()):
         ours = float(params[fx.names[key]].grad.double().norm())
         allowed = grad_norm_gap_allowed(value, ours, ours64[fx.names[key]], ref64[key])
-        assert abs(ours - value) <= allowed, (key, ours, value, allowed)  # 1e-4 beyond both float32 errors
-    assert ref["grad_norms"][fx.manifest["grad_norm_keys"][0]] == pytest.approx(exp[f"{case}__grad_norms"][0])
+        assert abs(ours - value) <= allowed, (
+            key,
+            ours,
+            value,
+            allowed,
+        )  # 1e-4 beyond both float32 errors
+    assert ref["grad_norms"][fx.manifest["grad_norm_keys"][0]] == pytest.approx(
+        exp[f"{case}__grad_norms"][0]
+    )
     for array, key in fx.manifest["grad_arrays"].items():
         want = exp[f"{case}__{array}"]
         got = params[fx.names[key]].grad.numpy().reshape(want.shape)
@@ -115,8 +138,12 @@ def test_targets_with_the_adelaidet_options(fx, case):
         # the same (image, cell, mask) triples; AdelaiDet orders by image, instance, cell as solo_d2
         np.testing.assert_array_equal(t.target_img.numpy(), exp[f"{p}mask_target_img_l{lvl}"])
         np.testing.assert_array_equal(t.target_cell.numpy(), exp[f"{p}mask_target_cell_l{lvl}"])
-        want = unpack_masks(exp[f"{p}mask_targets_packed_l{lvl}"], exp[f"{p}mask_targets_shape_l{lvl}"])
-        np.testing.assert_array_equal(t.mask_targets.numpy().astype(bool), want, err_msg=f"level {lvl}")
+        want = unpack_masks(
+            exp[f"{p}mask_targets_packed_l{lvl}"], exp[f"{p}mask_targets_shape_l{lvl}"]
+        )
+        np.testing.assert_array_equal(
+            t.mask_targets.numpy().astype(bool), want, err_msg=f"level {lvl}"
+        )
 
 
 def test_recipe_resize_matches_only_when_sides_are_multiples_of_4(fx):

@@ -4,6 +4,7 @@ Random inputs (non-square images, several classes, unequal scores, more candidat
 top-k): no exceptions, and the invariants users rely on hold. ``derandomize=True`` keeps CI
 deterministic; ``deadline=None`` because the machine is shared.
 """
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -34,7 +35,9 @@ def instances(draw, h, w, max_n=6):
         if draw(st.booleans()):  # holes: irregular shapes, sometimes empty
             masks[k, y0::2, x0::3] = False
         boxes[k] = torch.tensor([x0, y0, x1, y1], dtype=torch.float32)
-    classes = torch.tensor(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)), dtype=torch.long)
+    classes = torch.tensor(
+        draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)), dtype=torch.long
+    )
     return masks, classes, boxes
 
 
@@ -45,15 +48,23 @@ def test_targets_invariants(data, use_boxes):
     batch = data.draw(st.lists(instances(*hw), min_size=1, max_size=2))
     sizes = [(hw[0] // 4, hw[1] // 4)] * 5
     out = solo_targets(
-        [m for m, _, _ in batch], [c for _, c, _ in batch],
-        num_grids=GRIDS, scale_ranges=RANGES, mask_sizes=sizes, sigma=0.2, num_classes=3,
+        [m for m, _, _ in batch],
+        [c for _, c, _ in batch],
+        num_grids=GRIDS,
+        scale_ranges=RANGES,
+        mask_sizes=sizes,
+        sigma=0.2,
+        num_classes=3,
         gt_boxes=[b for _, _, b in batch] if use_boxes else None,
     )
     for s, t in zip(GRIDS, out):
         assert t.labels.shape == (len(batch), s, s) and t.pos_mask.shape == (len(batch), s * s)
         assert torch.equal(t.pos_mask, (t.labels != 3).flatten(1))
         m = t.target_img.numel()
-        assert t.target_cell.shape == t.instance_ids.shape == (m,) and t.mask_targets.shape == (m, *sizes[0])
+        assert t.target_cell.shape == t.instance_ids.shape == (m,) and t.mask_targets.shape == (
+            m,
+            *sizes[0],
+        )
         # every target sits on a positive cell, every positive cell has a target
         assert t.pos_mask[t.target_img, t.target_cell].all()
         covered = torch.zeros_like(t.pos_mask)
@@ -112,8 +123,15 @@ def test_postprocess_outputs_sorted_bounded_and_well_formed(c, out_hw, max_per_i
     h, w = soft.shape[-2:]
     strides = torch.full((soft.shape[0],), 2.0)
     res = solo_postprocess(
-        soft, labels, scores, strides, image_size=(4 * h - 1, 4 * w - 2), output_size=out_hw,
-        max_per_img=max_per_img, nms_pre=15, nms_method=nms_method,
+        soft,
+        labels,
+        scores,
+        strides,
+        image_size=(4 * h - 1, 4 * w - 2),
+        output_size=out_hw,
+        max_per_img=max_per_img,
+        nms_pre=15,
+        nms_method=nms_method,
     )
     k = len(res)
     assert k <= max_per_img and res.image_size == out_hw
@@ -138,7 +156,12 @@ def test_max_per_img_keeps_the_best_scores_after_the_decay():
     labels = torch.tensor([1, 1, 1])
     scores = torch.tensor([0.9, 0.85, 0.8])
     res = solo_postprocess(
-        soft, labels, scores, torch.full((3,), 2.0), image_size=(4 * h, 4 * w), output_size=(4 * h, 4 * w),
+        soft,
+        labels,
+        scores,
+        torch.full((3,), 2.0),
+        image_size=(4 * h, 4 * w),
+        output_size=(4 * h, 4 * w),
         max_per_img=2,
     )
     assert len(res) == 2

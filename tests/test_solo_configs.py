@@ -1,5 +1,6 @@
 """Every SOLO-family config loads with ``solo_d2.get_cfg()``, has at most two levels of
 ``_BASE_``, matches the published settings and builds; one config per variant runs a forward."""
+
 import os
 
 import pytest
@@ -12,13 +13,14 @@ import solo_d2
 from solo_d2 import model_zoo
 from solo_d2.modeling.backbone import DeformConv2d, DeformConvBase
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # Detectron2 Panoptic FPN baselines (tests/test_panoptic_side_by_side.py trains them)
 # are not SOLO configs
-SOLO_CONFIGS = [c for c in model_zoo.list_configs() if "BiSeNet" not in c and "PanopticFPN" not in c]
+SOLO_CONFIGS = [
+    c for c in model_zoo.list_configs() if "BiSeNet" not in c and "PanopticFPN" not in c
+]
 # Models of the converted checkpoints are built (and loaded strictly) in tests/test_convert_solo.py.
 CONVERTED = [c for c in SOLO_CONFIGS if c.startswith("Converted/")]
 SOLO_CONFIGS = [c for c in SOLO_CONFIGS if c not in CONVERTED]
@@ -79,14 +81,32 @@ def test_add_solo_config_only_adds_keys():
     s = ours.MODEL.SOLO
     assert s.NUM_GRIDS == [40, 36, 24, 16, 12] and s.FPN_STRIDES == [8, 8, 16, 32, 32]
     assert s.SCALE_RANGES == [[1, 96], [48, 192], [96, 384], [192, 768], [384, 2048]]
-    assert (s.SIGMA, s.LOSS.FOCAL_ALPHA, s.LOSS.FOCAL_GAMMA, s.LOSS.DICE_WEIGHT) == (0.2, 0.25, 2.0, 3.0)
-    assert (s.SCORE_THR, s.MASK_THR, s.UPDATE_THR, s.NMS_PRE, s.MAX_PER_IMG) == (0.1, 0.5, 0.05, 500, 100)
-    assert (s.NMS_METHOD, s.NMS_KERNEL, s.NMS_SIGMA, s.PRIOR_PROB) == ("matrix", "gaussian", 2.0, 0.01)
+    assert (s.SIGMA, s.LOSS.FOCAL_ALPHA, s.LOSS.FOCAL_GAMMA, s.LOSS.DICE_WEIGHT) == (
+        0.2,
+        0.25,
+        2.0,
+        3.0,
+    )
+    assert (s.SCORE_THR, s.MASK_THR, s.UPDATE_THR, s.NMS_PRE, s.MAX_PER_IMG) == (
+        0.1,
+        0.5,
+        0.05,
+        500,
+        100,
+    )
+    assert (s.NMS_METHOD, s.NMS_KERNEL, s.NMS_SIGMA, s.PRIOR_PROB) == (
+        "matrix",
+        "gaussian",
+        2.0,
+        0.01,
+    )
 
 
 @pytest.mark.parametrize("name", CONVERTED)
 def test_converted_config_loads(name):
-    assert _base_depth(model_zoo.get_config_file(name)) <= 2, f"{name}: more than two levels of _BASE_"
+    assert _base_depth(model_zoo.get_config_file(name)) <= 2, (
+        f"{name}: more than two levels of _BASE_"
+    )
     cfg = model_zoo.get_config(name)
     assert cfg.MODEL.META_ARCHITECTURE == ("SOLOPanoptic" if "panoptic" in name.lower() else "SOLO")
 
@@ -110,12 +130,23 @@ def test_config_loads_and_builds(name):
         assert (type(model.ins_head).__name__, cfg.MODEL.RESNETS.DEPTH) == (head, depth)
         assert (cfg.SOLVER.MAX_ITER, cfg.INPUT.MIN_SIZE_TEST) == (max_iter, test_size)
         if not name.startswith("Cityscapes"):
-            assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.MODEL.SOLO.NUM_CLASSES) == (16, 0.01, 80)
+            assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.MODEL.SOLO.NUM_CLASSES) == (
+                16,
+                0.01,
+                80,
+            )
     if "panoptic" in name.lower():  # stuff + 1 "things" classes of the dataset it names
         assert type(model.sem_seg_head).__name__ == cfg.MODEL.SEM_SEG_HEAD.NAME
         if name.startswith("Panoptic/"):  # the recipes' measured choice (docs/PANOPTIC.md)
-            assert (cfg.MODEL.SEM_SEG_HEAD.NAME, cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT) == ("SOLOv2StuffHead", 2.0)
-        assert model.sem_seg_head.num_classes == len(model.combine_cfg["stuff_ids"]) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+            assert (cfg.MODEL.SEM_SEG_HEAD.NAME, cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT) == (
+                "SOLOv2StuffHead",
+                2.0,
+            )
+        assert (
+            model.sem_seg_head.num_classes
+            == len(model.combine_cfg["stuff_ids"])
+            == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        )
         assert len(model.combine_cfg["thing_ids"]) == cfg.MODEL.SOLO.NUM_CLASSES
     if "DCN" in name:
         deform = [m for m in model.backbone.modules() if isinstance(m, DeformConvBase)]
@@ -129,7 +160,10 @@ def test_light_and_cityscapes_settings():
     light = model_zoo.get_config("SOLOv2/Light448_R50_3x.yaml").MODEL.SOLO
     assert (light.INS_CHANNELS, light.NUM_CONVS, light.MASK_FEAT_CHANNELS) == (256, 2, 128)
     assert light.SCALE_RANGES[0] == [1, 56]
-    assert model_zoo.get_config("SOLOv2/Light512_DCN_R50_3x.yaml").MODEL.SOLO.SCALE_RANGES[0] == [1, 64]
+    assert model_zoo.get_config("SOLOv2/Light512_DCN_R50_3x.yaml").MODEL.SOLO.SCALE_RANGES[0] == [
+        1,
+        64,
+    ]
     city = model_zoo.get_config("Cityscapes/SOLOv2_R50.yaml")
     assert city.MODEL.SOLO.NUM_CLASSES == 8 and city.MODEL.SOLO.NUM_GRIDS[0] > 40
     assert city.INPUT.MAX_SIZE_TEST == 2048
@@ -147,8 +181,21 @@ def test_forward_eval_one_per_variant(name):
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     with torch.no_grad():
-        out = model([{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), "height": 96, "width": 80}])
+        out = model(
+            [
+                {
+                    "image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
+                    "height": 96,
+                    "width": 80,
+                }
+            ]
+        )
     inst = out[0]["instances"]
     assert inst.image_size == (96, 80)
     assert inst.pred_masks.dtype == torch.bool and inst.pred_masks.shape[1:] == (96, 80)
-    assert len(inst.scores) == len(inst.pred_classes) == len(inst.pred_boxes) <= cfg.MODEL.SOLO.MAX_PER_IMG
+    assert (
+        len(inst.scores)
+        == len(inst.pred_classes)
+        == len(inst.pred_boxes)
+        <= cfg.MODEL.SOLO.MAX_PER_IMG
+    )

@@ -1,4 +1,5 @@
 """Shapes and semantics of the SOLO-family heads, the SOLOv2 mask branch and the DCN layers."""
+
 import math
 
 import pytest
@@ -144,7 +145,9 @@ def test_dcn_zero_offset_matches_plain_conv():
     x = torch.randn(2, 8, 9, 11)
     for modulated, scale in ((True, 0.5), (False, 1.0)):
         dcn = ModulatedDeformConv2d(8, 6, 3, stride=2, padding=1, modulated=modulated)
-        ref = F.conv2d(x, dcn.weight, None, stride=2, padding=1) * scale + dcn.bias.view(1, -1, 1, 1)
+        ref = F.conv2d(x, dcn.weight, None, stride=2, padding=1) * scale + dcn.bias.view(
+            1, -1, 1, 1
+        )
         torch.testing.assert_close(dcn(x), ref, rtol=1e-4, atol=1e-5)
 
 
@@ -188,7 +191,11 @@ def test_resnet_dcn_fpn_backbone(depth):
     dcn = build_backbone(cfg)
     bottom = dcn.bottom_up
     assert not isinstance(bottom.res2[0].conv2, ModulatedDeformConv2d)
-    assert all(isinstance(b.conv2, ModulatedDeformConv2d) for s in ("res3", "res4", "res5") for b in getattr(bottom, s))
+    assert all(
+        isinstance(b.conv2, ModulatedDeformConv2d)
+        for s in ("res3", "res4", "res5")
+        for b in getattr(bottom, s)
+    )
     # plain checkpoints load: the only new parameters are the offset convs
     extra = set(dcn.state_dict()) - set(plain.state_dict())
     assert extra and all(".conv2.conv_offset." in k for k in extra)

@@ -1,4 +1,5 @@
 """Known-answer tests for SOLO losses (solo_d2.modeling.solo.losses)."""
+
 import math
 
 import pytest
@@ -35,7 +36,10 @@ def _targets_from_labels(labels_per_level, mask_size=(4, 4), extra=0):
         pos = (labels != C).flatten(1)
         img, cell = pos.nonzero(as_tuple=True)
         if extra and img.numel():
-            img, cell = torch.cat([img, img[:1].repeat(extra)]), torch.cat([cell, cell[:1].repeat(extra)])
+            img, cell = (
+                torch.cat([img, img[:1].repeat(extra)]),
+                torch.cat([cell, cell[:1].repeat(extra)]),
+            )
         p = img.numel()
         out.append(
             LevelTargets(
@@ -186,7 +190,9 @@ def test_float64_inputs_stay_float64():
     labels = torch.tensor([[[1, C]]])
     tgts = _targets_from_labels([labels], mask_size=(2, 2))
     logits = torch.randn(1, C, 1, 2, dtype=torch.float64)
-    out = solo_loss([logits], tgts, [torch.full((1, 2, 2), 0.3, dtype=torch.float64)], num_classes=C)
+    out = solo_loss(
+        [logits], tgts, [torch.full((1, 2, 2), 0.3, dtype=torch.float64)], num_classes=C
+    )
     assert out["loss_cate"].dtype == out["loss_mask"].dtype == torch.float64
 
 

@@ -1,6 +1,7 @@
 """End-to-end behaviour of the ``SOLO`` meta-architecture on CPU: training with empty and
 half-empty batches (bitmask and polygon instances through ``DatasetMapper``), batched
 inference, overfitting a few images, ``DefaultPredictor`` and ``Visualizer``."""
+
 import math
 
 import numpy as np
@@ -34,9 +35,17 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def _polygon(cls, cy, cx, s):
     if cls == 0:
-        pts = [(cx - s / 2, cy - s / 2), (cx + s / 2, cy - s / 2), (cx + s / 2, cy + s / 2), (cx - s / 2, cy + s / 2)]
+        pts = [
+            (cx - s / 2, cy - s / 2),
+            (cx + s / 2, cy - s / 2),
+            (cx + s / 2, cy + s / 2),
+            (cx - s / 2, cy + s / 2),
+        ]
     elif cls == 1:
-        pts = [(cx + s / 2 * math.cos(a), cy + s / 2 * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
+        pts = [
+            (cx + s / 2 * math.cos(a), cy + s / 2 * math.sin(a))
+            for a in np.linspace(0, 2 * math.pi, 24, endpoint=False)
+        ]
     else:
         pts = [(cx, cy - s / 2), (cx + s / 2, cy + s / 2), (cx - s / 2, cy + s / 2)]
     return [float(v) for p in pts for v in p]
@@ -52,14 +61,36 @@ def _scene(tmp_dir, idx, *, crowd=False):
         img[mask_util.decode(rle).astype(bool)] = COLORS[cls]
         rle["counts"] = rle["counts"].decode("ascii")
         x0, y0, w, h = mask_util.toBbox(rle).tolist()
-        annos.append({"bbox": [x0, y0, w, h], "bbox_mode": BoxMode.XYWH_ABS, "category_id": cls,
-                      "segmentation": [poly], "rle": rle, "iscrowd": 0})
+        annos.append(
+            {
+                "bbox": [x0, y0, w, h],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": cls,
+                "segmentation": [poly],
+                "rle": rle,
+                "iscrowd": 0,
+            }
+        )
     if crowd:
-        annos.append({"bbox": [0, 0, 10, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0,
-                      "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]], "rle": None, "iscrowd": 1})
+        annos.append(
+            {
+                "bbox": [0, 0, 10, 10],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": 0,
+                "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]],
+                "rle": None,
+                "iscrowd": 1,
+            }
+        )
     path = tmp_dir / f"scene{idx}.png"
     Image.fromarray(img).save(path)
-    return {"file_name": str(path), "height": SIZE, "width": SIZE, "image_id": idx, "annotations": annos}
+    return {
+        "file_name": str(path),
+        "height": SIZE,
+        "width": SIZE,
+        "image_id": idx,
+        "annotations": annos,
+    }
 
 
 def _mapped(d, mask_format, is_train=True):
@@ -68,8 +99,13 @@ def _mapped(d, mask_format, is_train=True):
         rle = a.pop("rle")
         if mask_format == "bitmask" and rle is not None:
             a["segmentation"] = rle
-    mapper = DatasetMapper(is_train=is_train, augmentations=[], image_format="BGR",
-                           use_instance_mask=True, instance_mask_format=mask_format)
+    mapper = DatasetMapper(
+        is_train=is_train,
+        augmentations=[],
+        image_format="BGR",
+        use_instance_mask=True,
+        instance_mask_format=mask_format,
+    )
     return mapper(d)
 
 
@@ -102,8 +138,12 @@ def test_gt_masks_from_polygons_and_bitmasks_agree(scenes):
 
 @pytest.mark.parametrize(
     "head,mask_format",
-    [("SOLOHead", "bitmask"), ("DecoupledSOLOHead", "polygon"), ("DecoupledSOLOLightHead", "bitmask"),
-     ("SOLOv2Head", "polygon")],
+    [
+        ("SOLOHead", "bitmask"),
+        ("DecoupledSOLOHead", "polygon"),
+        ("DecoupledSOLOLightHead", "bitmask"),
+        ("SOLOv2Head", "polygon"),
+    ],
 )
 def test_train_steps_with_empty_batches_then_batched_eval(scenes, head, mask_format):
     torch.manual_seed(0)
@@ -123,7 +163,10 @@ def test_train_steps_with_empty_batches_then_batched_eval(scenes, head, mask_for
         opt.step()
 
     model.eval()
-    inputs = [_mapped(scenes[0], mask_format, is_train=False), _mapped(scenes[1], mask_format, is_train=False)]
+    inputs = [
+        _mapped(scenes[0], mask_format, is_train=False),
+        _mapped(scenes[1], mask_format, is_train=False),
+    ]
     inputs[0]["image"] = inputs[0]["image"][:, :80, :]  # different sizes in one batch
     inputs[1]["height"], inputs[1]["width"] = 150, 170  # output at the original size
     with torch.no_grad():

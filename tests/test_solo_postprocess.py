@@ -1,4 +1,5 @@
 """Known-answer tests for SOLO post-processing (solo_d2.modeling.solo.postprocess)."""
+
 import math
 
 import pytest
@@ -6,7 +7,12 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, Instances
 
-from solo_d2.modeling.solo.postprocess import mask_area_maskness, masks_to_boxes, point_nms, solo_postprocess
+from solo_d2.modeling.solo.postprocess import (
+    mask_area_maskness,
+    masks_to_boxes,
+    point_nms,
+    solo_postprocess,
+)
 
 MH, MW = 16, 20  # masks at 1/4 of a 64x80 padded input
 IMAGE_SIZE = (60, 72)  # unpadded input
@@ -38,7 +44,11 @@ def test_point_nms_matches_loop_reference():
     heat[0, 0, 2, 2] = 0.5
     heat[0, 0, 0, 3] = 0.3
     out = point_nms(heat)
-    assert out[0, 0, 1, 1] == pytest.approx(0.9) and out[0, 0, 2, 2] == 0 and out[0, 0, 0, 3] == pytest.approx(0.3)
+    assert (
+        out[0, 0, 1, 1] == pytest.approx(0.9)
+        and out[0, 0, 2, 2] == 0
+        and out[0, 0, 0, 3] == pytest.approx(0.3)
+    )
     with pytest.raises(ValueError, match="kernel"):
         point_nms(heat, kernel=4)
 
@@ -67,7 +77,9 @@ def two_objects_and_duplicate():
 
 def test_duplicate_decays_boxes_and_output_size():
     masks, labels, scores, strides = two_objects_and_duplicate()
-    res = solo_postprocess(masks, labels, scores, strides, image_size=IMAGE_SIZE, output_size=OUTPUT_SIZE)
+    res = solo_postprocess(
+        masks, labels, scores, strides, image_size=IMAGE_SIZE, output_size=OUTPUT_SIZE
+    )
     assert isinstance(res, Instances) and res.image_size == OUTPUT_SIZE
     assert res.pred_masks.shape == (3, *OUTPUT_SIZE) and res.pred_masks.dtype == torch.bool
     # maskness = mean soft value inside the binary mask
@@ -83,50 +95,97 @@ def test_duplicate_decays_boxes_and_output_size():
     assert torch.allclose(box_a, torch.tensor([16.0, 16.0, 64.0, 64.0]), atol=3)
     # mask b is cropped by the image size: x up to cell 19 -> input px 76 > 72
     box_b = res.pred_boxes.tensor[1]
-    assert box_b[2] == OUTPUT_SIZE[1] and torch.allclose(box_b[:2], torch.tensor([96.0, 72.0]), atol=3)
+    assert box_b[2] == OUTPUT_SIZE[1] and torch.allclose(
+        box_b[:2], torch.tensor([96.0, 72.0]), atol=3
+    )
 
 
 def test_hard_mask_nms_removes_duplicate_and_update_thr():
     masks, labels, scores, strides = two_objects_and_duplicate()
-    res = solo_postprocess(masks, labels, scores, strides, image_size=IMAGE_SIZE,
-                           output_size=OUTPUT_SIZE, nms_method="mask", nms_iou_thr=0.5)
+    res = solo_postprocess(
+        masks,
+        labels,
+        scores,
+        strides,
+        image_size=IMAGE_SIZE,
+        output_size=OUTPUT_SIZE,
+        nms_method="mask",
+        nms_iou_thr=0.5,
+    )
     assert len(res) == 2 and torch.allclose(res.scores, torch.tensor([0.81, 0.76]))
     # a different class for the duplicate: no suppression at all
-    res = solo_postprocess(masks, torch.tensor([1, 1, 0]), scores, strides, image_size=IMAGE_SIZE,
-                           output_size=OUTPUT_SIZE)
+    res = solo_postprocess(
+        masks,
+        torch.tensor([1, 1, 0]),
+        scores,
+        strides,
+        image_size=IMAGE_SIZE,
+        output_size=OUTPUT_SIZE,
+    )
     assert torch.allclose(res.scores, torch.tensor([0.81, 0.76, 0.56]))
     # update_thr drops decayed scores
-    res = solo_postprocess(masks, labels, scores, strides, image_size=IMAGE_SIZE,
-                           output_size=OUTPUT_SIZE, update_thr=0.3)
+    res = solo_postprocess(
+        masks,
+        labels,
+        scores,
+        strides,
+        image_size=IMAGE_SIZE,
+        output_size=OUTPUT_SIZE,
+        update_thr=0.3,
+    )
     assert len(res) == 2
     with pytest.raises(ValueError, match="nms_method"):
-        solo_postprocess(masks, labels, scores, strides, image_size=IMAGE_SIZE,
-                         output_size=OUTPUT_SIZE, nms_method="soft")
+        solo_postprocess(
+            masks,
+            labels,
+            scores,
+            strides,
+            image_size=IMAGE_SIZE,
+            output_size=OUTPUT_SIZE,
+            nms_method="soft",
+        )
 
 
 def test_small_masks_dropped_sorting_and_max_per_img():
     masks, labels, scores, strides = two_objects_and_duplicate()
     tiny = soft(12, 14, 2, 4, 0.99)  # area 4 <= stride 8
     masks = torch.cat([masks, tiny[None]])
-    res = solo_postprocess(masks, torch.tensor([1, 2, 0, 0]), torch.tensor([0.5, 0.8, 0.9, 0.95]),
-                           torch.tensor([8.0, 8.0, 8.0, 8.0]), image_size=IMAGE_SIZE,
-                           output_size=OUTPUT_SIZE, max_per_img=2)
+    res = solo_postprocess(
+        masks,
+        torch.tensor([1, 2, 0, 0]),
+        torch.tensor([0.5, 0.8, 0.9, 0.95]),
+        torch.tensor([8.0, 8.0, 8.0, 8.0]),
+        image_size=IMAGE_SIZE,
+        output_size=OUTPUT_SIZE,
+        max_per_img=2,
+    )
     # tiny dropped; dup (class 0, 0.9*0.8=0.72) and b (0.76) are kept, a (0.45) cut by max_per_img
     assert res.scores.tolist() == pytest.approx([0.76, 0.72])
     assert res.pred_classes.tolist() == [2, 0]
 
 
 def test_empty_inputs_give_valid_empty_instances():
-    res = solo_postprocess(torch.zeros(0, MH, MW), torch.zeros(0, dtype=torch.long), torch.zeros(0),
-                           torch.zeros(0), image_size=IMAGE_SIZE, output_size=OUTPUT_SIZE)
+    res = solo_postprocess(
+        torch.zeros(0, MH, MW),
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0),
+        torch.zeros(0),
+        image_size=IMAGE_SIZE,
+        output_size=OUTPUT_SIZE,
+    )
     assert len(res) == 0 and res.image_size == OUTPUT_SIZE
     assert res.pred_masks.shape == (0, *OUTPUT_SIZE) and res.pred_masks.dtype == torch.bool
     assert res.scores.shape == (0,) and res.pred_classes.shape == (0,)
     assert res.pred_boxes.tensor.shape == (0, 4)
     # all candidates filtered (below mask_thr) -> same empty result
-    res = solo_postprocess(torch.full((2, MH, MW), 0.1), torch.zeros(2, dtype=torch.long),
-                           torch.ones(2), torch.full((2,), 8.0), image_size=IMAGE_SIZE,
-                           output_size=OUTPUT_SIZE)
+    res = solo_postprocess(
+        torch.full((2, MH, MW), 0.1),
+        torch.zeros(2, dtype=torch.long),
+        torch.ones(2),
+        torch.full((2,), 8.0),
+        image_size=IMAGE_SIZE,
+        output_size=OUTPUT_SIZE,
+    )
     assert len(res) == 0 and res.pred_masks.shape == (0, *OUTPUT_SIZE)
     assert set(res.get_fields()) == {"pred_masks", "scores", "pred_classes", "pred_boxes"}
 
@@ -137,7 +196,9 @@ def reference_paste(soft, image_size, output_size, thr=0.5):
     for m in soft:
         up = F.interpolate(m[None, None], scale_factor=4.0, mode="bilinear", align_corners=False)
         up = up[:, :, : image_size[0], : image_size[1]]
-        out.append(F.interpolate(up, size=output_size, mode="bilinear", align_corners=False)[0, 0] > thr)
+        out.append(
+            F.interpolate(up, size=output_size, mode="bilinear", align_corners=False)[0, 0] > thr
+        )
     return torch.stack(out)
 
 
@@ -156,7 +217,9 @@ def test_paste_equals_the_references_paste_in_one_pass_or_chunks(mask_hw, image_
     k = 12
     cy, cx = torch.rand(k, 1, 1, generator=g) * mh, torch.rand(k, 1, 1, generator=g) * mw
     r = 1 + torch.rand(k, 1, 1, generator=g) * min(mh, mw) / 2
-    soft = torch.sigmoid(3 * (1 - ((ys - cy) ** 2 + (xs - cx) ** 2) / r**2)) + 0.1 * torch.randn(k, mh, mw, generator=g)
+    soft = torch.sigmoid(3 * (1 - ((ys - cy) ** 2 + (xs - cx) ** 2) / r**2)) + 0.1 * torch.randn(
+        k, mh, mw, generator=g
+    )
     soft = soft.clamp(0, 1)
     soft[0] = 0.02  # empty
     soft[1] = 0.97  # everything
@@ -166,7 +229,9 @@ def test_paste_equals_the_references_paste_in_one_pass_or_chunks(mask_hw, image_
         got = postprocess.paste_masks(soft, image_size, out_size, 0.5)
         assert got.dtype == torch.bool and torch.equal(got, ref), out_size
         # the memory bound (chunks of a few masks) never changes the result
-        monkeypatch.setattr(postprocess, "_PASTE_MAX_ELEMENTS", 3 * 16 * mh * mw + 3 * out_size[0] * out_size[1])
+        monkeypatch.setattr(
+            postprocess, "_PASTE_MAX_ELEMENTS", 3 * 16 * mh * mw + 3 * out_size[0] * out_size[1]
+        )
         assert torch.equal(postprocess.paste_masks(soft, image_size, out_size, 0.5), ref), out_size
         monkeypatch.undo()
     assert postprocess.paste_masks(soft[:0], image_size, image_size, 0.5).shape == (0, *image_size)
@@ -191,7 +256,9 @@ def test_ranking_through_a_mask_index_equals_ranking_gathered_masks():
         assert torch.equal(x, y)
     top, ranked, valid = a
     assert valid.tolist() == [True] * 10 + [False] * 3 and set(top[-3:].tolist()) == {5, 6, 7}
-    assert torch.equal(ranked[:10], (scores * maskness[index])[top[:10]]) and (ranked[10:] == -1).all()
+    assert (
+        torch.equal(ranked[:10], (scores * maskness[index])[top[:10]]) and (ranked[10:] == -1).all()
+    )
     assert (ranked[:-1] >= ranked[1:]).all()
     top7 = rank_candidates(area, maskness, index, scores, strides, nms_pre=7)
     assert torch.equal(top7[0], top[:7])
@@ -200,11 +267,18 @@ def test_ranking_through_a_mask_index_equals_ranking_gathered_masks():
 @pytest.mark.parametrize("image_size", [(4 * MH + 1, 72), (60, 4 * MW + 1)])
 def test_image_size_beyond_the_padded_masks_is_an_error(image_size):
     masks, labels, scores, strides = two_objects_and_duplicate()
-    with pytest.raises(ValueError, match=rf"image_size \({image_size[0]}, {image_size[1]}\) exceeds the padded size "
-                                         rf"\({4 * MH}, {4 * MW}\) implied by masks of size \({MH}, {MW}\)"):
-        solo_postprocess(masks, labels, scores, strides, image_size=image_size, output_size=OUTPUT_SIZE)
+    with pytest.raises(
+        ValueError,
+        match=rf"image_size \({image_size[0]}, {image_size[1]}\) exceeds the padded size "
+        rf"\({4 * MH}, {4 * MW}\) implied by masks of size \({MH}, {MW}\)",
+    ):
+        solo_postprocess(
+            masks, labels, scores, strides, image_size=image_size, output_size=OUTPUT_SIZE
+        )
     # the padded size itself is a valid input size (no padding)
-    padded = solo_postprocess(masks, labels, scores, strides, image_size=(4 * MH, 4 * MW), output_size=OUTPUT_SIZE)
+    padded = solo_postprocess(
+        masks, labels, scores, strides, image_size=(4 * MH, 4 * MW), output_size=OUTPUT_SIZE
+    )
     assert len(padded) == 3
 
 

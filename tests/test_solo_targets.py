@@ -1,10 +1,17 @@
 """Known-answer tests for SOLO target assignment (solo_d2.modeling.solo.targets)."""
+
 import math
 
 import pytest
 import torch
 
-from solo_d2.modeling.solo.targets import LevelTargets, grid_cell, instance_geometry, resize_masks, solo_targets
+from solo_d2.modeling.solo.targets import (
+    LevelTargets,
+    grid_cell,
+    instance_geometry,
+    resize_masks,
+    solo_targets,
+)
 
 GRIDS = [40, 36, 24, 16, 12]
 RANGES = [(1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)]
@@ -20,7 +27,9 @@ def square(y0, x0, side_h, side_w=None, h=H, w=W):
 
 
 def run(masks_per_image, classes_per_image, **kw):
-    args = dict(num_grids=GRIDS, scale_ranges=RANGES, mask_sizes=SIZES, sigma=0.2, num_classes=NUM_CLASSES)
+    args = dict(
+        num_grids=GRIDS, scale_ranges=RANGES, mask_sizes=SIZES, sigma=0.2, num_classes=NUM_CLASSES
+    )
     args.update(kw)
     return solo_targets(masks_per_image, classes_per_image, **args)
 
@@ -125,7 +134,9 @@ def test_conflict_one_target_per_cell_keeps_the_last_claimants_mask(small_first)
     expected = {i * 40 + j for i in range(18, 21) for j in range(18, 21)}
     assert positive_cells(out[0]) == expected
     assert out[0].num_targets == int(out[0].pos_mask.sum()) == 9
-    assert out[0].instance_ids.tolist() == [1] * 9 and out[0].target_cell.tolist() == sorted(expected)
+    assert out[0].instance_ids.tolist() == [1] * 9 and out[0].target_cell.tolist() == sorted(
+        expected
+    )
     assert torch.equal(out[0].mask_targets, resize_masks(masks, (64, 64))[1].expand(9, 64, 64))
     assert (out[0].labels[0][out[0].labels[0] != NUM_CLASSES] == int(classes[1])).all()
     # a level with one claimant per cell is unchanged by the rule
@@ -141,7 +152,12 @@ def test_mask_targets_equal_downsampled_masks_and_batch_order():
     c = square(180, 180, 44)
     out = run([a[None], torch.stack([b, c])], [torch.tensor([0]), torch.tensor([1, 2])])
     t = out[0]
-    assert t.mask_targets.shape[0] == int(t.pos_mask.sum()) == t.instance_ids.shape[0] == t.target_cell.shape[0]
+    assert (
+        t.mask_targets.shape[0]
+        == int(t.pos_mask.sum())
+        == t.instance_ids.shape[0]
+        == t.target_cell.shape[0]
+    )
     assert t.mask_targets.dtype == torch.float32
     assert (t.target_img.diff() >= 0).all()
     down = {
@@ -199,7 +215,9 @@ def test_cell_index_trunc_rounding_is_mmdetections_and_differs_only_on_grid_line
         grid_cell(coords, 256, 40, "round")
 
 
-def reference_targets(masks, classes, boxes, s, lo, hi, sigma, h, w, per_cell=False, rounding="floor"):
+def reference_targets(
+    masks, classes, boxes, s, lo, hi, sigma, h, w, per_cell=False, rounding="floor"
+):
     """Loop-based reference following AdelaiDet's SOLOv2 (one image, one level): instances in
     annotation order, later ones overwrite a cell's class, one mask target per (instance, cell);
     ``per_cell``: the official SOLO head, whose later instances overwrite a cell's mask target too;
@@ -210,7 +228,9 @@ def reference_targets(masks, classes, boxes, s, lo, hi, sigma, h, w, per_cell=Fa
     def cell_of(v, extent):
         q = v / extent
         if rounding == "trunc":
-            return int(torch.div(q, torch.tensor(1.0 / s, dtype=torch.float32), rounding_mode="trunc"))
+            return int(
+                torch.div(q, torch.tensor(1.0 / s, dtype=torch.float32), rounding_mode="trunc")
+            )
         return int(q // (1.0 / s))
 
     for n in range(masks.shape[0]):
@@ -240,7 +260,9 @@ def reference_targets(masks, classes, boxes, s, lo, hi, sigma, h, w, per_cell=Fa
     return labels, targets
 
 
-@pytest.mark.parametrize("per_cell, rounding", [(False, "floor"), (True, "floor"), (False, "trunc")])
+@pytest.mark.parametrize(
+    "per_cell, rounding", [(False, "floor"), (True, "floor"), (False, "trunc")]
+)
 @pytest.mark.parametrize("hw", [(256, 256), (192, 320)])
 def test_random_matches_loop_reference(hw, per_cell, rounding):
     h, w = hw
@@ -261,13 +283,29 @@ def test_random_matches_loop_reference(hw, per_cell, rounding):
         masks_list.append(masks)
         classes_list.append(torch.randint(0, NUM_CLASSES, (n,), generator=g))
         boxes_list.append(boxes)
-    out = run(masks_list, classes_list, gt_boxes=boxes_list, mask_sizes=[(h // 4, w // 4)] * 5,
-              one_target_per_cell=per_cell, grid_rounding=rounding)
+    out = run(
+        masks_list,
+        classes_list,
+        gt_boxes=boxes_list,
+        mask_sizes=[(h // 4, w // 4)] * 5,
+        one_target_per_cell=per_cell,
+        grid_rounding=rounding,
+    )
     n_targets = 0
     for lvl, (s, (lo, hi)) in enumerate(zip(GRIDS, RANGES)):
         for b in range(2):
             ref_labels, ref_targets = reference_targets(
-                masks_list[b], classes_list[b], boxes_list[b], s, lo, hi, 0.2, h, w, per_cell, rounding
+                masks_list[b],
+                classes_list[b],
+                boxes_list[b],
+                s,
+                lo,
+                hi,
+                0.2,
+                h,
+                w,
+                per_cell,
+                rounding,
             )
             assert torch.equal(out[lvl].labels[b], ref_labels), (lvl, b)
             assert torch.equal(out[lvl].pos_mask[b], (ref_labels != NUM_CLASSES).flatten())
@@ -284,7 +322,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="num_classes|\\[0, 3\\)"):
         run([square(0, 0, 10)[None]], [torch.tensor([3])])
     two = [torch.stack([square(0, 0, 10), square(20, 20, 10)])] * 3
-    with pytest.raises(ValueError, match=r"\[0, 3\).*image 1 has range \[-1, 2\]"):  # names the image
+    with pytest.raises(
+        ValueError, match=r"\[0, 3\).*image 1 has range \[-1, 2\]"
+    ):  # names the image
         run(two, [torch.tensor([0, 2]), torch.tensor([-1, 2]), torch.tensor([5, 0])])
     with pytest.raises(ValueError, match="scale_ranges"):
         run([square(0, 0, 10)[None]], [torch.tensor([0])], scale_ranges=RANGES[:2])
@@ -296,7 +336,9 @@ def test_resize_masks_equals_bilinear_threshold_on_random_masks(factor):
     g = torch.Generator().manual_seed(factor)
     masks = torch.rand(5, 8 * factor * 3, 8 * factor * 5, generator=g) > 0.5
     size = (masks.shape[1] // factor, masks.shape[2] // factor)
-    ref = torch.nn.functional.interpolate(masks[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    ref = torch.nn.functional.interpolate(
+        masks[:, None].float(), size=size, mode="bilinear", align_corners=False
+    )[:, 0]
     assert torch.equal(resize_masks(masks, size), (ref >= 0.5).float())
     assert torch.equal(resize_masks(masks.to(torch.uint8), size), (ref >= 0.5).float())
 
@@ -349,13 +391,23 @@ def test_instances_at_the_image_borders_match_loop_reference():
     # centres in the first and last grid cells, where the cells are clipped to the grid and to
     # the 3x3 cells around the centre; loose annotation boxes reach past the image
     h, w = 192, 320
-    specs = [(0, 0, 6, 9), (0, 0, 40, 12), (h - 7, w - 5, 7, 5), (h - 90, w - 20, 90, 20),
-             (0, w - 60, 150, 60), (h - 3, 0, 3, 200)]  # (y0, x0, height, width) of each mask
+    specs = [
+        (0, 0, 6, 9),
+        (0, 0, 40, 12),
+        (h - 7, w - 5, 7, 5),
+        (h - 90, w - 20, 90, 20),
+        (0, w - 60, 150, 60),
+        (h - 3, 0, 3, 200),
+    ]  # (y0, x0, height, width) of each mask
     masks = torch.zeros(len(specs), h, w, dtype=torch.bool)
     for k, (y0, x0, hh, ww) in enumerate(specs):
         masks[k, y0 : y0 + hh, x0 : x0 + ww] = True
-    tight = torch.tensor([[x0, y0, x0 + ww, y0 + hh] for y0, x0, hh, ww in specs], dtype=torch.float32)
-    boxes = tight + torch.tensor([-30.0, -30.0, 30.0, 30.0]) * torch.tensor([[1.0], [0.0]]).repeat(3, 1)
+    tight = torch.tensor(
+        [[x0, y0, x0 + ww, y0 + hh] for y0, x0, hh, ww in specs], dtype=torch.float32
+    )
+    boxes = tight + torch.tensor([-30.0, -30.0, 30.0, 30.0]) * torch.tensor([[1.0], [0.0]]).repeat(
+        3, 1
+    )
     classes = torch.tensor([0, 1, 2, 0, 1, 2])
     out = run([masks], [classes], gt_boxes=[boxes], mask_sizes=[(h // 4, w // 4)] * 5)
     for lvl, (s, (lo, hi)) in enumerate(zip(GRIDS, RANGES)):
@@ -370,7 +422,9 @@ def test_instances_at_the_image_borders_match_loop_reference():
 
 def test_mismatched_shapes_raise_errors_naming_the_image():
     m = square(0, 0, 10)[None]
-    with pytest.raises(ValueError, match=r"gt_masks must be \[N, H, W\].*image 1 has \(1, 128, 256\)"):
+    with pytest.raises(
+        ValueError, match=r"gt_masks must be \[N, H, W\].*image 1 has \(1, 128, 256\)"
+    ):
         run([m, square(0, 0, 10, h=128)[None]], [torch.tensor([0]), torch.tensor([0])])
     with pytest.raises(ValueError, match=r"gt_masks must be \[N, H, W\].*image 0"):
         run([square(0, 0, 10)], [torch.tensor([0])])
@@ -399,7 +453,9 @@ def test_unpadded_resize_is_adelaidets_cv2_resize_pasted_top_left(image_hw):
     for a, o in zip(adelaidet, official):
         assert torch.equal(a.target_cell, o.target_cell) and torch.equal(a.labels, o.labels)
         for k, row in zip(a.instance_ids.tolist(), a.mask_targets):
-            small = cv2.resize(masks[k, :h, :w].numpy().astype("uint8"), (int(w / 4 + 0.5), int(h / 4 + 0.5)))
+            small = cv2.resize(
+                masks[k, :h, :w].numpy().astype("uint8"), (int(w / 4 + 0.5), int(h / 4 + 0.5))
+            )
             want = torch.zeros(64, 80)
             want[: small.shape[0], : small.shape[1]] = torch.from_numpy(small).float()
             assert torch.equal(row, want)

@@ -1,4 +1,5 @@
 """Build-time validation of MODEL.SOLO values and the reference initialization of the heads."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -21,8 +22,14 @@ def _cfg(name="Synthetic/SOLOv2_R18.yaml"):
         ("SIGMA", 0.0),
         ("SIGMA", -0.2),
         ("NUM_CLASSES", 0),
-        ("SCALE_RANGES", [[1, 48], [24, 96], [20, 192], [96, 384], [192, 2048]]),  # lower bound decreases
-        ("SCALE_RANGES", [[1, 48], [24, 96], [48, 90], [96, 384], [192, 2048]]),  # upper bound decreases
+        (
+            "SCALE_RANGES",
+            [[1, 48], [24, 96], [20, 192], [96, 384], [192, 2048]],
+        ),  # lower bound decreases
+        (
+            "SCALE_RANGES",
+            [[1, 48], [24, 96], [48, 90], [96, 384], [192, 2048]],
+        ),  # upper bound decreases
         ("SCALE_RANGES", [[48, 1], [24, 96], [48, 192], [96, 384], [192, 2048]]),  # lo > hi
         ("NUM_GRIDS", [24, 20, 0, 12, 8]),
         ("SCORE_THR", 1.5),
@@ -51,7 +58,11 @@ def test_valid_config_builds():
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("SOLO/R50_1x.yaml", -4.59512), ("DecoupledSOLO/R50_1x.yaml", -4.59512), ("Synthetic/SOLO_R18.yaml", 0.0)],
+    [
+        ("SOLO/R50_1x.yaml", -4.59512),
+        ("DecoupledSOLO/R50_1x.yaml", -4.59512),
+        ("Synthetic/SOLO_R18.yaml", 0.0),
+    ],
 )
 def test_mask_output_bias_prior(name, expected):
     """The official code starts the SOLO / Decoupled SOLO mask outputs at the 0.01 prior

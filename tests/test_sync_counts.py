@@ -1,6 +1,7 @@
 """Host-device synchronizations of SOLO inference and training, counted exactly on the CPU
 (``OpCounter``, as a GPU would see them): post-processing reads back the same few values for any
 number of candidates, and a training step's read-backs do not grow with the instances."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -10,8 +11,18 @@ from benchmarks.baselines import synthetic_solov2_outputs, training_batch
 from benchmarks.counting import OpCounter
 from solo_d2.checkpoint.core import build_cfg
 
-SMALL = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "64",
-         "MODEL.SOLO.INS_CHANNELS", "64", "MODEL.SOLO.NUM_CONVS", "1"]
+SMALL = [
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "MODEL.FPN.OUT_CHANNELS",
+    "64",
+    "MODEL.SOLO.INS_CHANNELS",
+    "64",
+    "MODEL.SOLO.NUM_CONVS",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +35,9 @@ def solov2():
 def _postprocess_counts(model, num_candidates, size=(256, 384)):
     cate, mask_out, padded = synthetic_solov2_outputs(num_candidates, size=size, num_objects=20)
     images = ImageList(torch.empty(1, 3, *padded), [tuple(padded)])
-    inputs = [{"height": padded[0] + 37, "width": padded[1] - 51}]  # another output size: two resizes
+    inputs = [
+        {"height": padded[0] + 37, "width": padded[1] - 51}
+    ]  # another output size: two resizes
     model.eval()
     with torch.no_grad(), OpCounter() as c:
         out = model.inference(inputs, images, cate, mask_out)[0]["instances"]

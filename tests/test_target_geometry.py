@@ -1,6 +1,7 @@
 """Target geometry and resizing (solo_d2.modeling.solo.targets): exact first moments, extents
 and the integer-factor shrink equal to bilinear + threshold; the compact mask targets give the
 dense dice loss bit for bit."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,14 @@ def blobs(n, h=H, w=W, seed=0):
     g = torch.Generator().manual_seed(seed)
     masks = torch.zeros(n, h, w, dtype=torch.bool)
     for k in range(n - 1):
-        hh, ww = int(torch.randint(3, h // 2, (1,), generator=g)), int(torch.randint(3, w // 2, (1,), generator=g))
-        y0, x0 = int(torch.randint(0, h - hh, (1,), generator=g)), int(torch.randint(0, w - ww, (1,), generator=g))
+        hh, ww = (
+            int(torch.randint(3, h // 2, (1,), generator=g)),
+            int(torch.randint(3, w // 2, (1,), generator=g)),
+        )
+        y0, x0 = (
+            int(torch.randint(0, h - hh, (1,), generator=g)),
+            int(torch.randint(0, w - ww, (1,), generator=g)),
+        )
         masks[k, y0 : y0 + hh, x0 : x0 + ww] = torch.rand(hh, ww, generator=g) > 0.4
     boxes = torch.zeros(n, 4)
     nonempty = masks.flatten(1).any(1)
@@ -56,8 +63,14 @@ def test_solo_loss_reads_targets_through_rows():
     # two levels sharing one target_masks tensor; the loss must use each level's rows
     masks, boxes = blobs(6, seed=9)
     classes = [torch.arange(6) % 3]
-    kw = dict(num_grids=[12, 8], scale_ranges=[(1, 64), (32, 4096)], mask_sizes=[(H // 4, W // 4)] * 2,
-              sigma=0.2, num_classes=3, gt_boxes=[boxes])
+    kw = dict(
+        num_grids=[12, 8],
+        scale_ranges=[(1, 64), (32, 4096)],
+        mask_sizes=[(H // 4, W // 4)] * 2,
+        sigma=0.2,
+        num_classes=3,
+        gt_boxes=[boxes],
+    )
     tg = solo_targets([masks], classes, **kw)
     assert tg[0].target_masks is tg[1].target_masks and all(t.num_targets for t in tg)
     g = torch.Generator().manual_seed(10)
@@ -72,7 +85,10 @@ def test_solo_loss_reads_targets_through_rows():
 @pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.float32])
 def test_resize_masks_equals_bilinear_threshold_for_any_size_and_dtype(size, dtype):
     masks, _ = blobs(5, seed=11)
-    ref = F.interpolate(masks.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] >= 0.5
+    ref = (
+        F.interpolate(masks.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        >= 0.5
+    )
     assert torch.equal(resize_masks(masks.to(dtype), size, dtype=torch.bool), ref)
 
 
@@ -84,7 +100,10 @@ def test_integer_factor_resize_equals_bilinear(fy, fx):
     masks = torch.rand(3, 12 * fy, 10 * fx, generator=g) > 0.5
     for m in (masks, masks[1:], masks[:, :, fx:]):
         size = (m.shape[1] // fy, m.shape[2] // fx)
-        ref = F.interpolate(m.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] >= 0.5
+        ref = (
+            F.interpolate(m.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            >= 0.5
+        )
         before = masks.clone()
         assert torch.equal(resize_masks(m, size, dtype=torch.bool), ref)
         assert torch.equal(masks, before), "the input masks are left as they were"
@@ -99,7 +118,9 @@ def test_centers_are_exact_first_moments_rounded_once():
     masks = torch.rand(8, h, w, generator=g) < torch.rand(8, 1, 1, generator=g)
     masks[:3, :, :8] = False  # three masks over most of the image
     masks[:3, 600:] = False
-    masks[3:, :100] = masks[3:, 300:] = masks[3:, :, :200] = masks[3:, :, 500:] = False  # small ones
+    masks[3:, :100] = masks[3:, 300:] = masks[3:, :, :200] = masks[3:, :, 500:] = (
+        False  # small ones
+    )
     counts = [masks.double().sum(2), masks.double().sum(1)]  # exact in float64
     moments = [(c * torch.arange(c.shape[1], dtype=torch.float64)).sum(1) for c in counts]
     area = masks.flatten(1).sum(1).to(torch.float32)
@@ -133,7 +154,8 @@ def test_geometry_against_boxes_and_float64_centers():
     cx = (masks.double().sum(1) * xs).sum(1).to(torch.float32) / area.clamp(min=1e-6)
     assert area[8] == 0 and area[1] == 1, "blobs() leaves the last mask empty"
     for got in (
-        instance_geometry(masks), instance_geometry(masks.to(torch.uint8) * 255),
+        instance_geometry(masks),
+        instance_geometry(masks.to(torch.uint8) * 255),
         instance_geometry(masks.float() * 0.5),
     ):
         assert_same_geometry(got, (ref_h, ref_w, cy, cx, area))

@@ -1,4 +1,5 @@
 """The user-facing tools, run as users run them (subprocesses on the real configs)."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_tool(*args, timeout=600):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def _images(tmp_path, n=2):
@@ -31,16 +38,36 @@ def _images(tmp_path, n=2):
     return paths
 
 
-@pytest.mark.parametrize("config", ["Synthetic/SOLOv2Light_R18.yaml", "Synthetic/BiSeNetV2.yaml", "Synthetic/SOLOv2_panoptic.yaml"])
-def test_demo_writes_visualizations_and_reports_bad_inputs(tmp_path, config, synthetic_coco, synthetic_cityscapes):
+@pytest.mark.parametrize(
+    "config",
+    [
+        "Synthetic/SOLOv2Light_R18.yaml",
+        "Synthetic/BiSeNetV2.yaml",
+        "Synthetic/SOLOv2_panoptic.yaml",
+    ],
+)
+def test_demo_writes_visualizations_and_reports_bad_inputs(
+    tmp_path, config, synthetic_coco, synthetic_cityscapes
+):
     imgs = _images(tmp_path)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     missing = tmp_path / "missing.png"
     out = tmp_path / "vis"
-    proc = run_tool("tools/demo.py", "--config-file", ROOT / "configs" / config, "--output", out,
-                    "--input", str(tmp_path / "img*.png"), bad, missing, "--confidence-threshold", "0.0",
-                    "--allow-random-weights")
+    proc = run_tool(
+        "tools/demo.py",
+        "--config-file",
+        ROOT / "configs" / config,
+        "--output",
+        out,
+        "--input",
+        str(tmp_path / "img*.png"),
+        bad,
+        missing,
+        "--confidence-threshold",
+        "0.0",
+        "--allow-random-weights",
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert f"cannot read input {bad}: not a readable image" in proc.stderr
     assert f"cannot read input {missing}: no such file" in proc.stderr
@@ -55,12 +82,28 @@ def test_demo_keeps_outputs_of_inputs_with_the_same_name(tmp_path, synthetic_coc
     src = _images(tmp_path, 4)
     (tmp_path / "x").mkdir()
     (tmp_path / "y").mkdir()
-    inputs = [tmp_path / "a.png", tmp_path / "a.jpg", tmp_path / "x" / "a.png", tmp_path / "y" / "a.png"]
+    inputs = [
+        tmp_path / "a.png",
+        tmp_path / "a.jpg",
+        tmp_path / "x" / "a.png",
+        tmp_path / "y" / "a.png",
+    ]
     for s, d in zip(src, inputs):
         cv2.imwrite(str(d), cv2.imread(str(s)))
     out = tmp_path / "vis"
-    proc = run_tool("tools/demo.py", "--config-file", ROOT / "configs/Synthetic/SOLOv2Light_R18.yaml", "--output", out,
-                    "--input", *inputs, "--allow-random-weights", "--opts", "INPUT.MIN_SIZE_TEST", "64")
+    proc = run_tool(
+        "tools/demo.py",
+        "--config-file",
+        ROOT / "configs/Synthetic/SOLOv2Light_R18.yaml",
+        "--output",
+        out,
+        "--input",
+        *inputs,
+        "--allow-random-weights",
+        "--opts",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["a_png.png", "a_jpg.png", "x__a_png.png", "y__a_png.png"])
@@ -78,14 +121,29 @@ def test_demo_output_names_are_unique_and_deterministic():
     spec.loader.exec_module(demo)
     paths = ["d/a.png", "d/a.jpg", "d/b.png", "x/c.png", "y/c.png", "d/a_png.png", "d/a.png"]
     names = demo.output_names(paths)
-    assert names == ["a_png.png", "a_jpg.png", "b.png", "x__c_png.png", "y__c_png.png", "a_png-2.png", "a_png-3.png"]
+    assert names == [
+        "a_png.png",
+        "a_jpg.png",
+        "b.png",
+        "x__c_png.png",
+        "y__c_png.png",
+        "a_png-2.png",
+        "a_png-3.png",
+    ]
     assert len(set(names)) == len(names) and demo.output_names(paths) == names
 
 
 def test_demo_refuses_random_weights(tmp_path):
     img = _images(tmp_path, 1)[0]
-    proc = run_tool("tools/demo.py", "--config-file", ROOT / "configs/Synthetic/SOLOv2Light_R18.yaml",
-                    "--output", tmp_path / "vis", "--input", img)
+    proc = run_tool(
+        "tools/demo.py",
+        "--config-file",
+        ROOT / "configs/Synthetic/SOLOv2Light_R18.yaml",
+        "--output",
+        tmp_path / "vis",
+        "--input",
+        img,
+    )
     assert proc.returncode == 2
     assert "MODEL.WEIGHTS is empty" in proc.stderr and "--allow-random-weights" in proc.stderr
     assert not (tmp_path / "vis").exists()
@@ -98,8 +156,21 @@ def test_demo_rejects_a_missing_config(tmp_path):
 
 def test_plot_metrics(tmp_path):
     metrics = tmp_path / "metrics.json"
-    metrics.write_text("\n".join(json.dumps({"iteration": i, "total_loss": 3.0 / (i + 1), "loss_mask": 2.0 / (i + 1),
-                                             "lr": 0.01}) for i in range(20)) + "\n" + json.dumps({"segm/AP": 10.0}))
+    metrics.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "iteration": i,
+                    "total_loss": 3.0 / (i + 1),
+                    "loss_mask": 2.0 / (i + 1),
+                    "lr": 0.01,
+                }
+            )
+            for i in range(20)
+        )
+        + "\n"
+        + json.dumps({"segm/AP": 10.0})
+    )
     proc = run_tool("tools/plot_metrics.py", metrics, "-o", tmp_path / "l.png")
     assert proc.returncode == 0, proc.stderr
     img = cv2.imread(str(tmp_path / "l.png"))
@@ -116,16 +187,36 @@ def test_plot_metrics(tmp_path):
         ("Synthetic/BiSeNetV1_R18.yaml", "sem_seg/mIoU"),
         ("Synthetic/BiSeNetV2.yaml", "sem_seg/mIoU"),
         ("Synthetic/SOLOv2_panoptic.yaml", "panoptic_seg/PQ_st"),
-        ("Synthetic/SOLOv2_panoptic_cityscapes.yaml", "cityscapes_panoptic_seg/PQ_th"),  # and panoptic_seg/PQ
+        (
+            "Synthetic/SOLOv2_panoptic_cityscapes.yaml",
+            "cityscapes_panoptic_seg/PQ_th",
+        ),  # and panoptic_seg/PQ
     ],
 )
-def test_train_net_trains_and_evaluates_on_cpu(tmp_path, config, metric, synthetic_coco, synthetic_cityscapes):
+def test_train_net_trains_and_evaluates_on_cpu(
+    tmp_path, config, metric, synthetic_coco, synthetic_cityscapes
+):
     out = tmp_path / "out"
     # after two AdamW steps most cells pass the score threshold: fewer candidates keep this quick
-    fast = ["MODEL.SOLO.SCORE_THR", "0.5", "MODEL.SOLO.NMS_PRE", "50"] if "panoptic" in config else []
-    proc = run_tool("tools/train_net.py", "--config-file", ROOT / "configs" / config, "--num-gpus", "0",
-                    "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0",
-                    "OUTPUT_DIR", out, *fast)
+    fast = (
+        ["MODEL.SOLO.SCORE_THR", "0.5", "MODEL.SOLO.NMS_PRE", "50"] if "panoptic" in config else []
+    )
+    proc = run_tool(
+        "tools/train_net.py",
+        "--config-file",
+        ROOT / "configs" / config,
+        "--num-gpus",
+        "0",
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "OUTPUT_DIR",
+        out,
+        *fast,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert any("total_loss" in r and np.isfinite(r["total_loss"]) for r in records)

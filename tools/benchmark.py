@@ -4,6 +4,7 @@ code is :mod:`benchmarks`; sections and baselines in ``benchmarks/runner.py``).
 
     python tools/benchmark.py [--quick] [--only SECTION ...] [--write docs/BENCHMARKS.md]
 """
+
 import os
 import sys
 

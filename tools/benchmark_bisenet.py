@@ -7,6 +7,7 @@ Prints a table with the median and mean over ``--repeats`` runs after ``--warmup
 
     python tools/benchmark_bisenet.py --device cpu --repeats 3
 """
+
 import argparse
 import statistics
 import time
@@ -39,18 +40,24 @@ def time_model(model, size, device, warmup, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)"
+    )
     parser.add_argument("--sizes", default="512x1024,1024x2048")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    print(f"device={args.device} threads={torch.get_num_threads()} "
-          f"warmup={args.warmup} repeats={args.repeats}")
+    print(
+        f"device={args.device} threads={torch.get_num_threads()} "
+        f"warmup={args.warmup} repeats={args.repeats}"
+    )
     print(f"{'model':<16}{'input':>12}{'median ms':>12}{'mean ms':>10}{'FPS':>8}")
     for name, config in MODELS.items():
         cfg = get_config(config)
@@ -60,8 +67,10 @@ def main():
         for size in sizes:
             times = time_model(model, size, args.device, args.warmup, args.repeats)
             med = statistics.median(times) * 1000
-            print(f"{name:<16}{f'{size[0]}x{size[1]}':>12}{med:>12.1f}"
-                  f"{statistics.mean(times) * 1000:>10.1f}{1000 / med:>8.2f}")
+            print(
+                f"{name:<16}{f'{size[0]}x{size[1]}':>12}{med:>12.1f}"
+                f"{statistics.mean(times) * 1000:>10.1f}{1000 / med:>8.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ BiSeNetV1 R18 (configs/BiSeNet/V1_R18_cityscapes.yaml, 512x1024). With initial w
 and the default thresholds the SOLO model has (almost) no candidates, so its numbers are
 the network plus a near-empty post-processing.
 """
+
 import argparse
 import os
 import statistics
@@ -51,18 +52,26 @@ def timed(fns, warmup, repeats):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated names of " + ", ".join(MODELS))
-    p.add_argument("--weights", default="", help="MODEL.WEIGHTS for every model (default: initial weights)")
+    p.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated names of " + ", ".join(MODELS)
+    )
+    p.add_argument(
+        "--weights", default="", help="MODEL.WEIGHTS for every model (default: initial weights)"
+    )
     args = p.parse_args()
     import onnxruntime as ort
 
     torch.set_num_threads(args.threads)
-    print(f"CPU, {args.threads} thread(s), torch {torch.__version__}, onnxruntime {ort.__version__}, "
-          f"warmup {args.warmup}, repeats {args.repeats}")
+    print(
+        f"CPU, {args.threads} thread(s), torch {torch.__version__}, onnxruntime {ort.__version__}, "
+        f"warmup {args.warmup}, repeats {args.repeats}"
+    )
     print("| model | input | eager ms (median / mean) | TorchScript ms | onnxruntime ms |")
     print("|---|---|---|---|---|")
     gen = torch.Generator().manual_seed(0)
@@ -88,10 +97,15 @@ def main():
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = args.threads
             opts.inter_op_num_threads = 1
-            sess = ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(
+                onnx_path, sess_options=opts, providers=["CPUExecutionProvider"]
+            )
             feed = {sess.get_inputs()[0].name: x.numpy().astype(np.float32)}
-            results = timed([lambda: model([{"image": image}]), lambda: ts(x), lambda: sess.run(None, feed)],
-                            args.warmup, args.repeats)
+            results = timed(
+                [lambda: model([{"image": image}]), lambda: ts(x), lambda: sess.run(None, feed)],
+                args.warmup,
+                args.repeats,
+            )
         cells = " | ".join(f"{m:.0f} / {a:.0f}" for m, a in results)
         print(f"| {name} | {h}x{w} | {cells} |", flush=True)
 

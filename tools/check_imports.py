@@ -11,6 +11,7 @@ module ``pkg.name`` when that is a module, else to ``pkg`` (its ``__init__``). A
 or an import inside a function of a module that is neither optional (``--allow-local``,
 default: the optional dependencies) nor a ``solo_d2`` module.
 """
+
 import argparse
 import ast
 import os
@@ -18,8 +19,18 @@ import sys
 from typing import Dict, List, Set, Tuple
 
 OPTIONAL = (
-    "onnx", "onnxruntime", "panopticapi", "cityscapesscripts", "cv2", "scipy", "shapely", "pycocotools",
-    "tensorboard", "matplotlib", "hypothesis", "detectron2._C",
+    "onnx",
+    "onnxruntime",
+    "panopticapi",
+    "cityscapesscripts",
+    "cv2",
+    "scipy",
+    "shapely",
+    "pycocotools",
+    "tensorboard",
+    "matplotlib",
+    "hypothesis",
+    "detectron2._C",
 )
 
 
@@ -45,7 +56,9 @@ def _resolve(mod: str, is_pkg: bool, level: int, name: str) -> str:
     return ".".join(parts + ([name] if name else []))
 
 
-def imports(mods: Dict[str, str], package: str) -> Tuple[Dict[str, Set[str]], List[Tuple[str, int, str]]]:
+def imports(
+    mods: Dict[str, str], package: str
+) -> Tuple[Dict[str, Set[str]], List[Tuple[str, int, str]]]:
     """The edges among ``mods`` and the imports inside functions ``(file, line, module)``."""
     edges: Dict[str, Set[str]] = {m: set() for m in mods}
     local: List[Tuple[str, int, str]] = []
@@ -61,8 +74,14 @@ def imports(mods: Dict[str, str], package: str) -> Tuple[Dict[str, Set[str]], Li
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = _resolve(mod, is_pkg, node.level, node.module or "") if node.level else (node.module or "")
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+                base = (
+                    _resolve(mod, is_pkg, node.level, node.module or "")
+                    if node.level
+                    else (node.module or "")
+                )
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names
+                ]
             for t in targets:
                 if t.split(".")[0] == package:
                     while t not in mods and "." in t:  # `import pkg.mod.attr` forms
@@ -112,7 +131,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ap.add_argument("--package", default="solo_d2")
-    ap.add_argument("--allow-local", nargs="*", default=list(OPTIONAL), help="modules that may be imported inside functions")
+    ap.add_argument(
+        "--allow-local",
+        nargs="*",
+        default=list(OPTIONAL),
+        help="modules that may be imported inside functions",
+    )
     args = ap.parse_args(argv)
     mods = modules(args.root, args.package)
     edges, local = imports(mods, args.package)
@@ -120,14 +144,18 @@ def main(argv=None) -> int:
     for comp in found:
         print("import circle: " + " <-> ".join(comp))
     bad = [
-        (p, n, t) for p, n, t in local
-        if not any(t == a or t.startswith(a + ".") for a in args.allow_local) and t.split(".")[0] != args.package
+        (p, n, t)
+        for p, n, t in local
+        if not any(t == a or t.startswith(a + ".") for a in args.allow_local)
+        and t.split(".")[0] != args.package
     ]
     ours = [(p, n, t) for p, n, t in local if t.split(".")[0] == args.package]
     for p, n, t in ours + bad:
         print(f"import inside a function: {os.path.relpath(p, args.root)}:{n}: {t}")
-    print(f"{len(mods)} modules, {sum(len(e) for e in edges.values())} imports among them, "
-          f"{len(found)} circles, {len(ours) + len(bad)} imports inside functions not allowed")
+    print(
+        f"{len(mods)} modules, {sum(len(e) for e in edges.values())} imports among them, "
+        f"{len(found)} circles, {len(ours) + len(bad)} imports inside functions not allowed"
+    )
     return 1 if found or ours or bad else 0
 
 

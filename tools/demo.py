@@ -29,6 +29,7 @@ names of the config's dataset are used with a warning naming it, else class numb
 the category score, so this keeps exactly the detections scoring >= T) and
 ``MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH`` for the panoptic model.
 """
+
 import argparse
 import glob
 import logging
@@ -54,27 +55,48 @@ def get_parser():
     p.add_argument("--input", nargs="+", help="image files or glob patterns ('dir/*.jpg')")
     p.add_argument("--video-input", help="path to a video file")
     p.add_argument("--webcam", action="store_true", help="read frames from webcam 0")
-    p.add_argument("--output", help="output folder (or file for a single image/video); images are written "
-                   "as <output>/<input name>.png, and inputs sharing a name are all kept: a.png and a.jpg -> "
-                   "a_png.png and a_jpg.png, x/a.png and y/a.png -> x__a_png.png and y__a_png.png")
-    p.add_argument("--confidence-threshold", type=float, default=0.3,
-                   help="minimum score of the instances drawn: MODEL.SOLO.SCORE_THR and MODEL.SOLO.UPDATE_THR "
-                   "(SOLO family; MODEL.ROI_HEADS.SCORE_THRESH_TEST does not apply), and "
-                   "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH (panoptic) (default 0.3)")
-    p.add_argument("--class-names", metavar="NAMES",
-                   help="class names to draw, 'a,b,c' or a file with one name per line (default: those saved "
-                   "in MODEL.WEIGHTS by solo_d2's trainer)")
-    p.add_argument("--allow-random-weights", action="store_true",
-                   help="run even without MODEL.WEIGHTS (a randomly initialized model; for testing only)")
-    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    p.add_argument(
+        "--output",
+        help="output folder (or file for a single image/video); images are written "
+        "as <output>/<input name>.png, and inputs sharing a name are all kept: a.png and a.jpg -> "
+        "a_png.png and a_jpg.png, x/a.png and y/a.png -> x__a_png.png and y__a_png.png",
+    )
+    p.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.3,
+        help="minimum score of the instances drawn: MODEL.SOLO.SCORE_THR and MODEL.SOLO.UPDATE_THR "
+        "(SOLO family; MODEL.ROI_HEADS.SCORE_THRESH_TEST does not apply), and "
+        "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH (panoptic) (default 0.3)",
+    )
+    p.add_argument(
+        "--class-names",
+        metavar="NAMES",
+        help="class names to draw, 'a,b,c' or a file with one name per line (default: those saved "
+        "in MODEL.WEIGHTS by solo_d2's trainer)",
+    )
+    p.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="run even without MODEL.WEIGHTS (a randomly initialized model; for testing only)",
+    )
+    p.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides"
+    )
     return p
 
 
 def threshold_opts(threshold):
     """Config overrides of ``--confidence-threshold`` (before the user's ``--opts``, which win)."""
     t = str(threshold)
-    return ["MODEL.SOLO.SCORE_THR", t, "MODEL.SOLO.UPDATE_THR", t,
-            "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", t]
+    return [
+        "MODEL.SOLO.SCORE_THR",
+        t,
+        "MODEL.SOLO.UPDATE_THR",
+        t,
+        "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
+        t,
+    ]
 
 
 def expand_inputs(patterns):
@@ -93,6 +115,7 @@ def output_names(paths):
     relative to their common folder, extension kept, separators as ``__``
     (``x/a.png`` -> ``x__a_png.png``); a name still taken gets ``-2``, ``-3``, ...
     """
+
     def stem(p):
         return os.path.splitext(os.path.basename(p))[0]
 
@@ -150,7 +173,10 @@ def run_video(demo, capture, output, name):
     writer = None
     if output:
         fps = capture.get(cv2.CAP_PROP_FPS) or 15
-        w, h = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        w, h = (
+            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
         out = output if os.path.splitext(output)[1] else os.path.join(output, name + ".mp4")
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
@@ -178,14 +204,15 @@ def main(argv=None) -> int:
     if not os.path.isfile(args.config_file):
         get_parser().error(f"--config-file {args.config_file} does not exist")
     if not 0.0 <= args.confidence_threshold < 1.0:
-        get_parser().error(f"--confidence-threshold must lie in [0, 1), got {args.confidence_threshold}")
+        get_parser().error(
+            f"--confidence-threshold must lie in [0, 1), got {args.confidence_threshold}"
+        )
     cfg = setup_cfg(args.config_file, threshold_opts(args.confidence_threshold) + list(args.opts))
     if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
         get_parser().error(
             "MODEL.WEIGHTS is empty in {}: the demo would run a randomly initialized "
             "model. Pass --opts MODEL.WEIGHTS path/to/model_final.pth, or "
-            "--allow-random-weights to do it anyway.".format(
-                args.config_file)
+            "--allow-random-weights to do it anyway.".format(args.config_file)
         )
     class_names = parse_class_names(args.class_names) if args.class_names else None
     demo = DemoPredictor(cfg, args.confidence_threshold, class_names)

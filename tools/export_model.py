@@ -31,6 +31,7 @@ The sample image (default: a random image of the test size) only drives the trac
 Exporting on CPU; a model with deformable convolutions (DCN) exports to TorchScript only
 (ONNX is refused with a message).
 """
+
 import argparse
 import json
 import logging
@@ -54,14 +55,29 @@ def get_parser():
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--format", choices=["torchscript", "onnx"], default="onnx")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--sample-image", help="image used for tracing (default: random, at the test size)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: solo_d2.export.DEFAULT_OPSET = 17)")
-    p.add_argument("--argmax", action="store_true", help="BiSeNet: output labels [N, H, W] instead of logits")
-    p.add_argument("--class-names", metavar="NAMES",
-                   help="class names for model.json, 'a,b,c' or a file with one name per line (default: those "
-                   "saved in MODEL.WEIGHTS by solo_d2's trainer)")
-    p.add_argument("--allow-random-weights", action="store_true",
-                   help="export even without MODEL.WEIGHTS (a randomly initialized model; for testing only)")
+    p.add_argument(
+        "--sample-image", help="image used for tracing (default: random, at the test size)"
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset (default: solo_d2.export.DEFAULT_OPSET = 17)",
+    )
+    p.add_argument(
+        "--argmax", action="store_true", help="BiSeNet: output labels [N, H, W] instead of logits"
+    )
+    p.add_argument(
+        "--class-names",
+        metavar="NAMES",
+        help="class names for model.json, 'a,b,c' or a file with one name per line (default: those "
+        "saved in MODEL.WEIGHTS by solo_d2's trainer)",
+    )
+    p.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="export even without MODEL.WEIGHTS (a randomly initialized model; for testing only)",
+    )
     p.add_argument("opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
@@ -88,7 +104,11 @@ def sample_image(cfg, path=None) -> torch.Tensor:
     else:
         img = read_image(path, format=cfg.INPUT.FORMAT)
         if cfg.INPUT.MIN_SIZE_TEST:
-            img = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST).get_transform(img).apply_image(img)
+            img = (
+                T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+                .get_transform(img)
+                .apply_image(img)
+            )
     return torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
 
 
@@ -101,17 +121,28 @@ def main(argv=None) -> int:
     opts = [o for o in args.opts if o != "--"]
     cfg = setup_cfg(args.config_file, opts, device="cpu")
     if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
-        sys.stderr.write("error: MODEL.WEIGHTS is empty: this would export a randomly initialized model. "
-                         "Pass MODEL.WEIGHTS path/to/model_final.pth, or --allow-random-weights.\n")
+        sys.stderr.write(
+            "error: MODEL.WEIGHTS is empty: this would export a randomly initialized model. "
+            "Pass MODEL.WEIGHTS path/to/model_final.pth, or --allow-random-weights.\n"
+        )
         return 2
 
     from detectron2.modeling import build_model
 
     from solo_d2.data.register import parse_class_names
     from solo_d2.engine.model_metadata import (
-        WeightsMismatchError, class_count_spec, load_weights_for_inference, model_metadata,
+        WeightsMismatchError,
+        class_count_spec,
+        load_weights_for_inference,
+        model_metadata,
     )
-    from solo_d2.export import DEFAULT_OPSET, SOLO_OUTPUT_NAMES, SOLOExportWrapper, export, export_wrapper
+    from solo_d2.export import (
+        DEFAULT_OPSET,
+        SOLO_OUTPUT_NAMES,
+        SOLOExportWrapper,
+        export,
+        export_wrapper,
+    )
 
     model = build_model(cfg).eval()
     try:
@@ -138,7 +169,13 @@ def main(argv=None) -> int:
     except ValueError as e:  # e.g. ONNX of a DCN model
         sys.stderr.write(f"error: {e}\n")
         return 2
-    logger.info("wrote %s (%s, traced on %s) in %.1f s", path, args.format, tuple(sample.shape), time.perf_counter() - start)
+    logger.info(
+        "wrote %s (%s, traced on %s) in %.1f s",
+        path,
+        args.format,
+        tuple(sample.shape),
+        time.perf_counter() - start,
+    )
 
     meta = model_metadata(cfg, saved, override)
     attr = "thing_classes" if is_solo else "stuff_classes"
@@ -159,7 +196,9 @@ def main(argv=None) -> int:
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
         "inputs": ["image"] if is_solo else ["images"],
-        "outputs": list(SOLO_OUTPUT_NAMES) if is_solo else (["labels"] if args.argmax else ["logits"]),
+        "outputs": list(SOLO_OUTPUT_NAMES)
+        if is_solo
+        else (["labels"] if args.argmax else ["logits"]),
         "max_detections": wrapper.max_per_img if is_solo else None,
         "num_classes": class_count_spec(cfg)[1],
         "class_names": list(names) if names else None,

@@ -31,6 +31,7 @@ and solo_d2 uses ``torchvision.ops.deform_conv2d`` for deformable convolutions.
     python tools/gpu_bundle.py [--out build/gpu_bundle] [--adelaidet /work/refs/AdelaiDet]
         [--no-download]
 """
+
 import argparse
 import importlib.metadata
 import importlib.util
@@ -69,8 +70,15 @@ PURE = [
 ]
 # parts of packages that no import of solo_d2, its tests or its tools reaches
 SKIP = {"cityscapesscripts": ("annotation", "viewer", "download")}
-FALLBACK = [("pytest", "pytest"), ("_pytest", None), ("pluggy", "pluggy"), ("iniconfig", "iniconfig"),
-            ("packaging", "packaging"), ("pygments", "pygments"), ("py", None)]
+FALLBACK = [
+    ("pytest", "pytest"),
+    ("_pytest", None),
+    ("pluggy", "pluggy"),
+    ("iniconfig", "iniconfig"),
+    ("packaging", "packaging"),
+    ("pygments", "pygments"),
+    ("py", None),
+]
 # compiled packages that solo_d2 or detectron2 import and the device's Python lacks:
 # (distribution, folders of its wheel); the version is the one installed here
 BINARY = [("pycocotools", ("pycocotools",)), ("shapely", ("shapely", "shapely.libs"))]
@@ -93,6 +101,7 @@ def _ignore(skip=()):
         if skip:
             out |= {n for n in names if n in skip}
         return out
+
     return ignore
 
 
@@ -136,14 +145,34 @@ def _download_binary(pkg, version, dest, pyver):
     """Fetch ``pkg==version``'s manylinux wheel for CPython ``pyver`` (e.g. ``cp312``) with pip and
     unpack it into ``dest`` (without its ``tests``). Returns the wheel's name."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-               "--python-version", pyver[2:3] + "." + pyver[3:], "--implementation", "cp",
-               "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-               "--platform", "manylinux2014_x86_64", "-d", tmp, f"{pkg}=={version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            pyver[2:3] + "." + pyver[3:],
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "--platform",
+            "manylinux2014_x86_64",
+            "-d",
+            tmp,
+            f"{pkg}=={version}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode or not wheels:
-            raise RuntimeError(f"pip download {pkg}=={version} for {pyver} failed: {proc.stderr.strip()[-300:]}")
+            raise RuntimeError(
+                f"pip download {pkg}=={version} for {pyver} failed: {proc.stderr.strip()[-300:]}"
+            )
         with zipfile.ZipFile(wheels[0]) as z:
             z.extractall(dest, [n for n in z.namelist() if "/tests/" not in n])
         return wheels[0].name
@@ -153,8 +182,11 @@ def copy_adelaidet(src, dest):
     """Copy the AdelaiDet port's ``adet/modeling/solov2/*.py``, ``adet/config/*.py`` and
     ``configs/SOLOv2/*.yaml`` (what :mod:`benchmarks.adelaidet_port` reads)."""
     src = Path(src)
-    files = (sorted(src.glob("adet/modeling/solov2/*.py")) + sorted(src.glob("adet/config/*.py"))
-             + sorted(src.glob("configs/SOLOv2/*.yaml")))
+    files = (
+        sorted(src.glob("adet/modeling/solov2/*.py"))
+        + sorted(src.glob("adet/config/*.py"))
+        + sorted(src.glob("configs/SOLOv2/*.yaml"))
+    )
     if not files:
         raise FileNotFoundError(f"no adet/modeling/solov2/*.py under {src}")
     for f in files:
@@ -165,8 +197,12 @@ def copy_adelaidet(src, dest):
     head = src / ".git"
     if head.exists():
         try:
-            commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip() or None
+            commit = (
+                subprocess.run(
+                    ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True
+                ).stdout.strip()
+                or None
+            )
         except OSError:
             pass
     return [str(f.relative_to(src)) for f in files], commit
@@ -176,14 +212,20 @@ def folder_size(folder):
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
-DEVICE_TREE_LIMIT = 64 * 2**20  # what a device call may carry: tracked + untracked-not-ignored + carried
+DEVICE_TREE_LIMIT = (
+    64 * 2**20
+)  # what a device call may carry: tracked + untracked-not-ignored + carried
 
 
 def travel_size(carry=(DEFAULT_OUT,)):
     """``(bytes of the files a device call sends, bytes of the carried folders)``: the files git
     lists as tracked or untracked-not-ignored, and ``carry``."""
-    names = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           capture_output=True, text=True, check=True).stdout.split("\0")
+    names = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     tree = sum((ROOT / n).stat().st_size for n in set(names) if n and (ROOT / n).is_file())
     return tree, sum(folder_size(c) for c in carry if Path(c).exists())
 
@@ -191,24 +233,37 @@ def travel_size(carry=(DEFAULT_OUT,)):
 def travel_note(carry=(DEFAULT_OUT,)):
     tree, carried = travel_size(carry)
     total = tree + carried
-    verdict = "fits" if total <= DEVICE_TREE_LIMIT else "is OVER the limit: the device call will be refused"
-    return (f"a device call sends {total / 2**20:.1f} MiB (working tree {tree / 2**20:.1f} "
-            f"MiB + carried {carried / 2**20:.1f} MiB) of at most "
-            f"{DEVICE_TREE_LIMIT / 2**20:.0f} MiB: {verdict}")
+    verdict = (
+        "fits"
+        if total <= DEVICE_TREE_LIMIT
+        else "is OVER the limit: the device call will be refused"
+    )
+    return (
+        f"a device call sends {total / 2**20:.1f} MiB (working tree {tree / 2**20:.1f} "
+        f"MiB + carried {carried / 2**20:.1f} MiB) of at most "
+        f"{DEVICE_TREE_LIMIT / 2**20:.0f} MiB: {verdict}"
+    )
 
 
 def _ignore_tests(folder, names):
     return {n for n in names if n in ("__pycache__", "tests")}
 
 
-def build(out=DEFAULT_OUT, adelaidet=DEFAULT_ADELAIDET, download=True, site=None, local_binaries=False):
+def build(
+    out=DEFAULT_OUT, adelaidet=DEFAULT_ADELAIDET, download=True, site=None, local_binaries=False
+):
     """Build the bundle in ``out`` (replaced if present); returns the manifest dict."""
     out = Path(out)
     site = Path(site) if site else site_packages()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    manifest = {"python": sys.version.split()[0], "site_packages": str(site), "packages": {}, "notes": []}
+    manifest = {
+        "python": sys.version.split()[0],
+        "site_packages": str(site),
+        "packages": {},
+        "notes": [],
+    }
     for name, dist in PURE:
         manifest["packages"][name] = _copy_package(site, name, dist, tmp, SKIP.get(name, ()))
     manifest["detectron2_patches"] = patch_detectron2(tmp / "detectron2")
@@ -237,7 +292,9 @@ def build(out=DEFAULT_OUT, adelaidet=DEFAULT_ADELAIDET, download=True, site=None
             except Exception as e:  # noqa: BLE001 - reported in the manifest and by gpu_check's imports
                 manifest["notes"].append(f"{dist} for {DEVICE_PY}: {e}")
         elif here != DEVICE_PY:
-            manifest["notes"].append(f"{dist} {version} for {DEVICE_PY}: not downloaded (--no-download)")
+            manifest["notes"].append(
+                f"{dist} {version} for {DEVICE_PY}: not downloaded (--no-download)"
+            )
     if adelaidet:
         try:
             files, commit = copy_adelaidet(adelaidet, tmp / "AdelaiDet")
@@ -254,27 +311,51 @@ def build(out=DEFAULT_OUT, adelaidet=DEFAULT_ADELAIDET, download=True, site=None
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT))
-    ap.add_argument("--adelaidet", default=DEFAULT_ADELAIDET,
-                    help="a checkout of aim-uofa/AdelaiDet ('' to leave the port out)")
-    ap.add_argument("--no-download", action="store_true",
-                    help=f"do not fetch the {DEVICE_PY} wheels of the compiled packages (pycocotools)")
-    ap.add_argument("--local-binaries", action="store_true",
-                    help="also copy this Python's compiled packages (bin-cpXY), for a dry run "
-                         "from a Python without them")
-    ap.add_argument("--travel-size", action="store_true", help="only print what a device call would send")
+    ap.add_argument(
+        "--adelaidet",
+        default=DEFAULT_ADELAIDET,
+        help="a checkout of aim-uofa/AdelaiDet ('' to leave the port out)",
+    )
+    ap.add_argument(
+        "--no-download",
+        action="store_true",
+        help=f"do not fetch the {DEVICE_PY} wheels of the compiled packages (pycocotools)",
+    )
+    ap.add_argument(
+        "--local-binaries",
+        action="store_true",
+        help="also copy this Python's compiled packages (bin-cpXY), for a dry run "
+        "from a Python without them",
+    )
+    ap.add_argument(
+        "--travel-size", action="store_true", help="only print what a device call would send"
+    )
     args = ap.parse_args(argv)
     if args.travel_size:
         print(f"[gpu_bundle] {travel_note([args.out])}")
         return
     if importlib.util.find_spec("detectron2") is None:
-        sys.exit("gpu_bundle.py: run it with the Python that has detectron2 0.6 (the project's .venv)")
-    m = build(args.out, args.adelaidet or None, download=not args.no_download, local_binaries=args.local_binaries)
+        sys.exit(
+            "gpu_bundle.py: run it with the Python that has detectron2 0.6 (the project's .venv)"
+        )
+    m = build(
+        args.out,
+        args.adelaidet or None,
+        download=not args.no_download,
+        local_binaries=args.local_binaries,
+    )
     for note in m["notes"]:
         print(f"[gpu_bundle] note: {note}")
-    print(f"[gpu_bundle] {args.out}: {m['size_bytes'] / 2**20:.1f} MiB, {len(m['packages'])} "
-          f"packages, {sum(m['detectron2_patches'].values())} renames in "
-          f"{len(m['detectron2_patches'])} detectron2 files"
-          + (f", AdelaiDet {len(m['adelaidet']['files'])} files" if "adelaidet" in m else ", no AdelaiDet port"))
+    print(
+        f"[gpu_bundle] {args.out}: {m['size_bytes'] / 2**20:.1f} MiB, {len(m['packages'])} "
+        f"packages, {sum(m['detectron2_patches'].values())} renames in "
+        f"{len(m['detectron2_patches'])} detectron2 files"
+        + (
+            f", AdelaiDet {len(m['adelaidet']['files'])} files"
+            if "adelaidet" in m
+            else ", no AdelaiDet port"
+        )
+    )
     try:
         print(f"[gpu_bundle] {travel_note([args.out])}")
     except (OSError, subprocess.SubprocessError) as e:

@@ -38,6 +38,7 @@ has none, or always with ``--bundle``::
 (AMP training is skipped there: AMPTrainer needs CUDA), so that a GPU's few minutes are not
 lost to a crash (``tests/test_gpu_check.py``).
 """
+
 import argparse
 import contextlib
 import datetime
@@ -60,9 +61,16 @@ BUDGETS = {"tests": 150, "inference": 55, "training": 190, "bisenet": 40, "profi
 DRY_BUDGETS = {"tests": 60, "inference": 30, "training": 60, "bisenet": 20, "profile": 30}
 SECTION = {p: f"gpu_check_{p}" for p in PARTS}
 SOLOV2_R50 = "SOLOv2/R50_3x.yaml"
-DRY_TRAIN_CONFIGS = ("SOLOv2/R50_3x.yaml", "SOLO/R50_1x.yaml", "DecoupledSOLO/Light_R50_3x.yaml",
-                     "SOLOv2/Light512_DCN_R50_3x.yaml", "Panoptic/SOLOv2_R50_3x_coco.yaml",
-                     "Cityscapes/SOLOv2_R50.yaml", "BiSeNet/V1_R18_cityscapes.yaml", "BiSeNet/V2_cityscapes.yaml")
+DRY_TRAIN_CONFIGS = (
+    "SOLOv2/R50_3x.yaml",
+    "SOLO/R50_1x.yaml",
+    "DecoupledSOLO/Light_R50_3x.yaml",
+    "SOLOv2/Light512_DCN_R50_3x.yaml",
+    "Panoptic/SOLOv2_R50_3x_coco.yaml",
+    "Cityscapes/SOLOv2_R50.yaml",
+    "BiSeNet/V1_R18_cityscapes.yaml",
+    "BiSeNet/V2_cityscapes.yaml",
+)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -73,11 +81,15 @@ def use_bundle(bundle, force=False):
     (``PYTHONPATH``). Returns a description of what was done."""
     bundle = Path(bundle).resolve()
     spec = importlib.util.find_spec("detectron2")
-    if spec is not None and spec.origin and not force:  # already on PYTHONPATH from a bundle: that one
+    if (
+        spec is not None and spec.origin and not force
+    ):  # already on PYTHONPATH from a bundle: that one
         home = Path(spec.origin).resolve().parents[1]
         if (home / "MANIFEST.json").is_file():
             bundle = home
-    from_bundle = spec is not None and spec.origin and Path(spec.origin).resolve().is_relative_to(bundle)
+    from_bundle = (
+        spec is not None and spec.origin and Path(spec.origin).resolve().is_relative_to(bundle)
+    )
     front, back = [], []
     note = f"detectron2 from the running Python ({spec.origin if spec else 'none'})"
     if bundle.is_dir() and (force or spec is None or from_bundle):
@@ -87,14 +99,19 @@ def use_bundle(bundle, force=False):
             front.append(str(binary))
         if importlib.util.find_spec("pytest") is None and (bundle / "fallback").is_dir():
             back.append(str(bundle / "fallback"))
-        note = f"detectron2 from the bundle {bundle}" + ("" if binary.is_dir() else
-                                                          f" (no {binary.name}: compiled packages from the running Python)")
+        note = f"detectron2 from the bundle {bundle}" + (
+            ""
+            if binary.is_dir()
+            else f" (no {binary.name}: compiled packages from the running Python)"
+        )
         adet = bundle / "AdelaiDet"
         if adet.is_dir():
             os.environ.setdefault("ADELAIDET_ROOT", str(adet))
     elif spec is None:
-        note = (f"no detectron2 and no bundle at {bundle}: run "
-                "tools/gpu_bundle.py (make gpu-bundle) first")
+        note = (
+            f"no detectron2 and no bundle at {bundle}: run "
+            "tools/gpu_bundle.py (make gpu-bundle) first"
+        )
     front.append(str(ROOT))
     for p in reversed(front):
         if p in sys.path:
@@ -103,7 +120,9 @@ def use_bundle(bundle, force=False):
     for p in back:
         if p not in sys.path:
             sys.path.append(p)
-    old = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in front + back]
+    old = [
+        p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in front + back
+    ]
     os.environ["PYTHONPATH"] = os.pathsep.join(front + old + back)
     os.environ.setdefault("DETECTRON2_DATASETS", str(ROOT / "datasets"))
     importlib.invalidate_caches()
@@ -139,9 +158,26 @@ class Settings:
         self.num_objects = 20 if dry else 60
         # dry run: every model R18-like and narrow
         # (any config takes these keys; unused ones are ignored)
-        self.model_opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-                           "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.SOLO.INS_CHANNELS", "64", "MODEL.SOLO.NUM_CONVS", "1",
-                           "MODEL.SOLO.MASK_MID_CHANNELS", "32", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32"] if dry else []
+        self.model_opts = (
+            [
+                "MODEL.RESNETS.DEPTH",
+                "18",
+                "MODEL.RESNETS.RES2_OUT_CHANNELS",
+                "64",
+                "MODEL.FPN.OUT_CHANNELS",
+                "64",
+                "MODEL.SOLO.INS_CHANNELS",
+                "64",
+                "MODEL.SOLO.NUM_CONVS",
+                "1",
+                "MODEL.SOLO.MASK_MID_CHANNELS",
+                "32",
+                "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+                "32",
+            ]
+            if dry
+            else []
+        )
         self.repeats, self.warmup = (1, 0) if dry else (10, 3)
         self.train_steps, self.train_warmup = (1, 0) if dry else (4, 2)
         self.train_instances = 3 if dry else 8
@@ -187,27 +223,37 @@ class Report:
         text = traceback.format_exc() if exc is not None else str(where)
         with open(self.out / "errors.txt", "a") as f:
             f.write(f"==== {where}\n{text}\n")
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}" if exc is not None else ""
+        return (
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            if exc is not None
+            else ""
+        )
 
     def note(self, text):
         self.notes.append(text)
         print(f"  note: {text}", flush=True)
 
     def write(self):
-        lines = ["# GPU check\n\nGenerated by `python3 tools/gpu_check.py` "
-                 f"(`make gpu-check`).\n\n{self.header}\n"]
+        lines = [
+            "# GPU check\n\nGenerated by `python3 tools/gpu_check.py` "
+            f"(`make gpu-check`).\n\n{self.header}\n"
+        ]
         if self.notes:
             lines.append("\n" + "".join(f"- {n}\n" for n in self.notes))
         for part in PARTS:
             name = SECTION[part]
             if name not in self.sections:
                 continue
-            lines.append(f"\n## {name}\n\n{self.short}\n\n| what | solo_d2 | baseline | "
-                         "ratio |\n|---|---|---|---|\n")
+            lines.append(
+                f"\n## {name}\n\n{self.short}\n\n| what | solo_d2 | baseline | "
+                "ratio |\n|---|---|---|---|\n"
+            )
             lines.extend("| " + " | ".join(r) + " |\n" for r in self.sections[name])
         (self.out / "rows.md").write_text("".join(lines))
         self.results["notes"] = self.notes
-        (self.out / "results.json").write_text(json.dumps(self.results, indent=1, default=str) + "\n")
+        (self.out / "results.json").write_text(
+            json.dumps(self.results, indent=1, default=str) + "\n"
+        )
 
 
 class Part:
@@ -374,7 +420,9 @@ def predictor(cfg, model):
     p = DefaultPredictor.__new__(DefaultPredictor)
     p.cfg = cfg.clone()
     p.model = model.eval()
-    p.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+    p.aug = T.ResizeShortestEdge(
+        [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+    )
     p.input_format = cfg.INPUT.FORMAT
     return p
 
@@ -403,7 +451,11 @@ def synthetic_outputs(s, n):
     from benchmarks import baselines as bl
 
     cate, mask_out, padded = bl.synthetic_solov2_outputs(n, size=s.size, num_objects=s.num_objects)
-    return [c.to(s.device) for c in cate], [(k.to(s.device), f.to(s.device)) for k, f in mask_out], padded
+    return (
+        [c.to(s.device) for c in cate],
+        [(k.to(s.device), f.to(s.device)) for k, f in mask_out],
+        padded,
+    )
 
 
 # ----------------------------------------------------------------------------- the port
@@ -413,11 +465,30 @@ class Port:
     unavailable: its rows are then skipped with that reason)."""
 
     # dry run: narrow heads (the converter needs R50's 6 res4 blocks), the same on both sides
-    DRY_PORT_OPTS = ["MODEL.FPN.OUT_CHANNELS", "64", "MODEL.SOLOV2.INSTANCE_IN_CHANNELS", "64",
-                     "MODEL.SOLOV2.INSTANCE_CHANNELS", "64", "MODEL.SOLOV2.NUM_INSTANCE_CONVS", "1",
-                     "MODEL.SOLOV2.MASK_IN_CHANNELS", "64", "MODEL.SOLOV2.MASK_CHANNELS", "32"]
-    DRY_TWIN_OPTS = ["MODEL.FPN.OUT_CHANNELS", "64", "MODEL.SOLO.INS_CHANNELS", "64", "MODEL.SOLO.NUM_CONVS", "1",
-                     "MODEL.SOLO.MASK_MID_CHANNELS", "32"]
+    DRY_PORT_OPTS = [
+        "MODEL.FPN.OUT_CHANNELS",
+        "64",
+        "MODEL.SOLOV2.INSTANCE_IN_CHANNELS",
+        "64",
+        "MODEL.SOLOV2.INSTANCE_CHANNELS",
+        "64",
+        "MODEL.SOLOV2.NUM_INSTANCE_CONVS",
+        "1",
+        "MODEL.SOLOV2.MASK_IN_CHANNELS",
+        "64",
+        "MODEL.SOLOV2.MASK_CHANNELS",
+        "32",
+    ]
+    DRY_TWIN_OPTS = [
+        "MODEL.FPN.OUT_CHANNELS",
+        "64",
+        "MODEL.SOLO.INS_CHANNELS",
+        "64",
+        "MODEL.SOLO.NUM_CONVS",
+        "1",
+        "MODEL.SOLO.MASK_MID_CHANNELS",
+        "32",
+    ]
 
     def __init__(self):
         self.api = self.mod = self.root = None
@@ -460,13 +531,16 @@ class Port:
         cates = [point_nms(c.sigmoid(), kernel=2).permute(0, 2, 3, 1) for c in cate_logits]
         kernels = [k for k, _ in mask_outputs]
         h, w = output_size or padded
-        return port_model.inference(cates, kernels, mask_outputs[0][1], [tuple(padded)],
-                                    [{"height": h, "width": w}])[0]["instances"]
+        return port_model.inference(
+            cates, kernels, mask_outputs[0][1], [tuple(padded)], [{"height": h, "width": w}]
+        )[0]["instances"]
 
     @staticmethod
     def heads(port_model, feats):
         """The port's instance head (on its ``split_feats`` levels) and mask head."""
-        ins = port_model.ins_head(port_model.split_feats([feats[f] for f in port_model.instance_in_features]))
+        ins = port_model.ins_head(
+            port_model.split_feats([feats[f] for f in port_model.instance_in_features])
+        )
         return ins, port_model.mask_head([feats[f] for f in port_model.mask_in_features])
 
     def train_step_fn(self, s, batch, amp):
@@ -481,7 +555,9 @@ class Port:
 
         cfg = self.api.port_cfg(self.mod, "R50_3x.yaml", self.port_opts(s))
         model = self.api.build_port_model(self.mod, "R50_3x.yaml", opts=self.port_opts(s)).train()
-        trainer = (AMPTrainer if amp else SimpleTrainer)(model, itertools.repeat(batch), build_optimizer(cfg, model))
+        trainer = (AMPTrainer if amp else SimpleTrainer)(
+            model, itertools.repeat(batch), build_optimizer(cfg, model)
+        )
         storage = EventStorage(0)
 
         def step():
@@ -496,9 +572,22 @@ class Port:
 # ----------------------------------------------------------------------------- parts
 def part_tests(s, rep, part):
     """``pytest tests/test_cuda.py`` in a subprocess killed at the part's deadline."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "--durations=10", "-p", "no:cacheprovider", "tests/test_cuda.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-rfEs",
+        "--durations=10",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_cuda.py",
+    ]
     if s.cuda and importlib.util.find_spec("xdist") is not None:
-        cmd[3:3] = ["-n", "4"]  # the GPU machine has 16 cores; the train_net subprocess tests dominate
+        cmd[3:3] = [
+            "-n",
+            "4",
+        ]  # the GPU machine has 16 cores; the train_net subprocess tests dominate
     t = time.perf_counter()
     timeout = max(5.0, part.left())
     try:
@@ -509,12 +598,27 @@ def part_tests(s, rep, part):
         out += f"\n[gpu_check] killed after {timeout:.0f} s (the part's budget)\n"
         rc = "timeout"
     (rep.out / "pytest.txt").write_text(out)
-    summary = next((line.strip("= ") for line in reversed(out.splitlines()) if line.startswith("=") or " in " in line),
-                   out.strip().splitlines()[-1] if out.strip() else "no output")
+    summary = next(
+        (
+            line.strip("= ")
+            for line in reversed(out.splitlines())
+            if line.startswith("=") or " in " in line
+        ),
+        out.strip().splitlines()[-1] if out.strip() else "no output",
+    )
     print("\n".join("    " + line for line in out.strip().splitlines()[-15:]), flush=True)
-    rep.put("tests", "pytest", {"returncode": rc, "summary": summary, "seconds": time.perf_counter() - t})
-    rep.row("tests", "pytest tests/test_cuda.py" + ("" if s.cuda else " (no CUDA: its tests skip)"),
-            summary, f"exit {rc}", f"{time.perf_counter() - t:.0f} s")
+    rep.put(
+        "tests",
+        "pytest",
+        {"returncode": rc, "summary": summary, "seconds": time.perf_counter() - t},
+    )
+    rep.row(
+        "tests",
+        "pytest tests/test_cuda.py" + ("" if s.cuda else " (no CUDA: its tests skip)"),
+        summary,
+        f"exit {rc}",
+        f"{time.perf_counter() - t:.0f} s",
+    )
 
 
 def part_inference(s, rep, part, port):
@@ -528,8 +632,10 @@ def part_inference(s, rep, part, port):
             model, port_model = port.models(s)  # the same weights on both sides
             name = "R50, narrow heads (dry run)" if s.dry else "R50"
         except Exception as e:  # noqa: BLE001
-            rep.note("the AdelaiDet port's model did not build "
-                     f"({rep.error('port model', e)}): port columns empty")
+            rep.note(
+                "the AdelaiDet port's model did not build "
+                f"({rep.error('port model', e)}): port columns empty"
+            )
     else:
         rep.note(f"AdelaiDet port rows skipped: {port.reason}")
     if model is None:
@@ -559,10 +665,20 @@ def part_inference(s, rep, part, port):
             rep.put("inference", f"backbone_{mode}_s", {"solo_d2": t_bb, "port": t_port})
             rep.put("inference", f"heads_{mode}_s", {"solo_d2": t_heads, "port": t_port_heads})
             label = "fp32, TF32 off" if mode == "fp32" else "AMP"
-            rep.row("inference", f"SOLOv2 {name} backbone+FPN, {h}x{w}, {label}", ms(t_bb),
-                    f"{ms(t_port)} (AdelaiDet port)" if t_port else "", ratio(t_port, t_bb))
-            rep.row("inference", f"SOLOv2 {name} heads (instance head + mask branch), {h}x{w}, {label}", ms(t_heads),
-                    f"{ms(t_port_heads)} (AdelaiDet port)" if t_port_heads else "", ratio(t_port_heads, t_heads))
+            rep.row(
+                "inference",
+                f"SOLOv2 {name} backbone+FPN, {h}x{w}, {label}",
+                ms(t_bb),
+                f"{ms(t_port)} (AdelaiDet port)" if t_port else "",
+                ratio(t_port, t_bb),
+            )
+            rep.row(
+                "inference",
+                f"SOLOv2 {name} heads (instance head + mask branch), {h}x{w}, {label}",
+                ms(t_heads),
+                f"{ms(t_port_heads)} (AdelaiDet port)" if t_port_heads else "",
+                ratio(t_port_heads, t_heads),
+            )
         # post-processing of synthetic head outputs shaped like SOLOv2 R50's
         t_bb = rep.results["parts"].get("inference", {}).get("backbone_fp32_s", {}).get("solo_d2")
         for n in s.candidates:
@@ -578,15 +694,40 @@ def part_inference(s, rep, part, port):
                     same = _same_detections(out, ref)
                     t_ref = timed(s, lambda: port.postprocess(port_model, cate, mask_out, padded))
             counts = _counts(lambda: bl.solo_d2_postprocess(model, cate, mask_out, padded))
-            port_counts = _counts(lambda: port.postprocess(port_model, cate, mask_out, padded)) if port_model else None
-            rep.put("inference", f"post_{n}", {"solo_d2_s": t_ours, "port_s": t_ref, "kept": len(out),
-                                                "same_as_port": same, "ops_syncs": counts, "port_ops_syncs": port_counts})
-            rep.row("inference", f"post-processing, ~{n} candidates, {len(out)} kept, fp32 TF32 off"
-                    + (f" ({same} vs the port)" if same else "")
-                    + (f"; {counts[0]} kernel ops, {counts[1]} syncs (OpCounter)" if counts else "")
-                    + (f", port {port_counts[0]} ops, {port_counts[1]} syncs" if port_counts else ""),
-                    ms(t_ours), f"{ms(t_ref)} (AdelaiDet port)" if t_ref else "",
-                    "; ".join(x for x in (ratio(t_ref, t_ours), f"{t_ours / t_bb:.0%} of backbone+FPN" if t_bb else "") if x))
+            port_counts = (
+                _counts(lambda: port.postprocess(port_model, cate, mask_out, padded))
+                if port_model
+                else None
+            )
+            rep.put(
+                "inference",
+                f"post_{n}",
+                {
+                    "solo_d2_s": t_ours,
+                    "port_s": t_ref,
+                    "kept": len(out),
+                    "same_as_port": same,
+                    "ops_syncs": counts,
+                    "port_ops_syncs": port_counts,
+                },
+            )
+            rep.row(
+                "inference",
+                f"post-processing, ~{n} candidates, {len(out)} kept, fp32 TF32 off"
+                + (f" ({same} vs the port)" if same else "")
+                + (f"; {counts[0]} kernel ops, {counts[1]} syncs (OpCounter)" if counts else "")
+                + (f", port {port_counts[0]} ops, {port_counts[1]} syncs" if port_counts else ""),
+                ms(t_ours),
+                f"{ms(t_ref)} (AdelaiDet port)" if t_ref else "",
+                "; ".join(
+                    x
+                    for x in (
+                        ratio(t_ref, t_ours),
+                        f"{t_ours / t_bb:.0%} of backbone+FPN" if t_bb else "",
+                    )
+                    if x
+                ),
+            )
         # the whole predictor call: uint8 HWC image in, masks on the host out
         import numpy as np
 
@@ -603,8 +744,12 @@ def part_inference(s, rep, part, port):
         # threshold to 0, so that Matrix NMS and the paste of ~100 masks run as on a real image
         settings = [("recipe thresholds", None)]
         try:
-            settings.append((f"score threshold lowered to pass ~{s.candidates[0]} candidates",
-                             _kth_score(model, image, s.candidates[0])))
+            settings.append(
+                (
+                    f"score threshold lowered to pass ~{s.candidates[0]} candidates",
+                    _kth_score(model, image, s.candidates[0]),
+                )
+            )
         except Exception as e:  # noqa: BLE001
             rep.note(f"no lowered-threshold predictor rows ({rep.error('kth score', e)})")
         for label, thr in settings:
@@ -614,23 +759,47 @@ def part_inference(s, rep, part, port):
                 try:
                     with _thresholds(model, port_model, thr), precision(s, mode):
                         kept = len(call(pred))
-                        kept_port = len(call(port_pred)) if port_pred is not None and mode == "fp32" else None
+                        kept_port = (
+                            len(call(port_pred))
+                            if port_pred is not None and mode == "fp32"
+                            else None
+                        )
                         reset_peak(s)
                         t_ours = timed(s, lambda: call(pred))
                         mem = peak(s)
                         t_ref = timed(s, lambda: call(port_pred)) if kept_port is not None else None
                 except Exception as e:  # noqa: BLE001
-                    rep.row("inference", f"whole DefaultPredictor call ({mode}, {label})", "failed",
-                            rep.error(f"predictor {mode} {label}", e))
+                    rep.row(
+                        "inference",
+                        f"whole DefaultPredictor call ({mode}, {label})",
+                        "failed",
+                        rep.error(f"predictor {mode} {label}", e),
+                    )
                     continue
                 key = f"predictor_{mode}" + ("" if thr is None else "_lowered")
-                rep.put("inference", key, {"solo_d2_s": t_ours, "port_s": t_ref, "kept": kept, "port_kept": kept_port,
-                                           "peak_bytes": mem, "score_thresh": thr})
-                rep.row("inference", f"whole DefaultPredictor call, uint8 {h}x{w}x3 in, masks on the host out "
-                                     f"({'fp32, TF32 off' if mode == 'fp32' else 'AMP'}; random weights, "
-                                     f"{label}: {kept} detections"
-                        + (f", port {kept_port}" if kept_port is not None else "") + f"; peak {gib(mem)})",
-                        ms(t_ours), f"{ms(t_ref)} (AdelaiDet port)" if t_ref else "", ratio(t_ref, t_ours))
+                rep.put(
+                    "inference",
+                    key,
+                    {
+                        "solo_d2_s": t_ours,
+                        "port_s": t_ref,
+                        "kept": kept,
+                        "port_kept": kept_port,
+                        "peak_bytes": mem,
+                        "score_thresh": thr,
+                    },
+                )
+                rep.row(
+                    "inference",
+                    f"whole DefaultPredictor call, uint8 {h}x{w}x3 in, masks on the host out "
+                    f"({'fp32, TF32 off' if mode == 'fp32' else 'AMP'}; random weights, "
+                    f"{label}: {kept} detections"
+                    + (f", port {kept_port}" if kept_port is not None else "")
+                    + f"; peak {gib(mem)})",
+                    ms(t_ours),
+                    f"{ms(t_ref)} (AdelaiDet port)" if t_ref else "",
+                    ratio(t_ref, t_ours),
+                )
     model = port_model = pred = port_pred = None  # noqa: F841 - released before free()
     free(s)
 
@@ -683,7 +852,9 @@ def _same_detections(ours, ref):
             return f"{len(ours)} vs {len(ref)} kept"
         if not len(ours):
             return "both empty"
-        masks = ours.pred_masks.shape == ref.pred_masks.shape and bool((ours.pred_masks == ref.pred_masks).all())
+        masks = ours.pred_masks.shape == ref.pred_masks.shape and bool(
+            (ours.pred_masks == ref.pred_masks).all()
+        )
         diff = (ours.scores.float() - ref.scores.float()).abs().max().item()
         return f"masks {'same' if masks else 'DIFFERENT'}, scores within {diff:.1e}"
     except Exception as e:  # noqa: BLE001
@@ -723,9 +894,15 @@ def part_training(s, rep, part, port, only=None):
         for n in names:
             if n not in run:
                 cfg = recipe_cfg(s, os.path.join(root, n))
-                rep.row("training", f"train step {n}: planned batch {s.batch_per_gpu(cfg)} per GPU, "
-                        f"{'x'.join(map(str, Settings(False, 'cuda').train_size(cfg)))}", "not run in the dry run")
-    run = sorted(run, key=lambda n: n != SOLOV2_R50)  # SOLOv2 R50 first, the port's step right after it
+                rep.row(
+                    "training",
+                    f"train step {n}: planned batch {s.batch_per_gpu(cfg)} per GPU, "
+                    f"{'x'.join(map(str, Settings(False, 'cuda').train_size(cfg)))}",
+                    "not run in the dry run",
+                )
+    run = sorted(
+        run, key=lambda n: n != SOLOV2_R50
+    )  # SOLOv2 R50 first, the port's step right after it
     for n in run:
         if n != SOLOV2_R50 and SOLOV2_R50 in run:
             _port_row(s, rep, port, part)
@@ -757,16 +934,29 @@ def part_training(s, rep, part, port, only=None):
             if isinstance(r, str):
                 return r
             finite = all(v == v and abs(v) != float("inf") for v in r["losses"])
-            return f"{ms(r['step_s'])}/step, peak {gib(r['peak_bytes'])}" + ("" if finite else ", NON-FINITE loss")
+            return f"{ms(r['step_s'])}/step, peak {gib(r['peak_bytes'])}" + (
+                "" if finite else ", NON-FINITE loss"
+            )
 
         f32, f16 = res.get("fp32"), res.get("amp")
         both = isinstance(f32, dict) and isinstance(f16, dict)
-        rep.row("training", f"train step {n}, batch {bpg} per GPU, {size[0]}x{size[1]}, "
-                            f"{s.train_instances} instances",
-                f"AMP {cell(f16)}" if f16 is not None else "", f"fp32 {cell(f32)}",
-                (f"AMP {f32['step_s'] / f16['step_s']:.2f}x faster"
-                 + (f", {f32['peak_bytes'] / f16['peak_bytes']:.2f}x less memory" if f16["peak_bytes"] else ""))
-                if both else "")
+        rep.row(
+            "training",
+            f"train step {n}, batch {bpg} per GPU, {size[0]}x{size[1]}, "
+            f"{s.train_instances} instances",
+            f"AMP {cell(f16)}" if f16 is not None else "",
+            f"fp32 {cell(f32)}",
+            (
+                f"AMP {f32['step_s'] / f16['step_s']:.2f}x faster"
+                + (
+                    f", {f32['peak_bytes'] / f16['peak_bytes']:.2f}x less memory"
+                    if f16["peak_bytes"]
+                    else ""
+                )
+            )
+            if both
+            else "",
+        )
     if run == [SOLOV2_R50]:
         _port_row(s, rep, port, part)
     free(s)
@@ -795,7 +985,12 @@ def _port_training(s, rep, port, part):
     for amp in (False, True):
         key = "amp" if amp else "fp32"
         if amp and not s.cuda:
-            rep.row("training", f"AdelaiDet port SOLOv2 R50 train step, {key}", "", "skipped: AMPTrainer needs CUDA")
+            rep.row(
+                "training",
+                f"AdelaiDet port SOLOv2 R50 train step, {key}",
+                "",
+                "skipped: AMPTrainer needs CUDA",
+            )
             continue
         if part.over(f"port train step {key}"):
             continue
@@ -808,31 +1003,57 @@ def _port_training(s, rep, port, part):
             mem = peak(s)
             losses = step.losses()
         except Exception as e:  # noqa: BLE001
-            rep.row("training", f"AdelaiDet port SOLOv2 R50 train step, {key}", "", f"failed: {rep.error(f'port train {key}', e)}")
+            rep.row(
+                "training",
+                f"AdelaiDet port SOLOv2 R50 train step, {key}",
+                "",
+                f"failed: {rep.error(f'port train {key}', e)}",
+            )
             free(s)
             continue
-        rep.put("training", f"adelaidet_port {key}", {"step_s": t, "peak_bytes": mem, "losses": losses, "batch": bpg,
-                                                      "size": size})
+        rep.put(
+            "training",
+            f"adelaidet_port {key}",
+            {"step_s": t, "peak_bytes": mem, "losses": losses, "batch": bpg, "size": size},
+        )
         mine = ours.get(key)
         mine_t = mine.get("step_s") if isinstance(mine, dict) else None
         mine_m = mine.get("peak_bytes") if isinstance(mine, dict) else None
-        rep.row("training", f"SOLOv2 R50 train step {key}, batch {bpg}, {size[0]}x{size[1]}, {s.train_instances} "
-                f"instances: solo_d2 (SOLOv2/R50_3x.yaml) vs the AdelaiDet port, same batch",
-                f"{ms(mine_t)}/step, peak {gib(mine_m)}" if mine_t else "see the row above",
-                f"{ms(t)}/step, peak {gib(mem)} (AdelaiDet port)",
-                "; ".join(x for x in (ratio(t, mine_t), f"port peak {mem / mine_m:.2f}x solo_d2's" if mem and mine_m else "") if x))
+        rep.row(
+            "training",
+            f"SOLOv2 R50 train step {key}, batch {bpg}, {size[0]}x{size[1]}, {s.train_instances} "
+            f"instances: solo_d2 (SOLOv2/R50_3x.yaml) vs the AdelaiDet port, same batch",
+            f"{ms(mine_t)}/step, peak {gib(mine_m)}" if mine_t else "see the row above",
+            f"{ms(t)}/step, peak {gib(mem)} (AdelaiDet port)",
+            "; ".join(
+                x
+                for x in (
+                    ratio(t, mine_t),
+                    f"port peak {mem / mine_m:.2f}x solo_d2's" if mem and mine_m else "",
+                )
+                if x
+            ),
+        )
         del step
         free(s)
 
 
 def _bisenet_predict(model, x):
-    return model._predict(x) if hasattr(model, "_predict") else model([{"image": x[0]}])[0]["sem_seg"][None]
+    return (
+        model._predict(x)
+        if hasattr(model, "_predict")
+        else model([{"image": x[0]}])[0]["sem_seg"][None]
+    )
 
 
 def part_bisenet(s, rep, part):
     torch = _torch()
     from benchmarks.cuda import cudnn_flags  # after main() put the checkout on sys.path
-    for label, config in (("BiSeNetV1 R18", "BiSeNet/V1_R18_cityscapes.yaml"), ("BiSeNetV2", "BiSeNet/V2_cityscapes.yaml")):
+
+    for label, config in (
+        ("BiSeNetV1 R18", "BiSeNet/V1_R18_cityscapes.yaml"),
+        ("BiSeNetV2", "BiSeNet/V2_cityscapes.yaml"),
+    ):
         if part.over(label):
             continue
         _, model = build(s, config)
@@ -844,12 +1065,17 @@ def part_bisenet(s, rep, part):
             times, agree = {}, {}
             with torch.no_grad():
                 ref = _bisenet_predict(model, x).argmax(1)
-                variants = [("fp32", "fp32-default", False, {}), ("amp", "amp", False, {}),
-                            ("amp_channels_last", "amp", True, {})]
+                variants = [
+                    ("fp32", "fp32-default", False, {}),
+                    ("amp", "amp", False, {}),
+                    ("amp_channels_last", "amp", True, {}),
+                ]
                 if label == "BiSeNetV2":
-                    variants += [("amp_cudnn_off", "amp", False, {"enabled": False}),
-                                 ("fp32_cudnn_off", "fp32-default", False, {"enabled": False}),
-                                 ("amp_cudnn_benchmark", "amp", False, {"benchmark": True})]
+                    variants += [
+                        ("amp_cudnn_off", "amp", False, {"enabled": False}),
+                        ("fp32_cudnn_off", "fp32-default", False, {"enabled": False}),
+                        ("amp_cudnn_benchmark", "amp", False, {"benchmark": True}),
+                    ]
                 for key, mode, cl, flags in variants:
                     if part.over(f"{label} {size} {key}"):
                         continue
@@ -859,23 +1085,38 @@ def part_bisenet(s, rep, part):
                     try:
                         with cudnn_flags(**flags), precision(s, mode):
                             times[key] = timed(s, lambda: _bisenet_predict(model, xin))
-                            agree[key] = (_bisenet_predict(model, xin).argmax(1) == ref).float().mean().item()
+                            agree[key] = (
+                                (_bisenet_predict(model, xin).argmax(1) == ref)
+                                .float()
+                                .mean()
+                                .item()
+                            )
                     finally:
                         if cl:
                             model.to(memory_format=torch.contiguous_format)
-            rep.put("bisenet", f"{label} {size[0]}x{size[1]}", {"times_s": times, "argmax_agreement": agree})
+            rep.put(
+                "bisenet",
+                f"{label} {size[0]}x{size[1]}",
+                {"times_s": times, "argmax_agreement": agree},
+            )
             t32 = times.get("fp32")
             for key, t in times.items():
                 if key == "fp32":
                     continue
-                rep.row("bisenet", f"{label} inference {size[0]}x{size[1]}, {key.replace('_', ' ')} "
-                        f"(argmax = fp32 argmax on {agree[key]:.1%} of pixels)",
-                        f"{ms(t)} ({1 / t:.0f} FPS)", f"fp32 {ms(t32)} ({1 / t32:.0f} FPS)" if t32 else "",
-                        ratio(t32, t))
+                rep.row(
+                    "bisenet",
+                    f"{label} inference {size[0]}x{size[1]}, {key.replace('_', ' ')} "
+                    f"(argmax = fp32 argmax on {agree[key]:.1%} of pixels)",
+                    f"{ms(t)} ({1 / t:.0f} FPS)",
+                    f"fp32 {ms(t32)} ({1 / t32:.0f} FPS)" if t32 else "",
+                    ratio(t32, t),
+                )
         model = None  # noqa: F841
         free(s)
-    rep.note("BiSeNet fp32 rows use PyTorch's defaults (cuDNN may use TF32); 'cudnn off' = "
-             "torch.backends.cudnn.enabled False (PyTorch's native convolutions).")
+    rep.note(
+        "BiSeNet fp32 rows use PyTorch's defaults (cuDNN may use TF32); 'cudnn off' = "
+        "torch.backends.cudnn.enabled False (PyTorch's native convolutions)."
+    )
 
 
 def _profile_table(s, fn, steps):
@@ -893,13 +1134,19 @@ def _profile_table(s, fn, steps):
         sync(s)
     dev = "device" if s.cuda else "cpu"
     avgs = prof.key_averages()
-    tables = (f"-- sorted by {dev}_time_total\n" + avgs.table(sort_by=f"{dev}_time_total", row_limit=30)
-              + f"\n-- sorted by self_{dev}_time_total\n" + avgs.table(sort_by=f"self_{dev}_time_total", row_limit=30))
+    tables = (
+        f"-- sorted by {dev}_time_total\n"
+        + avgs.table(sort_by=f"{dev}_time_total", row_limit=30)
+        + f"\n-- sorted by self_{dev}_time_total\n"
+        + avgs.table(sort_by=f"self_{dev}_time_total", row_limit=30)
+    )
     self_key = f"self_{dev}_time_total"
     top = sorted(avgs, key=lambda e: getattr(e, self_key), reverse=True)[:3]
     total = sum(getattr(e, self_key) for e in avgs) or 1
-    summary = ", ".join(f"{e.key} {getattr(e, self_key) / steps / 1e3:.2f} ms ({getattr(e, self_key) / total:.0%})"
-                        for e in top)
+    summary = ", ".join(
+        f"{e.key} {getattr(e, self_key) / steps / 1e3:.2f} ms ({getattr(e, self_key) / total:.0%})"
+        for e in top
+    )
     return tables, summary + f"; all ops {total / steps / 1e3:.2f} ms per call"
 
 
@@ -918,6 +1165,7 @@ def part_profile(s, rep, part, port):
         def call():
             with torch.no_grad(), precision(s, "fp32"):
                 bl.solo_d2_postprocess(model, cate, mask_out, padded)
+
         return call
 
     def port_post():
@@ -927,6 +1175,7 @@ def part_profile(s, rep, part, port):
         def call():
             with torch.no_grad(), precision(s, "fp32"):
                 port.postprocess(model, cate, mask_out, padded)
+
         return call
 
     def train():
@@ -940,16 +1189,22 @@ def part_profile(s, rep, part, port):
             def call():
                 with torch.no_grad(), precision(s, "amp" if amp else "fp32-default"):
                     _bisenet_predict(model, x)
+
             return call
+
         return make
 
     size = "x".join(map(str, s.bisenet_sizes[-1]))
     jobs = [(f"SOLOv2 post-processing, ~{n} candidates (fp32, TF32 off)", post)]
     if port:
-        jobs.append((f"AdelaiDet port post-processing, ~{n} candidates (fp32, TF32 off)", port_post))
-    jobs += [("SOLOv2 R50 training step, fp32, recipe batch per GPU (SimpleTrainer)", train),
-             (f"BiSeNetV2 inference {size}, AMP", bisenet(True)),
-             (f"BiSeNetV2 inference {size}, fp32", bisenet(False))]
+        jobs.append(
+            (f"AdelaiDet port post-processing, ~{n} candidates (fp32, TF32 off)", port_post)
+        )
+    jobs += [
+        ("SOLOv2 R50 training step, fp32, recipe batch per GPU (SimpleTrainer)", train),
+        (f"BiSeNetV2 inference {size}, AMP", bisenet(True)),
+        (f"BiSeNetV2 inference {size}, fp32", bisenet(False)),
+    ]
     unit = "CUDA" if s.cuda else "CPU"
     for title, make in jobs:
         if part.over(f"profile {title}"):
@@ -957,9 +1212,17 @@ def part_profile(s, rep, part, port):
         try:
             table, summary = _profile_table(s, make(), s.profile_steps)
             with open(rep.out / "profiles.txt", "a") as f:
-                f.write(f"==== {title}: {s.profile_steps} calls after 1 warm-up, "
-                        f"top 30 ops\n{table}\n\n")
-            rep.row("profile", f"profile {title}: top ops by self {unit} time per call", summary, "", "profiles.txt")
+                f.write(
+                    f"==== {title}: {s.profile_steps} calls after 1 warm-up, "
+                    f"top 30 ops\n{table}\n\n"
+                )
+            rep.row(
+                "profile",
+                f"profile {title}: top ops by self {unit} time per call",
+                summary,
+                "",
+                "profiles.txt",
+            )
         except Exception as e:  # noqa: BLE001
             rep.row("profile", f"profile {title}", "failed", rep.error(f"profile {title}", e))
         free(s)
@@ -979,7 +1242,9 @@ class _trainer:
         cfg, model = build(s, config, opts)
         model.train()
         batch = training_batch(s, cfg, s.train_size(cfg), s.batch_per_gpu(cfg))
-        self.trainer = SimpleTrainer(model, itertools.repeat(batch), Trainer.build_optimizer(cfg, model))
+        self.trainer = SimpleTrainer(
+            model, itertools.repeat(batch), Trainer.build_optimizer(cfg, model)
+        )
         self.storage = EventStorage(0)
 
     def step(self):
@@ -1002,39 +1267,66 @@ def header(s, bundle_note, port):
         d2 = "no detectron2"
     commit = "unknown"
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or "unknown"
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         commit += " (with uncommitted changes)" if dirty else ""
     except (OSError, subprocess.SubprocessError):
         pass
     if s.cuda:
         p = torch.cuda.get_device_properties(0)
-        gpu = (f"{p.name} ({p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs), CUDA "
-               f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+        gpu = (
+            f"{p.name} ({p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs), CUDA "
+            f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+        )
     else:
         gpu = "no GPU: CPU dry run (tiny sizes, 1 repeat; not figures)"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     port_line = f"AdelaiDet port from {port.root}" if port else f"no AdelaiDet port ({port.reason})"
-    short = (f"{date}, commit {commit}, {gpu.split(' (')[0] if s.cuda else 'CPU dry run'}, "
-             f"torch {torch.__version__}")
-    return short, (f"date {date}, commit {commit}, GPU: {gpu}, torch {torch.__version__}, Python "
-                   f"{platform.python_version()}, numpy {numpy.__version__}, Pillow {PIL.__version__}, {d2} "
-                   f"({bundle_note}); {port_line}. Times: medians of {s.repeats} calls after {s.warmup} "
-                   "warm-up calls, torch.cuda.synchronize after each; ratio = baseline time / solo_d2 time "
-                   "(above 1: solo_d2 faster; BiSeNet rows: fp32 time / the row's).")
+    short = (
+        f"{date}, commit {commit}, {gpu.split(' (')[0] if s.cuda else 'CPU dry run'}, "
+        f"torch {torch.__version__}"
+    )
+    return short, (
+        f"date {date}, commit {commit}, GPU: {gpu}, torch {torch.__version__}, Python "
+        f"{platform.python_version()}, numpy {numpy.__version__}, Pillow {PIL.__version__}, {d2} "
+        f"({bundle_note}); {port_line}. Times: medians of {s.repeats} calls after {s.warmup} "
+        "warm-up calls, torch.cuda.synchronize after each; ratio = baseline time / solo_d2 time "
+        "(above 1: solo_d2 faster; BiSeNet rows: fp32 time / the row's)."
+    )
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "output" / "gpu_check"))
-    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, 1 repeat, 1 training step")
-    ap.add_argument("--bundle", default=None, help="import detectron2 from this bundle (default: build/gpu_bundle "
-                    "where the running Python has no detectron2)")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="CPU, tiny sizes, 1 repeat, 1 training step"
+    )
+    ap.add_argument(
+        "--bundle",
+        default=None,
+        help="import detectron2 from this bundle (default: build/gpu_bundle "
+        "where the running Python has no detectron2)",
+    )
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    ap.add_argument("--configs", nargs="+", help="training: only these configs (prefixes under configs/)")
-    ap.add_argument("--budget-scale", type=float, default=1.0, help="multiply every part's time budget")
+    ap.add_argument(
+        "--configs", nargs="+", help="training: only these configs (prefixes under configs/)"
+    )
+    ap.add_argument(
+        "--budget-scale", type=float, default=1.0, help="multiply every part's time budget"
+    )
     args = ap.parse_args(argv)
 
     bundle_note = use_bundle(args.bundle or DEFAULT_BUNDLE, force=args.bundle is not None)
@@ -1050,8 +1342,11 @@ def main(argv=None):
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry_run:
-        print("gpu_check: no CUDA device here. On the CPU use --dry-run; on the device machine run\n"
-              "  PYTHONPATH=build/gpu_bundle:. python3 tools/gpu_check.py --out \"$OUT\"", flush=True)
+        print(
+            "gpu_check: no CUDA device here. On the CPU use --dry-run; on the device machine run\n"
+            '  PYTHONPATH=build/gpu_bundle:. python3 tools/gpu_check.py --out "$OUT"',
+            flush=True,
+        )
         return 2
     s = Settings(args.dry_run, "cuda" if cuda and not args.dry_run else "cpu", args.budget_scale)
     s.amp_dtype = torch.float16 if s.cuda else torch.bfloat16
@@ -1093,9 +1388,11 @@ def main(argv=None):
         rep.put(name, "seconds", took)
         print(f"[{name}] {took:.0f} s", flush=True)
         rep.write()
-    print(f"\n[gpu_check] {time.perf_counter() - t0:.0f} s; wrote "
-          f"{', '.join(sorted(p.name for p in out.iterdir()))} to {out}\n",
-          flush=True)
+    print(
+        f"\n[gpu_check] {time.perf_counter() - t0:.0f} s; wrote "
+        f"{', '.join(sorted(p.name for p in out.iterdir()))} to {out}\n",
+        flush=True,
+    )
     print((out / "rows.md").read_text(), flush=True)
     return 0
 

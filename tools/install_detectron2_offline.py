@@ -24,6 +24,7 @@ Users with internet access should instead install detectron2 from its official
 repository (``pip install 'git+https://github.com/facebookresearch/detectron2.git'``);
 ``tools/bootstrap.sh`` leaves an importable detectron2 alone.
 """
+
 import argparse
 import hashlib
 import json
@@ -93,7 +94,9 @@ def __getattr__(name):
 
 
 FAST_EVAL_MARKER = "# --- solo_d2 offline install: Python fallback of COCOeval_opt ---"
-FAST_EVAL_FALLBACK = FAST_EVAL_MARKER + '''
+FAST_EVAL_FALLBACK = (
+    FAST_EVAL_MARKER
+    + """
 # detectron2/_C.py is solo_d2's stand-in (tools/install_detectron2_offline.py): the C++
 # evaluateImg/accumulate above are not available. COCOeval_opt becomes pycocotools' COCOeval
 # (the official implementation: the same AP, slower), so COCOEvaluator(dataset_name), whose
@@ -101,7 +104,8 @@ FAST_EVAL_FALLBACK = FAST_EVAL_MARKER + '''
 if getattr(_C, "SOLO_D2_STANDIN", False):
     SOLO_D2_PYTHON_FALLBACK = True
     COCOeval_opt = COCOeval
-'''
+"""
+)
 
 
 def index_url():
@@ -163,7 +167,10 @@ def install(sdist: Path, site: Path):
     )
     (info / "INSTALLER").write_text("solo_d2-offline\n")
     (info / "direct_url.json").write_text(json.dumps({"url": sdist.resolve().as_uri()}))
-    files += [f"detectron2-0.6.dist-info/{n}" for n in ("METADATA", "INSTALLER", "direct_url.json", "RECORD")]
+    files += [
+        f"detectron2-0.6.dist-info/{n}"
+        for n in ("METADATA", "INSTALLER", "direct_url.json", "RECORD")
+    ]
     (info / "RECORD").write_text("".join(f"{f},,\n" for f in files))
     print(f"installed detectron2 0.6 (Python sources, sha256 verified) into {site}")
 
@@ -188,18 +195,25 @@ def patch_installed(site: Path) -> int:
         return 0
     c_file.write_text(C_STANDIN)
     changed = patch_fast_eval(target)
-    print(f"{target}: COCOeval_opt falls back to pycocotools' COCOeval "
-          f"({'patched' if changed else 'already patched'})")
+    print(
+        f"{target}: COCOeval_opt falls back to pycocotools' COCOeval "
+        f"({'patched' if changed else 'already patched'})"
+    )
     return 0
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sdist", type=Path, help="use this pb1-detectron2-0.6.tar.gz instead of downloading")
+    ap.add_argument(
+        "--sdist", type=Path, help="use this pb1-detectron2-0.6.tar.gz instead of downloading"
+    )
     ap.add_argument("--site", type=Path, default=Path(sysconfig.get_paths()["purelib"]))
-    ap.add_argument("--patch-installed", action="store_true",
-                    help="only update the _C stand-in and the COCOeval_opt fallback of an "
-                         "offline install in --site")
+    ap.add_argument(
+        "--patch-installed",
+        action="store_true",
+        help="only update the _C stand-in and the COCOeval_opt fallback of an "
+        "offline install in --site",
+    )
     args = ap.parse_args()
     if args.patch_installed:
         return patch_installed(args.site)

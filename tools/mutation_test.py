@@ -18,6 +18,7 @@ Mutants are chosen deterministically (every mutation site, evenly thinned to
 ``python -m pytest -x -q -p no:xdist -p no:cacheprovider TESTS`` (``OMP_NUM_THREADS=1``).
 Output: one line per mutant and a summary; ``--json`` writes the results.
 """
+
 import argparse
 import ast
 import copy
@@ -32,16 +33,37 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_CMP_SWAP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
-             ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
-_BIN_SWAP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
-             ast.FloorDiv: ast.Mult, ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult}
+_CMP_SWAP = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+}
+_BIN_SWAP = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Mult,
+    ast.Mod: ast.FloorDiv,
+    ast.Pow: ast.Mult,
+}
 
 
 def _is_docstring(node, parent):
-    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str) and parent is not None
-            and getattr(parent, "body", [None])[0] is node)
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        and parent is not None
+        and getattr(parent, "body", [None])[0] is node
+    )
 
 
 def find_sites(tree):
@@ -56,22 +78,51 @@ def find_sites(tree):
         if isinstance(node, ast.Compare):
             for j, op in enumerate(node.ops):
                 if type(op) in _CMP_SWAP:
-                    sites.append((i, ("cmp", j), line, f"{type(op).__name__} -> {_CMP_SWAP[type(op)].__name__}"))
+                    sites.append(
+                        (
+                            i,
+                            ("cmp", j),
+                            line,
+                            f"{type(op).__name__} -> {_CMP_SWAP[type(op)].__name__}",
+                        )
+                    )
         elif isinstance(node, (ast.BinOp, ast.AugAssign)) and type(node.op) in _BIN_SWAP:
-            sites.append((i, ("bin",), line, f"{type(node.op).__name__} -> {_BIN_SWAP[type(node.op)].__name__}"))
+            sites.append(
+                (
+                    i,
+                    ("bin",),
+                    line,
+                    f"{type(node.op).__name__} -> {_BIN_SWAP[type(node.op)].__name__}",
+                )
+            )
         elif isinstance(node, ast.BoolOp):
             sites.append((i, ("bool",), line, "and <-> or"))
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             sites.append((i, ("not",), line, "not x -> x"))
-        elif isinstance(node, ast.Constant) and not isinstance(node.value, str) and node.value is not None:
+        elif (
+            isinstance(node, ast.Constant)
+            and not isinstance(node.value, str)
+            and node.value is not None
+        ):
             if isinstance(parents.get(node), ast.Expr):
                 continue
             if isinstance(node.value, bool):
                 sites.append((i, ("const",), line, f"{node.value} -> {not node.value}"))
             elif isinstance(node.value, (int, float)):
-                sites.append((i, ("const",), line, f"{node.value!r} -> {_mutate_number(node.value)!r}"))
-        elif isinstance(node, ast.stmt) and not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Import,
-                                                                   ast.ImportFrom, ast.AsyncFunctionDef, ast.Pass)):
+                sites.append(
+                    (i, ("const",), line, f"{node.value!r} -> {_mutate_number(node.value)!r}")
+                )
+        elif isinstance(node, ast.stmt) and not isinstance(
+            node,
+            (
+                ast.FunctionDef,
+                ast.ClassDef,
+                ast.Import,
+                ast.ImportFrom,
+                ast.AsyncFunctionDef,
+                ast.Pass,
+            ),
+        ):
             parent = parents.get(node)
             if _is_docstring(node, parent) or isinstance(parent, ast.Module):
                 continue
@@ -128,9 +179,22 @@ def thin(sites, n):
 
 def run_tests(tests, timeout):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", *tests]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:xdist",
+        "-p",
+        "no:cacheprovider",
+        *tests,
+    ]
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return "killed (timeout)"
     if proc.returncode == 0:
@@ -141,11 +205,17 @@ def run_tests(tests, timeout):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("target", help="the source file to mutate")
-    ap.add_argument("tests", nargs="+", help="test files (or pytest node ids) that should kill the mutants")
+    ap.add_argument(
+        "tests", nargs="+", help="test files (or pytest node ids) that should kill the mutants"
+    )
     ap.add_argument("--max-mutants", type=int, default=60)
-    ap.add_argument("--timeout", type=float, default=600, help="seconds per test run (a hang counts as killed)")
+    ap.add_argument(
+        "--timeout", type=float, default=600, help="seconds per test run (a hang counts as killed)"
+    )
     ap.add_argument("--lines", help="only mutate lines A-B of the target")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--list", action="store_true", help="only list the mutants")
@@ -175,7 +245,9 @@ def main(argv=None):
         current = open(target).read()
         if written["text"] is not None and current not in (written["text"], source):
             # someone else edited the file meanwhile: never overwrite their work
-            sys.stderr.write(f"{args.target} changed during the run; not restoring (backup: {backup})\n")
+            sys.stderr.write(
+                f"{args.target} changed during the run; not restoring (backup: {backup})\n"
+            )
             raise SystemExit(3)
         if current != source:
             shutil.copy2(backup, target)
@@ -192,7 +264,10 @@ def main(argv=None):
     try:
         baseline = run_tests(args.tests, args.timeout)
         if baseline != "survived":
-            print(f"the tests fail on the unmutated file ({baseline}); fix that first", file=sys.stderr)
+            print(
+                f"the tests fail on the unmutated file ({baseline}); fix that first",
+                file=sys.stderr,
+            )
             return 2
         for k, site in enumerate(sites):
             mutated = ast.unparse(apply(tree, site))
@@ -215,8 +290,10 @@ def main(argv=None):
         if open(target).read() == source:
             shutil.rmtree(backup_dir, ignore_errors=True)
     killed = sum(r["outcome"].startswith("killed") for r in results)
-    print(f"\n{args.target}: {len(results)} mutants, {killed} killed, {len(results) - killed} "
-          f"survived ({time.time() - start:.0f} s)")
+    print(
+        f"\n{args.target}: {len(results)} mutants, {killed} killed, {len(results) - killed} "
+        f"survived ({time.time() - start:.0f} s)"
+    )
     for r in results:
         if r["outcome"] == "survived":
             print(f"  SURVIVED line {r['line']}: {r['mutation']}")

@@ -18,6 +18,7 @@ run through the graph, and the outputs are mapped back to the original size:
 Importable too: ``predict(session, info, bgr_image)`` returns the raw result, ``draw``
 the picture.
 """
+
 import argparse
 import json
 import os
@@ -32,16 +33,27 @@ def get_parser():
     p = argparse.ArgumentParser(description="Run an exported solo_d2 ONNX model with onnxruntime")
     p.add_argument("model", help="model.onnx written by tools/export_model.py")
     p.add_argument("image", help="input image")
-    p.add_argument("-o", "--output", default="prediction.png", help="output PNG (default: prediction.png)")
+    p.add_argument(
+        "-o", "--output", default="prediction.png", help="output PNG (default: prediction.png)"
+    )
     p.add_argument("--threshold", type=float, default=0.3, help="SOLO: minimum score drawn")
     p.add_argument("--info", help="model.json (default: next to the model)")
-    p.add_argument("--input-format", choices=["BGR", "RGB"], help="override model.json's input_format")
-    p.add_argument("--min-size", type=int, help="override model.json's min_size_test (0: no resize)")
+    p.add_argument(
+        "--input-format", choices=["BGR", "RGB"], help="override model.json's input_format"
+    )
+    p.add_argument(
+        "--min-size", type=int, help="override model.json's min_size_test (0: no resize)"
+    )
     p.add_argument("--max-size", type=int, help="override model.json's max_size_test")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
-    p.add_argument("--class-names", metavar="NAMES",
-                   help="class names, 'a,b,c' or a file with one name per line (default: "
-                        "model.json's class_names)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)"
+    )
+    p.add_argument(
+        "--class-names",
+        metavar="NAMES",
+        help="class names, 'a,b,c' or a file with one name per line (default: "
+        "model.json's class_names)",
+    )
     return p
 
 
@@ -58,16 +70,26 @@ def read_class_names(spec):
 def checked_class_names(info, override=None):
     """The class names to label with, or None (a warning on stderr says why): ``override`` or
     model.json's ``class_names``, used only when as many as the model's ``num_classes``."""
-    names, source = (override, "--class-names") if override is not None else (info.get("class_names"), "model.json")
+    names, source = (
+        (override, "--class-names")
+        if override is not None
+        else (info.get("class_names"), "model.json")
+    )
     count = info.get("num_classes")
     if not names:
-        sys.stderr.write("warning: {} has no class names for the model's {} classes: labels are class numbers; "
-                         "pass --class-names name1,name2,...\n".format(source, count if count is not None else "?"))
+        sys.stderr.write(
+            "warning: {} has no class names for the model's {} classes: labels are class numbers; "
+            "pass --class-names name1,name2,...\n".format(
+                source, count if count is not None else "?"
+            )
+        )
         return None
     if count is not None and len(names) != count:
-        sys.stderr.write("warning: {} gives {} class names ({}) but the "
-                         "model has {} classes (model.json num_classes): "
-                         "labels are class numbers\n".format(source, len(names), ", ".join(names[:10]), count))
+        sys.stderr.write(
+            "warning: {} gives {} class names ({}) but the "
+            "model has {} classes (model.json num_classes): "
+            "labels are class numbers\n".format(source, len(names), ", ".join(names[:10]), count)
+        )
         return None
     return list(names)
 
@@ -78,8 +100,11 @@ def load_info(args):
     if os.path.isfile(path):
         with open(path) as f:
             info = json.load(f)
-    for key, value in (("input_format", args.input_format), ("min_size_test", args.min_size),
-                       ("max_size_test", args.max_size)):
+    for key, value in (
+        ("input_format", args.input_format),
+        ("min_size_test", args.min_size),
+        ("max_size_test", args.max_size),
+    ):
         if value is not None:
             info[key] = value
     info.setdefault("input_format", "BGR")
@@ -119,15 +144,33 @@ def predict(session, info, bgr):
         img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
     x = np.ascontiguousarray(img.transpose(2, 0, 1)).astype(np.float32)
     name = session.get_inputs()[0].name
-    outs = {o.name: v for o, v in zip(session.get_outputs(), session.run(None, {name: x if name == "image" else x[None]}))}
+    outs = {
+        o.name: v
+        for o, v in zip(
+            session.get_outputs(), session.run(None, {name: x if name == "image" else x[None]})
+        )
+    }
     if "num_detections" in outs:
         n = int(outs["num_detections"])
         masks = outs["masks"][:n]
         if (nh, nw) != (h, w):
-            masks = np.stack([cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) for m in masks]) \
-                if n else np.zeros((0, h, w), np.uint8)
+            masks = (
+                np.stack(
+                    [
+                        cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+                        for m in masks
+                    ]
+                )
+                if n
+                else np.zeros((0, h, w), np.uint8)
+            )
         boxes = outs["boxes"][:n] * np.array([w / nw, h / nh, w / nw, h / nh], np.float32)
-        return {"masks": masks.astype(bool), "scores": outs["scores"][:n], "classes": outs["classes"][:n], "boxes": boxes}
+        return {
+            "masks": masks.astype(bool),
+            "scores": outs["scores"][:n],
+            "classes": outs["classes"][:n],
+            "boxes": boxes,
+        }
     labels = outs["labels"][0] if "labels" in outs else outs["logits"][0].argmax(0)
     if (nh, nw) != (h, w):
         labels = cv2.resize(labels.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
@@ -155,15 +198,27 @@ def draw(bgr, result, info, threshold=0.3):
         colors = palette(int(labels.max()) + 1 if labels.size else 1, info.get("class_colors"))
         return cv2.addWeighted(out, 0.4, colors[labels.clip(0, len(colors) - 1)], 0.6, 0)
     colors = palette(max(len(result["scores"]), 1))
-    for i, (m, s, c, b) in enumerate(zip(result["masks"], result["scores"], result["classes"], result["boxes"])):
+    for i, (m, s, c, b) in enumerate(
+        zip(result["masks"], result["scores"], result["classes"], result["boxes"])
+    ):
         if s < threshold:
             continue
         color = colors[i].astype(np.float32)
         out[m] = (0.5 * out[m] + 0.5 * color).astype(np.uint8)
         x0, y0, x1, y1 = [int(round(v)) for v in b]
-        cv2.rectangle(out, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), tuple(int(v) for v in color), 1)
+        cv2.rectangle(
+            out, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), tuple(int(v) for v in color), 1
+        )
         label = f"{class_label(names, c)} {s:.2f}"
-        cv2.putText(out, label, (x0, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, tuple(int(v) for v in color), 1)
+        cv2.putText(
+            out,
+            label,
+            (x0, max(y0 - 3, 10)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            tuple(int(v) for v in color),
+            1,
+        )
     return out
 
 
@@ -174,7 +229,9 @@ def main(argv=None) -> int:
         sys.stderr.write(f"error: cannot read image {args.image}\n")
         return 2
     info = load_info(args)
-    info["class_names"] = checked_class_names(info, read_class_names(args.class_names) if args.class_names else None)
+    info["class_names"] = checked_class_names(
+        info, read_class_names(args.class_names) if args.class_names else None
+    )
     names = info["class_names"]
     result = predict(make_session(args.model, args.threads), info, bgr)
     if "scores" in result:
@@ -182,8 +239,10 @@ def main(argv=None) -> int:
         print(f"{len(result['scores'])} detections, {kept} with score >= {args.threshold}")
         for s, c, b in zip(result["scores"], result["classes"], result["boxes"]):
             if s >= args.threshold:
-                print(f"  {class_label(names, c)} (class {int(c)}) score {float(s):.3f} "
-                      f"box {[round(float(v), 1) for v in b]}")
+                print(
+                    f"  {class_label(names, c)} (class {int(c)}) score {float(s):.3f} "
+                    f"box {[round(float(v), 1) for v in b]}"
+                )
     else:
         classes, counts = np.unique(result["labels"], return_counts=True)
         print("pixels per class:", {class_label(names, k): int(v) for k, v in zip(classes, counts)})

@@ -20,6 +20,7 @@ is not redone, so a table can be extended run by run. Every run uses ``--threads
 ``metrics.json`` (the evaluation record, Detectron2's ``panoptic_seg/*``) and ``log.txt``
 ("Total training time").
 """
+
 import argparse
 import json
 import os
@@ -66,7 +67,14 @@ def read_result(run_dir):
 
 
 def command(config, seed, run_dir, overrides, weights=None):
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config, "--num-gpus", "0"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "train_net.py"),
+        "--config-file",
+        config,
+        "--num-gpus",
+        "0",
+    ]
     if weights:
         cmd += ["--eval-only"]
     cmd += ["SEED", str(seed), "OUTPUT_DIR", run_dir, *overrides]
@@ -123,18 +131,34 @@ def summary(label, results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", nargs="+", action="append", required=True, metavar="LABEL CONFIG [KEY VALUE]",
-                        help="a model to train: label, config file, config overrides")
-    parser.add_argument("--out", default="output/panoptic_side_by_side", help="runs go to OUT/LABEL/seed_S")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--run",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar="LABEL CONFIG [KEY VALUE]",
+        help="a model to train: label, config file, config overrides",
+    )
+    parser.add_argument(
+        "--out", default="output/panoptic_side_by_side", help="runs go to OUT/LABEL/seed_S"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
-    parser.add_argument("--eval-only", metavar="LABEL",
-                        help="no training: evaluate OUT/LABEL/seed_S/model_final.pth with each --run's settings")
+    parser.add_argument(
+        "--eval-only",
+        metavar="LABEL",
+        help="no training: evaluate OUT/LABEL/seed_S/model_final.pth with each --run's settings",
+    )
     parser.add_argument("--per-seed", action="store_true", help="also print one row per run")
-    parser.add_argument("--report-only", action="store_true",
-                        help="train and evaluate nothing: print the table of the runs already in OUT")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train and evaluate nothing: print the table of the runs already in OUT",
+    )
     args = parser.parse_args(argv)
 
     pending, table = [], []
@@ -150,14 +174,18 @@ def main(argv=None):
             if args.eval_only and not args.report_only:
                 weights = os.path.join(args.out, args.eval_only, f"seed_{seed}", "model_final.pth")
                 if not os.path.isfile(weights):
-                    parser.error(f"--eval-only {args.eval_only}: {weights} does not exist (train it first)")
+                    parser.error(
+                        f"--eval-only {args.eval_only}: {weights} does not exist (train it first)"
+                    )
             if read_result(run_dir) is None and not args.report_only:
                 pending.append((command(config, seed, run_dir, overrides, weights), run_dir))
         table.append(label)
     failures = run_all(pending, args.jobs, args.threads)
 
-    print("| model | runs | iterations | PQ | things PQ | SQ | RQ | stuff PQ | "
-          "SQ | RQ | training (min) |")
+    print(
+        "| model | runs | iterations | PQ | things PQ | SQ | RQ | stuff PQ | "
+        "SQ | RQ | training (min) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label in table:
         results = [(s, read_result(os.path.join(args.out, label, f"seed_{s}"))) for s in args.seeds]

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Plot the loss curves of a detectron2 ``metrics.json`` into a PNG.
 
-    tools/plot_metrics.py output/solov2/metrics.json -o output/solov2/losses.png
+tools/plot_metrics.py output/solov2/metrics.json -o output/solov2/losses.png
 """
+
 import argparse
 import json
 import os

@@ -11,6 +11,7 @@ numbers also depend on the number of torch threads (it changes the order of floa
 reductions); ``--threads N`` fixes it for the training and demo processes (torch's default
 is the machine's core count).
 """
+
 import argparse
 import glob
 import json
@@ -24,9 +25,18 @@ sys.path.insert(0, ROOT)
 
 # (name, config, metric keys to report, dataset whose held-out images are visualized)
 JOBS = [
-    ("solov2", "configs/Synthetic/SOLOv2_demo.yaml", ("segm/AP", "segm/AP50", "bbox/AP"), "synthetic_coco_val"),
-    ("bisenet", "configs/Synthetic/BiSeNetV1_demo.yaml", ("sem_seg/mIoU", "sem_seg/pACC", "cityscapes_sem_seg/IoU"),
-     "synthetic_cityscapes_fine_sem_seg_val"),
+    (
+        "solov2",
+        "configs/Synthetic/SOLOv2_demo.yaml",
+        ("segm/AP", "segm/AP50", "bbox/AP"),
+        "synthetic_coco_val",
+    ),
+    (
+        "bisenet",
+        "configs/Synthetic/BiSeNetV1_demo.yaml",
+        ("sem_seg/mIoU", "sem_seg/pACC", "cityscapes_sem_seg/IoU"),
+        "synthetic_cityscapes_fine_sem_seg_val",
+    ),
 ]
 
 
@@ -55,10 +65,16 @@ def held_out_images(dataset, n):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--output", default=os.path.join(ROOT, "output", "demo"))
-    ap.add_argument("--num-images", type=int, default=4, help="held-out images to visualize per model")
+    ap.add_argument(
+        "--num-images", type=int, default=4, help="held-out images to visualize per model"
+    )
     ap.add_argument("--only", choices=[j[0] for j in JOBS], help="run one model only")
-    ap.add_argument("--threads", type=int, help="torch threads of the training and demo processes "
-                    "(OMP_NUM_THREADS; default: torch's, the machine's cores). The metrics depend on it")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of the training and demo processes "
+        "(OMP_NUM_THREADS; default: torch's, the machine's cores). The metrics depend on it",
+    )
     args = ap.parse_args()
     if args.threads is not None and args.threads < 1:
         ap.error("--threads must be at least 1")
@@ -71,15 +87,57 @@ def main():
             continue
         out = os.path.join(args.output, name)
         t0 = time.time()
-        run([py, "tools/train_net.py", "--config-file", config, "--num-gpus", "0", "OUTPUT_DIR", out], env)
+        run(
+            [
+                py,
+                "tools/train_net.py",
+                "--config-file",
+                config,
+                "--num-gpus",
+                "0",
+                "OUTPUT_DIR",
+                out,
+            ],
+            env,
+        )
         train_s = time.time() - t0
         metrics = final_metrics(os.path.join(out, "metrics.json"), keys)
-        run([py, "tools/plot_metrics.py", os.path.join(out, "metrics.json"), "-o", os.path.join(out, "losses.png")])
+        run(
+            [
+                py,
+                "tools/plot_metrics.py",
+                os.path.join(out, "metrics.json"),
+                "-o",
+                os.path.join(out, "losses.png"),
+            ]
+        )
         vis_dir = os.path.join(out, "vis")
-        run([py, "tools/demo.py", "--config-file", config, "--output", vis_dir, "--input",
-             *held_out_images(val_set, args.num_images),
-             "--opts", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")], env)
-        summary.append((name, config, train_s, metrics, vis_dir, sorted(glob.glob(os.path.join(vis_dir, "*.png")))))
+        run(
+            [
+                py,
+                "tools/demo.py",
+                "--config-file",
+                config,
+                "--output",
+                vis_dir,
+                "--input",
+                *held_out_images(val_set, args.num_images),
+                "--opts",
+                "MODEL.WEIGHTS",
+                os.path.join(out, "model_final.pth"),
+            ],
+            env,
+        )
+        summary.append(
+            (
+                name,
+                config,
+                train_s,
+                metrics,
+                vis_dir,
+                sorted(glob.glob(os.path.join(vis_dir, "*.png"))),
+            )
+        )
     print("\n===== solo_d2 demo summary =====")
     for name, config, train_s, metrics, vis_dir, pngs in summary:
         scores = ", ".join(f"{k} = {v:.1f}" for k, v in metrics.items())

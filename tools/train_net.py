@@ -26,6 +26,7 @@ for the whole run; a second run on a directory a live run holds is refused (a st
 lock, whose process is gone, is taken over). --eval-only without MODEL.WEIGHTS (a
 randomly initialized model) is refused unless --allow-random-weights is given.
 """
+
 import logging
 import os
 import sys
@@ -67,8 +68,14 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        path = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
-        saved = load_weights_for_inference(cfg, model, path)  # weights of another class count: an error
+        path = (
+            checkpointer.get_checkpoint_file()
+            if args.resume and checkpointer.has_checkpoint()
+            else cfg.MODEL.WEIGHTS
+        )
+        saved = load_weights_for_inference(
+            cfg, model, path
+        )  # weights of another class count: an error
         check_eval_datasets(cfg, saved)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
@@ -137,14 +144,14 @@ def get_parser():
         choices=CHECK_IMAGES_MODES,
         default="sample",
         help="before starting, check the image files of the datasets: that a fixed sample of "
-             f"{IMAGE_SAMPLE_SIZE} per dataset exists (default); 'all': decode every image and label "
-             "file (with a progress bar) and name each missing or unreadable one; 'none'",
+        f"{IMAGE_SAMPLE_SIZE} per dataset exists (default); 'all': decode every image and label "
+        "file (with a progress bar) and name each missing or unreadable one; 'none'",
     )
     parser.add_argument(
         "--allow-random-weights",
         action="store_true",
         help="allow --eval-only with an empty MODEL.WEIGHTS (evaluates a "
-             "randomly initialized model)",
+        "randomly initialized model)",
     )
     add_register_arguments(parser)
     return parser

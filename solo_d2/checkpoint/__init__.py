@@ -4,6 +4,7 @@
 :func:`convert_checkpoint` does the work, :data:`CONVERTERS` lists the sources (each converter
 module registers its sources when imported here).
 """
+
 from . import adelaidet as _adelaidet  # noqa: F401  (registers the sources)
 from . import bisenet as _bisenet  # noqa: F401
 from . import solo_mmdet as _solo_mmdet  # noqa: F401

@@ -9,14 +9,21 @@ Detectron2's default pixel statistics: the recipe configs ``configs/SOLOv2/R50_3
 ``R101_3x.yaml`` compute what AdelaiDet computes (tests/test_parity_solov2.py checks it on the
 reference's own outputs).
 """
+
 from .core import Conversion, ConversionError, register_converter, rename_keys, require_keys
 
 _RULES = [
     (r"(backbone\.(?:bottom_up|fpn_lateral|fpn_output).*)", r"\1"),
     (r"ins_head\.(cate|kernel)_tower\.(\d+)\.(weight|bias)", None),  # filled below
     (r"ins_head\.(cate_pred|kernel_pred)\.(weight|bias)", r"ins_head.\1.\2"),
-    (r"mask_head\.convs_all_levels\.(\d+)\.conv(\d+)\.0\.weight", r"mask_head.convs_all_levels.\1.\2.weight"),
-    (r"mask_head\.convs_all_levels\.(\d+)\.conv(\d+)\.1\.(weight|bias)", r"mask_head.convs_all_levels.\1.\2.norm.\3"),
+    (
+        r"mask_head\.convs_all_levels\.(\d+)\.conv(\d+)\.0\.weight",
+        r"mask_head.convs_all_levels.\1.\2.weight",
+    ),
+    (
+        r"mask_head\.convs_all_levels\.(\d+)\.conv(\d+)\.1\.(weight|bias)",
+        r"mask_head.convs_all_levels.\1.\2.norm.\3",
+    ),
     (r"mask_head\.conv_pred\.0\.weight", "mask_head.conv_pred.weight"),
     (r"mask_head\.conv_pred\.1\.(weight|bias)", r"mask_head.conv_pred.norm.\1"),
 ]
@@ -27,7 +34,9 @@ def _tower(m) -> str:
     idx = int(m.group(2))
     k, part = divmod(idx, 3)
     if part == 2:
-        raise ConversionError(f"adelaidet-solov2: unexpected parameter at a ReLU position: {m.group(0)}")
+        raise ConversionError(
+            f"adelaidet-solov2: unexpected parameter at a ReLU position: {m.group(0)}"
+        )
     return f"ins_head.{m.group(1)}_tower.{k}" + (".norm" if part == 1 else "") + f".{m.group(3)}"
 
 
@@ -39,8 +48,15 @@ _RULES[1] = (_RULES[1][0], _tower)
     "the detectron2 SOLOv2 port (aim-uofa/AdelaiDet) model_final.pth, R50/R101 SOLOv2",
 )
 def convert_adelaidet_solov2(state) -> Conversion:
-    require_keys(state, ["ins_head.cate_pred.weight", "ins_head.kernel_pred.weight", "mask_head.conv_pred.0.weight"],
-                 source="adelaidet-solov2 (AdelaiDet SOLOv2)")
+    require_keys(
+        state,
+        [
+            "ins_head.cate_pred.weight",
+            "ins_head.kernel_pred.weight",
+            "mask_head.conv_pred.0.weight",
+        ],
+        source="adelaidet-solov2 (AdelaiDet SOLOv2)",
+    )
     out = rename_keys(state, _RULES, source="adelaidet-solov2 (AdelaiDet SOLOv2)")
     num_res4 = len({k.split(".")[3] for k in state if k.startswith("backbone.bottom_up.res4.")})
     depth = {6: 50, 23: 101}.get(num_res4)
@@ -54,7 +70,9 @@ def convert_adelaidet_solov2(state) -> Conversion:
     if num_classes != 80:
         opts += ["MODEL.SOLO.NUM_CLASSES", str(num_classes)]
     if any("conv_offset" in k for k in state):
-        raise ConversionError("adelaidet-solov2: deformable convs are not part of AdelaiDet's SOLOv2 models")
+        raise ConversionError(
+            "adelaidet-solov2: deformable convs are not part of AdelaiDet's SOLOv2 models"
+        )
     notes.append(
         "AdelaiDet upsamples final masks by ceil(h / f_h) of the unpadded height, which is 3 "
         "instead of 4 for a batch image shorter than 3/4 of the padded batch; solo_d2 always "

@@ -13,6 +13,7 @@ The named configs (``configs/Converted/CoinCheung_BiSeNetV{1,2}_cityscapes.yaml`
 input: RGB, mean (0.3257, 0.3690, 0.3223) and std (0.2112, 0.2148, 0.2115) of the 0-1 scale,
 written in Detectron2's 0-255 units.
 """
+
 import re
 from typing import Dict, List
 
@@ -39,7 +40,10 @@ def _conv_bn_relu(src: str, dst: str) -> List[Rule]:
 
 def _conv_then_bn(conv: str, bn: str, dst: str) -> List[Rule]:
     """A bias-free ``nn.Conv2d`` at ``conv`` followed by ``nn.BatchNorm2d`` at ``bn`` -> ``dst``."""
-    return [(rf"{re.escape(conv)}\.weight", f"{dst}.weight"), (rf"{re.escape(bn)}\.{BN_FIELDS}", rf"{dst}.norm.\1")]
+    return [
+        (rf"{re.escape(conv)}\.weight", f"{dst}.weight"),
+        (rf"{re.escape(bn)}\.{BN_FIELDS}", rf"{dst}.norm.\1"),
+    ]
 
 
 # ----------------------------------------------------------------------------- V1
@@ -52,8 +56,14 @@ def coincheung_v1_rules() -> List[Rule]:
         rules += _conv_bn_relu(f"sp.{name}", f"backbone.spatial_path.{i}")
     for arm in ("arm16", "arm32"):  # attention refinement: ConvBNReLU, conv_atten, bn_atten
         rules += _conv_bn_relu(f"cp.{arm}.conv", f"{head}.{arm}.conv")
-        rules += _conv_then_bn(f"cp.{arm}.conv_atten", f"cp.{arm}.bn_atten", f"{head}.{arm}.attention")
-    for src, dst in (("conv_head32", "refine32"), ("conv_head16", "refine16"), ("conv_avg", "global_context")):
+        rules += _conv_then_bn(
+            f"cp.{arm}.conv_atten", f"cp.{arm}.bn_atten", f"{head}.{arm}.attention"
+        )
+    for src, dst in (
+        ("conv_head32", "refine32"),
+        ("conv_head16", "refine16"),
+        ("conv_avg", "global_context"),
+    ):
         rules += _conv_bn_relu(f"cp.{src}", f"{head}.{dst}")
     rules += _conv_bn_relu("ffm.convblk", f"{head}.ffm.fuse")
     rules += _conv_then_bn("ffm.conv", "ffm.bn", f"{head}.ffm.attention")
@@ -136,7 +146,9 @@ def coincheung_v2_rules() -> List[Rule]:
     for src, dst in (("aux2", "stem"), ("aux3", "s3"), ("aux4", "s4"), ("aux5_4", "s5")):
         rules += _conv_bn_relu(f"{src}.conv", f"{head}.boosters.{dst}.conv")
         rules += _conv_bn_relu(f"{src}.conv_out.0.1", f"{head}.boosters.{dst}.up_conv")
-        rules.append((rf"{src}\.conv_out\.1\.(weight|bias)", rf"{head}.boosters.{dst}.predictor.\1"))
+        rules.append(
+            (rf"{src}\.conv_out\.1\.(weight|bias)", rf"{head}.boosters.{dst}.predictor.\1")
+        )
     return rules
 
 
@@ -163,7 +175,9 @@ def convert_coincheung_v2_backbone(state: Dict) -> Conversion:
     return Conversion(
         out,
         "configs/BiSeNet/V2_cityscapes.yaml",
-        notes=["backbone initialization only (detail and semantic branches); "
-               "heads start from their init"],
+        notes=[
+            "backbone initialization only (detail and semantic branches); "
+            "heads start from their init"
+        ],
         prefix="backbone.",
     )

@@ -1,6 +1,7 @@
 """``convert_checkpoint``: a checkpoint of a registered source converted, verified strictly
 against the model its config builds, and written atomically (the converters register
 themselves when :mod:`solo_d2.checkpoint` is imported)."""
+
 import inspect
 from typing import Optional, Sequence
 
@@ -43,11 +44,15 @@ def convert_checkpoint(
         The :class:`Conversion` (with the config and opts actually verified).
     """
     if source not in CONVERTERS:
-        raise ConversionError(f"unknown checkpoint source {source!r}; known: {', '.join(sorted(CONVERTERS))}")
+        raise ConversionError(
+            f"unknown checkpoint source {source!r}; known: {', '.join(sorted(CONVERTERS))}"
+        )
     state, meta = load_checkpoint_with_meta(in_path)
     fn = CONVERTERS[source].fn
     accepts = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in (("config", config), ("opts", list(opts)), ("meta", meta)) if k in accepts}
+    kwargs = {
+        k: v for k, v in (("config", config), ("opts", list(opts)), ("meta", meta)) if k in accepts
+    }
     try:
         result = fn(state, **kwargs)
     except ConversionError as e:
@@ -60,7 +65,12 @@ def convert_checkpoint(
     expected = expected_state_shapes(result.config, result.opts, result.prefix)
     result.state_dict = _match_bn_counters(result.state_dict, expected)
     verify_state_dict(
-        result.state_dict, result.config, result.opts, source=source, prefix=result.prefix, expected=expected
+        result.state_dict,
+        result.config,
+        result.opts,
+        source=source,
+        prefix=result.prefix,
+        expected=expected,
     )
     with atomic_write(out_path) as f:
         torch.save(

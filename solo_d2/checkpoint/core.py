@@ -7,6 +7,7 @@ computes. :func:`convert_checkpoint` then builds that model, checks that the con
 weights load with zero missing and zero unexpected keys (and equal shapes), and only then
 writes a Detectron2 checkpoint ``{"model": state_dict, ...}``; nothing is written on failure.
 """
+
 import os
 import pickle
 import re
@@ -194,7 +195,9 @@ def rename_keys(
             if m:
                 new = repl(m) if callable(repl) else m.expand(repl)
                 if new in out:
-                    raise ConversionError(f"{source}: keys map twice to {new!r} (last from {key!r})")
+                    raise ConversionError(
+                        f"{source}: keys map twice to {new!r} (last from {key!r})"
+                    )
                 out[new] = value
                 break
         else:
@@ -242,7 +245,9 @@ def build_cfg(config: str, opts: Sequence[str] = (), *, device: str = "cpu"):
     return cfg
 
 
-def expected_state_shapes(config: str, opts: Sequence[str] = (), prefix: str = "") -> Dict[str, Tuple[int, ...]]:
+def expected_state_shapes(
+    config: str, opts: Sequence[str] = (), prefix: str = ""
+) -> Dict[str, Tuple[int, ...]]:
     """``{key: shape}`` of the state dict of the model that ``config`` (+ ``opts``) builds
     (only the keys starting with ``prefix``)."""
     model = build_model(build_cfg(config, opts))
@@ -271,7 +276,10 @@ def verify_state_dict(
         if tuple(state[k].shape) != expected[k]
     )
     if missing or unexpected or wrong:
-        parts = [f"converted {source or 'checkpoint'} does not fit {config}" + (f" {list(opts)}" if opts else "")]
+        parts = [
+            f"converted {source or 'checkpoint'} does not fit {config}"
+            + (f" {list(opts)}" if opts else "")
+        ]
         if missing:
             parts.append(f"{len(missing)} missing: {_short_list(missing)}")
         if unexpected:
@@ -284,7 +292,11 @@ def verify_state_dict(
 def _match_bn_counters(state: StateDict, expected: Dict[str, Tuple[int, ...]]) -> StateDict:
     """``num_batches_tracked`` counters carry no weights: drop those the target model (e.g. with
     FrozenBN) lacks and add zero counters for BatchNorm layers whose source had none."""
-    out = {k: v for k, v in state.items() if not (k.endswith("num_batches_tracked") and k not in expected)}
+    out = {
+        k: v
+        for k, v in state.items()
+        if not (k.endswith("num_batches_tracked") and k not in expected)
+    }
     for k in expected:
         if k.endswith("num_batches_tracked") and k not in out:
             out[k] = torch.tensor(0, dtype=torch.int64)

@@ -10,6 +10,7 @@ anything else reads as unknown. :func:`head_facts` extracts what the weights do 
 the scale ranges, the grids and the test input size, and what they do (tower depth and width)
 for a cross-check.
 """
+
 import ast
 from typing import Dict, Optional
 
@@ -39,7 +40,12 @@ def _literal(node, env: Dict[str, object]):
             if isinstance(key, (str, int)):
                 out[key] = _literal(v, env)
         return out
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "dict"
+        and not node.args
+    ):
         return {kw.arg: _literal(kw.value, env) for kw in node.keywords if kw.arg is not None}
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         v = _literal(node.operand, env)
@@ -59,7 +65,11 @@ def parse_config_text(text: str) -> Dict[str, object]:
         raise ValueError(f"config text is not Python: {e}") from None
     env: Dict[str, object] = {}
     for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        if (
+            isinstance(stmt, ast.Assign)
+            and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Name)
+        ):
             env[stmt.targets[0].id] = _literal(stmt.value, env)
     return env
 
@@ -81,8 +91,15 @@ def _known(v):
 
 def _pairs(v):
     """``((lo, hi), ...)`` -> ``[[lo, hi], ...]`` or None."""
-    if isinstance(v, (list, tuple)) and v and all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, (int, float)) for x in p) for p in v
+    if (
+        isinstance(v, (list, tuple))
+        and v
+        and all(
+            isinstance(p, (list, tuple))
+            and len(p) == 2
+            and all(isinstance(x, (int, float)) for x in p)
+            for p in v
+        )
     ):
         return [list(p) for p in v]
     return None
@@ -99,7 +116,11 @@ def _test_size(env) -> Optional[tuple]:
             scale = step.get("img_scale")
             if isinstance(scale, list) and len(scale) == 1:
                 scale = scale[0]
-            if isinstance(scale, tuple) and len(scale) == 2 and all(isinstance(s, int) for s in scale):
+            if (
+                isinstance(scale, tuple)
+                and len(scale) == 2
+                and all(isinstance(s, int) for s in scale)
+            ):
                 return min(scale), max(scale)
     return None
 
@@ -115,9 +136,15 @@ def head_facts(text: str) -> Dict[str, object]:
     model = env.get("model")
     head = None
     if isinstance(model, dict):
-        head = model.get("bbox_head") if isinstance(model.get("bbox_head"), dict) else model.get("mask_head")
+        head = (
+            model.get("bbox_head")
+            if isinstance(model.get("bbox_head"), dict)
+            else model.get("mask_head")
+        )
     if not isinstance(head, dict):
-        raise ValueError("config text has no model = dict(..., bbox_head=dict(...) or mask_head=dict(...))")
+        raise ValueError(
+            "config text has no model = dict(..., bbox_head=dict(...) or mask_head=dict(...))"
+        )
     facts: Dict[str, object] = {}
     for key, names in (
         ("type", ("type",)),

@@ -6,6 +6,7 @@ as ``convN.norm`` and the projection ``shortcut`` / ``shortcut.norm``. The compu
 same when Detectron2 runs with ``RESNETS.STRIDE_IN_1X1 False`` (stride in the 3x3 conv, as in
 torchvision) and the input normalization of the source.
 """
+
 import re
 from typing import List
 
@@ -36,7 +37,13 @@ def torchvision_resnet_rules(src: str = "", dst: str = "", conv_suffix: str = ""
             rf"{s}layer(\d)\.(\d+)\.conv(\d)({conv_suffix})\.(weight|bias)",
             lambda m: f"{stage(m)}.conv{m.group(3)}{m.group(4)}.{m.group(5)}",
         ),
-        (rf"{s}layer(\d)\.(\d+)\.bn(\d)\.{BN_FIELDS}", lambda m: f"{stage(m)}.conv{m.group(3)}.norm.{m.group(4)}"),
+        (
+            rf"{s}layer(\d)\.(\d+)\.bn(\d)\.{BN_FIELDS}",
+            lambda m: f"{stage(m)}.conv{m.group(3)}.norm.{m.group(4)}",
+        ),
         (rf"{s}layer(\d)\.(\d+)\.downsample\.0\.weight", lambda m: f"{stage(m)}.shortcut.weight"),
-        (rf"{s}layer(\d)\.(\d+)\.downsample\.1\.{BN_FIELDS}", lambda m: f"{stage(m)}.shortcut.norm.{m.group(3)}"),
+        (
+            rf"{s}layer(\d)\.(\d+)\.downsample\.1\.{BN_FIELDS}",
+            lambda m: f"{stage(m)}.shortcut.norm.{m.group(3)}",
+        ),
     ]

@@ -46,6 +46,7 @@ every tower conv and the mask-feature head), SOLOv2-light-448 R18 / R34 / R50, S
 R50 (``SOLOv2_Light512_DCN_R50``: 3-conv towers, DCNv1 in res3-res5 and in the last tower conv,
 plain mask-feature head).
 """
+
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -76,7 +77,7 @@ class Layout:
 _OFFICIAL = Layout(
     source="solo-official",
     description="official SOLO repository (WXinlong/SOLO, mmdetection v1): SOLO, Decoupled "
-                "SOLO(-light), SOLOv2(-light), DCN variants",
+    "SOLO(-light), SOLOv2(-light), DCN variants",
     head="bbox_head",
     mask_feat="mask_feat_head",
     conv_pred="conv_pred.0",
@@ -117,7 +118,10 @@ _MMDET = Layout(
         "kernel_tower": "kernel_convs",
         "kernel_pred": "conv_kernel",
     },
-    cate_pred={h: "conv_cls" for h in ("SOLOHead", "DecoupledSOLOHead", "DecoupledSOLOLightHead", "SOLOv2Head")},
+    cate_pred={
+        h: "conv_cls"
+        for h in ("SOLOHead", "DecoupledSOLOHead", "DecoupledSOLOLightHead", "SOLOv2Head")
+    },
     config_dir="configs/Converted/mmdet",
 )
 
@@ -161,34 +165,61 @@ _CONFIGS = {
 def _rules(layout: Layout, head: str) -> List:
     h, mf = re.escape(layout.head), re.escape(layout.mask_feat)
     offset = r"conv_offset(?:_mask)?"
-    rules = torchvision_resnet_rules("backbone.", "backbone.bottom_up.", conv_suffix=r"(?:\.conv_offset)?")
+    rules = torchvision_resnet_rules(
+        "backbone.", "backbone.bottom_up.", conv_suffix=r"(?:\.conv_offset)?"
+    )
     rules += [
         # mmdetection v1.0rc0-style backbone DCN: the offset conv is a sibling ``conv2_offset``
         (
             r"backbone\.layer(\d)\.(\d+)\.conv2_offset\.(weight|bias)",
-            lambda m: f"backbone.bottom_up.res{int(m.group(1)) + 1}.{m.group(2)}.conv2."
-                      f"conv_offset.{m.group(3)}",
+            lambda m: (
+                f"backbone.bottom_up.res{int(m.group(1)) + 1}.{m.group(2)}.conv2."
+                f"conv_offset.{m.group(3)}"
+            ),
         ),
-        (r"neck\.lateral_convs\.(\d)\.conv\.(weight|bias)", lambda m: f"backbone.fpn_lateral{int(m.group(1)) + 2}.{m.group(2)}"),
-        (r"neck\.fpn_convs\.(\d)\.conv\.(weight|bias)", lambda m: f"backbone.fpn_output{int(m.group(1)) + 2}.{m.group(2)}"),
+        (
+            r"neck\.lateral_convs\.(\d)\.conv\.(weight|bias)",
+            lambda m: f"backbone.fpn_lateral{int(m.group(1)) + 2}.{m.group(2)}",
+        ),
+        (
+            r"neck\.fpn_convs\.(\d)\.conv\.(weight|bias)",
+            lambda m: f"backbone.fpn_output{int(m.group(1)) + 2}.{m.group(2)}",
+        ),
         (rf"{h}\.{re.escape(layout.cate_pred[head])}\.(weight|bias)", r"ins_head.cate_pred.\1"),
     ]
     for t in TOWERS[head]:
         s = re.escape(layout.names[t])
         rules += [
             (rf"{h}\.{s}\.(\d+)\.conv\.(weight|bias)", rf"ins_head.{t}.\1.\2"),
-            (rf"{h}\.{s}\.(\d+)\.conv\.{offset}\.(weight|bias)", rf"ins_head.{t}.\1.conv_offset.\2"),
+            (
+                rf"{h}\.{s}\.(\d+)\.conv\.{offset}\.(weight|bias)",
+                rf"ins_head.{t}.\1.conv_offset.\2",
+            ),
             (rf"{h}\.{s}\.(\d+)\.gn\.(weight|bias)", rf"ins_head.{t}.\1.norm.\2"),
         ]
     for p in PRED_LISTS[head]:
-        rules.append((rf"{h}\.{re.escape(layout.names[p])}\.(\d+)\.(weight|bias)", rf"ins_head.{p}.\1.\2"))
+        rules.append(
+            (rf"{h}\.{re.escape(layout.names[p])}\.(\d+)\.(weight|bias)", rf"ins_head.{p}.\1.\2")
+        )
     if head == "SOLOv2Head":
         cp = re.escape(layout.conv_pred)
         rules += [
-            (rf"{h}\.{re.escape(layout.names['kernel_pred'])}\.(weight|bias)", r"ins_head.kernel_pred.\1"),
-            (rf"{mf}\.convs_all_levels\.(\d)\.conv(\d)\.conv\.(weight|bias)", r"mask_head.convs_all_levels.\1.\2.\3"),
-            (rf"{mf}\.convs_all_levels\.(\d)\.conv(\d)\.conv\.{offset}\.(weight|bias)", r"mask_head.convs_all_levels.\1.\2.conv_offset.\3"),
-            (rf"{mf}\.convs_all_levels\.(\d)\.conv(\d)\.gn\.(weight|bias)", r"mask_head.convs_all_levels.\1.\2.norm.\3"),
+            (
+                rf"{h}\.{re.escape(layout.names['kernel_pred'])}\.(weight|bias)",
+                r"ins_head.kernel_pred.\1",
+            ),
+            (
+                rf"{mf}\.convs_all_levels\.(\d)\.conv(\d)\.conv\.(weight|bias)",
+                r"mask_head.convs_all_levels.\1.\2.\3",
+            ),
+            (
+                rf"{mf}\.convs_all_levels\.(\d)\.conv(\d)\.conv\.{offset}\.(weight|bias)",
+                r"mask_head.convs_all_levels.\1.\2.conv_offset.\3",
+            ),
+            (
+                rf"{mf}\.convs_all_levels\.(\d)\.conv(\d)\.gn\.(weight|bias)",
+                r"mask_head.convs_all_levels.\1.\2.norm.\3",
+            ),
             (rf"{mf}\.{cp}\.conv\.(weight|bias)", r"mask_head.conv_pred.\1"),
             # deformable 1x1 conv_pred of the DCN models (see the module docstring of the report)
             (rf"{mf}\.{cp}\.conv\.{offset}\.(weight|bias)", r"mask_head.conv_pred.conv_offset.\1"),
@@ -229,7 +260,13 @@ def _differences(cfg, settings: Dict) -> List[Tuple[str, object, object]]:
 def _table_config(layout: Layout, variant: Dict) -> str:
     head, arch, kind, dcn = variant["head"], variant["arch"], variant["kind"], variant["dcn"]
     if kind is None:
-        named = ", ".join(sorted(f"{layout.config_dir}/{n}" for k, n in _CONFIGS[layout.source].items() if k[0] == head))
+        named = ", ".join(
+            sorted(
+                f"{layout.config_dir}/{n}"
+                for k, n in _CONFIGS[layout.source].items()
+                if k[0] == head
+            )
+        )
         raise ConversionError(
             f"{layout.source}: cannot tell which {head} variant this checkpoint is: "
             f"{variant['why']}. The scale ranges, grids and test size are not stored in the "
@@ -240,15 +277,22 @@ def _table_config(layout: Layout, variant: Dict) -> str:
     table = _CONFIGS[layout.source]
     name = table.get((head, arch, kind, dcn))
     if name is None:  # the closest config of this head and kind; overrides carry the rest
-        near = sorted((k for k in table if k[0] == head and k[2] == kind), key=lambda k: (k[3] != dcn, k[1] != "R50"))
+        near = sorted(
+            (k for k in table if k[0] == head and k[2] == kind),
+            key=lambda k: (k[3] != dcn, k[1] != "R50"),
+        )
         if not near:
-            raise ConversionError(f"{layout.source}: no solo_d2 config for a {head} "
-                                  f"checkpoint{' (' + kind + ')' if kind else ''}")
+            raise ConversionError(
+                f"{layout.source}: no solo_d2 config for a {head} "
+                f"checkpoint{' (' + kind + ')' if kind else ''}"
+            )
         name = table[near[0]]
     return f"{layout.config_dir}/{name}"
 
 
-def _config_for(layout: Layout, variant: Dict, config: Optional[str] = None, opts: Sequence[str] = ()) -> Tuple[str, List[str]]:
+def _config_for(
+    layout: Layout, variant: Dict, config: Optional[str] = None, opts: Sequence[str] = ()
+) -> Tuple[str, List[str]]:
     """The config and the opts that set what it does not (depth, shapes, meta values).
 
     With ``config`` (``--config-file``), that config merged with ``opts`` must already hold
@@ -259,10 +303,18 @@ def _config_for(layout: Layout, variant: Dict, config: Optional[str] = None, opt
         wrong = _differences(build_cfg(config, opts), settings)
         if wrong:
             raise ConversionError(
-                f"{layout.source}: the checkpoint does not fit {config}" + (f" {list(opts)}" if opts else "") + ": "
-                + "; ".join(f"{k}: checkpoint {_yaml_value(v)}, config {_yaml_value(c)}" for k, v, c in wrong)
+                f"{layout.source}: the checkpoint does not fit {config}"
+                + (f" {list(opts)}" if opts else "")
+                + ": "
+                + "; ".join(
+                    f"{k}: checkpoint {_yaml_value(v)}, config {_yaml_value(c)}"
+                    for k, v, c in wrong
+                )
                 + ". Add the checkpoint's values as overrides ("
-                + " ".join(f"{k} {_yaml_value(v)!r}" if " " in _yaml_value(v) else f"{k} {_yaml_value(v)}" for k, v, _ in wrong)
+                + " ".join(
+                    f"{k} {_yaml_value(v)!r}" if " " in _yaml_value(v) else f"{k} {_yaml_value(v)}"
+                    for k, v, _ in wrong
+                )
                 + ") or pick another config"
             )
         return config, []
@@ -307,9 +359,16 @@ def convert_mmdet_solo(
             ranges, grids and test size, and is checked against the weights.
     """
     variant = detect_variant(state, layout, _facts(meta))
-    out = rename_keys(state, _rules(layout, variant["head"]), source=layout.source, drop=[r".*num_batches_tracked"])
+    out = rename_keys(
+        state,
+        _rules(layout, variant["head"]),
+        source=layout.source,
+        drop=[r".*num_batches_tracked"],
+    )
     config, extra = _config_for(layout, variant, config, opts)
-    tower = {"all": " (every tower conv)", "last": " (last tower conv)"}.get(variant["tower_dcn"], "")
+    tower = {"all": " (every tower conv)", "last": " (last tower conv)"}.get(
+        variant["tower_dcn"], ""
+    )
     settings = variant["settings"]
     notes = [
         f"{layout.source} {variant['head']} {variant['arch']}"
@@ -323,7 +382,9 @@ def convert_mmdet_solo(
         version = "DCNv2" if settings["MODEL.SOLO.TOWER_DCN_MODULATED"] else "DCNv1"
         notes.append(f"deformable tower convs: {version}{tower}")
     if variant["mask_dcn"] and "mask_head.conv_pred.conv_offset.weight" in out:
-        notes.append("the source's 1x1 conv_pred of the mask-feature head is deformable (conv_offset)")
+        notes.append(
+            "the source's 1x1 conv_pred of the mask-feature head is deformable (conv_offset)"
+        )
     if variant["meta"]:
         notes.append("scale ranges / grids / test size read from the checkpoint's meta config text")
     return Conversion(state_dict=out, config=config, opts=extra, notes=notes)

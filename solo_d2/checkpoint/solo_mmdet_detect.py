@@ -15,6 +15,7 @@ What they do not tell: the scale ranges, the SOLOv2 grids and the test input siz
 from the checkpoint's ``meta`` config text (:mod:`.mmcv_config`) when present (its scale ranges
 then also choose the kind); a tower matching no kind without such text is *ambiguous*.
 """
+
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -88,8 +89,10 @@ def _offset_key(state, prefix: str) -> Optional[str]:
 def foreign_hint(state) -> str:
     keys = list(state)
     if any(k.startswith("ins_head.") or k.startswith("backbone.bottom_up.") for k in keys):
-        return (" (it looks like a Detectron2-based checkpoint, e.g. AdelaiDet's: use "
-                "--from adelaidet-solov2)")
+        return (
+            " (it looks like a Detectron2-based checkpoint, e.g. AdelaiDet's: use "
+            "--from adelaidet-solov2)"
+        )
     if any(k.startswith("bbox_head.solo") or k.startswith("bbox_head.dsolo") for k in keys):
         return " (it looks like an official SOLO checkpoint: use --from solo-official)"
     if any(k.startswith("mask_head.conv_") for k in keys):
@@ -103,7 +106,9 @@ def _tower_dcn(state, layout, towers: Dict[str, List[int]]) -> Tuple[Optional[st
     """``(convs, modulated)`` of the deformable tower convs: convs ``None`` (no DCN), ``"all"``
     or ``"last"``; modulated: DCNv2 (27 offset channels) vs DCNv1 (18)."""
     src, h, n = layout.source, layout.head, layout.names
-    keys = {t: [_offset_key(state, f"{h}.{n[t]}.{i}.conv") for i in idx] for t, idx in towers.items()}
+    keys = {
+        t: [_offset_key(state, f"{h}.{n[t]}.{i}.conv") for i in idx] for t, idx in towers.items()
+    }
     patterns = {t: tuple(k is not None for k in v) for t, v in keys.items()}
     num = len(next(iter(patterns.values())))
     if not any(any(p) for p in patterns.values()):
@@ -147,7 +152,9 @@ def _solov2_kind(source: str, convs: int, width: int, facts: Dict) -> Tuple[Opti
     for kind, (c, w, _) in kinds.items():
         if (c, w) == (convs, width):
             return kind, ""
-    known = ", ".join(f"{'SOLOv2-' + k if k else 'SOLOv2'} {c} x {w}" for k, (c, w, _) in kinds.items())
+    known = ", ".join(
+        f"{'SOLOv2-' + k if k else 'SOLOv2'} {c} x {w}" for k, (c, w, _) in kinds.items()
+    )
     return None, (
         f"its towers ({convs} convs of {width} channels) match none of the {source} SOLOv2 models "
         f"({known} convs x channels) and it has no meta config text with known scale ranges"
@@ -163,19 +170,32 @@ def _meta_settings(facts: Dict, layout, head: str, settings: Dict, tower_dcn) ->
         wrong.append(f"{h}.type = {facts['type']!r} but the weights are a {head}")
     tower = f"{h}.{n['cate_tower']}"
     if "stacked_convs" in facts and facts["stacked_convs"] != settings["MODEL.SOLO.NUM_CONVS"]:
-        wrong.append(f"{h}.stacked_convs = {facts['stacked_convs']} but {tower} has "
-                     f"{settings['MODEL.SOLO.NUM_CONVS']} convs")
+        wrong.append(
+            f"{h}.stacked_convs = {facts['stacked_convs']} but {tower} has "
+            f"{settings['MODEL.SOLO.NUM_CONVS']} convs"
+        )
     if "channels" in facts and facts["channels"] != settings["MODEL.SOLO.INS_CHANNELS"]:
-        wrong.append(f"{h} tower width {facts['channels']} but {tower}.0 has "
-                     f"{settings['MODEL.SOLO.INS_CHANNELS']} channels")
-    if "num_grids" in facts and settings.get("MODEL.SOLO.NUM_GRIDS", facts["num_grids"]) != facts["num_grids"]:
-        wrong.append(f"{h}.num_grids = {facts['num_grids']} but the mask outputs give "
-                     f"{settings['MODEL.SOLO.NUM_GRIDS']}")
+        wrong.append(
+            f"{h} tower width {facts['channels']} but {tower}.0 has "
+            f"{settings['MODEL.SOLO.INS_CHANNELS']} channels"
+        )
+    if (
+        "num_grids" in facts
+        and settings.get("MODEL.SOLO.NUM_GRIDS", facts["num_grids"]) != facts["num_grids"]
+    ):
+        wrong.append(
+            f"{h}.num_grids = {facts['num_grids']} but the mask outputs give "
+            f"{settings['MODEL.SOLO.NUM_GRIDS']}"
+        )
     if "use_dcn_in_tower" in facts and bool(facts["use_dcn_in_tower"]) != (tower_dcn is not None):
-        wrong.append(f"{h}.use_dcn_in_tower = {facts['use_dcn_in_tower']} but the towers have "
-                     f"{'no ' if tower_dcn is None else ''}deformable convs")
+        wrong.append(
+            f"{h}.use_dcn_in_tower = {facts['use_dcn_in_tower']} but the towers have "
+            f"{'no ' if tower_dcn is None else ''}deformable convs"
+        )
     if wrong:
-        raise ConversionError(f"{src}: the checkpoint's meta config text contradicts its weights: " + "; ".join(wrong))
+        raise ConversionError(
+            f"{src}: the checkpoint's meta config text contradicts its weights: " + "; ".join(wrong)
+        )
     out: Dict[str, object] = {}
     if "scale_ranges" in facts:
         out["MODEL.SOLO.SCALE_RANGES"] = facts["scale_ranges"]
@@ -224,7 +244,11 @@ def detect_variant(state, layout, facts: Optional[Dict] = None) -> Dict:
             f"{h}.{n['mask_preds_x']}) among {len(state)} keys like {_short_list(state, 6)}"
             + foreign_hint(state)
         )
-    required = ["backbone.conv1.weight", "neck.lateral_convs.0.conv.weight", f"{h}.{layout.cate_pred[head]}.weight"]
+    required = [
+        "backbone.conv1.weight",
+        "neck.lateral_convs.0.conv.weight",
+        f"{h}.{layout.cate_pred[head]}.weight",
+    ]
     missing = [k for k in required if k not in state]
     if missing:
         raise ConversionError(f"not a {expect}: missing {', '.join(missing)}" + foreign_hint(state))
@@ -239,7 +263,9 @@ def detect_variant(state, layout, facts: Optional[Dict] = None) -> Dict:
     settings: Dict[str, object] = {
         "MODEL.RESNETS.DEPTH": depth,
         "MODEL.RESNETS.STEM_OUT_CHANNELS": int(state["backbone.conv1.weight"].shape[0]),
-        "MODEL.RESNETS.RES2_OUT_CHANNELS": int(state[f"backbone.layer1.0.conv{3 if bottleneck else 2}.weight"].shape[0]),
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": int(
+            state[f"backbone.layer1.0.conv{3 if bottleneck else 2}.weight"].shape[0]
+        ),
         "MODEL.RESNETS.NUM_GROUPS": conv_groups,
         "MODEL.RESNETS.WIDTH_PER_GROUP": width // conv_groups if bottleneck else 64,
     }
@@ -255,9 +281,13 @@ def detect_variant(state, layout, facts: Optional[Dict] = None) -> Dict:
         towers[t] = idx
     num_convs = {len(v) for v in towers.values()}
     if len(num_convs) != 1:
-        raise ConversionError(f"{src}: towers of different depths {towers}; solo_d2 uses one MODEL.SOLO.NUM_CONVS")
+        raise ConversionError(
+            f"{src}: towers of different depths {towers}; solo_d2 uses one MODEL.SOLO.NUM_CONVS"
+        )
     settings["MODEL.SOLO.NUM_CONVS"] = num_convs.pop()
-    settings["MODEL.SOLO.INS_CHANNELS"] = int(state[f"{h}.{n['cate_tower']}.0.conv.weight"].shape[0])
+    settings["MODEL.SOLO.INS_CHANNELS"] = int(
+        state[f"{h}.{n['cate_tower']}.0.conv.weight"].shape[0]
+    )
     if head != "SOLOv2Head":
         # grids from the per-level mask outputs: S^2 (SOLO) or S (decoupled) channels
         grids = []
@@ -275,17 +305,23 @@ def detect_variant(state, layout, facts: Optional[Dict] = None) -> Dict:
 
     stages, modulated, groups = [False] * 4, set(), set()
     for k, v in state.items():
-        m = re.fullmatch(r"backbone\.layer(\d)\.(\d+)\.conv2(?:_offset|\.conv_offset(?:_mask)?)\.weight", k)
+        m = re.fullmatch(
+            r"backbone\.layer(\d)\.(\d+)\.conv2(?:_offset|\.conv_offset(?:_mask)?)\.weight", k
+        )
         if m:
             stages[int(m.group(1)) - 1] = True
             c = int(v.shape[0])
             modulated.add(c % 27 == 0)
             groups.add(c // 27 if c % 27 == 0 else c // 18)
     backbone_dcn = any(stages)
-    settings["MODEL.BACKBONE.NAME"] = "build_resnet_dcn_fpn_backbone" if backbone_dcn else "build_resnet_fpn_backbone"
+    settings["MODEL.BACKBONE.NAME"] = (
+        "build_resnet_dcn_fpn_backbone" if backbone_dcn else "build_resnet_fpn_backbone"
+    )
     if backbone_dcn:
         if len(modulated) != 1 or len(groups) != 1:
-            raise ConversionError(f"{src}: mixed deformable conv kinds in the backbone ({modulated}, groups {groups})")
+            raise ConversionError(
+                f"{src}: mixed deformable conv kinds in the backbone ({modulated}, groups {groups})"
+            )
         settings["MODEL.RESNETS.DEFORM_ON_PER_STAGE"] = stages
         settings["MODEL.RESNETS.DEFORM_MODULATED"] = modulated.pop()
         settings["MODEL.RESNETS.DEFORM_NUM_GROUPS"] = groups.pop()
@@ -299,7 +335,9 @@ def detect_variant(state, layout, facts: Optional[Dict] = None) -> Dict:
         first = f"{mf}.convs_all_levels.0.conv0.conv.weight"
         for k in (pred, first):
             if k not in state:
-                raise ConversionError(f"not a {expect}: SOLOv2 head without its mask-feature head: missing {k}")
+                raise ConversionError(
+                    f"not a {expect}: SOLOv2 head without its mask-feature head: missing {k}"
+                )
         settings["MODEL.SOLO.MASK_FEAT_CHANNELS"] = int(state[pred].shape[0])
         settings["MODEL.SOLO.MASK_MID_CHANNELS"] = int(state[first].shape[0])
         kernel_dim = int(state[f"{h}.{n['kernel_pred']}.weight"].shape[0])
@@ -311,10 +349,16 @@ def detect_variant(state, layout, facts: Optional[Dict] = None) -> Dict:
             )
         levels = _indices(state, rf"{re.escape(mf)}\.convs_all_levels\.(\d+)\.")
         if levels != [0, 1, 2, 3]:
-            raise ConversionError(f"{src}: mask-feature head on levels {levels}; solo_d2 supports P2..P5 (0..3)")
-        mask_dcn = any(re.fullmatch(rf"{re.escape(mf)}\..*\.conv_offset(?:_mask)?\.weight", k) for k in state)
+            raise ConversionError(
+                f"{src}: mask-feature head on levels {levels}; solo_d2 supports P2..P5 (0..3)"
+            )
+        mask_dcn = any(
+            re.fullmatch(rf"{re.escape(mf)}\..*\.conv_offset(?:_mask)?\.weight", k) for k in state
+        )
         settings["MODEL.SOLO.MASK_USE_DCN"] = mask_dcn
-        kind, why = _solov2_kind(src, settings["MODEL.SOLO.NUM_CONVS"], settings["MODEL.SOLO.INS_CHANNELS"], facts)
+        kind, why = _solov2_kind(
+            src, settings["MODEL.SOLO.NUM_CONVS"], settings["MODEL.SOLO.INS_CHANNELS"], facts
+        )
     elif head == "DecoupledSOLOLightHead":
         kind = "light"
     if facts:

@@ -18,6 +18,7 @@ that no ResNet weight of the model is left uninitialized (deformable-conv offset
 and :func:`write_d2_pkl` writes the file. :func:`finish_backbone_conversion` does both; the
 driver calls it for conversions marked ``backbone_only``.
 """
+
 import pickle
 import re
 from typing import Dict, Sequence
@@ -49,10 +50,14 @@ __all__ = [
 SOURCE = "torchvision-resnet"
 
 TORCHVISION_PIXEL_OPTS = [
-    "MODEL.PIXEL_MEAN", "[123.675, 116.28, 103.53]",
-    "MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]",
-    "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-    "INPUT.FORMAT", "RGB",
+    "MODEL.PIXEL_MEAN",
+    "[123.675, 116.28, 103.53]",
+    "MODEL.PIXEL_STD",
+    "[58.395, 57.12, 57.375]",
+    "MODEL.RESNETS.STRIDE_IN_1X1",
+    "False",
+    "INPUT.FORMAT",
+    "RGB",
 ]
 
 # depth -> (config the backbone is verified against, extra overrides); the R18/R34 configs
@@ -67,7 +72,9 @@ _TARGETS = {
 _RESNET_KEY = re.compile(r"(?:^|.*\.)(stem\.conv1|res[2-5]\.\d+)\..*")
 
 
-@register_converter(SOURCE, "torchvision ImageNet ResNet-18/34/50/101 -> Detectron2 backbone initialization (.pkl)")
+@register_converter(
+    SOURCE, "torchvision ImageNet ResNet-18/34/50/101 -> Detectron2 backbone initialization (.pkl)"
+)
 def convert_torchvision_resnet(state) -> Conversion:
     if not state or "conv1.weight" not in state or "layer3.0.conv1.weight" not in state:
         raise ConversionError(
@@ -78,7 +85,10 @@ def convert_torchvision_resnet(state) -> Conversion:
     if depth not in _TARGETS:
         raise ConversionError(f"{SOURCE}: ResNet-{depth} is not supported (18, 34, 50, 101)")
     out = rename_keys(
-        state, torchvision_resnet_rules("", ""), source=SOURCE, drop=[r"fc\..*", r".*num_batches_tracked"]
+        state,
+        torchvision_resnet_rules("", ""),
+        source=SOURCE,
+        drop=[r"fc\..*", r".*num_batches_tracked"],
     )
     config, opts = _TARGETS[depth]
     return Conversion(
@@ -93,7 +103,9 @@ def convert_torchvision_resnet(state) -> Conversion:
     )
 
 
-def verify_backbone_init(state: Dict[str, torch.Tensor], config: str, opts: Sequence[str] = (), *, source: str = SOURCE):
+def verify_backbone_init(
+    state: Dict[str, torch.Tensor], config: str, opts: Sequence[str] = (), *, source: str = SOURCE
+):
     """Raise ConversionError unless ``state`` (unprefixed ResNet names) initializes the whole
     ResNet of ``config``'s model through Detectron2's suffix matching: every tensor matched
     (equal shapes), every ResNet parameter/buffer of the model covered except deformable offsets.
@@ -104,25 +116,39 @@ def verify_backbone_init(state: Dict[str, torch.Tensor], config: str, opts: Sequ
     ckpt = {k: torch.as_tensor(v) for k, v in state.items()}
     aligned = align_and_update_state_dicts(model_state, dict(ckpt), c2_conversion=False)
     by_id = {id(v): k for k, v in ckpt.items()}
-    matched = {mk: by_id[id(v)] for mk, v in aligned.items() if id(v) in by_id and mk in model_state}
+    matched = {
+        mk: by_id[id(v)] for mk, v in aligned.items() if id(v) in by_id and mk in model_state
+    }
     unused = sorted(set(ckpt) - set(matched.values()))
     resnet_keys = [
-        k for k in model_state
-        if _RESNET_KEY.fullmatch(k) and ".conv_offset." not in k and not k.endswith("num_batches_tracked")
+        k
+        for k in model_state
+        if _RESNET_KEY.fullmatch(k)
+        and ".conv_offset." not in k
+        and not k.endswith("num_batches_tracked")
     ]
     uncovered = sorted(set(resnet_keys) - set(matched))
     if unused or uncovered:
-        parts = [f"converted {source} backbone does not fit {config}" + (f" {list(opts)}" if opts else "")]
+        parts = [
+            f"converted {source} backbone does not fit {config}"
+            + (f" {list(opts)}" if opts else "")
+        ]
         if unused:
-            parts.append(f"{len(unused)} tensors match no model weight of that shape: {_short_list(unused)}")
+            parts.append(
+                f"{len(unused)} tensors match no model weight of that shape: {_short_list(unused)}"
+            )
         if uncovered:
-            parts.append(f"{len(uncovered)} ResNet weights of the model not initialized: "
-                         f"{_short_list(uncovered)}")
+            parts.append(
+                f"{len(uncovered)} ResNet weights of the model not initialized: "
+                f"{_short_list(uncovered)}"
+            )
         raise ConversionError("\n  ".join(parts))
     return matched
 
 
-def write_d2_pkl(state: Dict[str, torch.Tensor], out_path: str, author: str = "torchvision") -> None:
+def write_d2_pkl(
+    state: Dict[str, torch.Tensor], out_path: str, author: str = "torchvision"
+) -> None:
     """Write ``{"model": numpy arrays, "__author__": author, "matching_heuristics": True}``
     atomically (nothing is left at ``out_path`` on failure)."""
     if author == "Caffe2":
@@ -138,11 +164,15 @@ def write_d2_pkl(state: Dict[str, torch.Tensor], out_path: str, author: str = "t
         )
 
 
-def finish_backbone_conversion(result: Conversion, out_path: str, *, source: str = SOURCE) -> Conversion:
+def finish_backbone_conversion(
+    result: Conversion, out_path: str, *, source: str = SOURCE
+) -> Conversion:
     """Verification and writing of a ``backbone_only`` conversion (instead of the strict ones)."""
     if not out_path.endswith(".pkl"):
-        raise ConversionError(f"{source} writes a Detectron2 .pkl (matching heuristics); name the "
-                              f"output *.pkl, not {out_path}")
+        raise ConversionError(
+            f"{source} writes a Detectron2 .pkl (matching heuristics); name the "
+            f"output *.pkl, not {out_path}"
+        )
     verify_backbone_init(result.state_dict, result.config, result.opts, source=source)
     write_d2_pkl(result.state_dict, out_path)
     return result

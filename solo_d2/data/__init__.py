@@ -3,8 +3,20 @@
 Importing this package registers the synthetic datasets and points Detectron2's builtin
 Cityscapes names at solo_d2's Cityscapes loaders (see :mod:`.datasets`, :mod:`.cityscapes`).
 """
-from .cityscapes import load_cityscapes_instances, load_cityscapes_semantic, register_builtin_cityscapes
-from .datasets import SYNTHETIC_DATASETS, check_dataset, check_image_files, ensure_dataset, get_dataset_root, register_synthetic_datasets
+
+from .cityscapes import (
+    load_cityscapes_instances,
+    load_cityscapes_semantic,
+    register_builtin_cityscapes,
+)
+from .datasets import (
+    SYNTHETIC_DATASETS,
+    check_dataset,
+    check_image_files,
+    ensure_dataset,
+    get_dataset_root,
+    register_synthetic_datasets,
+)
 from .mapper import FileNamingDatasetMapper, ImageReadError
 from .panoptic_datasets import check_panoptic_dataset, load_cityscapes_panoptic
 from .synthetic import generate_synthetic_cityscapes, generate_synthetic_coco

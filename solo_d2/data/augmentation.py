@@ -7,6 +7,7 @@ train: [RandomScale (INPUT.RANDOM_SCALE) | ResizeShortestEdge (INPUT.MIN_SIZE_TR
        [flip (INPUT.RANDOM_FLIP)], [color jitter (INPUT.COLOR_JITTER)]
 test:  [ResizeShortestEdge (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST)] (none when MIN_SIZE_TEST is 0)
 """
+
 from typing import List
 
 import numpy as np
@@ -21,8 +22,10 @@ class RandomScale(T.Augmentation):
     def __init__(self, min_scale: float, max_scale: float, interp=None):
         super().__init__()
         if not 0 < min_scale <= max_scale:
-            raise ValueError("INPUT.RANDOM_SCALE must be [min, max] with 0 < min <= max, got "
-                             f"{[min_scale, max_scale]}")
+            raise ValueError(
+                "INPUT.RANDOM_SCALE must be [min, max] with 0 < min <= max, got "
+                f"{[min_scale, max_scale]}"
+            )
         self.min_scale, self.max_scale = min_scale, max_scale
 
         self.interp = Image.BILINEAR if interp is None else interp
@@ -41,7 +44,9 @@ def _flip(cfg) -> List[T.Augmentation]:
     if mode == "none":
         return []
     if mode not in ("horizontal", "vertical"):
-        raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal', 'vertical' or 'none', got {mode!r}")
+        raise ValueError(
+            f"INPUT.RANDOM_FLIP must be 'horizontal', 'vertical' or 'none', got {mode!r}"
+        )
     return [T.RandomFlip(horizontal=mode == "horizontal", vertical=mode == "vertical")]
 
 
@@ -76,7 +81,9 @@ def build_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
     else:
         augs = [
             T.ResizeShortestEdge(
-                cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+                cfg.INPUT.MIN_SIZE_TRAIN,
+                cfg.INPUT.MAX_SIZE_TRAIN,
+                cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
             )
         ]
     return augs + _crop(cfg) + _flip(cfg) + _color_jitter(cfg.INPUT.COLOR_JITTER)

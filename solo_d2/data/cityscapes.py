@@ -16,6 +16,7 @@ process pool, and it closes its pool (``Pool.map`` keeps the order of the files)
 polygon dilation passes Shapely's ``quad_segs`` (the name of v0.6's ``resolution``
 since Shapely 2.0, which Shapely 2.1 warns about).
 """
+
 import functools
 import inspect
 import json
@@ -26,13 +27,12 @@ from itertools import chain
 
 import numpy as np
 import pycocotools.mask as mask_util
-from PIL import Image
-from shapely.geometry import Polygon as _ShapelyPolygon
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.comm import get_world_size
 from detectron2.utils.file_io import PathManager
+from PIL import Image
+from shapely.geometry import Polygon as _ShapelyPolygon
 
 __all__ = [
     "BUILTIN_CITYSCAPES_DATASETS",
@@ -45,7 +45,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Shapely >= 2.0 names buffer()'s segments per quarter circle `quad_segs`, 1.x `resolution`
-_BUFFER_QUAD_SEGS = "quad_segs" if "quad_segs" in inspect.signature(_ShapelyPolygon.buffer).parameters else "resolution"
+_BUFFER_QUAD_SEGS = (
+    "quad_segs"
+    if "quad_segs" in inspect.signature(_ShapelyPolygon.buffer).parameters
+    else "resolution"
+)
 
 # a split of at most this many images is parsed without a process pool
 SERIAL_MAX_FILES = 64
@@ -105,7 +109,9 @@ def load_cityscapes_instances(image_dir, gt_dir, from_json=True, to_polygons=Tru
     files = _get_cityscapes_files(image_dir, gt_dir)
 
     logger.info("Preprocessing cityscapes annotations ...")
-    to_dict = functools.partial(_cityscapes_files_to_dict, from_json=from_json, to_polygons=to_polygons)
+    to_dict = functools.partial(
+        _cityscapes_files_to_dict, from_json=from_json, to_polygons=to_polygons
+    )
     if len(files) <= SERIAL_MAX_FILES:
         ret = [to_dict(f) for f in files]
     else:
@@ -152,10 +158,10 @@ def load_cityscapes_semantic(image_dir, gt_dir):
             }
         )
     assert len(ret), f"No images found in {image_dir}!"
-    assert PathManager.isfile(
-        ret[0]["sem_seg_file_name"]
-    ), ("Please generate labelTrainIds.png with "
-        "cityscapesscripts/preparation/createTrainIdLabelImgs.py")  # noqa
+    assert PathManager.isfile(ret[0]["sem_seg_file_name"]), (
+        "Please generate labelTrainIds.png with "
+        "cityscapesscripts/preparation/createTrainIdLabelImgs.py"
+    )  # noqa
     return ret
 
 
@@ -297,7 +303,9 @@ def _cityscapes_files_to_dict(files, from_json, to_polygons):
                 # when Mask-RCNN was first developed.
                 import cv2
 
-                contours = cv2.findContours(mask.copy(), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[-2]
+                contours = cv2.findContours(mask.copy(), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[
+                    -2
+                ]
                 polygons = [c.reshape(-1).tolist() for c in contours if len(c) >= 3]
                 # opencv's can produce invalid polygons
                 if len(polygons) == 0:
@@ -324,7 +332,13 @@ def register_builtin_cityscapes():
         if not (hasattr(meta, "image_dir") and hasattr(meta, "gt_dir")):
             continue
         if name.startswith("cityscapes_fine_instance_seg_"):
-            loader = functools.partial(load_cityscapes_instances, meta.image_dir, meta.gt_dir, from_json=True, to_polygons=True)
+            loader = functools.partial(
+                load_cityscapes_instances,
+                meta.image_dir,
+                meta.gt_dir,
+                from_json=True,
+                to_polygons=True,
+            )
         else:
             loader = functools.partial(load_cityscapes_semantic, meta.image_dir, meta.gt_dir)
         DatasetCatalog.remove(name)

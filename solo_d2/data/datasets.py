@@ -27,6 +27,7 @@ their Cityscapes API) and its ``cityscapes_fine_panoptic_*`` names at solo_d2's 
 loader (:func:`.panoptic_datasets.load_cityscapes_panoptic`:
 Detectron2's, right for paths with dots).
 """
+
 import glob
 import logging
 import os
@@ -38,9 +39,17 @@ from detectron2.data.datasets import load_coco_json, register_coco_instances
 from PIL import Image
 from tqdm import tqdm
 
-from .cityscapes import load_cityscapes_instances, load_cityscapes_semantic, register_builtin_cityscapes
+from .cityscapes import (
+    load_cityscapes_instances,
+    load_cityscapes_semantic,
+    register_builtin_cityscapes,
+)
 from .mapper import ImageReadError
-from .panoptic_datasets import SYNTHETIC_PANOPTIC_DATASETS, register_builtin_cityscapes_panoptic, register_synthetic_panoptic
+from .panoptic_datasets import (
+    SYNTHETIC_PANOPTIC_DATASETS,
+    register_builtin_cityscapes_panoptic,
+    register_synthetic_panoptic,
+)
 from .synthetic import COCO_CLASSES, generate_synthetic_cityscapes, generate_synthetic_coco
 from .synthetic_panoptic import generate_synthetic_coco_panoptic
 from .synthetic_panoptic_textured import generate_synthetic_textured_panoptic
@@ -60,13 +69,24 @@ _ROOT = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 SYNTHETIC_DATASETS = {}
 for _split in ("train", "val"):
     SYNTHETIC_DATASETS["synthetic_coco_" + _split] = ("coco", _split, "instance")
-    SYNTHETIC_DATASETS["synthetic_cityscapes_fine_instance_seg_" + _split] = ("cityscapes", _split, "instance")
-    SYNTHETIC_DATASETS["synthetic_cityscapes_fine_sem_seg_" + _split] = ("cityscapes", _split, "sem_seg")
+    SYNTHETIC_DATASETS["synthetic_cityscapes_fine_instance_seg_" + _split] = (
+        "cityscapes",
+        _split,
+        "instance",
+    )
+    SYNTHETIC_DATASETS["synthetic_cityscapes_fine_sem_seg_" + _split] = (
+        "cityscapes",
+        _split,
+        "sem_seg",
+    )
 SYNTHETIC_DATASETS.update(SYNTHETIC_PANOPTIC_DATASETS)  # (kind, split, panoptic variant)
 
-_GENERATORS = {"coco": generate_synthetic_coco, "cityscapes": generate_synthetic_cityscapes,
-               "coco_panoptic": generate_synthetic_coco_panoptic,
-               "textured_panoptic": generate_synthetic_textured_panoptic}
+_GENERATORS = {
+    "coco": generate_synthetic_coco,
+    "cityscapes": generate_synthetic_cityscapes,
+    "coco_panoptic": generate_synthetic_coco_panoptic,
+    "textured_panoptic": generate_synthetic_textured_panoptic,
+}
 _COCO_CMD = (
     "mkdir -p $DETECTRON2_DATASETS/coco && cd $DETECTRON2_DATASETS/coco && "
     "wget http://images.cocodataset.org/zips/{split}.zip "
@@ -97,7 +117,9 @@ def get_dataset_root():
 
 def _coco_paths(root, split):
     base = os.path.join(root, "synthetic_coco")
-    return os.path.join(base, "annotations", "instances_{}.json".format(split)), os.path.join(base, split)
+    return os.path.join(base, "annotations", "instances_{}.json".format(split)), os.path.join(
+        base, split
+    )
 
 
 def _cityscapes_paths(root, split):
@@ -138,13 +160,19 @@ def register_synthetic_datasets(root=None):
             DatasetCatalog.remove(name)  # same loader, but generating the data first
             MetadataCatalog.get(name).set(
                 synthetic_root=root,
-                thing_classes=list(COCO_CLASSES), thing_colors=[(205, 45, 40), (45, 190, 70), (50, 70, 215)]
+                thing_classes=list(COCO_CLASSES),
+                thing_colors=[(205, 45, 40), (45, 190, 70), (50, 70, 215)],
             )
         else:
             image_dir, gt_dir = _cityscapes_paths(root, split)
             evaluator_type = "cityscapes_instance" if task == "instance" else "cityscapes_sem_seg"
             MetadataCatalog.get(name).set(
-                synthetic_root=root, image_dir=image_dir, gt_dir=gt_dir, evaluator_type=evaluator_type, ignore_label=255, **_cityscapes_meta()
+                synthetic_root=root,
+                image_dir=image_dir,
+                gt_dir=gt_dir,
+                evaluator_type=evaluator_type,
+                ignore_label=255,
+                **_cityscapes_meta(),
             )
         DatasetCatalog.register(name, lambda n=name, r=root: _load_synthetic(n, r))
 
@@ -191,7 +219,9 @@ def check_image_files(name, mode="sample", sample_size=IMAGE_SAMPLE_SIZE, seed=0
     ``OSError``) naming each file that cannot be read and why. Returns the number of files checked.
     """
     if mode not in CHECK_IMAGES_MODES:
-        raise ValueError("check_images must be one of {}, got {!r}".format(CHECK_IMAGES_MODES, mode))
+        raise ValueError(
+            "check_images must be one of {}, got {!r}".format(CHECK_IMAGES_MODES, mode)
+        )
     if mode == "none":
         return 0
     dicts = DatasetCatalog.get(name)
@@ -200,23 +230,37 @@ def check_image_files(name, mode="sample", sample_size=IMAGE_SAMPLE_SIZE, seed=0
         index = np.sort(np.random.RandomState(seed).choice(len(dicts), sample_size, replace=False))
     keys = ("file_name", "sem_seg_file_name", "pan_seg_file_name")
     paths = [dicts[i][k] for i in index for k in keys if dicts[i].get(k)]
-    checked = "all {}".format(len(dicts)) if len(index) == len(dicts) else "a sample of {} of {}".format(
-        len(index), len(dicts))
+    checked = (
+        "all {}".format(len(dicts))
+        if len(index) == len(dicts)
+        else "a sample of {} of {}".format(len(index), len(dicts))
+    )
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         shown = missing if mode == "all" else missing[:5]
         raise FileNotFoundError(
             "Dataset '{}': {} of {} image files checked ({} items) are missing, e.g. {}. "
             "Prepare the dataset with: {}{}".format(
-                name, len(missing), len(paths), checked, ", ".join("'{}'".format(m) for m in shown),
+                name,
+                len(missing),
+                len(paths),
+                checked,
+                ", ".join("'{}'".format(m) for m in shown),
                 _prepare_command(name),
-                "" if mode == "all" else " (check_images='all' / --check-images all lists every missing file)",
+                ""
+                if mode == "all"
+                else " (check_images='all' / --check-images all lists every missing file)",
             )
         )
     if mode == "all":
         _decode_all(name, dicts, paths, progress)
-    logging.getLogger(__name__).info("Dataset '%s': %d image files checked (%s)%s", name, len(paths), mode,
-                                     ", all decoded" if mode == "all" else ", all present")
+    logging.getLogger(__name__).info(
+        "Dataset '%s': %d image files checked (%s)%s",
+        name,
+        len(paths),
+        mode,
+        ", all decoded" if mode == "all" else ", all present",
+    )
     return len(paths)
 
 
@@ -242,7 +286,8 @@ def _decode(path, label_range):
     bad = [int(v) for v in values if v >= num_classes and v != ignore]
     if bad:
         return "label values {} are neither a class index (0..{}) nor the ignore label {}".format(
-            bad[:10], num_classes - 1, ignore)
+            bad[:10], num_classes - 1, ignore
+        )
     return None
 
 
@@ -252,8 +297,11 @@ def _decode_all(name, dicts, paths, progress):
     unique = list(dict.fromkeys(paths))
     problems = {}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, tqdm(
-        total=len(unique), desc="Decoding the images of '{}'".format(name), unit="file",
-        disable=not progress, mininterval=1.0,
+        total=len(unique),
+        desc="Decoding the images of '{}'".format(name),
+        unit="file",
+        disable=not progress,
+        mininterval=1.0,
     ) as bar:
         results = pool.map(lambda p: _decode(p, label_range if p in labels else None), unique)
         for path, reason in zip(unique, results):
@@ -264,7 +312,11 @@ def _decode_all(name, dicts, paths, progress):
         raise ImageReadError(
             "Dataset '{}': {} of {} files cannot be read; fix or remove them (or their dataset "
             "items) before training:\n{}".format(
-                name, len(problems), len(unique), "\n".join("  '{}': {}".format(p, r) for p, r in problems.items()))
+                name,
+                len(problems),
+                len(unique),
+                "\n".join("  '{}': {}".format(p, r) for p, r in problems.items()),
+            )
         )
 
 
@@ -281,19 +333,31 @@ def check_dataset(name, check_images="sample", sample_size=IMAGE_SAMPLE_SIZE):
     list of metadata paths that were checked.
     """
     if check_images not in CHECK_IMAGES_MODES:
-        raise ValueError("check_images must be one of {}, got {!r}".format(CHECK_IMAGES_MODES, check_images))
+        raise ValueError(
+            "check_images must be one of {}, got {!r}".format(CHECK_IMAGES_MODES, check_images)
+        )
     registered = DatasetCatalog.list()
     if name not in registered:
         raise KeyError(
             "Dataset '{}' is not registered. Register your own data before the config is built: "
             "tools/train_net.py --register-coco {} JSON IMAGE_DIR (or --register-sem-seg / "
             "--register-coco-panoptic), or Detectron2's register_coco_instances in Python; see "
-            "docs/CUSTOM_DATA.md. Registered datasets: {}".format(name, name, ", ".join(sorted(registered)))
+            "docs/CUSTOM_DATA.md. Registered datasets: {}".format(
+                name, name, ", ".join(sorted(registered))
+            )
         )
     ensure_dataset(name)
     meta = MetadataCatalog.get(name)
     checked = []
-    for key in ("json_file", "image_root", "image_dir", "gt_dir", "sem_seg_root", "panoptic_root", "panoptic_json"):
+    for key in (
+        "json_file",
+        "image_root",
+        "image_dir",
+        "gt_dir",
+        "sem_seg_root",
+        "panoptic_root",
+        "panoptic_json",
+    ):
         path = getattr(meta, key, None) if hasattr(meta, key) else None
         if not isinstance(path, str):
             continue

@@ -7,6 +7,7 @@ added: a file that cannot be read raises :class:`ImageReadError` (an ``OSError``
 ``file_name`` (and ``sem_seg_file_name``); other errors while mapping an item are
 logged with the item's file name and re-raised unchanged.
 """
+
 import logging
 
 from detectron2.data import DatasetMapper
@@ -38,7 +39,9 @@ class FileNamingDatasetMapper(DatasetMapper):
                 "Cannot read the image of dataset item {}: {}: {}. The file is missing, "
                 "truncated or corrupt; re-download or remove it (tools/train_net.py "
                 "--check-images all, or solo_d2.data.check_dataset(name, check_images='all'), "
-                "decodes every image before training).".format(_describe(dataset_dict), type(e).__name__, e)
+                "decodes every image before training).".format(
+                    _describe(dataset_dict), type(e).__name__, e
+                )
             ) from e
         except Exception:
             logger.error("Error while mapping dataset item %s", _describe(dataset_dict))

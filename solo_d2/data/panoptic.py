@@ -12,6 +12,7 @@
 :func:`panoptic_class_maps` gives the two id maps, from the dataset's metadata, that the mapper
 uses one way and the model (its output ``segments_info``) the other way.
 """
+
 import copy
 from typing import Dict, List, Tuple
 
@@ -80,15 +81,22 @@ class PanopticDatasetMapper(FileNamingDatasetMapper):
             cid = seg["category_id"]
             if seg.get("isthing", cid in self._thing_index):
                 if cid not in self._thing_index:
-                    raise ValueError(f"{self.dataset_name}: segment {seg['id']} has thing category "
-                                     f"{cid}, not in the metadata")
+                    raise ValueError(
+                        f"{self.dataset_name}: segment {seg['id']} has thing category "
+                        f"{cid}, not in the metadata"
+                    )
                 sem[mask] = 0
                 if seg.get("iscrowd", 0) or not mask.any():
                     continue
                 ys, xs = np.nonzero(mask)
                 annos.append(
                     {
-                        "bbox": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)],
+                        "bbox": [
+                            float(xs.min()),
+                            float(ys.min()),
+                            float(xs.max() + 1),
+                            float(ys.max() + 1),
+                        ],
                         "bbox_mode": BoxMode.XYXY_ABS,
                         "category_id": self._thing_index[cid],
                         "segmentation": mask_util.encode(np.asfortranarray(mask.astype(np.uint8))),
@@ -97,8 +105,10 @@ class PanopticDatasetMapper(FileNamingDatasetMapper):
                 )
             else:
                 if cid not in self._stuff_label:
-                    raise ValueError(f"{self.dataset_name}: segment {seg['id']} has stuff category "
-                                     f"{cid}, not in the metadata")
+                    raise ValueError(
+                        f"{self.dataset_name}: segment {seg['id']} has stuff category "
+                        f"{cid}, not in the metadata"
+                    )
                 sem[mask] = self._stuff_label[cid]
         return sem, annos
 
@@ -125,9 +135,13 @@ class PanopticDatasetMapper(FileNamingDatasetMapper):
                 annos = d.pop("annotations", [])
         except (OSError, SyntaxError) as e:  # PIL: truncated / unidentified / missing file
             files = ", ".join(
-                f"{k}={dataset_dict[k]}" for k in ("file_name", "pan_seg_file_name", "sem_seg_file_name") if k in dataset_dict
+                f"{k}={dataset_dict[k]}"
+                for k in ("file_name", "pan_seg_file_name", "sem_seg_file_name")
+                if k in dataset_dict
             )
-            raise ImageReadError(f"Cannot read dataset item {files}: {type(e).__name__}: {e}") from e
+            raise ImageReadError(
+                f"Cannot read dataset item {files}: {type(e).__name__}: {e}"
+            ) from e
         aug = T.AugInput(image, sem_seg=sem)
         transforms = self.augmentations(aug)
         image, sem = aug.image, aug.sem_seg

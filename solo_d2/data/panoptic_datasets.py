@@ -28,6 +28,7 @@ first dot (Detectron2 v0.6 and main give a wrong ``sem_seg_file_name``, and fail
 dataset root with a dot in it, e.g. ``./datasets``); :func:`register_builtin_cityscapes_panoptic`
 points the builtin ``cityscapes_fine_panoptic_*`` names at it, keeping their metadata.
 """
+
 import functools
 import json
 import os
@@ -38,7 +39,11 @@ from detectron2.data.datasets.cityscapes_panoptic import get_cityscapes_panoptic
 from detectron2.utils.file_io import PathManager
 
 from .synthetic import generate_synthetic_cityscapes
-from .synthetic_panoptic import PANOPTIC_CATEGORIES, coco_panoptic_paths, generate_synthetic_coco_panoptic
+from .synthetic_panoptic import (
+    PANOPTIC_CATEGORIES,
+    coco_panoptic_paths,
+    generate_synthetic_coco_panoptic,
+)
 from .synthetic_panoptic_textured import (
     TEXTURED_PANOPTIC_CATEGORIES,
     TEXTURED_PANOPTIC_DERIVED_SPLITS,
@@ -61,14 +66,41 @@ PANOPTIC_EVALUATOR_TYPES = ("coco_panoptic_seg", "cityscapes_panoptic_seg")
 # name -> (kind of generator, split, variant)
 SYNTHETIC_PANOPTIC_DATASETS = {}
 for _split in ("train", "val"):
-    SYNTHETIC_PANOPTIC_DATASETS["synthetic_coco_panoptic_" + _split] = ("coco_panoptic", _split, "standard")
-    SYNTHETIC_PANOPTIC_DATASETS["synthetic_coco_panoptic_{}_separated".format(_split)] = ("coco_panoptic", _split, "separated")
-    SYNTHETIC_PANOPTIC_DATASETS["synthetic_coco_panoptic_{}_stuffonly".format(_split)] = ("coco_panoptic", _split, "stuffonly")
-    SYNTHETIC_PANOPTIC_DATASETS["synthetic_cityscapes_fine_panoptic_" + _split] = ("cityscapes", _split, "cityscapes")
+    SYNTHETIC_PANOPTIC_DATASETS["synthetic_coco_panoptic_" + _split] = (
+        "coco_panoptic",
+        _split,
+        "standard",
+    )
+    SYNTHETIC_PANOPTIC_DATASETS["synthetic_coco_panoptic_{}_separated".format(_split)] = (
+        "coco_panoptic",
+        _split,
+        "separated",
+    )
+    SYNTHETIC_PANOPTIC_DATASETS["synthetic_coco_panoptic_{}_stuffonly".format(_split)] = (
+        "coco_panoptic",
+        _split,
+        "stuffonly",
+    )
+    SYNTHETIC_PANOPTIC_DATASETS["synthetic_cityscapes_fine_panoptic_" + _split] = (
+        "cityscapes",
+        _split,
+        "cityscapes",
+    )
 for _split in ("train", "val", *TEXTURED_PANOPTIC_DERIVED_SPLITS):
-    SYNTHETIC_PANOPTIC_DATASETS["synthetic_textured_panoptic_" + _split] = ("textured_panoptic", _split, "standard")
-    SYNTHETIC_PANOPTIC_DATASETS["synthetic_textured_panoptic_{}_separated".format(_split)] = ("textured_panoptic", _split, "separated")
-BUILTIN_CITYSCAPES_PANOPTIC_DATASETS = ("cityscapes_fine_panoptic_train", "cityscapes_fine_panoptic_val")
+    SYNTHETIC_PANOPTIC_DATASETS["synthetic_textured_panoptic_" + _split] = (
+        "textured_panoptic",
+        _split,
+        "standard",
+    )
+    SYNTHETIC_PANOPTIC_DATASETS["synthetic_textured_panoptic_{}_separated".format(_split)] = (
+        "textured_panoptic",
+        _split,
+        "separated",
+    )
+BUILTIN_CITYSCAPES_PANOPTIC_DATASETS = (
+    "cityscapes_fine_panoptic_train",
+    "cityscapes_fine_panoptic_val",
+)
 
 
 def coco_panoptic_standard_metadata(categories):
@@ -81,8 +113,12 @@ def coco_panoptic_standard_metadata(categories):
         "stuff_classes": [c["name"] for c in categories],
         "stuff_colors": [c["color"] for c in categories],
     }
-    meta["thing_dataset_id_to_contiguous_id"] = {c["id"]: i for i, c in enumerate(categories) if c["isthing"]}
-    meta["stuff_dataset_id_to_contiguous_id"] = {c["id"]: i for i, c in enumerate(categories) if not c["isthing"]}
+    meta["thing_dataset_id_to_contiguous_id"] = {
+        c["id"]: i for i, c in enumerate(categories) if c["isthing"]
+    }
+    meta["stuff_dataset_id_to_contiguous_id"] = {
+        c["id"]: i for i, c in enumerate(categories) if not c["isthing"]
+    }
     return meta
 
 
@@ -99,7 +135,8 @@ def coco_panoptic_separated_metadata(categories, things_color=(82, 18, 128)):
         "thing_classes": [c["name"] for c in things],
         "thing_colors": [c["color"] for c in things],
         "stuff_dataset_id_to_contiguous_id": stuff_map,
-        "stuff_classes": ["things"] + [c["name"].replace("-other", "").replace("-merged", "") for c in stuff],
+        "stuff_classes": ["things"]
+        + [c["name"].replace("-other", "").replace("-merged", "") for c in stuff],
         "stuff_colors": [list(things_color)] + [c["color"] for c in stuff],
     }
 
@@ -108,8 +145,14 @@ def cityscapes_panoptic_metadata():
     """Class and id metadata of Detectron2's ``cityscapes_fine_panoptic_*`` (copied from its
     ``register_all_cityscapes_panoptic`` registration: contiguous id = Cityscapes train id)."""
     meta = MetadataCatalog.get("cityscapes_fine_panoptic_train")
-    keys = ("thing_classes", "thing_colors", "stuff_classes", "stuff_colors",
-            "thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")
+    keys = (
+        "thing_classes",
+        "thing_colors",
+        "stuff_classes",
+        "stuff_colors",
+        "thing_dataset_id_to_contiguous_id",
+        "stuff_dataset_id_to_contiguous_id",
+    )
     return {k: getattr(meta, k) for k in keys}
 
 
@@ -127,26 +170,37 @@ def load_cityscapes_panoptic(image_dir, gt_dir, gt_json, meta):
     with open(gt_json) as f:
         json_info = json.load(f)
     ret = []
-    for image_file, label_file, segments_info in get_cityscapes_panoptic_files(image_dir, gt_dir, json_info):
+    for image_file, label_file, segments_info in get_cityscapes_panoptic_files(
+        image_dir, gt_dir, json_info
+    ):
         for seg in segments_info:
             cid = seg["category_id"]
             things = meta["thing_dataset_id_to_contiguous_id"]
-            seg["category_id"] = things[cid] if cid in things else meta["stuff_dataset_id_to_contiguous_id"][cid]
+            seg["category_id"] = (
+                things[cid] if cid in things else meta["stuff_dataset_id_to_contiguous_id"][cid]
+            )
         ret.append(
             {
                 "file_name": image_file,
-                "image_id": "_".join(os.path.splitext(os.path.basename(image_file))[0].split("_")[:3]),
-                "sem_seg_file_name": os.path.splitext(image_file)[0].replace("leftImg8bit", "gtFine") + "_labelTrainIds.png",
+                "image_id": "_".join(
+                    os.path.splitext(os.path.basename(image_file))[0].split("_")[:3]
+                ),
+                "sem_seg_file_name": os.path.splitext(image_file)[0].replace(
+                    "leftImg8bit", "gtFine"
+                )
+                + "_labelTrainIds.png",
                 "pan_seg_file_name": label_file,
                 "segments_info": segments_info,
             }
         )
     assert len(ret), f"No images found in {image_dir}!"
     assert PathManager.isfile(ret[0]["sem_seg_file_name"]), (
-        "Please generate labelTrainIds.png with `python datasets/prepare_cityscapes.py`: " + ret[0]["sem_seg_file_name"]
+        "Please generate labelTrainIds.png with `python datasets/prepare_cityscapes.py`: "
+        + ret[0]["sem_seg_file_name"]
     )
     assert PathManager.isfile(ret[0]["pan_seg_file_name"]), (
-        "Please generate panoptic annotation with cityscapesscripts' createPanopticImgs: " + ret[0]["pan_seg_file_name"]
+        "Please generate panoptic annotation with cityscapesscripts' createPanopticImgs: "
+        + ret[0]["pan_seg_file_name"]
     )
     return ret
 
@@ -174,11 +228,23 @@ def register_synthetic_panoptic(root):
         name = "synthetic_coco_panoptic_" + split
         if name not in registered:
             p = coco_panoptic_paths(root, split)
-            register_coco_panoptic(name, coco_panoptic_standard_metadata(PANOPTIC_CATEGORIES),
-                                   p["image_root"], p["panoptic_root"], p["panoptic_json"], p["instances_json"])
-            register_coco_panoptic_separated(name, coco_panoptic_separated_metadata(PANOPTIC_CATEGORIES),
-                                             p["image_root"], p["panoptic_root"], p["panoptic_json"],
-                                             p["sem_seg_root"], p["instances_json"])
+            register_coco_panoptic(
+                name,
+                coco_panoptic_standard_metadata(PANOPTIC_CATEGORIES),
+                p["image_root"],
+                p["panoptic_root"],
+                p["panoptic_json"],
+                p["instances_json"],
+            )
+            register_coco_panoptic_separated(
+                name,
+                coco_panoptic_separated_metadata(PANOPTIC_CATEGORIES),
+                p["image_root"],
+                p["panoptic_root"],
+                p["panoptic_json"],
+                p["sem_seg_root"],
+                p["instances_json"],
+            )
             for n in (name, name + "_separated", name + "_stuffonly"):
                 _rewrap(n, generate_synthetic_coco_panoptic, root)
                 done.append(n)
@@ -189,11 +255,18 @@ def register_synthetic_panoptic(root):
             gt_dir = os.path.join(base, "gtFine", "cityscapes_panoptic_" + split)
             gt_json = gt_dir + ".json"
             meta = cityscapes_panoptic_metadata()
-            DatasetCatalog.register(name, functools.partial(load_cityscapes_panoptic, image_dir, gt_dir, gt_json, meta))
+            DatasetCatalog.register(
+                name, functools.partial(load_cityscapes_panoptic, image_dir, gt_dir, gt_json, meta)
+            )
             MetadataCatalog.get(name).set(
-                panoptic_root=gt_dir, image_root=image_dir, panoptic_json=gt_json,
-                gt_dir=gt_dir.replace("cityscapes_panoptic_", ""), evaluator_type="cityscapes_panoptic_seg",
-                ignore_label=255, label_divisor=1000, **meta,
+                panoptic_root=gt_dir,
+                image_root=image_dir,
+                panoptic_json=gt_json,
+                gt_dir=gt_dir.replace("cityscapes_panoptic_", ""),
+                evaluator_type="cityscapes_panoptic_seg",
+                ignore_label=255,
+                label_divisor=1000,
+                **meta,
             )
             _rewrap(name, generate_synthetic_cityscapes, root)
             done.append(name)
@@ -210,11 +283,23 @@ def _register_textured(root, registered):
         files = TEXTURED_PANOPTIC_DERIVED_SPLITS.get(split, (split,))[0]
         p = coco_panoptic_paths(root, split, TEXTURED_PANOPTIC_NAME, files)
         cats = TEXTURED_PANOPTIC_CATEGORIES
-        register_coco_panoptic(name, coco_panoptic_standard_metadata(cats), p["image_root"],
-                               p["panoptic_root"], p["panoptic_json"], p["instances_json"])
-        register_coco_panoptic_separated(name, coco_panoptic_separated_metadata(cats), p["image_root"],
-                                         p["panoptic_root"], p["panoptic_json"], p["sem_seg_root"],
-                                         p["instances_json"])
+        register_coco_panoptic(
+            name,
+            coco_panoptic_standard_metadata(cats),
+            p["image_root"],
+            p["panoptic_root"],
+            p["panoptic_json"],
+            p["instances_json"],
+        )
+        register_coco_panoptic_separated(
+            name,
+            coco_panoptic_separated_metadata(cats),
+            p["image_root"],
+            p["panoptic_root"],
+            p["panoptic_json"],
+            p["sem_seg_root"],
+            p["instances_json"],
+        )
         for n in (name, name + "_separated"):
             _rewrap(n, generate_synthetic_textured_panoptic, root)
             done.append(n)
@@ -231,9 +316,17 @@ def register_builtin_cityscapes_panoptic():
         if name not in registered:
             continue
         m = MetadataCatalog.get(name)
-        meta = {k: getattr(m, k) for k in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")}
+        meta = {
+            k: getattr(m, k)
+            for k in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")
+        }
         DatasetCatalog.remove(name)
-        DatasetCatalog.register(name, functools.partial(load_cityscapes_panoptic, m.image_root, m.panoptic_root, m.panoptic_json, meta))
+        DatasetCatalog.register(
+            name,
+            functools.partial(
+                load_cityscapes_panoptic, m.image_root, m.panoptic_root, m.panoptic_json, meta
+            ),
+        )
         done.append(name)
     return done
 
@@ -254,10 +347,18 @@ def check_panoptic_dataset(name):
         raise ValueError(
             "Dataset '{}' has no panoptic annotations: its metadata evaluator_type is {!r}, not "
             "one of {} (use a panoptic dataset, e.g. synthetic_coco_panoptic_val, "
-            "coco_2017_val_panoptic(_separated), cityscapes_fine_panoptic_val)".format(name, evaluator_type, ", ".join(PANOPTIC_EVALUATOR_TYPES))
+            "coco_2017_val_panoptic(_separated), cityscapes_fine_panoptic_val)".format(
+                name, evaluator_type, ", ".join(PANOPTIC_EVALUATOR_TYPES)
+            )
         )
-    keys = ("panoptic_root", "panoptic_json", "thing_dataset_id_to_contiguous_id",
-            "stuff_dataset_id_to_contiguous_id", "thing_classes", "stuff_classes")
+    keys = (
+        "panoptic_root",
+        "panoptic_json",
+        "thing_dataset_id_to_contiguous_id",
+        "stuff_dataset_id_to_contiguous_id",
+        "thing_classes",
+        "stuff_classes",
+    )
     missing = [k for k in keys if not hasattr(meta, k)]
     if missing:
         raise ValueError(

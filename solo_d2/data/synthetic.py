@@ -24,6 +24,7 @@ file (written last) that names the generator version and seed. A tree without a
 matching stamp is stale and is replaced, so concurrent processes (pytest-xdist
 workers, several trainers) never see partial data.
 """
+
 import contextlib
 import io
 import json
@@ -96,7 +97,9 @@ def _ensure(target, kind, seed, write_fn):
             except OSError:
                 if os.path.isdir(target) and not stamp_ok(target, kind, seed):
                     # stale or partial tree: move it aside atomically, then delete it
-                    trash = os.path.join(parent, ".{}.stale-{}".format(os.path.basename(target), uuid.uuid4().hex))
+                    trash = os.path.join(
+                        parent, ".{}.stale-{}".format(os.path.basename(target), uuid.uuid4().hex)
+                    )
                     try:
                         os.rename(target, trash)
                         shutil.rmtree(trash, ignore_errors=True)
@@ -106,7 +109,9 @@ def _ensure(target, kind, seed, write_fn):
                     time.sleep(0.1)
         if stamp_ok(target, kind, seed):
             return target
-        raise RuntimeError("Could not move the generated dataset {} into place at {}".format(tmp, target))
+        raise RuntimeError(
+            "Could not move the generated dataset {} into place at {}".format(tmp, target)
+        )
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -126,10 +131,16 @@ def _save_png16(image, path):
     """
     array = np.asarray(image)
     if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
-        raise ValueError("{}: values outside 0..65535 cannot be stored in a 16-bit PNG".format(path))
-    image16 = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint16))  # mode "I;16" on every Pillow
+        raise ValueError(
+            "{}: values outside 0..65535 cannot be stored in a 16-bit PNG".format(path)
+        )
+    image16 = Image.fromarray(
+        np.ascontiguousarray(array, dtype=np.uint16)
+    )  # mode "I;16" on every Pillow
     if image16.mode != "I;16":
-        raise RuntimeError("Pillow made a mode {} image of uint16 data, expected I;16".format(image16.mode))
+        raise RuntimeError(
+            "Pillow made a mode {} image of uint16 data, expected I;16".format(image16.mode)
+        )
     image16.save(path, format="PNG")
 
 
@@ -242,7 +253,10 @@ def _coco_annotations(rng, objects, image_id, next_ann_id):
         if not crowd and bool((vis == obj["mask"]).all()) and rng.random() < 0.75:
             segmentation = [[round(float(v), 2) for v in np.round(obj["poly"], 2).ravel()]]
         else:
-            segmentation = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            segmentation = {
+                "size": [int(s) for s in rle["size"]],
+                "counts": rle["counts"].decode("ascii"),
+            }
         anns.append(
             {
                 "id": next_ann_id + len(anns),
@@ -273,13 +287,21 @@ def _write_coco(out_dir, seed):
             images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
             annotations += _coco_annotations(rng, objects, image_id, len(annotations) + 1)
         data = {
-            "info": {"description": "solo_d2 synthetic COCO-format dataset", "version": str(SYNTHETIC_VERSION)},
+            "info": {
+                "description": "solo_d2 synthetic COCO-format dataset",
+                "version": str(SYNTHETIC_VERSION),
+            },
             "licenses": [],
             "images": images,
             "annotations": annotations,
-            "categories": [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(COCO_CLASSES)],
+            "categories": [
+                {"id": i + 1, "name": c, "supercategory": "shape"}
+                for i, c in enumerate(COCO_CLASSES)
+            ],
         }
-        with open(os.path.join(out_dir, "annotations", "instances_{}.json".format(split)), "w") as f:
+        with open(
+            os.path.join(out_dir, "annotations", "instances_{}.json".format(split)), "w"
+        ) as f:
             json.dump(data, f, sort_keys=True)
 
 
@@ -296,18 +318,43 @@ def ensure_synthetic_coco(root, seed=0):
 
 # thing label: (width, height) in pixels at the bottom of the image (perspective scale 1)
 _CS_THINGS = {
-    "person": (34, 100), "rider": (40, 105), "car": (170, 85), "truck": (210, 140),
-    "bus": (270, 160), "train": (320, 150), "motorcycle": (70, 55), "bicycle": (65, 50),
+    "person": (34, 100),
+    "rider": (40, 105),
+    "car": (170, 85),
+    "truck": (210, 140),
+    "bus": (270, 160),
+    "train": (320, 150),
+    "motorcycle": (70, 55),
+    "bicycle": (65, 50),
 }
 # (relative x, relative y) outlines in a unit box; y grows downwards, bottom at 1
 _CS_OUTLINES = {
-    "person": [(0.35, 0), (0.65, 0), (0.7, 0.2), (1, 0.35), (0.85, 0.6), (0.75, 1), (0.25, 1), (0.15, 0.6), (0, 0.35), (0.3, 0.2)],
+    "person": [
+        (0.35, 0),
+        (0.65, 0),
+        (0.7, 0.2),
+        (1, 0.35),
+        (0.85, 0.6),
+        (0.75, 1),
+        (0.25, 1),
+        (0.15, 0.6),
+        (0, 0.35),
+        (0.3, 0.2),
+    ],
     "car": [(0.2, 0), (0.75, 0), (0.9, 0.4), (1, 0.5), (1, 1), (0, 1), (0, 0.5), (0.1, 0.4)],
     "vehicle": [(0.03, 0), (0.97, 0), (1, 0.05), (1, 1), (0, 1), (0, 0.05)],
     "two_wheeler": [(0.3, 0), (0.7, 0), (1, 0.6), (0.8, 1), (0.2, 1), (0, 0.6)],
 }
-_CS_OUTLINE_OF = {"person": "person", "rider": "person", "car": "car", "truck": "vehicle", "bus": "vehicle",
-                  "train": "vehicle", "motorcycle": "two_wheeler", "bicycle": "two_wheeler"}
+_CS_OUTLINE_OF = {
+    "person": "person",
+    "rider": "person",
+    "car": "car",
+    "truck": "vehicle",
+    "bus": "vehicle",
+    "train": "vehicle",
+    "motorcycle": "two_wheeler",
+    "bicycle": "two_wheeler",
+}
 
 
 def _int_poly(points):
@@ -321,38 +368,123 @@ def _cityscapes_objects(rng, index, h, w):
     xs = np.linspace(0, w - 1, int(rng.integers(5, 10)))
     tops = rng.integers(15, horizon - 20, size=len(xs))
     skyline = [(x, t) for x0, x1, t in zip(xs[:-1], xs[1:], tops) for x in (x0, x1)]
-    objs.append({"label": "building", "polygon": _int_poly(skyline + [(w - 1, horizon + 5), (0, horizon + 5)])})
+    objs.append(
+        {
+            "label": "building",
+            "polygon": _int_poly(skyline + [(w - 1, horizon + 5), (0, horizon + 5)]),
+        }
+    )
     for _ in range(int(rng.integers(1, 4))):  # trees
         cx, r = rng.uniform(0, w), rng.uniform(15, 45)
         t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
-        objs.append({"label": "vegetation", "polygon": _int_poly(zip(cx + r * np.cos(t), horizon - r * 0.6 + r * np.sin(t)))})
-    objs.append({"label": "terrain", "polygon": _int_poly([(0, horizon), (w - 1, horizon), (w - 1, h - 1), (0, h - 1)])})
+        objs.append(
+            {
+                "label": "vegetation",
+                "polygon": _int_poly(zip(cx + r * np.cos(t), horizon - r * 0.6 + r * np.sin(t))),
+            }
+        )
+    objs.append(
+        {
+            "label": "terrain",
+            "polygon": _int_poly([(0, horizon), (w - 1, horizon), (w - 1, h - 1), (0, h - 1)]),
+        }
+    )
     vl, vr = rng.uniform(0.35, 0.45) * w, rng.uniform(0.55, 0.65) * w
-    objs.append({"label": "sidewalk", "polygon": _int_poly([(vl - 40, horizon), (vr + 40, horizon), (w - 1, h - 50), (w - 1, h - 1), (0, h - 1), (0, h - 50)])})
-    objs.append({"label": "road", "polygon": _int_poly([(vl, horizon), (vr, horizon), (w - 1, h - 20), (w - 1, h - 1), (0, h - 1), (0, h - 20)])})
+    objs.append(
+        {
+            "label": "sidewalk",
+            "polygon": _int_poly(
+                [
+                    (vl - 40, horizon),
+                    (vr + 40, horizon),
+                    (w - 1, h - 50),
+                    (w - 1, h - 1),
+                    (0, h - 1),
+                    (0, h - 50),
+                ]
+            ),
+        }
+    )
+    objs.append(
+        {
+            "label": "road",
+            "polygon": _int_poly(
+                [
+                    (vl, horizon),
+                    (vr, horizon),
+                    (w - 1, h - 20),
+                    (w - 1, h - 1),
+                    (0, h - 1),
+                    (0, h - 20),
+                ]
+            ),
+        }
+    )
     px = rng.uniform(0.05, 0.95) * w
-    objs.append({"label": "pole", "polygon": _int_poly([(px, horizon - 70), (px + 3, horizon - 70), (px + 3, horizon + 25), (px, horizon + 25)])})
-    objs.append({"label": "traffic sign", "polygon": _int_poly([(px - 6, horizon - 80), (px + 9, horizon - 80), (px + 9, horizon - 66), (px - 6, horizon - 66)])})
+    objs.append(
+        {
+            "label": "pole",
+            "polygon": _int_poly(
+                [
+                    (px, horizon - 70),
+                    (px + 3, horizon - 70),
+                    (px + 3, horizon + 25),
+                    (px, horizon + 25),
+                ]
+            ),
+        }
+    )
+    objs.append(
+        {
+            "label": "traffic sign",
+            "polygon": _int_poly(
+                [
+                    (px - 6, horizon - 80),
+                    (px + 9, horizon - 80),
+                    (px + 9, horizon - 66),
+                    (px - 6, horizon - 66),
+                ]
+            ),
+        }
+    )
 
     things = []
     if index % 6 != 5:  # every sixth image has no thing instances at all
         labels = list(_CS_THINGS)
         for _ in range(int(rng.integers(2, 9))):
-            things.append((labels[int(rng.integers(0, len(labels)))], int(rng.integers(horizon + 4, h - 18))))
+            things.append(
+                (labels[int(rng.integers(0, len(labels)))], int(rng.integers(horizon + 4, h - 18)))
+            )
         if index % 3 == 0:  # a crowd ("group") region, as annotated in Cityscapes
-            things.append(("persongroup" if index % 2 else "cargroup", int(rng.integers(horizon + 10, h - 30))))
+            things.append(
+                (
+                    "persongroup" if index % 2 else "cargroup",
+                    int(rng.integers(horizon + 10, h - 30)),
+                )
+            )
     for label, bottom in sorted(things, key=lambda t: t[1]):  # far objects first, near ones on top
         scale = (bottom - horizon) / float(h - horizon)
         base = label[: -len("group")] if label.endswith("group") else label
         bw, bh = _CS_THINGS[base]
-        width = max(3.0, bw * scale * rng.uniform(0.8, 1.2) * (3.0 if label.endswith("group") else 1.0))
+        width = max(
+            3.0, bw * scale * rng.uniform(0.8, 1.2) * (3.0 if label.endswith("group") else 1.0)
+        )
         height = max(4.0, bh * scale * rng.uniform(0.8, 1.2))
         x0 = rng.uniform(-0.2 * width, w - 0.8 * width)
         outline = np.asarray(_CS_OUTLINES[_CS_OUTLINE_OF[base]], dtype=float)
-        pts = np.stack([x0 + outline[:, 0] * width, bottom - height + outline[:, 1] * height], axis=1)
+        pts = np.stack(
+            [x0 + outline[:, 0] * width, bottom - height + outline[:, 1] * height], axis=1
+        )
         pts = np.clip(pts, 0, [w - 1, h - 1])
         objs.append({"label": label, "polygon": _int_poly(pts)})
-    ego = [(0, h - 1), (w - 1, h - 1), (w - 1, h - 8), (0.75 * w, h - 14), (0.25 * w, h - 14), (0, h - 8)]
+    ego = [
+        (0, h - 1),
+        (w - 1, h - 1),
+        (w - 1, h - 8),
+        (0.75 * w, h - 14),
+        (0.25 * w, h - 14),
+        (0, h - 8),
+    ]
     objs.append({"label": "ego vehicle", "polygon": _int_poly(ego)})
     return objs
 
@@ -398,12 +530,18 @@ def _write_cityscapes(out_dir, seed):
             os.makedirs(gt_dir, exist_ok=True)
             json_path = os.path.join(gt_dir, stem + "_gtFine_polygons.json")
             with open(json_path, "w") as f:
-                json.dump({"imgHeight": h, "imgWidth": w, "objects": _cityscapes_objects(rng, i, h, w)}, f, indent=1)
+                json.dump(
+                    {"imgHeight": h, "imgWidth": w, "objects": _cityscapes_objects(rng, i, h, w)},
+                    f,
+                    indent=1,
+                )
             annotation = Annotation()
             annotation.fromJsonFile(json_path)
             label_ids = createLabelImage(annotation, "ids")
             label_ids.save(os.path.join(gt_dir, stem + "_gtFine_labelIds.png"))
-            createLabelImage(annotation, "trainIds").save(os.path.join(gt_dir, stem + "_gtFine_labelTrainIds.png"))
+            createLabelImage(annotation, "trainIds").save(
+                os.path.join(gt_dir, stem + "_gtFine_labelTrainIds.png")
+            )
             instance_ids = createInstanceImage(annotation, "ids")
             _save_png16(instance_ids, os.path.join(gt_dir, stem + "_gtFine_instanceIds.png"))
             image = _cityscapes_image(rng, np.asarray(label_ids), np.asarray(instance_ids))
@@ -417,7 +555,9 @@ def _write_cityscapes(out_dir, seed):
 
 def generate_synthetic_cityscapes(root, seed=0):
     """Write ``<root>/synthetic_cityscapes`` (if missing or stale) and return its path."""
-    return _ensure(os.path.join(root, "synthetic_cityscapes"), "cityscapes", seed, _write_cityscapes)
+    return _ensure(
+        os.path.join(root, "synthetic_cityscapes"), "cityscapes", seed, _write_cityscapes
+    )
 
 
 def ensure_synthetic_cityscapes(root, seed=0):

@@ -30,6 +30,7 @@ category color, the first instance of a thing class its category color, further 
 color jittered (so the R, G and B bytes of an id all vary). Generation is seeded and atomic
 (temporary directory + rename + stamp), like :mod:`.synthetic`.
 """
+
 import json
 import os
 
@@ -62,7 +63,13 @@ PANOPTIC_SPLITS = {"train": 24, "val": 8}
 ONLY_STUFF_INDEX = 1  # this image of each split is all stuff: no thing, no void pixel
 _THING_COLORS = [(205, 45, 40), (45, 190, 70), (50, 70, 215)]
 PANOPTIC_CATEGORIES = [
-    {"id": i + 1, "name": c, "isthing": 1, "color": list(_THING_COLORS[i]), "supercategory": "shape"}
+    {
+        "id": i + 1,
+        "name": c,
+        "isthing": 1,
+        "color": list(_THING_COLORS[i]),
+        "supercategory": "shape",
+    }
     for i, c in enumerate(COCO_CLASSES)
 ] + [
     {"id": 5, "name": "sky", "isthing": 0, "color": [135, 200, 235], "supercategory": "stuff"},
@@ -76,7 +83,7 @@ _SKY, _GROUND, _WALL = 1, 2, 3  # stuff layout labels (index into _STUFF plus on
 def id2rgb(ids):
     """``[H, W, 3]`` uint8 RGB encoding of an ``[H, W]`` id map (inverse of :func:`rgb2id`)."""
     ids = np.asarray(ids).astype(np.int64)
-    if ids.min(initial=0) < 0 or ids.max(initial=0) >= 256 ** 3:
+    if ids.min(initial=0) < 0 or ids.max(initial=0) >= 256**3:
         raise ValueError("panoptic ids must be in 0..256^3-1")
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
 
@@ -122,7 +129,9 @@ def coco_panoptic_paths(root, split, name="synthetic_coco_panoptic", image_split
 def _stuff_layout(rng, index, h, w):
     """``[H, W]`` uint8: 1 sky, 2 ground, 3 wall, 0 void."""
     yy, xx = np.mgrid[0:h, 0:w]
-    horizon = rng.uniform(0.3, 0.6) * h + rng.uniform(2, 12) * np.sin(2 * np.pi * xx / rng.uniform(80, 240) + rng.uniform(0, 6.3))
+    horizon = rng.uniform(0.3, 0.6) * h + rng.uniform(2, 12) * np.sin(
+        2 * np.pi * xx / rng.uniform(80, 240) + rng.uniform(0, 6.3)
+    )
     layout = np.where(yy < horizon, _SKY, _GROUND).astype(np.uint8)
     if index % 3 == 0:  # indoors: wall instead of sky
         layout[yy < horizon] = _WALL
@@ -136,7 +145,12 @@ def _stuff_layout(rng, index, h, w):
     if index != ONLY_STUFF_INDEX:
         layout[np.abs(yy + 0.5 - horizon) < 1.5] = 0  # unlabeled band along the horizon
         if index % 5 == 3:  # an unlabeled blob
-            cx, cy, rx, ry = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(10, 40), rng.uniform(8, 30)
+            cx, cy, rx, ry = (
+                rng.uniform(0, w),
+                rng.uniform(0, h),
+                rng.uniform(10, 40),
+                rng.uniform(8, 30),
+            )
             layout[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1] = 0
     return layout
 
@@ -153,7 +167,9 @@ def _stuff_image(rng, layout):
     img[layout == _GROUND] = ground + rng.normal(0, 14, size=((layout == _GROUND).sum(), 3))
     brick = ((yy // 8) % 2 == 0) ^ (((xx + 8 * ((yy // 8) % 2)) // 16) % 2 == 0)
     wall = np.array([120.0, 120.0, 125.0]) + rng.uniform(-15, 15, 3)
-    img[layout == _WALL] = (wall[None, None, :] * np.where(brick, 1.0, 0.8)[:, :, None])[layout == _WALL]
+    img[layout == _WALL] = (wall[None, None, :] * np.where(brick, 1.0, 0.8)[:, :, None])[
+        layout == _WALL
+    ]
     void = layout == 0
     img[void] = rng.uniform(0, 255, size=(void.sum(), 3))
     return img
@@ -172,7 +188,12 @@ class _IdGenerator:
         if not category["isthing"]:
             return int(rgb2id(color))
         while color in self.taken:
-            color = tuple(int(v) for v in np.clip(np.array(category["color"]) + self.rng.integers(-30, 31, 3), 0, 255))
+            color = tuple(
+                int(v)
+                for v in np.clip(
+                    np.array(category["color"]) + self.rng.integers(-30, 31, 3), 0, 255
+                )
+            )
         self.taken.add(color)
         return int(rgb2id(color))
 
@@ -180,10 +201,17 @@ class _IdGenerator:
 def _bbox(mask):
     """COCO panoptic bbox ``[x, y, w, h]`` (ints) of a non-empty mask."""
     ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    return [
+        int(xs.min()),
+        int(ys.min()),
+        int(xs.max() - xs.min() + 1),
+        int(ys.max() - ys.min() + 1),
+    ]
 
 
-def _panoptic_image(rng, index, h, w, categories=PANOPTIC_CATEGORIES, layout_fn=_stuff_layout, image_fn=_stuff_image):
+def _panoptic_image(
+    rng, index, h, w, categories=PANOPTIC_CATEGORIES, layout_fn=_stuff_layout, image_fn=_stuff_image
+):
     """One image: (image uint8, panoptic ids [H, W] int64, segments_info, thing objects).
     ``layout_fn(rng, index, h, w)`` gives the stuff layout (0 void, ``j`` = j-th stuff category
     of ``categories``), ``image_fn(rng, layout)`` its pixels."""
@@ -209,7 +237,9 @@ def _panoptic_image(rng, index, h, w, categories=PANOPTIC_CATEGORIES, layout_fn=
             pan[mask] = segments[-1]["id"]
     for obj, vis in zip(objects, visible):
         cat = [c for c in categories if c["isthing"]][COCO_CLASSES.index(obj["cls"])]
-        segments.append({"id": new_id(cat), "category_id": cat["id"], "iscrowd": int(obj["poly"] is None)})
+        segments.append(
+            {"id": new_id(cat), "category_id": cat["id"], "iscrowd": int(obj["poly"] is None)}
+        )
         pan[vis] = segments[-1]["id"]
     for seg in segments:
         mask = pan == seg["id"]
@@ -218,7 +248,9 @@ def _panoptic_image(rng, index, h, w, categories=PANOPTIC_CATEGORIES, layout_fn=
     return image, pan, segments, objects
 
 
-def _write_coco_panoptic(out_dir, seed, splits=PANOPTIC_SPLITS, categories=PANOPTIC_CATEGORIES, **scene):
+def _write_coco_panoptic(
+    out_dir, seed, splits=PANOPTIC_SPLITS, categories=PANOPTIC_CATEGORIES, **scene
+):
     """Write the splits ``{split: image count}`` of a synthetic COCO panoptic tree into
     ``out_dir``; ``scene``: ``layout_fn`` / ``image_fn`` of :func:`_panoptic_image`. Returns
     ``{split: (panoptic json dict, instances json dict)}``."""
@@ -226,7 +258,10 @@ def _write_coco_panoptic(out_dir, seed, splits=PANOPTIC_SPLITS, categories=PANOP
     written = {}
     for split_index, (split, count) in enumerate(splits.items()):
         paths = coco_panoptic_paths(os.path.dirname(out_dir), split)
-        dirs = {k: os.path.join(out_dir, os.path.basename(paths[k])) for k in ("image_root", "panoptic_root", "sem_seg_root")}
+        dirs = {
+            k: os.path.join(out_dir, os.path.basename(paths[k]))
+            for k in ("image_root", "panoptic_root", "sem_seg_root")
+        }
         for d in dirs.values():
             os.makedirs(d)
         images, annotations, instances = [], [], []
@@ -236,11 +271,18 @@ def _write_coco_panoptic(out_dir, seed, splits=PANOPTIC_SPLITS, categories=PANOP
             w = 320 + 16 * int(rng.integers(-2, 3))
             image, pan, segments, objects = _panoptic_image(rng, i, h, w, categories, **scene)
             image_id, stem = i + 1, "{:06d}".format(i)
-            Image.fromarray(image).save(os.path.join(dirs["image_root"], stem + ".jpg"), format="JPEG", quality=95)
+            Image.fromarray(image).save(
+                os.path.join(dirs["image_root"], stem + ".jpg"), format="JPEG", quality=95
+            )
             _save_png(id2rgb(pan), os.path.join(dirs["panoptic_root"], stem + ".png"))
-            _save_png(semantic_from_panoptic(pan, segments, categories), os.path.join(dirs["sem_seg_root"], stem + ".png"))
+            _save_png(
+                semantic_from_panoptic(pan, segments, categories),
+                os.path.join(dirs["sem_seg_root"], stem + ".png"),
+            )
             images.append({"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w})
-            annotations.append({"image_id": image_id, "file_name": stem + ".png", "segments_info": segments})
+            annotations.append(
+                {"image_id": image_id, "file_name": stem + ".png", "segments_info": segments}
+            )
             instances += _coco_annotations(rng, objects, image_id, len(instances) + 1)
         written[split] = _panoptic_jsons(images, annotations, instances, categories)
         write_panoptic_jsons(out_dir, split, *written[split])
@@ -250,9 +292,23 @@ def _write_coco_panoptic(out_dir, seed, splits=PANOPTIC_SPLITS, categories=PANOP
 def _panoptic_jsons(images, annotations, instances, categories):
     """(panoptic json dict, instances json dict) of these images."""
     info = {"description": "solo_d2 synthetic COCO panoptic dataset", "version": "1"}
-    panoptic = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
-    thing_categories = [{k: c[k] for k in ("id", "name", "supercategory")} for c in categories if c["isthing"]]
-    coco = {"info": info, "licenses": [], "images": images, "annotations": instances, "categories": thing_categories}
+    panoptic = {
+        "info": info,
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+    thing_categories = [
+        {k: c[k] for k in ("id", "name", "supercategory")} for c in categories if c["isthing"]
+    ]
+    coco = {
+        "info": info,
+        "licenses": [],
+        "images": images,
+        "annotations": instances,
+        "categories": thing_categories,
+    }
     return panoptic, coco
 
 
@@ -265,5 +321,6 @@ def write_panoptic_jsons(out_dir, split, panoptic, coco):
 
 def generate_synthetic_coco_panoptic(root, seed=0):
     """Write ``<root>/synthetic_coco_panoptic`` (if missing or stale) and return its path."""
-    return _ensure(os.path.join(root, "synthetic_coco_panoptic"), "coco_panoptic", seed, _write_coco_panoptic)
-
+    return _ensure(
+        os.path.join(root, "synthetic_coco_panoptic"), "coco_panoptic", seed, _write_coco_panoptic
+    )

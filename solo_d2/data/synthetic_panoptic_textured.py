@@ -13,13 +13,19 @@ Splits (same file layout as :mod:`.synthetic_panoptic`): ``train`` (96 images) a
 and two json-only splits of ``train`` to choose settings on without touching ``val``: ``fit``
 (its first 72 images) and ``holdout`` (its last 24).
 """
+
 import os
 
 import numpy as np
 
 from .synthetic import _ensure
-from .synthetic_panoptic import PANOPTIC_CATEGORIES, ONLY_STUFF_INDEX, _panoptic_jsons, _write_coco_panoptic
-from .synthetic_panoptic import write_panoptic_jsons
+from .synthetic_panoptic import (
+    ONLY_STUFF_INDEX,
+    PANOPTIC_CATEGORIES,
+    _panoptic_jsons,
+    _write_coco_panoptic,
+    write_panoptic_jsons,
+)
 
 __all__ = [
     "TEXTURED_PANOPTIC_CATEGORIES",
@@ -32,14 +38,19 @@ __all__ = [
 TEXTURED_PANOPTIC_NAME = "synthetic_textured_panoptic"
 TEXTURED_PANOPTIC_SPLITS = {"train": 96, "val": 24}
 # split -> (the split whose files it uses, slice of that split's images)
-TEXTURED_PANOPTIC_DERIVED_SPLITS = {"fit": ("train", slice(0, 72)), "holdout": ("train", slice(72, 96))}
+TEXTURED_PANOPTIC_DERIVED_SPLITS = {
+    "fit": ("train", slice(0, 72)),
+    "holdout": ("train", slice(72, 96)),
+}
 TEXTURED_PANOPTIC_CATEGORIES = [c for c in PANOPTIC_CATEGORIES if c["isthing"]] + [
     {"id": 5, "name": "sky", "isthing": 0, "color": [135, 200, 235], "supercategory": "stuff"},
     {"id": 6, "name": "grass", "isthing": 0, "color": [70, 150, 60], "supercategory": "stuff"},
     {"id": 8, "name": "wall", "isthing": 0, "color": [150, 120, 110], "supercategory": "stuff"},
     {"id": 11, "name": "road", "isthing": 0, "color": [110, 110, 115], "supercategory": "stuff"},
 ]
-_TREND = np.array([1.2, 0.0, 0.2, -1.0])  # sky, grass, wall, road: field bias at the top minus the bottom
+_TREND = np.array(
+    [1.2, 0.0, 0.2, -1.0]
+)  # sky, grass, wall, road: field bias at the top minus the bottom
 
 
 def _smooth_field(rng, h, w, cells):
@@ -67,7 +78,12 @@ def _textured_layout(rng, index, h, w):
         layout[order[-1] - order[-2] < margin] = 0  # unlabeled borders between regions
         if index % 5 == 3:  # an unlabeled blob
             yy2, xx2 = np.mgrid[0:h, 0:w]
-            cx, cy, rx, ry = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(10, 40), rng.uniform(8, 30)
+            cx, cy, rx, ry = (
+                rng.uniform(0, w),
+                rng.uniform(0, h),
+                rng.uniform(10, 40),
+                rng.uniform(8, 30),
+            )
             layout[((xx2 - cx) / rx) ** 2 + ((yy2 - cy) / ry) ** 2 < 1] = 0
     return layout
 
@@ -96,8 +112,12 @@ def _textured_image(rng, layout):
 
 def _write_textured(out_dir, seed):
     written = _write_coco_panoptic(
-        out_dir, seed, TEXTURED_PANOPTIC_SPLITS, TEXTURED_PANOPTIC_CATEGORIES,
-        layout_fn=_textured_layout, image_fn=_textured_image,
+        out_dir,
+        seed,
+        TEXTURED_PANOPTIC_SPLITS,
+        TEXTURED_PANOPTIC_CATEGORIES,
+        layout_fn=_textured_layout,
+        image_fn=_textured_image,
     )
     for split, (source, part) in TEXTURED_PANOPTIC_DERIVED_SPLITS.items():
         panoptic, coco = written[source]
@@ -105,9 +125,15 @@ def _write_textured(out_dir, seed):
         ids = {im["id"] for im in images}
         annotations = [a for a in panoptic["annotations"] if a["image_id"] in ids]
         instances = [a for a in coco["annotations"] if a["image_id"] in ids]
-        write_panoptic_jsons(out_dir, split, *_panoptic_jsons(images, annotations, instances, TEXTURED_PANOPTIC_CATEGORIES))
+        write_panoptic_jsons(
+            out_dir,
+            split,
+            *_panoptic_jsons(images, annotations, instances, TEXTURED_PANOPTIC_CATEGORIES),
+        )
 
 
 def generate_synthetic_textured_panoptic(root, seed=0):
     """Write ``<root>/synthetic_textured_panoptic`` (if missing or stale) and return its path."""
-    return _ensure(os.path.join(root, TEXTURED_PANOPTIC_NAME), "textured_panoptic", seed, _write_textured)
+    return _ensure(
+        os.path.join(root, TEXTURED_PANOPTIC_NAME), "textured_panoptic", seed, _write_textured
+    )

@@ -1,5 +1,4 @@
 from .launch import launch
-from .output_lock import OutputDirLock, OutputDirLockedError
 from .model_metadata import (
     Predictor,
     WeightsMismatchError,
@@ -8,6 +7,7 @@ from .model_metadata import (
     model_metadata,
     read_checkpoint_metadata,
 )
+from .output_lock import OutputDirLock, OutputDirLockedError
 from .trainer import (
     Trainer,
     build_optimizer_param_groups,

@@ -6,6 +6,7 @@ To behave the same on both, CPU training with several workers
 sets up the global gloo group and detectron2's per-machine local group exactly as
 detectron2's worker does, then runs the same ``main_func``.
 """
+
 import logging
 import os
 import sys
@@ -48,7 +49,9 @@ def launch(
                 f"--num-gpus {num_gpus_per_machine} needs CUDA, which is not available; "
                 "train on CPU workers with --num-gpus 0 --num-cpu-workers N"
             )
-        return d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args=args)
+        return d2_launch(
+            main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args=args
+        )
     workers = max(num_cpu_workers, 1)
     world_size = workers * num_machines
     if world_size == 1:
@@ -66,10 +69,14 @@ def launch(
     )
 
 
-def _cpu_worker(local_rank, main_func, world_size, workers_per_machine, machine_rank, dist_url, args, timeout):
+def _cpu_worker(
+    local_rank, main_func, world_size, workers_per_machine, machine_rank, dist_url, args, timeout
+):
     rank = machine_rank * workers_per_machine + local_rank
     try:
-        dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
+        dist.init_process_group(
+            "gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
+        )
     except Exception:
         logging.getLogger(__name__).error("Process group URL: %s", dist_url)
         raise

@@ -18,6 +18,7 @@ therefore holds :class:`OutputDirLock` for the whole run:
 Only the launching process takes it (the process that runs ``launch`` on machine rank 0;
 worker processes never do), so it is held exactly as long as the whole job runs.
 """
+
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ def _process_start(pid: int):
     except OSError:
         return None
     try:  # the command name (field 2) may contain spaces; fields after ')' are fixed
-        return int(stat[stat.rindex(")") + 2:].split()[19])
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
     except (ValueError, IndexError):
         return None
 
@@ -147,7 +148,9 @@ class OutputDirLock:
                 except OSError:
                     time.sleep(0.05)
             self._token = None
-            raise OutputDirLockedError(f"Could not take the lock {self.path} (contended); try again")
+            raise OutputDirLockedError(
+                f"Could not take the lock {self.path} (contended); try again"
+            )
         finally:
             os.remove(tmp)
 
@@ -157,8 +160,12 @@ class OutputDirLock:
             "Two runs in one OUTPUT_DIR would mix their metrics.json, config.yaml and checkpoints. "
             "Wait for it to finish, or choose another OUTPUT_DIR. If that run is known to be gone "
             "(e.g. it ran on another host), delete {}.".format(
-                self.output_dir, holder.get("pid"), holder.get("host"), holder.get("started"),
-                holder.get("command"), self.path,
+                self.output_dir,
+                holder.get("pid"),
+                holder.get("host"),
+                holder.get("started"),
+                holder.get("command"),
+                self.path,
             )
         )
 

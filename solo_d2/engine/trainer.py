@@ -39,6 +39,7 @@ Differences from ``DefaultTrainer``:
   ``EvalHook`` also evaluates after an exception in the last iteration, printing AP tables of
   a model that never finished (and the crash below them).
 """
+
 import itertools
 import json
 import logging
@@ -48,7 +49,12 @@ from typing import Any, Dict, List
 
 import torch
 from detectron2.config import get_cfg as d2_get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
@@ -112,7 +118,9 @@ def build_optimizer_param_groups(cfg, model: torch.nn.Module) -> List[Dict[str, 
                 continue
             seen.add(id(p))
             full = f"{module_name}.{pname}" if module_name else pname
-            lr = s.BASE_LR * (s.HEAD_LR_MULTIPLIER if prefixes and full.startswith(prefixes) else 1.0)
+            lr = s.BASE_LR * (
+                s.HEAD_LR_MULTIPLIER if prefixes and full.startswith(prefixes) else 1.0
+            )
             if _is_norm(module):
                 wd = s.WEIGHT_DECAY_NORM
             elif pname == "bias":
@@ -124,7 +132,9 @@ def build_optimizer_param_groups(cfg, model: torch.nn.Module) -> List[Dict[str, 
         names = [n for n, _ in model.named_parameters()]
         for pre in prefixes:
             if not any(n.startswith(pre) for n in names):
-                raise ValueError(f"SOLVER.HEAD_PARAM_PREFIXES entry {pre!r} matches no parameter of the model")
+                raise ValueError(
+                    f"SOLVER.HEAD_PARAM_PREFIXES entry {pre!r} matches no parameter of the model"
+                )
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
@@ -146,7 +156,11 @@ def _to_naive_sync_bn(module: torch.nn.Module) -> None:
     for name, child in module.named_children():
         if type(child) is torch.nn.BatchNorm2d:
             sync = NaiveSyncBatchNorm(
-                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
             )
             sync.load_state_dict(child.state_dict())
             sync.train(child.training)
@@ -198,7 +212,9 @@ def check_num_classes(cfg) -> None:
     the config value, the dataset and its count.
     """
     arch = cfg.MODEL.META_ARCHITECTURE
-    if arch == "SOLOPanoptic":  # thing and stuff counts from the panoptic metadata, names the dataset
+    if (
+        arch == "SOLOPanoptic"
+    ):  # thing and stuff counts from the panoptic metadata, names the dataset
         registered = set(DatasetCatalog.list())
         for name in cfg.DATASETS.TRAIN:
             if name in registered:
@@ -207,19 +223,33 @@ def check_num_classes(cfg) -> None:
     if "SOLO" in arch.upper():
         key, value, attr = "MODEL.SOLO.NUM_CLASSES", cfg.MODEL.SOLO.NUM_CLASSES, "thing_classes"
     elif "SEGMENTOR" in arch.upper():
-        key, value, attr = "MODEL.SEM_SEG_HEAD.NUM_CLASSES", cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "stuff_classes"
+        key, value, attr = (
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "stuff_classes",
+        )
     else:
         return
     for name in cfg.DATASETS.TRAIN:
         count = _dataset_class_count(name, attr)
         if count is None:
-            logger.warning("Dataset '%s' has no metadata %s; %s=%s is not checked", name, attr, key, value)
+            logger.warning(
+                "Dataset '%s' has no metadata %s; %s=%s is not checked", name, attr, key, value
+            )
         elif count != value:
             raise ValueError(
                 "{}={} does not match the training dataset '{}', which has {} {} ({}). "
                 "Set {} {} (META_ARCHITECTURE {}).".format(
-                    key, value, name, count, attr, ", ".join(map(str, getattr(MetadataCatalog.get(name), attr)[:10]))
-                    + (", ..." if count > 10 else ""), key, count, arch,
+                    key,
+                    value,
+                    name,
+                    count,
+                    attr,
+                    ", ".join(map(str, getattr(MetadataCatalog.get(name), attr)[:10]))
+                    + (", ..." if count > 10 else ""),
+                    key,
+                    count,
+                    arch,
                 )
             )
 
@@ -247,7 +277,9 @@ def check_training_instances(cfg, dataset_dicts) -> int:
         return -1
     thing_ids = set()
     for name in cfg.DATASETS.TRAIN:
-        thing_ids.update(MetadataCatalog.get(name).get("thing_dataset_id_to_contiguous_id", {}).values())
+        thing_ids.update(
+            MetadataCatalog.get(name).get("thing_dataset_id_to_contiguous_id", {}).values()
+        )
     count = sum(_instance_count(d, thing_ids) for d in dataset_dicts)
     if count == 0 and not cfg.DATALOADER.get("ALLOW_NO_INSTANCES", False):
         names = ", ".join("'{}'".format(n) for n in cfg.DATASETS.TRAIN)
@@ -257,7 +289,8 @@ def check_training_instances(cfg, dataset_dicts) -> int:
             "annotations (json 'annotations' with 'segmentation', their image_id and "
             "category_id; see docs/CUSTOM_DATA.md), or set DATALOADER.ALLOW_NO_INSTANCES "
             "True to train on it anyway.".format(
-                names, len(dataset_dicts), cfg.MODEL.META_ARCHITECTURE)
+                names, len(dataset_dicts), cfg.MODEL.META_ARCHITECTURE
+            )
         )
     return count
 
@@ -289,7 +322,11 @@ def trim_metrics(path: str, start_iter: int) -> int:
                 rec = json.loads(line)
             except ValueError:
                 rec = None
-            if isinstance(rec, dict) and isinstance(rec.get("iteration"), int) and rec["iteration"] >= start_iter:
+            if (
+                isinstance(rec, dict)
+                and isinstance(rec.get("iteration"), int)
+                and rec["iteration"] >= start_iter
+            ):
                 dropped += 1
             elif line.strip():
                 kept.append(line if line.endswith("\n") else line + "\n")
@@ -304,7 +341,9 @@ class Trainer(DefaultTrainer):
         check_num_classes(cfg)  # before anything is built
         # DefaultTrainer.__init__ with a DDP wrapper that also works on CPU workers (compat)
         init_default_trainer(
-            self, cfg, wrap_model=_create_ddp_model,
+            self,
+            cfg,
+            wrap_model=_create_ddp_model,
             checkpointables={CHECKPOINT_KEY: DatasetMetadataCheckpointable(training_metadata(cfg))},
         )
 
@@ -326,8 +365,10 @@ class Trainer(DefaultTrainer):
         if "_trainer" in state_dict:
             inner_trainer(self).load_state_dict(state_dict["_trainer"])
         else:
-            logger.warning("The checkpoint has no optimizer state (written by detectron2 v0.6's trainer?); "
-                           "resuming with a fresh optimizer")
+            logger.warning(
+                "The checkpoint has no optimizer state (written by detectron2 v0.6's trainer?); "
+                "resuming with a fresh optimizer"
+            )
 
     def resume_or_load(self, resume=True):
         """detectron2's ``resume_or_load``; when resuming at iteration k > 0, also drop
@@ -346,14 +387,21 @@ class Trainer(DefaultTrainer):
         path = os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")
         dropped = trim_metrics(path, start_iter)
         if dropped:
-            logger.info("Resuming at iteration %d: dropped %d records of later iterations from %s",
-                        start_iter, dropped, path)
+            logger.info(
+                "Resuming at iteration %d: dropped %d records of later iterations from %s",
+                start_iter,
+                dropped,
+                path,
+            )
             reopen_json_writers(writers)  # their files were replaced
 
     def build_hooks(self):
         """Detectron2's hooks, with an ``EvalHook`` that skips the final evaluation
         after a crash."""
-        return [FinishedTrainingEvalHook.replacing(h) if type(h) is hooks.EvalHook else h for h in super().build_hooks()]
+        return [
+            FinishedTrainingEvalHook.replacing(h) if type(h) is hooks.EvalHook else h
+            for h in super().build_hooks()
+        ]
 
     @classmethod
     def build_model(cls, cfg):
@@ -371,7 +419,11 @@ class Trainer(DefaultTrainer):
         """detectron2's train loader with solo_d2's augmentation and mapper. With
         ``SEED >= 0`` the sampler is seeded with it; ``start_iter`` skips the samples of
         iterations ``0 .. start_iter - 1`` (resume)."""
-        mapper_cls = PanopticDatasetMapper if cfg.MODEL.META_ARCHITECTURE == "SOLOPanoptic" else FileNamingDatasetMapper
+        mapper_cls = (
+            PanopticDatasetMapper
+            if cfg.MODEL.META_ARCHITECTURE == "SOLOPanoptic"
+            else FileNamingDatasetMapper
+        )
         mapper = mapper_cls(cfg, is_train=True, augmentations=build_augmentation(cfg, True))
         kwargs = train_loader_from_config(cfg, mapper=mapper)
         check_training_instances(cfg, kwargs["dataset"])
@@ -385,7 +437,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=FileNamingDatasetMapper(cfg, False))
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=FileNamingDatasetMapper(cfg, False)
+        )
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -393,7 +447,12 @@ class Trainer(DefaultTrainer):
         name = cfg.SOLVER.OPTIMIZER.upper()
         if name == "SGD":
             opt_cls = _maybe_add_gradient_clipping(cfg, torch.optim.SGD)
-            return opt_cls(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
+            return opt_cls(
+                groups,
+                lr=cfg.SOLVER.BASE_LR,
+                momentum=cfg.SOLVER.MOMENTUM,
+                nesterov=cfg.SOLVER.NESTEROV,
+            )
         if name == "ADAMW":
             opt_cls = _maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
             return opt_cls(groups, lr=cfg.SOLVER.BASE_LR)
@@ -447,6 +506,13 @@ def warn_unused_score_threshold(cfg) -> bool:
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST=%s has no effect on %s models. Their score thresholds "
         "are MODEL.SOLO.SCORE_THR (category score of a candidate, now %s) and "
         "MODEL.SOLO.UPDATE_THR (score after Matrix NMS, now %s): set both to %s for detections "
-        "scoring at least %s (tools/demo.py --confidence-threshold %s does that).", value, cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.SOLO.SCORE_THR,
-        cfg.MODEL.SOLO.UPDATE_THR, value, value, value)
+        "scoring at least %s (tools/demo.py --confidence-threshold %s does that).",
+        value,
+        cfg.MODEL.META_ARCHITECTURE,
+        cfg.MODEL.SOLO.SCORE_THR,
+        cfg.MODEL.SOLO.UPDATE_THR,
+        value,
+        value,
+        value,
+    )
     return True

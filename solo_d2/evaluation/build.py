@@ -1,4 +1,5 @@
 """``build_evaluator``: the evaluator of a dataset, chosen by its metadata ``evaluator_type``."""
+
 import os
 
 from detectron2.data import MetadataCatalog
@@ -13,7 +14,12 @@ from .sem_seg import SemSegEvaluator
 __all__ = ["build_evaluator", "coco_tasks_from_config"]
 
 _EVALUATOR_TYPES = (
-    "coco", "cityscapes_instance", "cityscapes_sem_seg", "sem_seg", "coco_panoptic_seg", "cityscapes_panoptic_seg"
+    "coco",
+    "cityscapes_instance",
+    "cityscapes_sem_seg",
+    "sem_seg",
+    "coco_panoptic_seg",
+    "cityscapes_panoptic_seg",
 )
 
 
@@ -69,7 +75,10 @@ def build_evaluator(cfg, dataset_name, output_folder=None, distributed=True):
         return COCOPanopticEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "cityscapes_panoptic_seg":
         return DatasetEvaluators(
-            [COCOPanopticEvaluator(dataset_name, output_dir=output_folder), CityscapesPanopticEvaluator(dataset_name)]
+            [
+                COCOPanopticEvaluator(dataset_name, output_dir=output_folder),
+                CityscapesPanopticEvaluator(dataset_name),
+            ]
         )
     # solo_d2's SemSegEvaluator: Detectron2's,
     # with v0.6's metrics on v0.6 and main (main changed mIoU)

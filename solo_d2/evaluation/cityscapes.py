@@ -11,6 +11,7 @@ cityscapesscripts package (its defaults do both).
 Single machine only: all ranks write into rank 0's temporary directory; rank 0
 evaluates, other ranks return ``None``.
 """
+
 import copy
 import logging
 import os
@@ -20,11 +21,10 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from PIL import Image
-
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from PIL import Image
 
 __all__ = ["CityscapesInstanceEvaluator", "CityscapesSemSegEvaluator"]
 
@@ -45,9 +45,15 @@ class _CityscapesEvaluator(DatasetEvaluator):
         self._dataset_name = dataset_name
         self._metadata = MetadataCatalog.get(dataset_name)
         if not hasattr(self._metadata, "gt_dir"):
-            raise KeyError("Dataset '{}' has no metadata 'gt_dir' needed by {}".format(dataset_name, type(self).__name__))
+            raise KeyError(
+                "Dataset '{}' has no metadata 'gt_dir' needed by {}".format(
+                    dataset_name, type(self).__name__
+                )
+            )
         if comm.get_world_size() != comm.get_local_size():
-            raise RuntimeError("{} does not support multi-machine evaluation".format(type(self).__name__))
+            raise RuntimeError(
+                "{} does not support multi-machine evaluation".format(type(self).__name__)
+            )
         self._logger = logging.getLogger(__name__)
         self._working_dir = None
 
@@ -72,10 +78,16 @@ class _CityscapesEvaluator(DatasetEvaluator):
 
     def _gathered_pairs(self):
         comm.synchronize()
-        pairs = [p for part in comm.gather(self._pairs, dst=0) for p in part] if comm.is_main_process() else []
+        pairs = (
+            [p for part in comm.gather(self._pairs, dst=0) for p in part]
+            if comm.is_main_process()
+            else []
+        )
         if comm.is_main_process():
             if not pairs:
-                self._logger.warning("{}: no image was processed; nothing to evaluate".format(type(self).__name__))
+                self._logger.warning(
+                    "{}: no image was processed; nothing to evaluate".format(type(self).__name__)
+                )
             missing = [gt for _, gt in pairs if not os.path.isfile(gt)]
             if missing:
                 raise FileNotFoundError(
@@ -171,14 +183,19 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
         args = self._quiet_args(cs_eval)
         args.gtInstancesFile = os.path.join(self._temp_dir, "gtInstances.json")
         preds, gts = [p for p, _ in pairs], [os.path.abspath(g) for _, g in pairs]
-        self._logger.info("Evaluating {} images with cityscapesscripts (instance level) ...".format(len(gts)))
+        self._logger.info(
+            "Evaluating {} images with cityscapesscripts (instance level) ...".format(len(gts))
+        )
         cs_eval.setInstanceLabels(args)
         gt_instances = cs_eval.getGtInstances(gts, args)
         matches = cs_eval.matchGtWithPreds(preds, gts, gt_instances, args)
         averages = cs_eval.computeAverages(cs_eval.evaluateMatches(matches, args), args)
         self._cleanup()
         ret = OrderedDict()
-        ret["segm"] = {"AP": 100.0 * float(averages["allAp"]), "AP50": 100.0 * float(averages["allAp50%"])}
+        ret["segm"] = {
+            "AP": 100.0 * float(averages["allAp"]),
+            "AP50": 100.0 * float(averages["allAp50%"]),
+        }
         for name, cls_avg in averages["classes"].items():
             ret["segm"]["AP-" + name] = 100.0 * float(cls_avg["ap"])
         self._logger.info("Cityscapes instance results: {}".format(dict(ret["segm"])))
@@ -204,7 +221,9 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
                 lut[train_id] = label.id
         for inp, out in zip(inputs, outputs):
             stem, gt_file = self._stem_and_gt(inp["file_name"])
-            train_ids = out["sem_seg"].argmax(dim=0).to(torch.device("cpu")).numpy().astype(np.uint8)
+            train_ids = (
+                out["sem_seg"].argmax(dim=0).to(torch.device("cpu")).numpy().astype(np.uint8)
+            )
             pred_png = os.path.join(self._temp_dir, stem + "_pred.png")
             Image.fromarray(lut[train_ids]).save(pred_png)
             self._pairs.append((pred_png, gt_file))
@@ -225,7 +244,9 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
 
         args = self._quiet_args(cs_eval)
         args.bold = args.nocol = ""
-        self._logger.info("Evaluating {} images with cityscapesscripts (pixel level) ...".format(len(pairs)))
+        self._logger.info(
+            "Evaluating {} images with cityscapesscripts (pixel level) ...".format(len(pairs))
+        )
         results = cs_eval.evaluateImgLists([p for p, _ in pairs], [g for _, g in pairs], args)
         self._cleanup()
         ret = OrderedDict()

@@ -15,6 +15,7 @@ depend on the Detectron2 version. It also reads the label images with ``dtype=in
 (v0.6's ``np.int`` needs NumPy < 1.24). Construction (arguments, metadata) and the
 ``sem_seg_predictions.json`` encoding are Detectron2's.
 """
+
 import itertools
 import json
 import logging
@@ -22,14 +23,13 @@ import os
 from collections import OrderedDict
 
 import numpy as np
-import torch
-from PIL import Image
-
 import pycocotools.mask as mask_util
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 from detectron2.utils.file_io import PathManager
+from PIL import Image
 
 __all__ = ["SemSegEvaluator", "sem_seg_metrics"]
 
@@ -79,7 +79,15 @@ class SemSegEvaluator(DatasetEvaluator):
         num_classes, ignore_label: Detectron2's deprecated overrides of the metadata.
     """
 
-    def __init__(self, dataset_name, distributed=True, output_dir=None, *, num_classes=None, ignore_label=None):
+    def __init__(
+        self,
+        dataset_name,
+        distributed=True,
+        output_dir=None,
+        *,
+        num_classes=None,
+        ignore_label=None,
+    ):
         self._logger = logging.getLogger(__name__)
         self.dataset_name = dataset_name
         self.distributed = distributed
@@ -92,8 +100,10 @@ class SemSegEvaluator(DatasetEvaluator):
         self.class_names = list(meta.stuff_classes)
         self.num_classes = len(self.class_names)
         if num_classes is not None and num_classes != self.num_classes:  # deprecated in Detectron2
-            raise ValueError(f"SemSegEvaluator: num_classes {num_classes} != {self.num_classes} stuff_classes "
-                             f"of dataset '{dataset_name}'")
+            raise ValueError(
+                f"SemSegEvaluator: num_classes {num_classes} != {self.num_classes} stuff_classes "
+                f"of dataset '{dataset_name}'"
+            )
         self.ignore_label = meta.ignore_label if ignore_label is None else ignore_label
         # contiguous id -> dataset id for the json, as Detectron2's evaluator writes it
         id_map = meta.get("stuff_dataset_id_to_contiguous_id")
@@ -138,7 +148,9 @@ class SemSegEvaluator(DatasetEvaluator):
             mask = (sem_seg == label).astype(np.uint8)
             rle = mask_util.encode(np.array(mask[:, :, None], order="F"))[0]
             rle["counts"] = rle["counts"].decode("utf-8")
-            records.append({"file_name": input_file_name, "category_id": dataset_id, "segmentation": rle})
+            records.append(
+                {"file_name": input_file_name, "category_id": dataset_id, "segmentation": rle}
+            )
         return records
 
     def evaluate(self):

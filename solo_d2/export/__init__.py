@@ -5,6 +5,7 @@
 - :class:`BiSeNetExportWrapper`: BiSeNet V1/V2, images ``[N, 3, H, W]`` in, logits
   ``[N, K, H, W]`` (or labels ``[N, H, W]`` with ``argmax``) out.
 """
+
 from ..modeling.backbone.dcn import DeformConvBase
 from ..modeling.bisenet.segmentor import BiSeNetSegmentor
 from ..modeling.solo.meta_arch import SOLO
@@ -39,7 +40,9 @@ def export_wrapper(model, *, argmax: bool = False):
         return SOLOExportWrapper(model).eval()
     if isinstance(model, BiSeNetSegmentor):
         return BiSeNetExportWrapper(model, argmax=argmax).eval()
-    raise TypeError(f"no export wrapper for {type(model).__name__} (SOLO and BiSeNetSegmentor are supported)")
+    raise TypeError(
+        f"no export wrapper for {type(model).__name__} (SOLO and BiSeNetSegmentor are supported)"
+    )
 
 
 def export(wrapper, sample, path: str, fmt: str, *, opset: int = DEFAULT_OPSET):
@@ -57,9 +60,24 @@ def export(wrapper, sample, path: str, fmt: str, *, opset: int = DEFAULT_OPSET):
         )
     if isinstance(wrapper, SOLOExportWrapper):
         axes = {"image": {1: "height", 2: "width"}, "masks": {1: "height", 2: "width"}}
-        return export_onnx(wrapper, sample, path, input_name="image", output_names=SOLO_OUTPUT_NAMES,
-                           dynamic_axes=axes, opset=opset)
+        return export_onnx(
+            wrapper,
+            sample,
+            path,
+            input_name="image",
+            output_names=SOLO_OUTPUT_NAMES,
+            dynamic_axes=axes,
+            opset=opset,
+        )
     out = "labels" if wrapper.argmax else "logits"
     axes = {"images": {0: "batch", 2: "height", 3: "width"}}
     axes[out] = {0: "batch", 1 + (not wrapper.argmax): "height", 2 + (not wrapper.argmax): "width"}
-    return export_onnx(wrapper, sample, path, input_name="images", output_names=[out], dynamic_axes=axes, opset=opset)
+    return export_onnx(
+        wrapper,
+        sample,
+        path,
+        input_name="images",
+        output_names=[out],
+        dynamic_axes=axes,
+        opset=opset,
+    )

@@ -7,7 +7,7 @@ defaults), or with ``argmax=True`` to the labels ``[N, H, W]`` (int64): normaliz
 zero padding to a multiple of 32 (:func:`~solo_d2.modeling.bisenet.tta.predict_padded`),
 the network, cropping back to ``H x W``.
 """
-import torch
+
 from torch import Tensor, nn
 
 from .common import pad_to_multiple

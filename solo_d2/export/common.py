@@ -6,6 +6,7 @@ Everything here is written for tracing: sizes come from ``tensor.shape`` (record
 ``aten::size`` by the tracer, so they stay dynamic) and no Python ``if`` looks at a
 tensor value.
 """
+
 import os
 import warnings
 from typing import Dict, Sequence
@@ -29,7 +30,9 @@ def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
     return F.pad(x, [0, pw - w, 0, ph - h], value=0.0)
 
 
-def export_torchscript(wrapper: torch.nn.Module, sample: torch.Tensor, path: str) -> torch.jit.ScriptModule:
+def export_torchscript(
+    wrapper: torch.nn.Module, sample: torch.Tensor, path: str
+) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` the wrapper on ``sample`` and save it to ``path``."""
     wrapper = wrapper.eval()
     with torch.no_grad():

@@ -28,7 +28,6 @@ so the candidate set is never empty (reductions stay defined), counts are clampe
 masking, never with ``.item()``. Only ``NMS_METHOD: matrix`` is exported (hard mask NMS
 is a sequential loop).
 """
-from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +44,9 @@ __all__ = ["SOLOExportWrapper", "SOLO_OUTPUT_NAMES"]
 SOLO_OUTPUT_NAMES = ("masks", "scores", "classes", "boxes", "num_detections")
 
 
-def matrix_nms_traceable(binary: Tensor, labels: Tensor, scores: Tensor, areas: Tensor, kernel: str, sigma: float) -> Tensor:
+def matrix_nms_traceable(
+    binary: Tensor, labels: Tensor, scores: Tensor, areas: Tensor, kernel: str, sigma: float
+) -> Tensor:
     """Matrix NMS of ``N >= 1`` candidates sorted by score, as
     :func:`~solo_d2.modeling.solo.matrix_nms.matrix_nms` computes it, without size checks."""
     same = (labels[:, None] == labels[None, :]).to(torch.float32)
@@ -60,8 +61,10 @@ class SOLOExportWrapper(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         if model.nms_method != "matrix":
-            raise ValueError("export supports MODEL.SOLO.NMS_METHOD 'matrix' only (mask "
-                             "NMS is a sequential loop)")
+            raise ValueError(
+                "export supports MODEL.SOLO.NMS_METHOD 'matrix' only (mask "
+                "NMS is a sequential loop)"
+            )
         head = model.ins_head
         if isinstance(head, SOLOv2Head):
             self.kind = "solov2"
@@ -81,8 +84,10 @@ class SOLOExportWrapper(nn.Module):
         self.size_divisibility = max(int(self.backbone.size_divisibility), 1)
         for s in self.strides + [4]:
             if self.size_divisibility % s:
-                raise ValueError(f"head stride {s} does not divide the size divisibility "
-                                 f"{self.size_divisibility}")
+                raise ValueError(
+                    f"head stride {s} does not divide the size divisibility "
+                    f"{self.size_divisibility}"
+                )
         self.num_classes = int(head.num_classes)
         self.num_grids = [int(g) for g in head.num_grids]
         self.score_thr = float(model.score_thresh)
@@ -109,7 +114,9 @@ class SOLOExportWrapper(nn.Module):
         for name, stride, fstride in zip(self.in_features, self.strides, self.feature_strides):
             f = feats[name]
             if fstride != stride:  # static: P2 -> 1/8, P6 -> 1/32
-                f = F.interpolate(f, size=(ph // stride, pw // stride), mode="bilinear", align_corners=False)
+                f = F.interpolate(
+                    f, size=(ph // stride, pw // stride), mode="bilinear", align_corners=False
+                )
             level_feats.append(f)
         mask_feats = self.mask_head(feats) if self.mask_head is not None else None
         cate_logits, mask_outputs = self.ins_head(level_feats, mask_feats)
@@ -152,7 +159,9 @@ class SOLOExportWrapper(nn.Module):
         h, w = image.shape[-2], image.shape[-1]
         cate_logits, mask_outputs, ph, pw = self._network(image)
         qh, qw = ph // 4, pw // 4
-        scores = torch.cat([point_nms(c.sigmoid()).flatten(2).transpose(1, 2) for c in cate_logits], dim=1)[0]
+        scores = torch.cat(
+            [point_nms(c.sigmoid()).flatten(2).transpose(1, 2) for c in cate_logits], dim=1
+        )[0]
         flat = scores.reshape(-1)  # [sum S^2 * C], cell-major like keep.nonzero() in eager
         idx = torch.nonzero(flat > self.score_thr)[:, 0]
         # one always-invalid dummy candidate: the candidate set is never empty
@@ -167,11 +176,21 @@ class SOLOExportWrapper(nn.Module):
         binary = soft > self.mask_thr
         areas = binary.flatten(1).sum(dim=1).to(torch.float32)
         maskness = (soft * binary.to(soft.dtype)).flatten(1).sum(dim=1) / areas.clamp(min=1.0)
-        valid = real & (areas > self.stride_of_level.index_select(0, self.level_of_cell.index_select(0, cells)))
+        valid = real & (
+            areas > self.stride_of_level.index_select(0, self.level_of_cell.index_select(0, cells))
+        )
         ranked = torch.where(valid, cand_scores * maskness, torch.full_like(cand_scores, -1.0))
         order = torch.argsort(ranked, descending=True)[: self.nms_pre]
-        soft, binary, areas = soft.index_select(0, order), binary.index_select(0, order), areas.index_select(0, order)
-        labels, ranked, valid = labels.index_select(0, order), ranked.index_select(0, order), valid.index_select(0, order)
+        soft, binary, areas = (
+            soft.index_select(0, order),
+            binary.index_select(0, order),
+            areas.index_select(0, order),
+        )
+        labels, ranked, valid = (
+            labels.index_select(0, order),
+            ranked.index_select(0, order),
+            valid.index_select(0, order),
+        )
 
         # invalid candidates are ranked last, so they never decay a valid one
         decayed = matrix_nms_traceable(binary, labels, ranked, areas, self.kernel, self.sigma)
@@ -179,14 +198,25 @@ class SOLOExportWrapper(nn.Module):
         final = torch.where(keep, decayed, torch.full_like(decayed, -1.0))
         order = torch.argsort(final, descending=True)[: self.max_per_img]
         count = torch.minimum(keep.sum(), self.max_det)
-        soft, labels, final = soft.index_select(0, order), labels.index_select(0, order), final.index_select(0, order)
+        soft, labels, final = (
+            soft.index_select(0, order),
+            labels.index_select(0, order),
+            final.index_select(0, order),
+        )
 
         up = F.interpolate(soft[:, None], size=(ph, pw), mode="bilinear", align_corners=False)
         masks = up[:, 0, :h, :w] > self.mask_thr  # [L, H, W], L = min(K, MAX_PER_IMG)
         m = self.max_per_img
         ok = torch.arange(m, device=image.device) < count
-        masks = torch.cat([masks, masks.new_zeros((m,) + tuple(masks.shape[1:]))])[:m] & ok[:, None, None]
+        masks = (
+            torch.cat([masks, masks.new_zeros((m,) + tuple(masks.shape[1:]))])[:m]
+            & ok[:, None, None]
+        )
         out_scores = torch.cat([final, final.new_zeros(m)])[:m] * ok.to(final.dtype)
-        classes = torch.where(ok, torch.cat([labels, labels.new_zeros(m)])[:m], torch.full_like(ok, -1, dtype=torch.long))
+        classes = torch.where(
+            ok,
+            torch.cat([labels, labels.new_zeros(m)])[:m],
+            torch.full_like(ok, -1, dtype=torch.long),
+        )
         boxes = masks_to_boxes(masks)
         return masks, out_scores, classes, boxes, count

@@ -1,4 +1,5 @@
 """Find solo_d2's YAML configs from a source checkout or an installed package."""
+
 from pathlib import Path
 
 from ..config import get_cfg
@@ -19,7 +20,9 @@ def get_config_file(config_path: str) -> str:
     path = configs_root() / config_path
     if not path.is_file():
         known = sorted(str(p.relative_to(configs_root())) for p in configs_root().rglob("*.yaml"))
-        raise FileNotFoundError(f"{config_path} is not a solo_d2 config; available: {', '.join(known)}")
+        raise FileNotFoundError(
+            f"{config_path} is not a solo_d2 config; available: {', '.join(known)}"
+        )
     return str(path)
 
 

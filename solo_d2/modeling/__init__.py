@@ -1,1 +1,1 @@
-from . import backbone, solo, bisenet  # noqa: F401  (registers meta-archs, heads, backbones)
+from . import backbone, bisenet, solo  # noqa: F401  (registers meta-archs, heads, backbones)

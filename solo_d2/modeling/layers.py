@@ -1,4 +1,5 @@
 """Layer helpers shared by the SOLO and BiSeNet models."""
+
 from detectron2.layers import Conv2d, get_norm
 from torch import nn
 
@@ -6,8 +7,16 @@ __all__ = ["conv_norm_act"]
 
 
 def conv_norm_act(
-    in_ch: int, out_ch: int, kernel_size: int = 3, *, stride: int = 1, groups: int = 1, norm: str = "BN",
-    act: bool = True, conv_cls=Conv2d, kaiming_init: bool = True,
+    in_ch: int,
+    out_ch: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    groups: int = 1,
+    norm: str = "BN",
+    act: bool = True,
+    conv_cls=Conv2d,
+    kaiming_init: bool = True,
 ):
     """``kxk`` conv with 'same' padding -> norm -> ReLU (if ``act``):
     ``[N, in_ch, H, W] -> [N, out_ch, H / stride, W / stride]``.
@@ -19,8 +28,15 @@ def conv_norm_act(
     of the norm (or conv), which neither backward needs, so it is safe in training too."""
     norm_layer = get_norm(norm, out_ch)
     conv = conv_cls(
-        in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups,
-        bias=norm_layer is None, norm=norm_layer, activation=nn.ReLU(inplace=True) if act else None,
+        in_ch,
+        out_ch,
+        kernel_size,
+        stride=stride,
+        padding=kernel_size // 2,
+        groups=groups,
+        bias=norm_layer is None,
+        norm=norm_layer,
+        activation=nn.ReLU(inplace=True) if act else None,
     )
     if kaiming_init:
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")

@@ -1,4 +1,5 @@
 """Distributed helpers shared by the losses."""
+
 import torch
 from detectron2.utils import comm
 

@@ -32,6 +32,7 @@ Convert before calling the predictor:
 - float in [0, 1]: ``(img * 255).round().clip(0, 255).astype(np.uint8)``;
 - CHW tensor: ``t.permute(1, 2, 0).cpu().numpy()``.
 """
+
 import math
 
 import torch
@@ -72,46 +73,97 @@ def check_model_image(image, input_format: str = "BGR", where: str = "model inpu
         where: who checks (e.g. ``"SOLO.preprocess_image"``), the start of the message.
     """
     if not isinstance(image, torch.Tensor):
-        _fail(where, "the image is a {}, not a torch.Tensor".format(type(image).__name__),
-              "Convert an (H, W, 3) array with torch.as_tensor(img.transpose(2, 0, 1).copy()).", input_format)
+        _fail(
+            where,
+            "the image is a {}, not a torch.Tensor".format(type(image).__name__),
+            "Convert an (H, W, 3) array with torch.as_tensor(img.transpose(2, 0, 1).copy()).",
+            input_format,
+        )
     shape = tuple(image.shape)
     if image.dim() == 2:
-        _fail(where, "the image has shape {} (2-D, grayscale?)".format(list(shape)),
-              "Replicate it to 3 channels: image[None].expand(3, -1, -1), or "
-              "cv2.COLOR_GRAY2BGR before DefaultPredictor.", input_format)
+        _fail(
+            where,
+            "the image has shape {} (2-D, grayscale?)".format(list(shape)),
+            "Replicate it to 3 channels: image[None].expand(3, -1, -1), or "
+            "cv2.COLOR_GRAY2BGR before DefaultPredictor.",
+            input_format,
+        )
     if image.dim() == 4:
-        _fail(where, "the image has shape {} (a batch?)".format(list(shape)),
-              "Pass one dict per image, each with a [3, H, W] tensor.", input_format)
+        _fail(
+            where,
+            "the image has shape {} (a batch?)".format(list(shape)),
+            "Pass one dict per image, each with a [3, H, W] tensor.",
+            input_format,
+        )
     if image.dim() != 3:
-        _fail(where, "the image has shape {}".format(list(shape)), "Expected [3, H, W].", input_format)
+        _fail(
+            where, "the image has shape {}".format(list(shape)), "Expected [3, H, W].", input_format
+        )
     if shape[0] != 3:
         if shape[-1] in (3, 4) and shape[0] > 4:
-            _fail(where, "the image has shape {} (HWC layout?)".format(list(shape)),
-                  "Use channels first: image.permute(2, 0, 1){}.".format(
-                      "[:3] (dropping alpha)" if shape[-1] == 4 else ""), input_format)
+            _fail(
+                where,
+                "the image has shape {} (HWC layout?)".format(list(shape)),
+                "Use channels first: image.permute(2, 0, 1){}.".format(
+                    "[:3] (dropping alpha)" if shape[-1] == 4 else ""
+                ),
+                input_format,
+            )
         if shape[0] == 4:
-            _fail(where, "the image has 4 channels {} (RGBA/BGRA?)".format(list(shape)),
-                  "Drop the alpha channel: image[:3] (cv2.COLOR_BGRA2BGR before DefaultPredictor).", input_format)
+            _fail(
+                where,
+                "the image has 4 channels {} (RGBA/BGRA?)".format(list(shape)),
+                "Drop the alpha channel: image[:3] (cv2.COLOR_BGRA2BGR before DefaultPredictor).",
+                input_format,
+            )
         if shape[0] == 1:
-            _fail(where, "the image has 1 channel {} (grayscale?)".format(list(shape)),
-                  "Replicate it to 3 channels: image.expand(3, -1, -1).", input_format)
-        _fail(where, "the image has shape {}".format(list(shape)), "Expected [3, H, W].", input_format)
+            _fail(
+                where,
+                "the image has 1 channel {} (grayscale?)".format(list(shape)),
+                "Replicate it to 3 channels: image.expand(3, -1, -1).",
+                input_format,
+            )
+        _fail(
+            where, "the image has shape {}".format(list(shape)), "Expected [3, H, W].", input_format
+        )
     if shape[1] < 1 or shape[2] < 1:
-        _fail(where, "the image is empty {}".format(list(shape)), "Expected H, W >= 1.", input_format)
+        _fail(
+            where, "the image is empty {}".format(list(shape)), "Expected H, W >= 1.", input_format
+        )
     if image.dtype == torch.uint8:
         return
     if not (image.is_floating_point() or image.dtype in (torch.int16, torch.int32, torch.int64)):
-        _fail(where, "the image has dtype {}".format(image.dtype), "Use uint8 or float32.", input_format)
+        _fail(
+            where,
+            "the image has dtype {}".format(image.dtype),
+            "Use uint8 or float32.",
+            input_format,
+        )
     x = image.detach()
     lo, hi = float(x.min()), float(x.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        _fail(where, "the image has non-finite values (min {}, max {})".format(lo, hi),
-              "Check the image source.", input_format)
+        _fail(
+            where,
+            "the image has non-finite values (min {}, max {})".format(lo, hi),
+            "Check the image source.",
+            input_format,
+        )
     if lo < 0 or hi > 255:
-        _fail(where, "the image values span [{:.4g}, {:.4g}], outside 0..255 (already normalized?)".format(lo, hi),
-              "Pass raw pixel values; the model subtracts MODEL.PIXEL_MEAN and divides "
-              "by MODEL.PIXEL_STD itself.",
-              input_format)
+        _fail(
+            where,
+            "the image values span [{:.4g}, {:.4g}], outside 0..255 (already normalized?)".format(
+                lo, hi
+            ),
+            "Pass raw pixel values; the model subtracts MODEL.PIXEL_MEAN and divides "
+            "by MODEL.PIXEL_STD itself.",
+            input_format,
+        )
     if image.is_floating_point() and 0 < hi <= 1.0 and bool((x != x.round()).any()):
-        _fail(where, "the image values span [{:.4g}, {:.4g}]: a float image scaled to [0, 1]?".format(lo, hi),
-              "Multiply by 255 (MODEL.PIXEL_MEAN/PIXEL_STD are in 0..255 units).", input_format)
+        _fail(
+            where,
+            "the image values span [{:.4g}, {:.4g}]: a float image scaled to [0, 1]?".format(
+                lo, hi
+            ),
+            "Multiply by 255 (MODEL.PIXEL_MEAN/PIXEL_STD are in 0..255 units).",
+            input_format,
+        )

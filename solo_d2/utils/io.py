@@ -1,4 +1,5 @@
 """File writing helpers."""
+
 import os
 import tempfile
 from contextlib import contextmanager
@@ -13,7 +14,9 @@ def atomic_write(path: str, mode: str = "wb"):
     an error the temporary file is removed and ``path`` is left as it was (or absent)."""
     out_dir = os.path.dirname(os.path.abspath(path))
     os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=out_dir, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, mode) as f:
             yield f

@@ -8,6 +8,7 @@
 - :func:`train_frozen_bn_affine` (``MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE``): FrozenBN layers of
   the trainable stages get trainable weights and biases (:class:`FrozenStatsBatchNorm2d`).
 """
+
 from .dcn import DeformConv2d, DeformConvBase, ModulatedDeformConv2d
 from .frozen_stats_bn import FrozenStatsBatchNorm2d, train_frozen_bn_affine
 from .resnet_dcn import build_resnet_dcn_backbone, build_resnet_dcn_fpn_backbone

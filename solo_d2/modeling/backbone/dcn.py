@@ -14,6 +14,7 @@ module only needs torchvision, which runs deformable convs on CPU and GPU.
 Both are drop-in replacements of :class:`detectron2.layers.Conv2d` (``weight``/``bias``/
 ``norm``/``activation``); ``isinstance(m, DeformConvBase)`` finds either.
 """
+
 import torch
 from torch import nn
 from torchvision.ops import deform_conv2d
@@ -36,12 +37,30 @@ class DeformConvBase(nn.Conv2d):
     """
 
     def __init__(
-        self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-        *, deform_groups, modulated, norm, activation,
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        bias,
+        *,
+        deform_groups,
+        modulated,
+        norm,
+        activation,
     ):
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-            dilation=dilation, groups=groups, bias=bias,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
         )
         if in_channels % deform_groups != 0:
             raise ValueError(
@@ -78,8 +97,14 @@ class DeformConvBase(nn.Conv2d):
             offset = out[:, :num_offset]
             mask = out[:, num_offset:].sigmoid() if self.modulated else None
             x = deform_conv2d(
-                x, offset, self.weight, self.bias,
-                stride=self.stride, padding=self.padding, dilation=self.dilation, mask=mask,
+                x,
+                offset,
+                self.weight,
+                self.bias,
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                mask=mask,
             )
         if self.norm is not None:
             x = self.norm(x)
@@ -88,7 +113,10 @@ class DeformConvBase(nn.Conv2d):
         return x
 
     def extra_repr(self):
-        return super().extra_repr() + f", deform_groups={self.deform_groups}, modulated={self.modulated}"
+        return (
+            super().extra_repr()
+            + f", deform_groups={self.deform_groups}, modulated={self.modulated}"
+        )
 
 
 class DeformConv2d(DeformConvBase):
@@ -110,12 +138,33 @@ class DeformConv2d(DeformConvBase):
     """
 
     def __init__(
-        self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, dilation=1, groups=1,
-        bias=True, *, deform_groups=1, norm=None, activation=None,
+        self,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=1,
+        padding=1,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        deform_groups=1,
+        norm=None,
+        activation=None,
     ):
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            deform_groups=deform_groups, modulated=False, norm=norm, activation=activation,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            deform_groups=deform_groups,
+            modulated=False,
+            norm=norm,
+            activation=activation,
         )
 
 
@@ -137,12 +186,34 @@ class ModulatedDeformConv2d(DeformConvBase):
     """
 
     def __init__(
-        self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, dilation=1, groups=1,
-        bias=True, *, deform_groups=1, modulated=True, norm=None, activation=None,
+        self,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=1,
+        padding=1,
+        dilation=1,
+        groups=1,
+        bias=True,
+        *,
+        deform_groups=1,
+        modulated=True,
+        norm=None,
+        activation=None,
     ):
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            deform_groups=deform_groups, modulated=modulated, norm=norm, activation=activation,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            deform_groups=deform_groups,
+            modulated=modulated,
+            norm=norm,
+            activation=activation,
         )
 
 

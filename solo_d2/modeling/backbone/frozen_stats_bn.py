@@ -8,6 +8,7 @@ FrozenBN layers of the trainable stages of a built backbone for :class:`FrozenSt
 (``MODEL.RESNETS.FROZEN_BN_TRAIN_AFFINE``), which computes what mmdetection's BatchNorm in eval
 mode computes, with the same state-dict keys as FrozenBN (checkpoints load unchanged).
 """
+
 import torch
 import torch.nn.functional as F
 from detectron2.layers import FrozenBatchNorm2d
@@ -33,7 +34,9 @@ class FrozenStatsBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.pop(prefix + "num_batches_tracked", None)
@@ -64,7 +67,11 @@ def train_frozen_bn_affine(module: nn.Module) -> int:
     for m in module.modules():
         norm = getattr(m, "norm", None)
         weight = getattr(m, "weight", None)
-        if isinstance(norm, FrozenBatchNorm2d) and isinstance(weight, torch.Tensor) and weight.requires_grad:
+        if (
+            isinstance(norm, FrozenBatchNorm2d)
+            and isinstance(weight, torch.Tensor)
+            and weight.requires_grad
+        ):
             m.norm = FrozenStatsBatchNorm2d.from_frozen(norm)
             count += 1
     return count

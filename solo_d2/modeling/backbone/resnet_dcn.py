@@ -11,6 +11,7 @@ The 3x3 conv (``conv2``) of every block in a deformable stage is replaced by a
 and norm, so parameter names match Detectron2's plain ResNet (ImageNet checkpoints load; only
 ``conv2.conv_offset.*`` is new). Bottleneck (R50+) and basic (R18/R34) blocks both work.
 """
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
@@ -41,7 +42,9 @@ def build_resnet_dcn_backbone(cfg, input_shape: ShapeSpec):
         if not on or stage is None:  # stage absent when OUT_FEATURES stops earlier
             continue
         for block in stage:
-            block.conv2 = deformable_from_conv(block.conv2, deform_groups=groups, modulated=modulated)
+            block.conv2 = deformable_from_conv(
+                block.conv2, deform_groups=groups, modulated=modulated
+            )
     # Freezing ran before the swap: apply it again so new offset convs follow FREEZE_AT.
     resnet.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
     return resnet

@@ -1,4 +1,5 @@
 """BiSeNet V1 and V2 for detectron2 (registers backbones, heads and ``BiSeNetSegmentor``)."""
+
 from .backbone import BiSeNetV1Backbone, SpatialPath, build_bisenet_v1_backbone
 from .backbone_v2 import BiSeNetV2Backbone, build_bisenet_v2_backbone
 from .config import add_bisenet_config

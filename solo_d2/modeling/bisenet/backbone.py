@@ -8,11 +8,11 @@ multiples of 32):
   [N, RES2_OUT_CHANNELS, H/4, W/4] when ``MODEL.BISENET.SPATIAL_SOURCE == "res2"``.
 - ``"res4"``: [N, C4, H/16, W/16] and ``"res5"``: [N, C5, H/32, W/32].
 """
-from torch import nn
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from torch import nn
 
 from ..layers import conv_norm_act
 from .layers import FixedShapeBackbone
@@ -38,14 +38,18 @@ class SpatialPath(nn.Sequential):
 class BiSeNetV1Backbone(FixedShapeBackbone):
     """Wraps a detectron2 ResNet (``self.resnet``) and an optional ``self.spatial_path``."""
 
-    def __init__(self, resnet: Backbone, spatial_path: nn.Module = None, spatial_channels: int = 128):
+    def __init__(
+        self, resnet: Backbone, spatial_path: nn.Module = None, spatial_channels: int = 128
+    ):
         super().__init__()
         self.resnet = resnet
         self.spatial_path = spatial_path
         shapes = resnet.output_shape()
         for name in ("res4", "res5") + (() if spatial_path is not None else ("res2",)):
             if name not in shapes:
-                raise ValueError(f"BiSeNetV1 backbone needs ResNet feature {name!r}; got {sorted(shapes)}")
+                raise ValueError(
+                    f"BiSeNetV1 backbone needs ResNet feature {name!r}; got {sorted(shapes)}"
+                )
         self._out_shapes = {"res4": shapes["res4"], "res5": shapes["res5"]}
         if spatial_path is not None:
             self._out_shapes["spatial"] = ShapeSpec(channels=spatial_channels, stride=8)
@@ -71,7 +75,9 @@ def build_bisenet_v1_backbone(cfg, input_shape: ShapeSpec):
     """
     source = cfg.MODEL.BISENET.SPATIAL_SOURCE
     if source not in _SPATIAL_SOURCES:
-        raise ValueError(f"MODEL.BISENET.SPATIAL_SOURCE must be one of {_SPATIAL_SOURCES}, got {source!r}")
+        raise ValueError(
+            f"MODEL.BISENET.SPATIAL_SOURCE must be one of {_SPATIAL_SOURCES}, got {source!r}"
+        )
     if cfg.MODEL.RESNETS.DEPTH in (18, 34) and cfg.MODEL.RESNETS.RES2_OUT_CHANNELS != 64:
         raise ValueError(
             f"MODEL.RESNETS.DEPTH {cfg.MODEL.RESNETS.DEPTH} needs MODEL.RESNETS.RES2_OUT_CHANNELS "

@@ -12,16 +12,22 @@ Outputs for [N, 3, H, W] (H, W multiples of 32), with default widths:
   ``"s5"``: [N, 128, H/32, W/32]  (semantic stages, inputs of the booster heads)
 - ``"semantic"``: [N, 128, H/32, W/32]  (after the context embedding)
 """
-import torch
-from torch import nn
 
+import torch
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
+from torch import nn
 
 from ..layers import conv_norm_act
 from .layers import FixedShapeBackbone
 
-__all__ = ["GatherExpansion", "StemBlock", "ContextEmbedding", "BiSeNetV2Backbone", "build_bisenet_v2_backbone"]
+__all__ = [
+    "GatherExpansion",
+    "StemBlock",
+    "ContextEmbedding",
+    "BiSeNetV2Backbone",
+    "build_bisenet_v2_backbone",
+]
 
 
 class StemBlock(nn.Module):
@@ -58,7 +64,9 @@ class GatherExpansion(nn.Module):
         if stride not in (1, 2):
             raise ValueError(f"GatherExpansion stride must be 1 or 2, got {stride}")
         if stride == 1 and in_ch != out_ch:
-            raise ValueError(f"GatherExpansion with stride 1 needs in_ch == out_ch, got {in_ch} -> {out_ch}")
+            raise ValueError(
+                f"GatherExpansion with stride 1 needs in_ch == out_ch, got {in_ch} -> {out_ch}"
+            )
         mid = in_ch * expansion
         self.conv = conv_norm_act(in_ch, in_ch, 3, norm=norm)
         dw = [conv_norm_act(in_ch, mid, 3, stride=stride, groups=in_ch, norm=norm, act=stride == 1)]
@@ -99,8 +107,14 @@ class BiSeNetV2Backbone(FixedShapeBackbone):
     """Detail branch (``self.detail``: 8 conv-norm-ReLU, strides 2,1 | 2,1,1 | 2,1,1) and semantic
     branch (``stem``, GE stages ``s3``, ``s4``, ``s5`` and the context embedding ``context``)."""
 
-    def __init__(self, in_channels=3, detail_channels=(64, 64, 128), semantic_channels=(16, 32, 64, 128),
-                 expansion=6, norm="BN"):
+    def __init__(
+        self,
+        in_channels=3,
+        detail_channels=(64, 64, 128),
+        semantic_channels=(16, 32, 64, 128),
+        expansion=6,
+        norm="BN",
+    ):
         super().__init__()
         if len(detail_channels) != 3 or len(semantic_channels) != 4:
             raise ValueError(
@@ -109,16 +123,23 @@ class BiSeNetV2Backbone(FixedShapeBackbone):
             )
         d1, d2, d3 = detail_channels
         self.detail = nn.Sequential(
-            conv_norm_act(in_channels, d1, 3, stride=2, norm=norm), conv_norm_act(d1, d1, 3, norm=norm),
-            conv_norm_act(d1, d2, 3, stride=2, norm=norm), conv_norm_act(d2, d2, 3, norm=norm),
+            conv_norm_act(in_channels, d1, 3, stride=2, norm=norm),
+            conv_norm_act(d1, d1, 3, norm=norm),
+            conv_norm_act(d1, d2, 3, stride=2, norm=norm),
             conv_norm_act(d2, d2, 3, norm=norm),
-            conv_norm_act(d2, d3, 3, stride=2, norm=norm), conv_norm_act(d3, d3, 3, norm=norm),
+            conv_norm_act(d2, d2, 3, norm=norm),
+            conv_norm_act(d2, d3, 3, stride=2, norm=norm),
+            conv_norm_act(d3, d3, 3, norm=norm),
             conv_norm_act(d3, d3, 3, norm=norm),
         )
         c1, c3, c4, c5 = semantic_channels
         self.stem = StemBlock(in_channels, c1, norm)
-        self.s3 = nn.Sequential(GatherExpansion(c1, c3, 2, expansion, norm), GatherExpansion(c3, c3, 1, expansion, norm))
-        self.s4 = nn.Sequential(GatherExpansion(c3, c4, 2, expansion, norm), GatherExpansion(c4, c4, 1, expansion, norm))
+        self.s3 = nn.Sequential(
+            GatherExpansion(c1, c3, 2, expansion, norm), GatherExpansion(c3, c3, 1, expansion, norm)
+        )
+        self.s4 = nn.Sequential(
+            GatherExpansion(c3, c4, 2, expansion, norm), GatherExpansion(c4, c4, 1, expansion, norm)
+        )
         self.s5 = nn.Sequential(
             GatherExpansion(c4, c5, 2, expansion, norm),
             *[GatherExpansion(c5, c5, 1, expansion, norm) for _ in range(3)],
@@ -140,7 +161,14 @@ class BiSeNetV2Backbone(FixedShapeBackbone):
         s3 = self.s3(stem)
         s4 = self.s4(s3)
         s5 = self.s5(s4)
-        return {"detail": self.detail(x), "stem": stem, "s3": s3, "s4": s4, "s5": s5, "semantic": self.context(s5)}
+        return {
+            "detail": self.detail(x),
+            "stem": stem,
+            "s3": s3,
+            "s4": s4,
+            "s5": s5,
+            "semantic": self.context(s5),
+        }
 
 
 @BACKBONE_REGISTRY.register()
@@ -148,6 +176,9 @@ def build_bisenet_v2_backbone(cfg, input_shape: ShapeSpec):
     """``MODEL.BACKBONE.NAME: build_bisenet_v2_backbone``; widths from ``MODEL.BISENET_V2``."""
     v2 = cfg.MODEL.BISENET_V2
     return BiSeNetV2Backbone(
-        input_shape.channels, tuple(v2.DETAIL_CHANNELS), tuple(v2.SEMANTIC_CHANNELS), v2.EXPANSION,
+        input_shape.channels,
+        tuple(v2.DETAIL_CHANNELS),
+        tuple(v2.SEMANTIC_CHANNELS),
+        v2.EXPANSION,
         cfg.MODEL.BISENET.NORM,
     )

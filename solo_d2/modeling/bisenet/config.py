@@ -3,6 +3,7 @@
 :func:`add_bisenet_config` only adds keys (it never changes a value that exists),
 so it can run after, before or twice with the other solo_d2 adders.
 """
+
 from detectron2.config import CfgNode as CN
 
 from ...common_config import add_common_config

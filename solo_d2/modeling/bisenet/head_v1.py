@@ -3,14 +3,14 @@
 Inputs (from ``build_bisenet_v1_backbone``): ``spatial`` [N, Cs, H/s, W/s] (s = 8,
 or 4 with res2), ``res4`` [N, C4, H/16, W/16], ``res5`` [N, C5, H/32, W/32].
 """
+
 from typing import Dict
 
 import torch
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import nn
 
 from ..layers import conv_norm_act
 from .layers import AttentionRefinement, FeatureFusion, SegOutput, upsample_to
@@ -54,14 +54,23 @@ class BiSeNetV1Head(nn.Module):
         super().__init__()
         for name in ("spatial", "res4", "res5"):
             if name not in input_shape:
-                raise ValueError(f"BiSeNetV1Head needs backbone feature {name!r}; got {sorted(input_shape)}")
-        c4, c5, cs = input_shape["res4"].channels, input_shape["res5"].channels, input_shape["spatial"].channels
+                raise ValueError(
+                    f"BiSeNetV1Head needs backbone feature {name!r}; got {sorted(input_shape)}"
+                )
+        c4, c5, cs = (
+            input_shape["res4"].channels,
+            input_shape["res5"].channels,
+            input_shape["spatial"].channels,
+        )
         self.common_stride = input_shape["spatial"].stride
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
         self.aux_loss_weight = aux_loss_weight
         self.loss_cfg = dict(
-            loss_type=loss_type, ignore_value=ignore_value, thresh=ohem_thresh, min_kept_divisor=ohem_min_kept_divisor
+            loss_type=loss_type,
+            ignore_value=ignore_value,
+            thresh=ohem_thresh,
+            min_kept_divisor=ohem_min_kept_divisor,
         )
 
         self.arm16 = AttentionRefinement(c4, context_channels, norm)
@@ -123,5 +132,6 @@ class BiSeNetV1Head(nn.Module):
         return None, {
             "loss_sem_seg": seg_loss(logits["main"], targets, **self.loss_cfg) * self.loss_weight,
             "loss_aux8": seg_loss(logits["aux8"], targets, **self.loss_cfg) * self.aux_loss_weight,
-            "loss_aux16": seg_loss(logits["aux16"], targets, **self.loss_cfg) * self.aux_loss_weight,
+            "loss_aux16": seg_loss(logits["aux16"], targets, **self.loss_cfg)
+            * self.aux_loss_weight,
         }

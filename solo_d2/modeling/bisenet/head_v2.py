@@ -8,15 +8,15 @@ Every layer computes what CoinCheung/BiSeNet's ``lib/models/bisenetv2.py`` (comm
 computes: BGA with nearest x4 upsampling, the main head ``SegmentHead(aux=False)`` and the
 booster heads ``SegmentHead(aux=True)`` (:class:`Booster`).
 """
+
 from typing import Dict
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import nn
+from torch.nn import functional as F
 
 from ..layers import conv_norm_act
 from .layers import SegOutput, upsample_to
@@ -53,7 +53,9 @@ class BilateralGuidedAggregation(nn.Module):
 
     def forward(self, detail, semantic):
         high = detail.shape[-2:]
-        left = self.detail_keep(detail) * torch.sigmoid(upsample_to(self.semantic_up(semantic), high, "nearest"))
+        left = self.detail_keep(detail) * torch.sigmoid(
+            upsample_to(self.semantic_up(semantic), high, "nearest")
+        )
         right = self.detail_down(detail) * torch.sigmoid(self.semantic_keep(semantic))
         return self.fuse(left + upsample_to(right, high, "nearest"))
 
@@ -110,7 +112,9 @@ class BiSeNetV2Head(nn.Module):
         super().__init__()
         for name in ("detail", "semantic") + _BOOSTER_FEATURES:
             if name not in input_shape:
-                raise ValueError(f"BiSeNetV2Head needs backbone feature {name!r}; got {sorted(input_shape)}")
+                raise ValueError(
+                    f"BiSeNetV2Head needs backbone feature {name!r}; got {sorted(input_shape)}"
+                )
         cd, cs = input_shape["detail"].channels, input_shape["semantic"].channels
         if cd != cs:
             raise ValueError(f"BiSeNetV2 BGA needs equal detail/semantic widths, got {cd} and {cs}")
@@ -119,14 +123,22 @@ class BiSeNetV2Head(nn.Module):
         self.loss_weight = loss_weight
         self.aux_loss_weight = aux_loss_weight
         self.loss_cfg = dict(
-            loss_type=loss_type, ignore_value=ignore_value, thresh=ohem_thresh, min_kept_divisor=ohem_min_kept_divisor
+            loss_type=loss_type,
+            ignore_value=ignore_value,
+            thresh=ohem_thresh,
+            min_kept_divisor=ohem_min_kept_divisor,
         )
         self.bga = BilateralGuidedAggregation(cd, norm)
         self.predictor = SegOutput(cd, head_channels, num_classes, norm, dropout)
         self.boosters = nn.ModuleDict(
             {
                 k: Booster(
-                    input_shape[k].channels, booster_channels, input_shape[k].stride ** 2, num_classes, norm, dropout
+                    input_shape[k].channels,
+                    booster_channels,
+                    input_shape[k].stride ** 2,
+                    num_classes,
+                    norm,
+                    dropout,
                 )
                 for k in _BOOSTER_FEATURES
             }
@@ -164,7 +176,12 @@ class BiSeNetV2Head(nn.Module):
         if targets is None:
             raise ValueError("BiSeNetV2Head needs targets (batched 'sem_seg') in training")
         logits = self.outputs(features)
-        losses = {"loss_sem_seg": seg_loss(logits.pop("main"), targets, **self.loss_cfg) * self.loss_weight}
+        losses = {
+            "loss_sem_seg": seg_loss(logits.pop("main"), targets, **self.loss_cfg)
+            * self.loss_weight
+        }
         for name, booster_logits in logits.items():
-            losses[f"loss_booster_{name}"] = seg_loss(booster_logits, targets, **self.loss_cfg) * self.aux_loss_weight
+            losses[f"loss_booster_{name}"] = (
+                seg_loss(booster_logits, targets, **self.loss_cfg) * self.aux_loss_weight
+            )
         return None, losses

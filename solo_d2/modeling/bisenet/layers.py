@@ -1,11 +1,11 @@
 """Small building blocks shared by BiSeNet V1 and V2 (all built on detectron2's Conv2d)."""
+
 import fvcore.nn.weight_init as weight_init
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from detectron2.layers import Conv2d, get_norm
 from detectron2.modeling import Backbone
+from torch import nn
+from torch.nn import functional as F
 
 from ..layers import conv_norm_act
 

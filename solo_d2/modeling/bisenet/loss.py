@@ -10,6 +10,7 @@ per pixel and thus identical; only the "at least n_min kept" rule is evaluated
 per worker (n_min is a per-worker count), which is the part that cannot match
 exactly.
 """
+
 import math
 
 import torch
@@ -50,7 +51,9 @@ def pixel_losses(logits, targets, ignore_value=255):
     float64 stays float64.
     """
     if logits.shape[-2:] != targets.shape[-2:]:
-        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            logits, size=targets.shape[-2:], mode="bilinear", align_corners=False
+        )
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     loss = F.cross_entropy(logits, targets.long(), ignore_index=ignore_value, reduction="none")
     return loss.flatten(), (targets != ignore_value).flatten()
@@ -97,7 +100,9 @@ def ohem_cross_entropy(logits, targets, ignore_value=255, thresh=0.7, min_kept_d
     loss, valid = pixel_losses(logits, targets, ignore_value)
     kept, counts = ohem_selection(loss, valid, thresh, min_kept_divisor)
     kept_sum = torch.where(kept, loss, torch.zeros_like(loss)).sum()
-    normalizer = reduce_mean(torch.tensor(float(counts["n_kept"]), device=loss.device)).clamp(min=1.0)
+    normalizer = reduce_mean(torch.tensor(float(counts["n_kept"]), device=loss.device)).clamp(
+        min=1.0
+    )
     return kept_sum / normalizer
 
 
@@ -108,7 +113,9 @@ def cross_entropy(logits, targets, ignore_value=255):
     return (loss * valid).sum() / normalizer
 
 
-def seg_loss(logits, targets, *, loss_type="ohem", ignore_value=255, thresh=0.7, min_kept_divisor=16):
+def seg_loss(
+    logits, targets, *, loss_type="ohem", ignore_value=255, thresh=0.7, min_kept_divisor=16
+):
     """Dispatch on ``MODEL.BISENET.LOSS_TYPE`` ("ohem" or "ce")."""
     if loss_type == "ohem":
         return ohem_cross_entropy(logits, targets, ignore_value, thresh, min_kept_divisor)

@@ -6,13 +6,13 @@ flip, whole/sliding window), so the options apply both to the trainer's evaluati
 and to ``DefaultPredictor``. The returned ``sem_seg`` are logits [K, height, width]
 at the requested output resolution (the original image's with ``DefaultPredictor``).
 """
+
 from typing import Sequence, Tuple
 
 import torch
-from torch.nn import functional as F
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
+from torch.nn import functional as F
 
 from ...utils.inputs import check_model_image
 from .tta import predict_tta
@@ -38,9 +38,13 @@ class BiSeNetSegmentor(SemanticSegmentor):
             raise ValueError(f"TEST.SEM_SEG_TTA.MODE must be 'whole' or 'slide', got {tta_mode!r}")
         for key, v in (("CROP_SIZE", tta_crop_size), ("STRIDE", tta_stride)):
             if len(v) != 2 or min(v) <= 0:
-                raise ValueError(f"TEST.SEM_SEG_TTA.{key} must be two positive ints [h, w], got {list(v)}")
+                raise ValueError(
+                    f"TEST.SEM_SEG_TTA.{key} must be two positive ints [h, w], got {list(v)}"
+                )
         if len(tta_scales) == 0 or min(tta_scales) <= 0:
-            raise ValueError(f"TEST.SEM_SEG_TTA.SCALES must be positive factors, got {list(tta_scales)}")
+            raise ValueError(
+                f"TEST.SEM_SEG_TTA.SCALES must be positive factors, got {list(tta_scales)}"
+            )
         self.tta = dict(
             scales=tuple(float(s) for s in tta_scales),
             flip=bool(tta_flip),
@@ -81,11 +85,16 @@ class BiSeNetSegmentor(SemanticSegmentor):
         for x in batched_inputs:  # one image at a time: sizes and windows differ
             image = (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
             logits = predict_tta(
-                self._predict, image[None], size_divisibility=self.backbone.size_divisibility, **self.tta
+                self._predict,
+                image[None],
+                size_divisibility=self.backbone.size_divisibility,
+                **self.tta,
             )
             height = x.get("height", image.shape[-2])
             width = x.get("width", image.shape[-1])
             if logits.shape[-2:] != (height, width):
-                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+                logits = F.interpolate(
+                    logits, size=(height, width), mode="bilinear", align_corners=False
+                )
             results.append({"sem_seg": logits[0]})
         return results

@@ -6,6 +6,7 @@ Pure functions of a ``predict`` callable mapping normalized images [N, 3, h, w]
 size: inputs are padded (bottom/right, with 0 = the normalized mean, as
 ``ImageList`` pads) to a multiple of 32 and the logits are cropped back.
 """
+
 import math
 from typing import Callable, Sequence
 
@@ -17,7 +18,9 @@ __all__ = ["predict_padded", "predict_sliding", "predict_tta"]
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
-def predict_padded(predict: Predict, image: torch.Tensor, size_divisibility: int = 32) -> torch.Tensor:
+def predict_padded(
+    predict: Predict, image: torch.Tensor, size_divisibility: int = 32
+) -> torch.Tensor:
     """image [N, 3, H, W] -> logits [N, K, H, W] (padded to a multiple of ``size_divisibility``)."""
     h, w = image.shape[-2:]
     d = max(int(size_divisibility), 1)
@@ -36,7 +39,11 @@ def _window_starts(length: int, crop: int, stride: int):
 
 
 def predict_sliding(
-    predict: Predict, image: torch.Tensor, crop_size: Sequence[int], stride: Sequence[int], size_divisibility=32
+    predict: Predict,
+    image: torch.Tensor,
+    crop_size: Sequence[int],
+    stride: Sequence[int],
+    size_divisibility=32,
 ) -> torch.Tensor:
     """Crop evaluation: image [1, 3, H, W] -> logits [1, K, H, W], averaged where windows overlap.
 
@@ -44,11 +51,15 @@ def predict_sliding(
     least as large as the image gives exactly :func:`predict_padded` of the image.
     """
     if image.shape[0] != 1:
-        raise ValueError(f"predict_sliding takes one image at a time, got a batch of {image.shape[0]}")
+        raise ValueError(
+            f"predict_sliding takes one image at a time, got a batch of {image.shape[0]}"
+        )
     (ch, cw), (sh, sw) = [int(v) for v in crop_size], [int(v) for v in stride]
     if min(ch, cw, sh, sw) <= 0:
-        raise ValueError(f"TEST.SEM_SEG_TTA.CROP_SIZE {list(crop_size)} and STRIDE "
-                         f"{list(stride)} must be positive")
+        raise ValueError(
+            f"TEST.SEM_SEG_TTA.CROP_SIZE {list(crop_size)} and STRIDE "
+            f"{list(stride)} must be positive"
+        )
     h, w = image.shape[-2:]
     ch, cw = min(ch, h), min(cw, w)
     boxes = [(y, x) for y in _window_starts(h, ch, sh) for x in _window_starts(w, cw, sw)]
@@ -93,7 +104,11 @@ def predict_tta(
     total, views = None, 0
     for s in scales:  # a few scales
         size = (max(int(h * s + 0.5), 1), max(int(w * s + 0.5), 1))
-        x = image if size == (h, w) else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        x = (
+            image
+            if size == (h, w)
+            else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        )
         for flipped in (False, True) if flip else (False,):
             logits = run(x.flip(-1)).flip(-1) if flipped else run(x)
             if logits.shape[-2:] != (h, w):

@@ -1,5 +1,6 @@
 """SOLO, Decoupled SOLO and SOLOv2 (registers the ``SOLO`` and ``SOLOPanoptic`` meta-architectures,
 the heads and the ``SOLOv2StuffHead`` semantic head)."""
+
 from .config import add_solo_config
 from .heads import SOLO_HEAD_REGISTRY, SOLOHeadBase, SOLOv2Head, build_solo_head
 from .heads_solo import DecoupledSOLOHead, DecoupledSOLOLightHead, SOLOHead

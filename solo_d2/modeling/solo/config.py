@@ -65,6 +65,7 @@ Inference
     - ``NMS_KERNEL``: ``"gaussian"`` or ``"linear"`` Matrix NMS decay.
     - ``NMS_SIGMA``: gaussian kernel sigma (2.0).
 """
+
 from detectron2.config import CfgNode as CN
 
 from ...common_config import add_common_config
@@ -130,18 +131,34 @@ def validate_solo_config(c) -> None:
         raise ValueError(f"MODEL.SOLO.{key} = {value!r}: {why}")
 
     if int(c.NUM_CLASSES) <= 0:
-        bad("NUM_CLASSES", c.NUM_CLASSES, "must be a positive number of thing classes (no background class)")
+        bad(
+            "NUM_CLASSES",
+            c.NUM_CLASSES,
+            "must be a positive number of thing classes (no background class)",
+        )
     if not c.SIGMA > 0:
-        bad("SIGMA", c.SIGMA, "must be > 0 (fraction of the box used for center sampling, 0.2 in SOLO)")
+        bad(
+            "SIGMA",
+            c.SIGMA,
+            "must be > 0 (fraction of the box used for center sampling, 0.2 in SOLO)",
+        )
     if not c.NUM_GRIDS or any(int(g) <= 0 for g in c.NUM_GRIDS):
         bad("NUM_GRIDS", list(c.NUM_GRIDS), "needs one positive grid size per level")
     for lo_hi in c.SCALE_RANGES:
         if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
-            bad("SCALE_RANGES", [list(r) for r in c.SCALE_RANGES], f"each level needs [lo, hi] with lo < hi, got {list(lo_hi)}")
+            bad(
+                "SCALE_RANGES",
+                [list(r) for r in c.SCALE_RANGES],
+                f"each level needs [lo, hi] with lo < hi, got {list(lo_hi)}",
+            )
     los = [r[0] for r in c.SCALE_RANGES]
     his = [r[1] for r in c.SCALE_RANGES]
     if any(b <= a for a, b in zip(los, los[1:])) or any(b <= a for a, b in zip(his, his[1:])):
-        bad("SCALE_RANGES", [list(r) for r in c.SCALE_RANGES], "lower and upper bounds must increase from level to level")
+        bad(
+            "SCALE_RANGES",
+            [list(r) for r in c.SCALE_RANGES],
+            "lower and upper bounds must increase from level to level",
+        )
     if any(int(s) <= 0 for s in c.FPN_STRIDES):
         bad("FPN_STRIDES", list(c.FPN_STRIDES), "strides must be positive")
     for key in ("SCORE_THR", "MASK_THR", "UPDATE_THR"):

@@ -11,13 +11,14 @@ meta-architecture turns chosen grid cells into soft masks through the uniform
 
 Cells are numbered ``k = i * S + j`` (``i`` row, ``j`` column) everywhere.
 """
+
 import math
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.utils.registry import Registry
 from torch import nn
 
@@ -35,7 +36,9 @@ def build_solo_head(cfg, input_shapes: List[ShapeSpec]) -> "SOLOHeadBase":
     name = cfg.MODEL.SOLO.HEAD_NAME
     if name not in SOLO_HEAD_REGISTRY:
         known = ", ".join(sorted(k for k, _ in SOLO_HEAD_REGISTRY))
-        raise KeyError(f"MODEL.SOLO.HEAD_NAME={name!r} is not a registered SOLO head; known: {known}")
+        raise KeyError(
+            f"MODEL.SOLO.HEAD_NAME={name!r} is not a registered SOLO head; known: {known}"
+        )
     return SOLO_HEAD_REGISTRY.get(name)(cfg, input_shapes)
 
 
@@ -50,20 +53,36 @@ def coord_features(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([xx, yy]).expand(b, 2, h, w)
 
 
-def head_conv(in_ch: int, out_ch: int, norm: str, use_dcn: bool = False, kernel_size: int = 3, *, modulated=True):
+def head_conv(
+    in_ch: int,
+    out_ch: int,
+    norm: str,
+    use_dcn: bool = False,
+    kernel_size: int = 3,
+    *,
+    modulated=True,
+):
     """:func:`~solo_d2.modeling.layers.conv_norm_act` of a head (weights initialized by the head):
     ``use_dcn``: a deformable conv, DCNv2 (:class:`ModulatedDeformConv2d`) if ``modulated``, else
     DCNv1 (:class:`DeformConv2d`)."""
     conv_cls = (ModulatedDeformConv2d if modulated else DeformConv2d) if use_dcn else Conv2d
-    return conv_norm_act(in_ch, out_ch, kernel_size, norm=norm, conv_cls=conv_cls, kaiming_init=False)
+    return conv_norm_act(
+        in_ch, out_ch, kernel_size, norm=norm, conv_cls=conv_cls, kaiming_init=False
+    )
 
 
 TOWER_DCN_CONVS = ("all", "last")
 
 
 def make_tower(
-    in_ch: int, channels: int, num_convs: int, norm: str, use_dcn: bool = False, *,
-    dcn_convs: str = "all", dcn_modulated: bool = True,
+    in_ch: int,
+    channels: int,
+    num_convs: int,
+    norm: str,
+    use_dcn: bool = False,
+    *,
+    dcn_convs: str = "all",
+    dcn_modulated: bool = True,
 ):
     """``num_convs`` x (3x3 conv + norm + ReLU), ``[N, in_ch, H, W] -> [N, channels, H, W]``.
 
@@ -71,12 +90,17 @@ def make_tower(
     the ``"last"`` (``MODEL.SOLO.TOWER_DCN_CONVS``); DCNv2 if ``dcn_modulated``, else DCNv1
     (``MODEL.SOLO.TOWER_DCN_MODULATED``)."""
     if dcn_convs not in TOWER_DCN_CONVS:
-        raise ValueError(f"MODEL.SOLO.TOWER_DCN_CONVS = {dcn_convs!r}: must be one of {TOWER_DCN_CONVS}")
+        raise ValueError(
+            f"MODEL.SOLO.TOWER_DCN_CONVS = {dcn_convs!r}: must be one of {TOWER_DCN_CONVS}"
+        )
     return nn.Sequential(
         *[
             head_conv(
-                in_ch if k == 0 else channels, channels, norm,
-                use_dcn and (dcn_convs == "all" or k == num_convs - 1), modulated=dcn_modulated,
+                in_ch if k == 0 else channels,
+                channels,
+                norm,
+                use_dcn and (dcn_convs == "all" or k == num_convs - 1),
+                modulated=dcn_modulated,
             )
             for k in range(num_convs)
         ]
@@ -158,7 +182,12 @@ class SOLOHeadBase(nn.Module):
         raise NotImplementedError
 
     def soft_masks(
-        self, mask_output: Any, level: int, img_idx: torch.Tensor, cell_idx: torch.Tensor, size=None,
+        self,
+        mask_output: Any,
+        level: int,
+        img_idx: torch.Tensor,
+        cell_idx: torch.Tensor,
+        size=None,
         image_counts: Optional[Sequence[int]] = None,
     ) -> torch.Tensor:
         """Mask probabilities ``[P, h_l, w_l]`` of cells ``cell_idx [P]`` (cell index within the
@@ -170,7 +199,9 @@ class SOLOHeadBase(nn.Module):
         order), which saves heads that need it a read-back."""
         raise NotImplementedError
 
-    def inference_masks(self, mask_outputs: List[Any], image: int, cells: torch.Tensor, size) -> torch.Tensor:
+    def inference_masks(
+        self, mask_outputs: List[Any], image: int, cells: torch.Tensor, size
+    ) -> torch.Tensor:
         """Mask probabilities ``[U, *size]`` (1/4 of the padded input) of image ``image``'s
         global cells ``cells [U]`` (ascending; level after level, ``i * S + j`` within a level).
 
@@ -274,10 +305,16 @@ class SOLOv2Head(SOLOHeadBase):
         if image_counts is None:  # any order: sort by image, read the counts back once
             order = torch.argsort(img_idx, stable=True)
             counts = torch.bincount(img_idx, minlength=b).tolist()
-            probs = self.soft_masks(mask_output, level, img_idx[order], cell_idx[order], size, counts)
+            probs = self.soft_masks(
+                mask_output, level, img_idx[order], cell_idx[order], size, counts
+            )
             return torch.empty_like(probs).index_copy_(0, order, probs)
         k = kernels.flatten(2)[img_idx, :, cell_idx]  # [P, D]
-        parts = [part @ feats[i].reshape(d, h * w) for i, part in enumerate(k.split(list(image_counts))) if len(part)]
+        parts = [
+            part @ feats[i].reshape(d, h * w)
+            for i, part in enumerate(k.split(list(image_counts)))
+            if len(part)
+        ]
         if not parts:  # the matmul's dtype: under autocast it differs from the features'
             return (k @ feats.new_zeros(d, h * w)).view(0, h, w)
         return (parts[0] if len(parts) == 1 else torch.cat(parts)).sigmoid().view(-1, h, w)
@@ -289,7 +326,11 @@ class SOLOv2Head(SOLOHeadBase):
         self._check_size(feats, size)
         d, h, w = feats.shape
         kernels = torch.cat([k[image].flatten(1) for k, _ in mask_outputs], dim=1)  # [D, sum S^2]
-        return torch.mm(kernels.index_select(1, cells).t(), feats.reshape(d, h * w)).sigmoid_().view(-1, h, w)
+        return (
+            torch.mm(kernels.index_select(1, cells).t(), feats.reshape(d, h * w))
+            .sigmoid_()
+            .view(-1, h, w)
+        )
 
     @staticmethod
     def _check_size(feats, size):

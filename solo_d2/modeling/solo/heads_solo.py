@@ -11,6 +11,7 @@ All three share the category branch (features bilinearly resized to SxS, a tower
 - ``DecoupledSOLOLightHead``: one shared tower (+2 coordinates) feeding separate X and Y
   output convs.
 """
+
 from typing import List
 
 import torch
@@ -109,7 +110,11 @@ class _GridHeadBase(SOLOHeadBase):
         for level, start in enumerate(self._level_offsets()):
             local = cells[bounds[level] : bounds[level + 1]] - start
             if local.numel():
-                parts.append(self.soft_masks(mask_outputs[level], level, torch.full_like(local, image), local, size))
+                parts.append(
+                    self.soft_masks(
+                        mask_outputs[level], level, torch.full_like(local, image), local, size
+                    )
+                )
         if not parts:
             return torch.zeros((0, *size), device=cells.device)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -154,7 +159,9 @@ class SOLOHead(_GridHeadBase):
 
     def _build_mask_layers(self, in_channels, channels, tower):
         self.mask_tower = tower(in_channels + 2)
-        self.mask_preds = nn.ModuleList([_mask_output_conv(channels, s * s, 1) for s in self.num_grids])
+        self.mask_preds = nn.ModuleList(
+            [_mask_output_conv(channels, s * s, 1) for s in self.num_grids]
+        )
 
     def _mask_level(self, x, level):
         x = self.mask_tower(torch.cat([x, coord_features(x)], dim=1))
@@ -171,15 +178,21 @@ class _DecoupledBase(_GridHeadBase):
     """Mask output per level: ``(x_logits [B, S, h, w], y_logits [B, S, h, w])``."""
 
     def _build_preds(self, channels):
-        self.mask_preds_x = nn.ModuleList([_mask_output_conv(channels, s, 3) for s in self.num_grids])
-        self.mask_preds_y = nn.ModuleList([_mask_output_conv(channels, s, 3) for s in self.num_grids])
+        self.mask_preds_x = nn.ModuleList(
+            [_mask_output_conv(channels, s, 3) for s in self.num_grids]
+        )
+        self.mask_preds_y = nn.ModuleList(
+            [_mask_output_conv(channels, s, 3) for s in self.num_grids]
+        )
 
     def soft_masks(self, mask_output, level, img_idx, cell_idx, size=None, image_counts=None):
         # the official code resizes the X and Y probability maps, then multiplies them
         x_logits, y_logits = mask_output
         s = self.num_grids[level]
         rows, cols = cell_idx // s, cell_idx % s
-        return resize_probs(x_logits[img_idx, cols].sigmoid(), size) * resize_probs(y_logits[img_idx, rows].sigmoid(), size)
+        return resize_probs(x_logits[img_idx, cols].sigmoid(), size) * resize_probs(
+            y_logits[img_idx, rows].sigmoid(), size
+        )
 
     def mask_size(self, mask_output):
         return tuple(mask_output[0].shape[-2:])

@@ -9,6 +9,7 @@ claimants. The counts are averaged over workers before use, so the loss of N wor
 that of one process on the whole batch (the references normalize per GPU; the two agree on one
 GPU and whenever workers see equal counts).
 """
+
 from typing import Dict, List, Sequence
 
 import torch
@@ -19,7 +20,13 @@ from torch import Tensor
 from ...utils.comm import reduce_mean
 from .targets import LevelTargets
 
-__all__ = ["dice_loss", "indexed_dice_loss", "sigmoid_focal_loss_sum", "solo_loss", "DICE_NORMALIZERS"]
+__all__ = [
+    "dice_loss",
+    "indexed_dice_loss",
+    "sigmoid_focal_loss_sum",
+    "solo_loss",
+    "DICE_NORMALIZERS",
+]
 
 DICE_NORMALIZERS = ("targets", "cells")
 
@@ -67,7 +74,12 @@ def indexed_dice_loss(probs: Tensor, masks: Tensor, rows: Tensor) -> Tensor:
     Returns:
         [P] loss of each mask.
     """
-    if rows.dim() != 1 or probs.dim() != 3 or rows.shape[0] != probs.shape[0] or masks.shape[-2:] != probs.shape[-2:]:
+    if (
+        rows.dim() != 1
+        or probs.dim() != 3
+        or rows.shape[0] != probs.shape[0]
+        or masks.shape[-2:] != probs.shape[-2:]
+    ):
         raise ValueError(
             f"indexed_dice_loss: probs {tuple(probs.shape)}, masks {tuple(masks.shape)} and rows "
             f"{tuple(rows.shape)} do not match (need [P, h, w], [R, h, w], [P])"
@@ -83,7 +95,9 @@ def indexed_dice_loss(probs: Tensor, masks: Tensor, rows: Tensor) -> Tensor:
     return 1.0 - 2.0 * inter / denom
 
 
-def sigmoid_focal_loss_sum(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+def sigmoid_focal_loss_sum(
+    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
     """Summed sigmoid focal loss, the operations of fvcore's ``sigmoid_focal_loss`` (which
     AdelaiDet uses) in the same order, at the precision of ``logits`` (at least float32; fvcore
     always computes in float32).
@@ -112,7 +126,9 @@ def _flatten_cate(cate_logits: Sequence[Tensor], targets: Sequence[LevelTargets]
     for lvl, (logit, tgt) in enumerate(zip(cate_logits, targets)):
         b, c, s1, s2 = logit.shape
         if c != num_classes:
-            raise ValueError(f"solo_loss: level {lvl} has {c} category channels, num_classes={num_classes}")
+            raise ValueError(
+                f"solo_loss: level {lvl} has {c} category channels, num_classes={num_classes}"
+            )
         if tuple(tgt.labels.shape) != (b, s1, s2):
             raise ValueError(
                 f"solo_loss: level {lvl} logits {tuple(logit.shape)} do not match labels "
@@ -166,11 +182,15 @@ def solo_loss(
             f"{len(mask_probs)} mask_probs levels"
         )
     if dice_normalizer not in DICE_NORMALIZERS:
-        raise ValueError(f"solo_loss: dice_normalizer must be one of {DICE_NORMALIZERS}, got {dice_normalizer!r}")
+        raise ValueError(
+            f"solo_loss: dice_normalizer must be one of {DICE_NORMALIZERS}, got {dice_normalizer!r}"
+        )
     logits, onehot = _flatten_cate(cate_logits, targets, num_classes)
     # positive cells (a device sum, never read back) and mask targets (known on the host)
     num_pos = torch.stack([t.pos_mask.sum() for t in targets]).sum().float()
-    num_pos, num_masks = reduce_mean(torch.stack([num_pos, torch.full_like(num_pos, sum(t.num_targets for t in targets))])).unbind(0)
+    num_pos, num_masks = reduce_mean(
+        torch.stack([num_pos, torch.full_like(num_pos, sum(t.num_targets for t in targets))])
+    ).unbind(0)
     # worker-averaged counts: (N_total + 1) / W makes the average of the workers' losses equal
     # the loss of one process on the whole batch (N + 1 on one process, as the references)
     world = float(comm.get_world_size())

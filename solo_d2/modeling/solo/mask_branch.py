@@ -5,6 +5,7 @@ Level ``i`` of ``MODEL.SOLO.MASK_IN_FEATURES`` (P2..P5, strides 4..32) goes thro
 level reaches 1/4 scale; the coarsest level gets two coordinate channels (CoordConv). The sum
 passes a 1x1 conv + norm + ReLU to ``MASK_FEAT_CHANNELS`` (the dynamic-kernel size D).
 """
+
 from typing import Dict, List
 
 import torch
@@ -13,7 +14,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from .heads import head_conv, coord_features, init_head_weights
+from .heads import coord_features, head_conv, init_head_weights
 
 
 def fused_channels(names: List[str], input_shape: Dict[str, ShapeSpec], key: str) -> int:
@@ -21,7 +22,9 @@ def fused_channels(names: List[str], input_shape: Dict[str, ShapeSpec], key: str
     one is missing or their channels differ."""
     missing = [f for f in names if f not in input_shape]
     if missing:
-        raise ValueError(f"{key} {missing} not produced by the backbone (it gives {sorted(input_shape)})")
+        raise ValueError(
+            f"{key} {missing} not produced by the backbone (it gives {sorted(input_shape)})"
+        )
     channels = {input_shape[f].channels for f in names}
     if len(channels) != 1:
         raise ValueError(f"{key} need equal channels, got {sorted(channels)}")
@@ -72,7 +75,9 @@ class SOLOv2MaskBranch(nn.Module):
         c = cfg.MODEL.SOLO
         return {
             "in_features": c.MASK_IN_FEATURES,
-            "in_channels": fused_channels(c.MASK_IN_FEATURES, input_shape, "MODEL.SOLO.MASK_IN_FEATURES"),
+            "in_channels": fused_channels(
+                c.MASK_IN_FEATURES, input_shape, "MODEL.SOLO.MASK_IN_FEATURES"
+            ),
             "mid_channels": c.MASK_MID_CHANNELS,
             "out_channels": c.MASK_FEAT_CHANNELS,
             "norm": c.NORM,

@@ -12,6 +12,7 @@ runs over all rows (as in the official code); rows that do not suppress ``j``
 contribute ``f(0) / f(compensate_i) >= 1`` and row 0 contributes exactly ``1``,
 so ``decay_j <= 1``.
 """
+
 from typing import Optional
 
 import torch
@@ -38,7 +39,9 @@ def mask_iou_matrix(masks: Tensor, mask_area: Optional[Tensor] = None) -> Tensor
     return inter / union.clamp(min=1e-6)  # an empty union has inter 0: IoU 0
 
 
-def same_class_iou_matrix(masks: Tensor, labels: Tensor, mask_area: Optional[Tensor] = None) -> Tensor:
+def same_class_iou_matrix(
+    masks: Tensor, labels: Tensor, mask_area: Optional[Tensor] = None
+) -> Tensor:
     """:func:`mask_iou_matrix` with pairs of different classes set to 0 (one IoU matmul over
     all pairs, as the references compute it).
 
@@ -103,7 +106,9 @@ def matrix_nms_decay(decay_iou: Tensor, kernel: str, sigma: float) -> Tensor:
     return ratio.min(dim=0).values
 
 
-def mask_nms(masks: Tensor, labels: Tensor, scores: Tensor, *, iou_threshold: float = 0.5) -> Tensor:
+def mask_nms(
+    masks: Tensor, labels: Tensor, scores: Tensor, *, iou_threshold: float = 0.5
+) -> Tensor:
     """Sequential hard NMS on masks (same-class suppression).
 
     Equivalent to the greedy loop "keep the best remaining mask, drop same-class masks

@@ -9,6 +9,7 @@ score threshold on the category grids -> the soft masks of the candidate cells
 area and maskness -> top ``NMS_PRE`` (:func:`rank_candidates`) -> Matrix NMS -> top
 ``MAX_PER_IMG`` -> one paste (:func:`select_and_paste`).
 """
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -24,7 +25,13 @@ from .config import validate_solo_config
 from .heads import SOLOHeadBase, build_solo_head
 from .losses import solo_loss
 from .mask_branch import SOLOv2MaskBranch
-from .postprocess import check_image_size, mask_area_maskness, point_nms, rank_candidates, select_and_paste
+from .postprocess import (
+    check_image_size,
+    mask_area_maskness,
+    point_nms,
+    rank_candidates,
+    select_and_paste,
+)
 from .targets import LevelTargets, solo_targets
 
 __all__ = ["SOLO", "gt_bitmasks"]
@@ -47,7 +54,9 @@ def gt_bitmasks(instances: Instances, padded_hw: Tuple[int, int], device) -> tor
     if isinstance(masks, BitMasks):
         t = masks.tensor.to(device=device, dtype=torch.bool)
         return F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]))
-    raise TypeError(f"gt_masks of type {type(masks).__name__} unsupported (use BitMasks or PolygonMasks)")
+    raise TypeError(
+        f"gt_masks of type {type(masks).__name__} unsupported (use BitMasks or PolygonMasks)"
+    )
 
 
 def _to_float32(x):
@@ -117,15 +126,25 @@ class SOLO(nn.Module):
         """
         super().__init__()
         n = len(head.num_grids)
-        for name, value in (("IN_FEATURES", in_features), ("FPN_STRIDES", strides), ("SCALE_RANGES", scale_ranges)):
+        for name, value in (
+            ("IN_FEATURES", in_features),
+            ("FPN_STRIDES", strides),
+            ("SCALE_RANGES", scale_ranges),
+        ):
             if len(value) != n:
-                raise ValueError(f"MODEL.SOLO.{name} has {len(value)} levels but MODEL.SOLO.NUM_GRIDS has {n}")
+                raise ValueError(
+                    f"MODEL.SOLO.{name} has {len(value)} levels but MODEL.SOLO.NUM_GRIDS has {n}"
+                )
         if head.needs_mask_features and mask_branch is None:
             raise ValueError(f"{type(head).__name__} needs a mask branch")
         if nms_method not in ("matrix", "mask"):
-            raise ValueError(f"MODEL.SOLO.NMS_METHOD must be 'matrix' or 'mask', got {nms_method!r}")
+            raise ValueError(
+                f"MODEL.SOLO.NMS_METHOD must be 'matrix' or 'mask', got {nms_method!r}"
+            )
         if nms_kernel not in ("gaussian", "linear"):
-            raise ValueError(f"MODEL.SOLO.NMS_KERNEL must be 'gaussian' or 'linear', got {nms_kernel!r}")
+            raise ValueError(
+                f"MODEL.SOLO.NMS_KERNEL must be 'gaussian' or 'linear', got {nms_kernel!r}"
+            )
         self.backbone = backbone
         self.ins_head = head
         self.mask_head = mask_branch
@@ -133,7 +152,9 @@ class SOLO(nn.Module):
         self.strides = list(strides)
         self.scale_ranges = [tuple(r) for r in scale_ranges]
         self.sigma = sigma
-        self.one_target_per_cell = head.one_target_per_cell if one_target_per_cell is None else one_target_per_cell
+        self.one_target_per_cell = (
+            head.one_target_per_cell if one_target_per_cell is None else one_target_per_cell
+        )
         self.grid_rounding = grid_rounding
         self.mask_target_resize = mask_target_resize
         self.focal_loss_alpha = focal_loss_alpha
@@ -149,11 +170,19 @@ class SOLO(nn.Module):
         self.nms_method = nms_method
         self.nms_kernel = nms_kernel
         self.nms_sigma = nms_sigma
-        level_of_cell = torch.cat([torch.full((g * g,), l, dtype=torch.long) for l, g in enumerate(head.num_grids)])
-        self.register_buffer("_level_of_cell", level_of_cell, False)  # [sum S^2] level of a global cell
-        self.register_buffer("_cell_offsets", torch.tensor([0] + [g * g for g in head.num_grids]).cumsum(0), False)
+        level_of_cell = torch.cat(
+            [torch.full((g * g,), l, dtype=torch.long) for l, g in enumerate(head.num_grids)]
+        )
+        self.register_buffer(
+            "_level_of_cell", level_of_cell, False
+        )  # [sum S^2] level of a global cell
+        self.register_buffer(
+            "_cell_offsets", torch.tensor([0] + [g * g for g in head.num_grids]).cumsum(0), False
+        )
         self.register_buffer("_stride_of_level", torch.tensor(strides, dtype=torch.float32), False)
-        self.register_buffer("_stride_of_cell", self._stride_of_level[level_of_cell], False)  # [sum S^2]
+        self.register_buffer(
+            "_stride_of_cell", self._stride_of_level[level_of_cell], False
+        )  # [sum S^2]
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -167,7 +196,9 @@ class SOLO(nn.Module):
         shapes = backbone.output_shape()
         missing = [f for f in c.IN_FEATURES if f not in shapes]
         if missing:
-            raise ValueError(f"MODEL.SOLO.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})")
+            raise ValueError(
+                f"MODEL.SOLO.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})"
+            )
         head = build_solo_head(cfg, [shapes[f] for f in c.IN_FEATURES])
         mask_branch = SOLOv2MaskBranch(cfg, shapes) if head.needs_mask_features else None
         return {
@@ -180,7 +211,9 @@ class SOLO(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "sigma": c.SIGMA,
-            "one_target_per_cell": None if c.MASK_TARGETS == "auto" else c.MASK_TARGETS == "per_cell",
+            "one_target_per_cell": None
+            if c.MASK_TARGETS == "auto"
+            else c.MASK_TARGETS == "per_cell",
             "grid_rounding": c.GRID_ROUNDING,
             "mask_target_resize": c.MASK_TARGET_RESIZE,
             "focal_loss_alpha": c.LOSS.FOCAL_ALPHA,
@@ -210,7 +243,9 @@ class SOLO(nn.Module):
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         for x in batched_inputs:
             check_model_image(x["image"], where="SOLO.preprocess_image")
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def _head_outputs(self, images: ImageList, feats: Optional[Dict[str, torch.Tensor]] = None):
@@ -244,7 +279,11 @@ class SOLO(nn.Module):
             raise ValueError("SOLO training needs 'instances' in every input dict")
         padded = tuple(images.tensor.shape[-2:])
         gt = [x["instances"] for x in batched_inputs]
-        gt_boxes = [g.gt_boxes.tensor.to(self.device) for g in gt] if all(g.has("gt_boxes") for g in gt) else None
+        gt_boxes = (
+            [g.gt_boxes.tensor.to(self.device) for g in gt]
+            if all(g.has("gt_boxes") for g in gt)
+            else None
+        )
         return solo_targets(
             [gt_bitmasks(g, padded, self.device) for g in gt],
             [g.gt_classes.to(self.device) for g in gt],
@@ -260,10 +299,14 @@ class SOLO(nn.Module):
             mask_resize=self.mask_target_resize,
         )
 
-    def losses(self, batched_inputs, images: ImageList, cate_logits, mask_outputs) -> Dict[str, torch.Tensor]:
+    def losses(
+        self, batched_inputs, images: ImageList, cate_logits, mask_outputs
+    ) -> Dict[str, torch.Tensor]:
         targets = self.targets(batched_inputs, images, mask_outputs)
         mask_probs = [
-            self.ins_head.soft_masks(out, level, t.target_img, t.target_cell, image_counts=t.image_counts)
+            self.ins_head.soft_masks(
+                out, level, t.target_img, t.target_cell, image_counts=t.image_counts
+            )
             for level, (t, out) in enumerate(zip(targets, mask_outputs))
         ]
         losses = solo_loss(
@@ -279,7 +322,9 @@ class SOLO(nn.Module):
         )
         # Keep every mask output in the graph (zero gradient), also on levels or batches without
         # positives, so that DDP sees all head parameters used on every worker.
-        outs = [t for out in mask_outputs for t in (out if isinstance(out, (tuple, list)) else (out,))]
+        outs = [
+            t for out in mask_outputs for t in (out if isinstance(out, (tuple, list)) else (out,))
+        ]
         losses["loss_mask"] = losses["loss_mask"] + 0.0 * sum(t.sum() for t in outs)
         return losses
 
@@ -305,12 +350,19 @@ class SOLO(nn.Module):
             for b, (inp, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
                 out_size = (inp.get("height", image_size[0]), inp.get("width", image_size[1]))
                 instances = self.inference_single_image(
-                    scores[b], mask_outputs, b, tuple(images.tensor.shape[-2:]), tuple(image_size), tuple(out_size)
+                    scores[b],
+                    mask_outputs,
+                    b,
+                    tuple(images.tensor.shape[-2:]),
+                    tuple(image_size),
+                    tuple(out_size),
                 )
                 results.append({"instances": instances})
             return results
 
-    def inference_single_image(self, scores, mask_outputs, b: int, padded_size, image_size, output_size) -> Instances:
+    def inference_single_image(
+        self, scores, mask_outputs, b: int, padded_size, image_size, output_size
+    ) -> Instances:
         """Detections of image ``b`` from its category scores after point NMS ``[sum S^2, C]``
         (global cells, level after level) and the head's mask outputs, as the references
         compute them: every (cell, class) above ``score_thresh`` is a candidate, ordered
@@ -327,12 +379,16 @@ class SOLO(nn.Module):
         if cells.numel() * size[0] * size[1] <= self._MAX_MASK_ELEMENTS:
             soft = self.ins_head.inference_masks(mask_outputs, b, cells, size)  # [U, h, w]
             area, maskness = mask_area_maskness(soft, self.mask_thresh)
-            top, ranked, valid = rank_candidates(area, maskness, row, cand_scores, strides, self.nms_pre)
+            top, ranked, valid = rank_candidates(
+                area, maskness, row, cand_scores, strides, self.nms_pre
+            )
             top_rows = row[top]
             soft = soft[top_rows]
         else:
             area, maskness = self._chunked_area_maskness(mask_outputs, b, cells, size)
-            top, ranked, valid = rank_candidates(area, maskness, row, cand_scores, strides, self.nms_pre)
+            top, ranked, valid = rank_candidates(
+                area, maskness, row, cand_scores, strides, self.nms_pre
+            )
             top_rows = row[top]
             cell_order, perm = torch.sort(cells[top_rows])  # the heads take ascending cells
             soft = torch.empty((top.numel(), *size), device=scores.device)
@@ -358,7 +414,10 @@ class SOLO(nn.Module):
         ``_MAX_MASK_ELEMENTS`` (crowded images only)."""
         chunk = max(1, self._MAX_MASK_ELEMENTS // (size[0] * size[1]))
         parts = [
-            mask_area_maskness(self.ins_head.inference_masks(mask_outputs, b, cells[i : i + chunk], size), self.mask_thresh)
+            mask_area_maskness(
+                self.ins_head.inference_masks(mask_outputs, b, cells[i : i + chunk], size),
+                self.mask_thresh,
+            )
             for i in range(0, cells.numel(), chunk)
         ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -11,9 +11,9 @@ sums ``INSTANCE_LOSS_WEIGHT`` x the SOLO losses and the semantic loss (Panoptic 
 ``MODEL.PANOPTIC_FPN.COMBINE.*``), with category ids in the dataset's contiguous ids
 (:func:`solo_d2.data.panoptic.panoptic_class_maps` of ``DATASETS.TEST[0]``, else ``TRAIN[0]``).
 """
+
 from typing import Dict, List, Optional
 
-import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_sem_seg_head
@@ -122,8 +122,10 @@ class SOLOPanoptic(SOLO):
         cate_logits, mask_outputs = self._head_outputs(images, feats)
         if self.training:
             if any("sem_seg" not in x for x in batched_inputs):
-                raise ValueError("SOLOPanoptic training needs 'sem_seg' in every input dict "
-                                 "(PanopticDatasetMapper)")
+                raise ValueError(
+                    "SOLOPanoptic training needs 'sem_seg' in every input dict "
+                    "(PanopticDatasetMapper)"
+                )
             losses = self.losses(batched_inputs, images, cate_logits, mask_outputs)
             losses = {k: v * self.instance_loss_weight for k, v in losses.items()}
             targets = ImageList.from_tensors(

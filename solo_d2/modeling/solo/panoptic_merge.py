@@ -13,6 +13,7 @@ Segment ids start at 1 in paste order (instances, then stuff in ascending label)
 The loop runs over the kept instances (at most ``MAX_PER_IMG``), each step a few tensor ops over
 the image; no Python loop touches pixels. Stuff segments come from one ``bincount``.
 """
+
 from typing import Dict, List, Tuple
 
 import torch
@@ -51,7 +52,11 @@ def combine_panoptic(
         the inputs) for things, in Detectron2's format.
     """
     h, w = semantic.shape[-2:]
-    if masks.shape[-2:] != (h, w) or masks.shape[0] != scores.shape[0] or scores.shape != classes.shape:
+    if (
+        masks.shape[-2:] != (h, w)
+        or masks.shape[0] != scores.shape[0]
+        or scores.shape != classes.shape
+    ):
         raise ValueError(
             f"combine_panoptic: masks {tuple(masks.shape)}, scores {tuple(scores.shape)}, classes "
             f"{tuple(classes.shape)} and semantic {tuple(semantic.shape)} do not match"

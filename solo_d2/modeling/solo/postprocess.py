@@ -12,6 +12,7 @@ instead of being removed, so they never decay a valid one in Matrix NMS, and the
 detections is read back once, at the end. Only :func:`paste_masks` may loop, over chunks,
 when the float temporaries of all masks at once would pass ``_PASTE_MAX_ELEMENTS``.
 """
+
 from typing import Tuple
 
 import torch
@@ -150,7 +151,9 @@ def paste_masks(soft_masks: Tensor, image_size, output_size, threshold: float) -
     parts = []
     for start in range(0, max(k, 1), chunk):
         x = soft_masks[start : start + chunk, None].float()
-        x = F.interpolate(x, size=(4 * mh, 4 * mw), mode="bilinear", align_corners=False)[:, :, :img_h, :img_w]
+        x = F.interpolate(x, size=(4 * mh, 4 * mw), mode="bilinear", align_corners=False)[
+            :, :, :img_h, :img_w
+        ]
         if not same_size:
             x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
         parts.append(x[:, 0] > threshold)
@@ -217,7 +220,9 @@ def select_and_paste(
         detections.
     """
     if nms_method not in ("matrix", "mask"):
-        raise ValueError(f"solo_postprocess: nms_method must be 'matrix' or 'mask', got {nms_method!r}")
+        raise ValueError(
+            f"solo_postprocess: nms_method must be 'matrix' or 'mask', got {nms_method!r}"
+        )
     binary = soft_masks > mask_thr
     if nms_method == "matrix":
         scores = matrix_nms(binary, labels, scores, kernel=kernel, sigma=sigma, mask_area=areas)
@@ -283,11 +288,24 @@ def solo_postprocess(
         )
     check_image_size(soft_masks.shape[-2:], image_size)
     area, maskness = mask_area_maskness(soft_masks, mask_thr)
-    top, ranked, valid = rank_candidates(area, maskness, torch.arange(k, device=soft_masks.device), scores, strides, nms_pre)
+    top, ranked, valid = rank_candidates(
+        area, maskness, torch.arange(k, device=soft_masks.device), scores, strides, nms_pre
+    )
     return select_and_paste(
-        soft_masks[top], labels[top], ranked, valid, area[top],
-        image_size=image_size, output_size=output_size, mask_thr=mask_thr, update_thr=update_thr,
-        max_per_img=max_per_img, nms_method=nms_method, kernel=kernel, sigma=sigma, nms_iou_thr=nms_iou_thr,
+        soft_masks[top],
+        labels[top],
+        ranked,
+        valid,
+        area[top],
+        image_size=image_size,
+        output_size=output_size,
+        mask_thr=mask_thr,
+        update_thr=update_thr,
+        max_per_img=max_per_img,
+        nms_method=nms_method,
+        kernel=kernel,
+        sigma=sigma,
+        nms_iou_thr=nms_iou_thr,
     )
 
 

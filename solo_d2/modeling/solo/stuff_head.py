@@ -12,6 +12,7 @@ P2..P5 fused at 1/4 scale, CoordConv on the coarsest level), followed by a 1x1 c
 Keys: ``MODEL.SEM_SEG_HEAD.{IN_FEATURES, CONVS_DIM, NORM, NUM_CLASSES, IGNORE_VALUE,
 LOSS_WEIGHT, COMMON_STRIDE}``.
 """
+
 from typing import Dict, List, Optional
 
 import torch
@@ -47,7 +48,11 @@ class SOLOv2StuffHead(nn.Module):
     ):
         super().__init__()
         self.features = SOLOv2MaskBranch(
-            in_features=in_features, in_channels=in_channels, mid_channels=conv_dims, out_channels=conv_dims, norm=norm
+            in_features=in_features,
+            in_channels=in_channels,
+            mid_channels=conv_dims,
+            out_channels=conv_dims,
+            norm=norm,
         )
         self.predictor = nn.Conv2d(conv_dims, num_classes, kernel_size=1)
         nn.init.normal_(self.predictor.weight, std=0.01)
@@ -62,7 +67,9 @@ class SOLOv2StuffHead(nn.Module):
         c = cfg.MODEL.SEM_SEG_HEAD
         return {
             "in_features": c.IN_FEATURES,
-            "in_channels": fused_channels(c.IN_FEATURES, input_shape, "MODEL.SEM_SEG_HEAD.IN_FEATURES"),
+            "in_channels": fused_channels(
+                c.IN_FEATURES, input_shape, "MODEL.SEM_SEG_HEAD.IN_FEATURES"
+            ),
             "num_classes": c.NUM_CLASSES,
             "conv_dims": c.CONVS_DIM,
             "norm": c.NORM,
@@ -78,12 +85,19 @@ class SOLOv2StuffHead(nn.Module):
     def forward(self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None):
         """Training: ``(None, {"loss_sem_seg": scalar})`` against ``targets [B, H, W]`` long;
         inference: ``(logits [B, num_classes, H, W], {})``."""
-        x = F.interpolate(self.layers(features), scale_factor=self.common_stride, mode="bilinear", align_corners=False)
+        x = F.interpolate(
+            self.layers(features),
+            scale_factor=self.common_stride,
+            mode="bilinear",
+            align_corners=False,
+        )
         if self.training:
             # the mean over the labelled pixels of all workers (their count all-reduced, as SOLO's
             # positives), so N workers give the loss of one process on the whole batch
             valid = reduce_mean((targets != self.ignore_value).sum().float())
-            loss = F.cross_entropy(x.float(), targets, reduction="sum", ignore_index=self.ignore_value)
+            loss = F.cross_entropy(
+                x.float(), targets, reduction="sum", ignore_index=self.ignore_value
+            )
             world = float(comm.get_world_size())
             return None, {"loss_sem_seg": loss / valid.clamp(min=1.0 / world) * self.loss_weight}
         return x, {}

@@ -33,6 +33,7 @@ host reads back a constant number of values (the (level, instance) pairs, the cl
 the class range, the targets per level and image), whatever the number of instances. Python
 loops run over images (to concatenate them) and distinct mask sizes only.
 """
+
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -121,7 +122,9 @@ def instance_geometry(masks: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Te
     return extent(rows, ys), extent(cols, xs), center_y, center_x, area.to(torch.float32)
 
 
-def resize_masks(masks: Tensor, size: Tuple[int, int], dtype: torch.dtype = torch.float32) -> Tensor:
+def resize_masks(
+    masks: Tensor, size: Tuple[int, int], dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Resize binary masks: bilinear (``align_corners=False``) on floats, then ``>= 0.5``.
 
     Shrinking by integer factors (the mask targets from the padded input) reads only the
@@ -143,13 +146,21 @@ def resize_masks(masks: Tensor, size: Tuple[int, int], dtype: torch.dtype = torc
     if n == 0 or oh <= 0 or ow <= 0:
         return torch.zeros((n, oh, ow), dtype=dtype, device=masks.device)
     if h % oh or w % ow:
-        small = F.interpolate(masks[:, None].to(torch.float32), size=(oh, ow), mode="bilinear", align_corners=False)
+        small = F.interpolate(
+            masks[:, None].to(torch.float32), size=(oh, ow), mode="bilinear", align_corners=False
+        )
         return (small[:, 0] >= 0.5).to(dtype)
     m = (masks if masks.dtype == torch.bool else masks != 0).view(torch.uint8)
     fy, fx = h // oh, w // ow
     ty, tx = _taps(fy), _taps(fx)
-    rows = m[:, ty[0] :: fy] if len(ty) == 1 else m[:, ty[0] :: fy] + m[:, ty[1] :: fy]  # [N, oh, W]
-    count = rows[:, :, tx[0] :: fx] if len(tx) == 1 else rows[:, :, tx[0] :: fx] + rows[:, :, tx[1] :: fx]
+    rows = (
+        m[:, ty[0] :: fy] if len(ty) == 1 else m[:, ty[0] :: fy] + m[:, ty[1] :: fy]
+    )  # [N, oh, W]
+    count = (
+        rows[:, :, tx[0] :: fx]
+        if len(tx) == 1
+        else rows[:, :, tx[0] :: fx] + rows[:, :, tx[1] :: fx]
+    )
     return (2 * count >= len(ty) * len(tx)).to(dtype)
 
 
@@ -191,8 +202,14 @@ def grid_cell(
 
 
 def _claimed_cells(
-    box_h: Tensor, box_w: Tensor, center_y: Tensor, center_x: Tensor, num_grid: Tensor,
-    extent: Tensor, sigma: float, rounding: str = "floor",
+    box_h: Tensor,
+    box_w: Tensor,
+    center_y: Tensor,
+    center_x: Tensor,
+    num_grid: Tensor,
+    extent: Tensor,
+    sigma: float,
+    rounding: str = "floor",
 ) -> Tuple[Tensor, Tensor]:
     """The cells claimed by P (level, instance) pairs, each on its own grid.
 
@@ -216,8 +233,13 @@ def _claimed_cells(
     hi = torch.minimum(torch.minimum(hi, num_grid - 1), cell + 1)  # [2, P]: (down, right)
     (top, left), (down, right) = lo, hi
     step = torch.arange(3, device=device)
-    rows, cols = top[:, None] + step, left[:, None] + step  # [P, 3]: top <= center cell <= down <= top + 2
-    claimed = (rows <= down[:, None])[:, :, None] & (cols <= right[:, None])[:, None, :]  # [P, 3, 3]
+    rows, cols = (
+        top[:, None] + step,
+        left[:, None] + step,
+    )  # [P, 3]: top <= center cell <= down <= top + 2
+    claimed = (rows <= down[:, None])[:, :, None] & (cols <= right[:, None])[
+        :, None, :
+    ]  # [P, 3, 3]
     pair, di, dj = claimed.nonzero(as_tuple=True)  # pair-major, then row, then column
     return pair, (top[pair] + di) * num_grid[pair] + left[pair] + dj
 
@@ -235,8 +257,10 @@ def _check_inputs(gt_masks, gt_classes, gt_boxes, image_hw):
                 f"{masks.shape[0]} masks"
             )
         if gt_boxes is not None and tuple(gt_boxes[b].shape) != (masks.shape[0], 4):
-            raise ValueError(f"solo_targets: image {b}: gt_boxes shape {tuple(gt_boxes[b].shape)}, "
-                             f"expected ({masks.shape[0]}, 4)")
+            raise ValueError(
+                f"solo_targets: image {b}: gt_boxes shape {tuple(gt_boxes[b].shape)}, "
+                f"expected ({masks.shape[0]}, 4)"
+            )
 
 
 def _check_class_range(classes: Tensor, img: Tensor, num_classes: int) -> None:
@@ -257,7 +281,11 @@ def _check_class_range(classes: Tensor, img: Tensor, num_classes: int) -> None:
 
 
 def _resize_unpadded(
-    gt_masks: List[Tensor], img: Tensor, local: Tensor, image_sizes: Sequence[Tuple[int, int]], size: Tuple[int, int]
+    gt_masks: List[Tensor],
+    img: Tensor,
+    local: Tensor,
+    image_sizes: Sequence[Tuple[int, int]],
+    size: Tuple[int, int],
 ) -> Tensor:
     """AdelaiDet's mask targets: each instance's *unpadded* mask resized by ``cv2.resize``
     (``INTER_LINEAR`` on uint8) to ``(int(w / f + 0.5), int(h / f + 0.5))``, ``f`` the integer
@@ -277,13 +305,17 @@ def _resize_unpadded(
     pad_h, pad_w = gt_masks[0].shape[-2:]
     f = pad_h // size[0]
     if size[0] * f != pad_h or size[1] * f != pad_w:
-        raise ValueError("solo_targets: mask_resize='unpadded' needs one integer factor from "
-                         f"{(pad_h, pad_w)} to {size}")
+        raise ValueError(
+            "solo_targets: mask_resize='unpadded' needs one integer factor from "
+            f"{(pad_h, pad_w)} to {size}"
+        )
     out = torch.zeros((img.numel(), *size), dtype=torch.bool)
     for row, (b, i) in enumerate(zip(img.tolist(), local.tolist())):
         h, w = (int(v) for v in image_sizes[b])
         mask = gt_masks[b][i, :h, :w].to(device="cpu", dtype=torch.uint8).numpy()
-        small = cv2.resize(mask, (int(w / f + 0.5), int(h / f + 0.5)), interpolation=cv2.INTER_LINEAR)
+        small = cv2.resize(
+            mask, (int(w / f + 0.5), int(h / f + 0.5)), interpolation=cv2.INTER_LINEAR
+        )
         out[row, : small.shape[0], : small.shape[1]] = torch.from_numpy(small) != 0
     return out.to(gt_masks[0].device)
 
@@ -334,28 +366,49 @@ def solo_targets(
             f"solo_targets: num_grids ({num_levels}), scale_ranges ({len(scale_ranges)}) and "
             f"mask_sizes ({len(mask_sizes)}) must have one entry per level"
         )
-    if len(gt_masks) != len(gt_classes) or (gt_boxes is not None and len(gt_boxes) != len(gt_masks)):
-        raise ValueError("solo_targets: gt_masks, gt_classes (and gt_boxes) need one entry per image")
+    if len(gt_masks) != len(gt_classes) or (
+        gt_boxes is not None and len(gt_boxes) != len(gt_masks)
+    ):
+        raise ValueError(
+            "solo_targets: gt_masks, gt_classes (and gt_boxes) need one entry per image"
+        )
     if len(gt_masks) == 0:
         raise ValueError("solo_targets: empty batch (no images)")
     if mask_resize not in MASK_RESIZES:
-        raise ValueError(f"solo_targets: mask_resize must be one of {MASK_RESIZES}, got {mask_resize!r}")
+        raise ValueError(
+            f"solo_targets: mask_resize must be one of {MASK_RESIZES}, got {mask_resize!r}"
+        )
     if mask_resize == "unpadded" and (image_sizes is None or len(image_sizes) != len(gt_masks)):
-        raise ValueError("solo_targets: mask_resize='unpadded' needs image_sizes, one (h, w) per image")
+        raise ValueError(
+            "solo_targets: mask_resize='unpadded' needs image_sizes, one (h, w) per image"
+        )
     image_hw = tuple(gt_masks[0].shape[-2:])
     device = gt_masks[0].device
     _check_inputs(gt_masks, gt_classes, gt_boxes, image_hw)
     num_images, num_levels = len(gt_masks), len(num_grids)
     classes = torch.cat([c.to(device=device, dtype=torch.long) for c in gt_classes])  # [K]
-    img = torch.cat([torch.full((m.shape[0],), b, dtype=torch.long, device=device) for b, m in enumerate(gt_masks)])
-    local = torch.cat([torch.arange(m.shape[0], device=device) for m in gt_masks])  # index within its image
+    img = torch.cat(
+        [
+            torch.full((m.shape[0],), b, dtype=torch.long, device=device)
+            for b, m in enumerate(gt_masks)
+        ]
+    )
+    local = torch.cat(
+        [torch.arange(m.shape[0], device=device) for m in gt_masks]
+    )  # index within its image
     _check_class_range(classes, img, num_classes)
     # host constants in one copy: scale ranges [L, 2], grids [L], first cell of each level [L],
     # the padded extent [2]
     cells_per_level = [num_images * int(g) ** 2 for g in num_grids]
     starts = [sum(cells_per_level[:lvl]) for lvl in range(num_levels)]
-    host = [float(v) for r in scale_ranges for v in r] + [float(g) for g in num_grids] + [float(v) for v in starts]
-    consts = torch.tensor(host + [float(image_hw[0]), float(image_hw[1])], dtype=torch.float64).to(device)
+    host = (
+        [float(v) for r in scale_ranges for v in r]
+        + [float(g) for g in num_grids]
+        + [float(v) for v in starts]
+    )
+    consts = torch.tensor(host + [float(image_hw[0]), float(image_hw[1])], dtype=torch.float64).to(
+        device
+    )
     ranges = consts[: 2 * num_levels].view(num_levels, 2).to(torch.float32)
     grids = consts[2 * num_levels : 3 * num_levels].long()
     level_start = consts[3 * num_levels : 4 * num_levels].long()
@@ -370,10 +423,19 @@ def solo_targets(
 
     # 2. (level, instance) pairs: an instance goes to every level whose range holds its scale
     scale = torch.sqrt(box_h * box_w)
-    hit = (area > 0)[None] & (scale[None] >= ranges[:, :1]) & (scale[None] <= ranges[:, 1:])  # [L, K]
+    hit = (
+        (area > 0)[None] & (scale[None] >= ranges[:, :1]) & (scale[None] <= ranges[:, 1:])
+    )  # [L, K]
     pair_level, pair_k = hit.nonzero(as_tuple=True)  # level-major, then image, then instance
     pair, cell = _claimed_cells(
-        box_h[pair_k], box_w[pair_k], cy[pair_k], cx[pair_k], grids[pair_level], extent, sigma, grid_rounding
+        box_h[pair_k],
+        box_w[pair_k],
+        cy[pair_k],
+        cx[pair_k],
+        grids[pair_level],
+        extent,
+        sigma,
+        grid_rounding,
     )
     level, k = pair_level[pair], pair_k[pair]  # per mask target, in the references' order
 
@@ -381,7 +443,9 @@ def solo_targets(
     flat = level_start[level] + img[k] * grids[level] ** 2 + cell
     last = torch.full((sum(cells_per_level),), -1, dtype=torch.long, device=device)
     last.scatter_reduce_(0, flat, k, reduce="amax")
-    classes = torch.cat([classes, classes.new_full((1,), num_classes)])  # index K (and -1): background
+    classes = torch.cat(
+        [classes, classes.new_full((1,), num_classes)]
+    )  # index K (and -1): background
     labels, positive = classes[last], last >= 0  # cells nobody claims (-1) index the background
     if one_target_per_cell:  # the last claimant's mask overwrites the others' (official SOLO)
         sel = (last[flat] == k).nonzero()[:, 0]
@@ -397,7 +461,9 @@ def solo_targets(
 
     # targets per (level, image), read back once: split by level here, by image in the heads
     counts = torch.bincount(level * num_images + img[k], minlength=num_levels * num_images).tolist()
-    per_level = [sum(counts[lvl * num_images : (lvl + 1) * num_images]) for lvl in range(num_levels)]
+    per_level = [
+        sum(counts[lvl * num_images : (lvl + 1) * num_images]) for lvl in range(num_levels)
+    ]
     splits = [t.split(per_level) for t in (img[k], cell, k, local[k])]
     out = []
     for lvl, (g, size) in enumerate(zip(num_grids, mask_sizes)):
