@@ -143,7 +143,7 @@ def test_config_loads_and_builds(name):
                 2.0,
             )
         assert (
-            model.sem_seg_head.num_classes
+            model.sem_seg_head.predictor.out_channels  # both heads end in a 1x1 conv
             == len(model.combine_cfg["stuff_ids"])
             == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         )
