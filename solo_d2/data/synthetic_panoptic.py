@@ -144,15 +144,18 @@ def _stuff_layout(rng, index, h, w):
             layout[(xx >= x0) & (xx < x1) & (yy >= top) & (yy < bottom)] = _WALL
     if index != ONLY_STUFF_INDEX:
         layout[np.abs(yy + 0.5 - horizon) < 1.5] = 0  # unlabeled band along the horizon
-        if index % 5 == 3:  # an unlabeled blob
-            cx, cy, rx, ry = (
-                rng.uniform(0, w),
-                rng.uniform(0, h),
-                rng.uniform(10, 40),
-                rng.uniform(8, 30),
-            )
-            layout[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1] = 0
+        if index % 5 == 3:
+            void_blob(rng, layout)
     return layout
+
+
+def void_blob(rng, layout):
+    """Set an elliptic blob of the ``[H, W]`` layout to 0 (void), in place: center anywhere,
+    radii 10-40 x 8-30 pixels."""
+    h, w = layout.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx, cy, rx, ry = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(10, 40), rng.uniform(8, 30)
+    layout[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1] = 0
 
 
 def _stuff_image(rng, layout):

@@ -24,6 +24,7 @@ from .synthetic_panoptic import (
     PANOPTIC_CATEGORIES,
     _panoptic_jsons,
     _write_coco_panoptic,
+    void_blob,
     write_panoptic_jsons,
 )
 
@@ -76,15 +77,8 @@ def _textured_layout(rng, index, h, w):
     if index != ONLY_STUFF_INDEX:
         margin = rng.uniform(0.02, 0.08)
         layout[order[-1] - order[-2] < margin] = 0  # unlabeled borders between regions
-        if index % 5 == 3:  # an unlabeled blob
-            yy2, xx2 = np.mgrid[0:h, 0:w]
-            cx, cy, rx, ry = (
-                rng.uniform(0, w),
-                rng.uniform(0, h),
-                rng.uniform(10, 40),
-                rng.uniform(8, 30),
-            )
-            layout[((xx2 - cx) / rx) ** 2 + ((yy2 - cy) / ry) ** 2 < 1] = 0
+        if index % 5 == 3:
+            void_blob(rng, layout)
     return layout
 
 
