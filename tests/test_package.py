@@ -108,3 +108,10 @@ def test_detectron2_compiled_op_stand_in_names_the_op():
     from detectron2.utils.collect_env import collect_env_info
 
     assert "stand-in" in collect_env_info()  # default_setup() calls this; it must not raise
+
+
+def test_passing_tests_leave_no_temporary_files(request):
+    # pytest.ini: a session writes GB of checkpoints and exports; pytest's default keeps every
+    # test's files of the last 3 sessions, which filled the CI machine's disk.
+    assert request.config.getini("tmp_path_retention_policy") == "failed"
+    assert int(request.config.getini("tmp_path_retention_count")) <= 1
