@@ -3,8 +3,9 @@
 The full runs compare solo_d2 with AdelaiDet's own code, loaded at run time from the checkout
 named by ``ADELAIDET_ROOT`` (:mod:`benchmarks.adelaidet_port`). The re-implementations
 here (AdelaiDet's SOLOv2 post-processing and target loops, the references' one-matmul Matrix
-NMS) serve ``--quick`` runs (CI has no checkout); ``tests/test_benchmark_baselines.py`` checks
-them equal to the port once (when ``ADELAIDET_ROOT`` is set) and to solo_d2. solo_d2's previous
+NMS) serve ``--quick`` runs (CI has no checkout);
+``tests/benchmarks/test_benchmark_baselines.py`` checks them equal to the port once (when
+``ADELAIDET_ROOT`` is set) and to solo_d2. solo_d2's previous
 paste is a baseline of the paste section. The inputs are synthetic (head outputs shaped like
 SOLOv2 R50's, random disc instances, training batches).
 """
@@ -90,8 +91,8 @@ def adelaidet_postprocess(
     cate_logits, mask_outputs, image_size, output_size, test_cfg, strides=STRIDES
 ):
     """Baseline of ``--quick`` runs: AdelaiDet's SOLOv2 ``inference_single_image`` (one image,
-    Matrix NMS) re-implemented; ``tests/test_benchmark_baselines.py`` checks it equal to the
-    port's own code (:mod:`benchmarks.adelaidet_port`), which the full runs time."""
+    Matrix NMS) re-implemented; ``tests/benchmarks/test_benchmark_baselines.py`` checks it equal
+    to the port's own code (:mod:`benchmarks.adelaidet_port`), which the full runs time."""
     cate = torch.cat(
         [point_nms(c.sigmoid()).permute(0, 2, 3, 1).reshape(-1, c.shape[1]) for c in cate_logits]
     )

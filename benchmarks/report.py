@@ -13,8 +13,8 @@ NOTES = """## Notes
   from the checkout that `ADELAIDET_ROOT` names by `benchmarks/adelaidet_port.py` (never
   copied into this repository; without the variable those columns say "not measured").
   `--quick` runs (CI, no checkout) use re-implementations in `benchmarks/baselines.py`,
-  which `tests/test_benchmark_baselines.py` checks equal to the port (when `ADELAIDET_ROOT` is
-  set) and to solo_d2:
+  which `tests/benchmarks/test_benchmark_baselines.py` checks equal to the port (when
+  `ADELAIDET_ROOT` is set) and to solo_d2:
   - post-processing: the port's `point_nms` of the sigmoid per level, as its `forward` does, then
     its `SOLOv2.inference` (`inference_single_image`: masks of every candidate above the score
     threshold by one 1x1 conv over all candidate kernels, area filter, maskness, sort, top

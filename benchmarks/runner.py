@@ -3,7 +3,7 @@
 AdelaiDet's SOLOv2 baselines are the port's own code, loaded at run time from the checkout that
 ``ADELAIDET_ROOT`` names (:mod:`benchmarks.adelaidet_port`; without it the AdelaiDet
 columns say "not measured"). ``--quick`` runs (CI, no checkout) use the re-implementations in
-:mod:`benchmarks.baselines`, which ``tests/test_benchmark_baselines.py`` checks equal to
+:mod:`benchmarks.baselines`, which ``tests/benchmarks/test_benchmark_baselines.py`` checks equal to
 the port and to solo_d2. The report (goals, tables, notes) is written by
 :mod:`benchmarks.report`; the CUDA sections are in :mod:`benchmarks.cuda`. Sections:
 

@@ -6,9 +6,9 @@ atomic and stamped, so pytest-xdist workers can ask for the same data at once.
 """
 
 import os
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO_ROOT
+
 os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
 
 import pytest  # noqa: E402

@@ -19,8 +19,8 @@ import torch
 from benchmarks import baselines as bl
 from solo_d2.modeling.solo.matrix_nms import matrix_nms
 from solo_d2.modeling.solo.targets import grid_cell, instance_geometry, solo_targets
-from tests.test_autocast import _model
-from tests.test_tools import ROOT, run_tool
+from tests.helpers import REPO_ROOT, run_tool
+from tests.helpers.models import random_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -101,7 +101,7 @@ def test_matrix_nms_on_cuda_matches_cpu():
 def test_postprocessing_on_cuda_matches_cpu():
     size = (256, 384)
     cate, mask_out, padded = bl.synthetic_solov2_outputs(200, size=size, num_objects=20)
-    _, model = _model(
+    _, model = random_model(
         "SOLOv2/R50_3x.yaml",
         "MODEL.RESNETS.DEPTH",
         "18",
@@ -186,7 +186,7 @@ def test_model_on_cuda_matches_cpu(config):
         if "SOLO" in config
         else ()
     )
-    _, model = _model(config, *opts, device="cpu")
+    _, model = random_model(config, *opts, device="cpu")
     model.eval()
     image = torch.randint(
         0, 255, (3, 120, 176), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
@@ -262,7 +262,7 @@ def test_amp_trainer_steps(config):
 
     from solo_d2.engine.trainer import Trainer
 
-    cfg, model = _model(config, device="cuda")
+    cfg, model = random_model(config, device="cuda")
     model.train()
     batch = bl.training_batch(cfg, 160, 224, num_instances=5)
     with torch.no_grad():
@@ -303,7 +303,7 @@ def test_train_net_on_cuda_with_amp(tmp_path, config, metric, synthetic_coco, sy
     proc = run_tool(
         "tools/train_net.py",
         "--config-file",
-        ROOT / "configs" / config,
+        REPO_ROOT / "configs" / config,
         "--num-gpus",
         "1",
         "MODEL.DEVICE",

@@ -8,14 +8,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO_ROOT
+
+REPO = REPO_ROOT
 SCRIPTS = sorted(p.name for p in (REPO / "tools").glob("*.py"))
 # test modules that import what used to be in tools/ (and the benchmark package itself)
 MODULES = [
-    "tests.test_benchmark_baselines",
-    "tests.test_autocast",
+    "tests.benchmarks.test_benchmark_baselines",
+    "tests.modeling.test_autocast",
     "tests.test_cuda",
     "benchmarks.runner",
     "benchmarks.baselines",

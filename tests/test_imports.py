@@ -1,11 +1,14 @@
 """Imports run one way (no circle among solo_d2's modules, `tools/check_imports.py`), and
 ``import solo_d2.checkpoint`` alone registers every checkpoint converter."""
 
+import ast
 import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO_ROOT
+
+ROOT = str(REPO_ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import check_imports  # noqa: E402
@@ -96,3 +99,33 @@ def test_private_detectron2_state_is_touched_only_in_compat(tmp_path):
         "from detectron2.engine.launch import _find_free_port\ndef f(s):\n    s._seed = 1\n"
     )
     assert _private_uses(str(bad)) == [(1, "_find_free_port"), (3, "_seed")]
+
+
+# tests of the repository as a whole; everything else goes to the folder of what it tests
+TOP_LEVEL_TESTS = {
+    "test_cuda.py",
+    "test_config_weights.py",
+    "test_docs.py",
+    "test_foreign_tools_package.py",
+    "test_imports.py",
+    "test_package.py",
+    "test_solo_configs.py",
+}
+
+
+def test_tests_mirror_the_package_and_share_helpers_from_one_place():
+    tests = REPO_ROOT / "tests"
+    assert {p.name for p in tests.glob("test_*.py")} == TOP_LEVEL_TESTS
+    for folder in ("modeling", "checkpoint", "data", "engine", "evaluation", "export", "tools"):
+        assert any((tests / folder).glob("test_*.py")), folder
+    for path in tests.rglob("*.py"):
+        if "data" in path.relative_to(tests).parts[:-1] and not path.name.startswith("test_"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                last = node.module.split(".")[-1]
+                assert not last.startswith("test_"), (
+                    f"{path.relative_to(REPO_ROOT)} imports {node.module}: shared helpers "
+                    "belong in tests/helpers/"
+                )
+                assert node.module != "tests.conftest", path

@@ -16,12 +16,13 @@ from solo_d2.modeling.backbone import DeformConv2d, DeformConvBase
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-# Detectron2 Panoptic FPN baselines (tests/test_panoptic_side_by_side.py trains them)
+# Detectron2 Panoptic FPN baselines (tests/tools/test_panoptic_side_by_side.py trains them)
 # are not SOLO configs
 SOLO_CONFIGS = [
     c for c in model_zoo.list_configs() if "BiSeNet" not in c and "PanopticFPN" not in c
 ]
-# Models of the converted checkpoints are built (and loaded strictly) in tests/test_convert_solo.py.
+# Models of the converted checkpoints are built (and loaded strictly) in
+# tests/checkpoint/test_convert_solo.py.
 CONVERTED = [c for c in SOLO_CONFIGS if c.startswith("Converted/")]
 SOLO_CONFIGS = [c for c in SOLO_CONFIGS if c not in CONVERTED]
 

@@ -36,7 +36,7 @@ has none, or always with ``--bundle``::
 
 ``--dry-run`` runs the same code on the CPU with tiny sizes, one repeat and one training step
 (AMP training is skipped there: AMPTrainer needs CUDA), so that a GPU's few minutes are not
-lost to a crash (``tests/test_gpu_check.py``).
+lost to a crash (``tests/tools/test_gpu_check.py``).
 """
 
 import argparse

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """A small mutation tester: break one thing in a source file, run its tests, restore.
 
-    python tools/mutation_test.py solo_d2/modeling/bisenet/loss.py tests/test_bisenet_loss.py \
-        tests/test_bisenet_aux_weight.py --max-mutants 60
+    python tools/mutation_test.py solo_d2/modeling/bisenet/loss.py \
+        tests/modeling/test_bisenet_loss.py tests/modeling/test_bisenet_aux_weight.py \
+        --max-mutants 60
 
 Mutations (one at a time, on the AST, so comments and strings are never touched):
 comparison swaps (< <=, > >=, == !=), arithmetic swaps (+ -, * /, // *), and/or,

@@ -6,8 +6,8 @@ so the backbone maps one to one. Its towers are ``nn.Sequential(conv, GN, ReLU, 
 ``convs_all_levels.{i}.conv{j}.{0: conv, 1: GN}`` and ``conv_pred.{0,1}``; solo_d2 uses
 Detectron2 ``Conv2d`` modules with a ``norm`` child. Caffe-style R50/R101, BGR input,
 Detectron2's default pixel statistics: the recipe configs ``configs/SOLOv2/R50_3x.yaml`` and
-``R101_3x.yaml`` compute what AdelaiDet computes (tests/test_parity_solov2.py checks it on the
-reference's own outputs).
+``R101_3x.yaml`` compute what AdelaiDet computes (tests/parity/test_parity_solov2.py checks it on
+the reference's own outputs).
 """
 
 from .core import Conversion, ConversionError, register_converter, rename_keys, require_keys

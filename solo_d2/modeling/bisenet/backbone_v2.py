@@ -3,7 +3,7 @@ context embedding).
 
 Layer for layer what CoinCheung/BiSeNet's ``lib/models/bisenetv2.py`` (commit 6b4b67a8) computes,
 so that its published Cityscapes weights convert (``tools/convert_checkpoint.py --from
-coincheung-bisenetv2``) and reproduce its outputs (``tests/test_parity_bisenet.py``).
+coincheung-bisenetv2``) and reproduce its outputs (``tests/parity/test_parity_bisenet.py``).
 
 Outputs for [N, 3, H, W] (H, W multiples of 32), with default widths:
 
