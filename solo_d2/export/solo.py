@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..modeling.solo.heads import SOLOv2Head
 from ..modeling.solo.heads_solo import SOLOHead, _DecoupledBase
-from ..modeling.solo.matrix_nms import mask_iou_matrix, matrix_nms_decay
+from ..modeling.solo.matrix_nms import matrix_nms_decay, same_class_iou_matrix
 from ..modeling.solo.postprocess import masks_to_boxes, point_nms
 from .common import pad_to_multiple
 
@@ -49,8 +49,7 @@ def matrix_nms_traceable(
 ) -> Tensor:
     """Matrix NMS of ``N >= 1`` candidates sorted by score, as
     :func:`~solo_d2.modeling.solo.matrix_nms.matrix_nms` computes it, without size checks."""
-    same = (labels[:, None] == labels[None, :]).to(torch.float32)
-    decay_iou = (mask_iou_matrix(binary, areas) * same).triu(diagonal=1)
+    decay_iou = same_class_iou_matrix(binary, labels, areas).triu(diagonal=1)
     return scores * matrix_nms_decay(decay_iou, kernel, sigma)
 
 

@@ -80,8 +80,12 @@ class _GridHeadBase(SOLOHeadBase):
         self._build_mask_layers(in_channels, channels, tower)
         init_head_weights(self)
         nn.init.constant_(self.cate_pred.bias, prior_bias(prior_prob))
-        # first global cell of levels 1.. (for inference_masks' split of the cells by level)
-        starts = torch.tensor([s * s for s in self.num_grids[:-1]]).cumsum(0)
+        # first global cell of each level: Python ints, and of levels 1.. as a buffer on the
+        # model's device (inference_masks splits the candidate cells by level with it)
+        self._level_offsets = [0]
+        for s in self.num_grids[:-1]:
+            self._level_offsets.append(self._level_offsets[-1] + s * s)
+        starts = torch.tensor(self._level_offsets[1:], dtype=torch.long)
         self.register_buffer("_level_starts", starts, persistent=False)
         for m in self.modules():
             if getattr(m, "_mask_output", False):
@@ -107,7 +111,7 @@ class _GridHeadBase(SOLOHeadBase):
         :meth:`soft_masks`, resized to ``size``."""
         bounds = [0, *torch.searchsorted(cells, self._level_starts).tolist(), cells.numel()]
         parts = []
-        for level, start in enumerate(self._level_offsets()):
+        for level, start in enumerate(self._level_offsets):
             local = cells[bounds[level] : bounds[level + 1]] - start
             if local.numel():
                 parts.append(
@@ -118,13 +122,6 @@ class _GridHeadBase(SOLOHeadBase):
         if not parts:
             return torch.zeros((0, *size), device=cells.device)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def _level_offsets(self):
-        """First global cell of each level (Python ints)."""
-        offsets = [0]
-        for s in self.num_grids[:-1]:
-            offsets.append(offsets[-1] + s * s)
-        return offsets
 
     def _build_mask_layers(self, in_channels, channels, tower):
         """Mask towers (``tower(cin)`` builds one) and output convs of the head."""

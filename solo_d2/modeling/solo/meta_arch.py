@@ -376,25 +376,24 @@ class SOLO(nn.Module):
         row, labels = keep[cells].nonzero(as_tuple=True)  # [K] candidate -> its cell's row, class
         cand_cells = cells[row]
         cand_scores, strides = scores[cand_cells, labels], self._stride_of_cell[cand_cells]
+        soft = None  # [U, h, w] soft masks of the candidate cells, unless too many for memory
         if cells.numel() * size[0] * size[1] <= self._MAX_MASK_ELEMENTS:
-            soft = self.ins_head.inference_masks(mask_outputs, b, cells, size)  # [U, h, w]
+            soft = self.ins_head.inference_masks(mask_outputs, b, cells, size)
             area, maskness = mask_area_maskness(soft, self.mask_thresh)
-            top, ranked, valid = rank_candidates(
-                area, maskness, row, cand_scores, strides, self.nms_pre
-            )
-            top_rows = row[top]
-            soft = soft[top_rows]
         else:
             area, maskness = self._chunked_area_maskness(mask_outputs, b, cells, size)
-            top, ranked, valid = rank_candidates(
-                area, maskness, row, cand_scores, strides, self.nms_pre
-            )
-            top_rows = row[top]
-            cell_order, perm = torch.sort(cells[top_rows])  # the heads take ascending cells
-            soft = torch.empty((top.numel(), *size), device=scores.device)
-            soft[perm] = self.ins_head.inference_masks(mask_outputs, b, cell_order, size)
+        top, ranked, valid = rank_candidates(
+            area, maskness, row, cand_scores, strides, self.nms_pre
+        )
+        top_rows = row[top]
+        if soft is None:  # recompute the kept candidates' masks (the heads take ascending cells)
+            cell_order, perm = torch.sort(cells[top_rows])
+            top_soft = torch.empty((top.numel(), *size), device=scores.device)
+            top_soft[perm] = self.ins_head.inference_masks(mask_outputs, b, cell_order, size)
+        else:
+            top_soft = soft[top_rows]
         return select_and_paste(
-            soft,
+            top_soft,
             labels[top],
             ranked,
             valid,
