@@ -28,15 +28,12 @@ probability is 0.5 within 1e-7); logits within 1e-3 and argmax labels identical 
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, run_tool
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -273,18 +270,6 @@ def test_bisenet_export_parity(name, tmp_path, synthetic_cityscapes):
         assert out.shape == (2, 100, 172) and (out != eager.argmax(1)).float().mean() <= 1e-3
 
 
-def _tool(*args, timeout=600):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
 def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_path):
     """tools/export_model.py exports the trained weights; tools/onnx_predict.py (onnxruntime,
     no torch, no detectron2) runs them on an image and writes a PNG."""
@@ -293,7 +278,7 @@ def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_pat
     _, _, weights = trained_solov2
     _, val = coco_dicts
     out = tmp_path / "exported"
-    proc = _tool(
+    proc = run_tool(
         "tools/export_model.py",
         "--config-file",
         ROOT / "configs/Synthetic/SOLOv2_R18.yaml",
@@ -307,6 +292,7 @@ def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_pat
         "128",
         "MODEL.WEIGHTS",
         weights,
+        OMP_NUM_THREADS="1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "model.json").read_text())
@@ -317,7 +303,7 @@ def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_pat
     )
     check_onnx(str(out / "model.onnx"))
     png = tmp_path / "pred.png"
-    proc = _tool(
+    proc = run_tool(
         "-X",
         "importtime",
         "tools/onnx_predict.py",
@@ -327,6 +313,7 @@ def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_pat
         png,
         "--threshold",
         "0.1",
+        OMP_NUM_THREADS="1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     imported = {
@@ -339,7 +326,7 @@ def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_pat
     img, src = cv2.imread(str(png)), cv2.imread(val[0]["file_name"])
     assert img is not None and img.shape == src.shape
 
-    proc = _tool(
+    proc = run_tool(
         "tools/export_model.py",
         "--config-file",
         ROOT / "configs/Synthetic/SOLOv2_R18.yaml",
@@ -347,5 +334,6 @@ def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_pat
         "onnx",
         "--output",
         out,
+        OMP_NUM_THREADS="1",
     )
     assert proc.returncode == 2 and "MODEL.WEIGHTS is empty" in proc.stderr

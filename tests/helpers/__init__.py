@@ -16,9 +16,10 @@ DATA_DIR = REPO_ROOT / "tests" / "data"  # the parity fixtures (tests/data/READM
 CONVERTER = REPO_ROOT / "tools" / "convert_checkpoint.py"
 
 
-def run_tool(*args, timeout=600):
-    """``python *args`` in the repository root (a script of ``tools/`` and its arguments)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_tool(*args, timeout=600, **env):
+    """``python *args`` in the repository root (a script of ``tools/`` and its arguments), with
+    the environment variables ``env`` set."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
     return subprocess.run(
         [sys.executable, *map(str, args)],
         cwd=REPO_ROOT,
