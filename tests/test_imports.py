@@ -68,6 +68,7 @@ _D2_PRIVATE = {
     "_eval_after_train",
     "_LOCAL_PROCESS_GROUP",
     "_do_eval",
+    "_load_file",
 }
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "register_converter",
     "load_checkpoint_file",
     "load_checkpoint_with_meta",
+    "read_checkpoint_dict",
     "rename_keys",
     "expected_state_shapes",
     "verify_state_dict",
@@ -116,19 +117,9 @@ def load_checkpoint_file(path: str) -> StateDict:
     return load_checkpoint_with_meta(path)[0]
 
 
-def load_checkpoint_with_meta(path: str) -> Tuple[StateDict, Dict]:
-    """Read a checkpoint file as a flat ``{key: tensor}`` dict and its ``meta`` dict (mmcv
-    checkpoints: ``{"meta": {"config": <config file text>, ...}, "state_dict": ...}``; ``{}``
-    when there is none).
-
-    ``.pth``/``.pt``/``.tar``: ``torch.load(..., weights_only=True)``; a checkpoint whose
-    pickle holds other objects (e.g. mmcv's ``meta`` with numpy scalars or an optimizer
-    state) is refused by that loader, and is then read with ``weights_only=False`` *after a
-    warning*, since it can run code: only do this for files you trust. ``.pkl``: Detectron2 /
-    Caffe2 pickles of numpy arrays (``{"model": {...}}`` or flat). The state dict is taken
-    from ``"state_dict"`` (mmcv), else ``"model"`` (Detectron2), else the top level; nested
-    dicts are flattened with ``.``-joined keys and a ``module.`` prefix on every key is removed.
-    """
+def read_checkpoint_dict(path: str) -> Dict:
+    """The top-level dict pickled in checkpoint file ``path``, unchanged (how each file type is
+    read: :func:`load_checkpoint_with_meta`)."""
     if not os.path.isfile(path):
         raise ConversionError(f"checkpoint file not found: {path}")
     if path.endswith(".pkl"):
@@ -145,6 +136,23 @@ def load_checkpoint_with_meta(path: str) -> Tuple[StateDict, Dict]:
             obj = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(obj, dict):
         raise ConversionError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    return obj
+
+
+def load_checkpoint_with_meta(path: str) -> Tuple[StateDict, Dict]:
+    """Read a checkpoint file as a flat ``{key: tensor}`` dict and its ``meta`` dict (mmcv
+    checkpoints: ``{"meta": {"config": <config file text>, ...}, "state_dict": ...}``; ``{}``
+    when there is none).
+
+    ``.pth``/``.pt``/``.tar``: ``torch.load(..., weights_only=True)``; a checkpoint whose
+    pickle holds other objects (e.g. mmcv's ``meta`` with numpy scalars or an optimizer
+    state) is refused by that loader, and is then read with ``weights_only=False`` *after a
+    warning*, since it can run code: only do this for files you trust. ``.pkl``: Detectron2 /
+    Caffe2 pickles of numpy arrays (``{"model": {...}}`` or flat). The state dict is taken
+    from ``"state_dict"`` (mmcv), else ``"model"`` (Detectron2), else the top level; nested
+    dicts are flattened with ``.``-joined keys and a ``module.`` prefix on every key is removed.
+    """
+    obj = read_checkpoint_dict(path)
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
     for key in ("state_dict", "model"):
         if key in obj and isinstance(obj[key], dict):

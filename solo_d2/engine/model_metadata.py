@@ -18,14 +18,15 @@
 import logging
 from typing import Dict, List, Optional, Sequence
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
 
+from ..checkpoint.core import read_checkpoint_dict
 from ..data.panoptic import panoptic_class_maps
 from ..modeling.solo.panoptic import panoptic_class_counts_checked
 
@@ -153,10 +154,7 @@ def read_checkpoint_metadata(path: str) -> Optional[Dict]:
     checkpoint written before solo_d2 saved it, a converted or foreign one)."""
     if not path:
         return None
-    checkpointer = DetectionCheckpointer(torch.nn.Module())
-    local = checkpointer.path_manager.get_local_path(path)
-    data = checkpointer._load_file(local)
-    return data.get(CHECKPOINT_KEY) or None
+    return read_checkpoint_dict(PathManager.get_local_path(path)).get(CHECKPOINT_KEY) or None
 
 
 def _mismatch_message(cfg, path, incorrect, meta):
