@@ -148,16 +148,16 @@ def paste_masks(soft_masks: Tensor, image_size, output_size, threshold: float) -
     same_size = (out_h, out_w) == (img_h, img_w)
     per_mask = 16 * mh * mw + (0 if same_size else out_h * out_w)
     chunk = max(1, _PASTE_MAX_ELEMENTS // max(per_mask, 1))
-    parts = []
-    for start in range(0, max(k, 1), chunk):
+    out = torch.empty((k, out_h, out_w), dtype=torch.bool, device=soft_masks.device)
+    for start in range(0, k, chunk):
         x = soft_masks[start : start + chunk, None].float()
         x = F.interpolate(x, size=(4 * mh, 4 * mw), mode="bilinear", align_corners=False)[
             :, :, :img_h, :img_w
         ]
         if not same_size:
             x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
-        parts.append(x[:, 0] > threshold)
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+        torch.gt(x[:, 0], threshold, out=out[start : start + chunk])  # each chunk in place
+    return out
 
 
 def rank_candidates(
