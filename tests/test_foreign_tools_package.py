@@ -11,8 +11,7 @@ import sys
 
 from tests.helpers import REPO_ROOT
 
-REPO = REPO_ROOT
-SCRIPTS = sorted(p.name for p in (REPO / "tools").glob("*.py"))
+SCRIPTS = sorted(p.name for p in (REPO_ROOT / "tools").glob("*.py"))
 # test modules that import what used to be in tools/ (and the benchmark package itself)
 MODULES = [
     "tests.benchmarks.test_benchmark_baselines",
@@ -74,10 +73,11 @@ def test_no_module_imports_from_a_tools_package():
     """Static check of every Python file of the repository: nothing imports ``tools``."""
     offenders = []
     for path in [
-        *REPO.glob("solo_d2/**/*.py"),
-        *REPO.glob("tests/*.py"),
-        *REPO.glob("tools/*.py"),
-        *REPO.glob("datasets/*.py"),
+        *REPO_ROOT.glob("solo_d2/**/*.py"),
+        *REPO_ROOT.glob("tests/**/*.py"),
+        *REPO_ROOT.glob("benchmarks/*.py"),
+        *REPO_ROOT.glob("tools/*.py"),
+        *REPO_ROOT.glob("datasets/*.py"),
     ]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = (
@@ -88,12 +88,12 @@ def test_no_module_imports_from_a_tools_package():
                 else []
             )
             offenders += [
-                "{}:{} {}".format(path.relative_to(REPO), node.lineno, n)
+                "{}:{} {}".format(path.relative_to(REPO_ROOT), node.lineno, n)
                 for n in names
                 if n == "tools" or n.startswith("tools.")
             ]
     assert not offenders, offenders
-    assert not (REPO / "tools" / "__init__.py").exists()
+    assert not (REPO_ROOT / "tools" / "__init__.py").exists()
 
 
 def test_scripts_and_test_modules_work_with_a_foreign_tools_package_first(tmp_path):
@@ -106,7 +106,7 @@ def test_scripts_and_test_modules_work_with_a_foreign_tools_package_first(tmp_pa
     )
     proc = subprocess.run(
         [sys.executable, "-c", _CHECK, json.dumps(SCRIPTS), json.dumps(MODULES)],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,

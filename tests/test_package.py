@@ -10,15 +10,13 @@ import pytest
 from solo_d2.model_zoo import get_config, get_config_file, list_configs
 from tests.helpers import REPO_ROOT
 
-ROOT = REPO_ROOT
-
 
 def test_get_config_file_and_unknown_name():
     path = get_config_file("SOLOv2/R50_3x.yaml")
     assert os.path.isfile(path)
     cfg = get_config("SOLOv2/R50_3x.yaml")
     assert cfg.MODEL.META_ARCHITECTURE == "SOLO" and cfg.MODEL.SOLO.NUM_CLASSES == 80
-    assert len(list_configs()) == len(list((ROOT / "configs").rglob("*.yaml")))
+    assert len(list_configs()) == len(list((REPO_ROOT / "configs").rglob("*.yaml")))
     with pytest.raises(
         FileNotFoundError,
         match="SOLOv9.yaml is not a solo_d2 config; available: .*SOLOv2/R50_1x.yaml",
@@ -30,7 +28,7 @@ def test_non_editable_install_ships_the_configs(tmp_path):
     wheel_dir, target, src = tmp_path / "wheel", tmp_path / "site", tmp_path / "src"
     # a copy without the checkout's build/ (setuptools would reuse a stale build/lib)
     shutil.copytree(
-        ROOT,
+        REPO_ROOT,
         src,
         symlinks=True,
         ignore=shutil.ignore_patterns(

@@ -20,10 +20,8 @@ from solo_d2.checkpoint.torchvision_resnet import (
     finish_backbone_conversion,
     verify_backbone_init,
 )
-from tests.helpers import REPO_ROOT, run_converter
+from tests.helpers import run_converter
 from tests.helpers.checkpoint_shapes import fill, solo_shapes, torchvision_resnet_shapes
-
-REPO = REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -46,7 +46,6 @@ from detectron2.modeling import build_model  # noqa: E402
 from solo_d2 import model_zoo  # noqa: E402
 from solo_d2.export import SOLOExportWrapper, check_onnx, export, export_wrapper  # noqa: E402
 
-ROOT = REPO_ROOT
 TRAIN_ITERS = 40
 ONNX_MASK_TOL = 1e-3
 TRACE_SIZE = (128, 160)  # traced at this size, run at the sizes of the test images
@@ -281,7 +280,7 @@ def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_pat
     proc = run_tool(
         "tools/export_model.py",
         "--config-file",
-        ROOT / "configs/Synthetic/SOLOv2_R18.yaml",
+        REPO_ROOT / "configs/Synthetic/SOLOv2_R18.yaml",
         "--format",
         "onnx",
         "--output",
@@ -329,7 +328,7 @@ def test_export_model_and_onnx_predict_tools(trained_solov2, coco_dicts, tmp_pat
     proc = run_tool(
         "tools/export_model.py",
         "--config-file",
-        ROOT / "configs/Synthetic/SOLOv2_R18.yaml",
+        REPO_ROOT / "configs/Synthetic/SOLOv2_R18.yaml",
         "--format",
         "onnx",
         "--output",

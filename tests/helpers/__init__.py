@@ -32,12 +32,6 @@ def run_tool(*args, timeout=600, **env):
 
 def run_converter(source, src, out, *extra, timeout=600):
     """``tools/convert_checkpoint.py --from source src out *extra`` on one thread."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, str(CONVERTER), "--from", source, str(src), str(out), *map(str, extra)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
+    return run_tool(
+        CONVERTER, "--from", source, src, out, *extra, timeout=timeout, OMP_NUM_THREADS="1"
     )

@@ -28,7 +28,6 @@ from tests.helpers.parity_utils import (
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = REPO_ROOT
 
 # fixture -> (converter source, reference output name -> key of the solo_d2 head's ``outputs``)
 FIXTURES = {
@@ -141,7 +140,7 @@ def test_v2_imagenet_backbone_initializes_the_recipe_backbone(tmp_path):
     config = proc.stdout.strip().splitlines()[-1]
     assert config == "configs/BiSeNet/V2_cityscapes.yaml"
     cfg = get_cfg()
-    cfg.merge_from_file(str(ROOT / config))
+    cfg.merge_from_file(str(REPO_ROOT / config))
     assert cfg.MODEL.WEIGHTS == "pretrained/bisenetv2_backbone.pth"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"

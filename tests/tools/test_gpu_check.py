@@ -18,12 +18,11 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 
-ROOT = REPO_ROOT
 ADELAIDET = os.environ.get("ADELAIDET_SRC", "/work/refs/AdelaiDet")
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_{name}", ROOT / "tools" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_{name}", REPO_ROOT / "tools" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -72,10 +71,11 @@ def test_bundle_holds_patched_detectron2_and_only_the_ports_solov2(bundle):
     # the installed detectron2's own files: v0.6 has the old names (so the copy was patched),
     # main has none (nothing to patch)
     installed = Path(importlib.util.find_spec("detectron2").origin).parent
+    renames = [pattern for pattern, _ in _load("gpu_bundle").RENAMES]
     needs_patches = any(
-        pattern.search(p.read_text())
-        for p in installed.rglob("*.py")
-        for pattern, _ in _load("gpu_bundle").RENAMES
+        pattern.search(text)
+        for text in (p.read_text() for p in installed.rglob("*.py"))
+        for pattern in renames
     )
     assert bool(manifest["detectron2_patches"]) == needs_patches
     assert manifest["size_bytes"] < 40 * 2**20
@@ -95,18 +95,18 @@ def test_dry_run_from_the_bundle(bundle, tmp_path):
     out_dir, manifest = bundle
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "ADELAIDET_ROOT")}
-    env["PYTHONPATH"] = os.pathsep.join([str(out_dir), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(out_dir), str(REPO_ROOT)])
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "tools" / "gpu_check.py"),
+            str(REPO_ROOT / "tools" / "gpu_check.py"),
             "--dry-run",
             "--bundle",
             str(out_dir),
             "--out",
             str(out),
         ],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -198,8 +198,8 @@ def test_no_cuda_without_dry_run_says_how(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--out", str(tmp_path / "o")],
-        cwd=ROOT,
+        [sys.executable, str(REPO_ROOT / "tools" / "gpu_check.py"), "--out", str(tmp_path / "o")],
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=300,

@@ -16,10 +16,9 @@ from solo_d2.data import register_synthetic_datasets
 from solo_d2.data.synthetic_panoptic import rgb2id
 from tests.helpers import REPO_ROOT
 
-ROOT = REPO_ROOT
-SCRIPT = ROOT / "tools" / "panoptic_side_by_side.py"
-SOLO = ROOT / "configs" / "Synthetic" / "SOLOv2_panoptic_textured.yaml"
-PFPN = ROOT / "configs" / "Synthetic" / "PanopticFPN_R18_textured.yaml"
+SCRIPT = REPO_ROOT / "tools" / "panoptic_side_by_side.py"
+SOLO = REPO_ROOT / "configs" / "Synthetic" / "SOLOv2_panoptic_textured.yaml"
+PFPN = REPO_ROOT / "configs" / "Synthetic" / "PanopticFPN_R18_textured.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +71,7 @@ def _run(out, *extra, timeout=900):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(out), "--seeds", "0", *map(str, extra)],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
